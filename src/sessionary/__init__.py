@@ -1,0 +1,51 @@
+"""sessionary: server-side sessions for Python backends.
+
+    store = await sessionary.connect("sqlite:///sessions.db")
+    web = store.namespace("web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12))
+    session = await web.create(subject="user-1", data={"cart": []})
+"""
+
+from sessionary import clock, errors
+from sessionary.clock import Clock, ManualClock, SystemClock
+from sessionary.contract import KEEP, Backend, Lifetime, Record
+from sessionary.errors import (
+    InvalidSessionId,
+    PayloadTooLarge,
+    SessionaryError,
+    SessionExists,
+    SessionNotFound,
+    StoreUnavailable,
+    ValidationError,
+    VersionConflict,
+)
+from sessionary.model import ConsumeResult, Session, SessionEvent
+from sessionary.store import Namespace, Store, connect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KEEP",
+    "Backend",
+    "Clock",
+    "ConsumeResult",
+    "InvalidSessionId",
+    "Lifetime",
+    "ManualClock",
+    "Namespace",
+    "PayloadTooLarge",
+    "Record",
+    "Session",
+    "SessionEvent",
+    "SessionExists",
+    "SessionNotFound",
+    "SessionaryError",
+    "Store",
+    "StoreUnavailable",
+    "SystemClock",
+    "ValidationError",
+    "VersionConflict",
+    "__version__",
+    "clock",
+    "connect",
+    "errors",
+]

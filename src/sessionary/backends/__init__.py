@@ -1,0 +1,40 @@
+"""Backends: where sessions are stored. `open_backend(url)` picks one by the URL's scheme.
+
+Built in: `memory://`, `sqlite:///path` (the default) and `redis://` / `rediss://` / `unix://`
+(Redis 7+ and Valkey). A third party adds a scheme with an entry point in the group
+`sessionary.backends` naming an async callable `(url: str) -> Backend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
+from typing import cast
+
+from sessionary.contract import Backend
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+async def open_backend(url: str) -> Backend:
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ValueError(f"a store URL looks like scheme://..., not {url!r}")
+    if scheme == "memory":
+        from sessionary.backends.memory import MemoryBackend
+
+        return MemoryBackend.from_url(url)
+    if scheme == "sqlite":
+        from sessionary.backends.sqlite import SQLiteBackend
+
+        return await SQLiteBackend.open(url)
+    if scheme in _REDIS_SCHEMES:
+        from sessionary.backends.redis import RedisBackend
+
+        return RedisBackend.from_url(url)
+    for entry in entry_points(group="sessionary.backends", name=scheme):
+        factory = cast(Callable[[str], Awaitable[Backend]], entry.load())
+        return await factory(url)
+    raise ValueError(
+        f"no backend for scheme {scheme!r}: use memory://, sqlite:///path or redis://host:port/db"
+    )

@@ -1,0 +1,270 @@
+"""`memory://`: dicts plus an expiry heap, in this process only.
+
+Every method runs to completion without awaiting, so each is atomic under asyncio. Not for
+use from several threads or processes; for tests, demos and single-process tools.
+
+The expiry heap holds `(expires_at, id)` entries and is never searched: a touch pushes a new
+entry and leaves the old one to be recognised as stale (its time no longer matches the
+session's) when it reaches the top. The heap is rebuilt when stale entries outnumber live
+sessions, so its size stays proportional to the live set whatever the touch rate.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
+from sessionary.errors import SessionExists, SessionNotFound, VersionConflict
+
+_COMPACT_SLACK = 1024
+
+
+@dataclass(slots=True)
+class _Space:
+    sessions: dict[str, Record] = field(default_factory=dict)
+    subjects: dict[str, set[str]] = field(default_factory=dict)
+    heap: list[tuple[int, str]] = field(default_factory=list)
+
+    def live(self, session_id: str, now: int) -> Record | None:
+        record = self.sessions.get(session_id)
+        return record if record is not None and record.expires_at > now else None
+
+    def index(self, record: Record) -> None:
+        if record.subject is not None:
+            self.subjects.setdefault(record.subject, set()).add(record.id)
+        self.schedule(record)
+
+    def unindex_subject(self, record: Record) -> None:
+        if record.subject is None:
+            return
+        ids = self.subjects.get(record.subject)
+        if ids is not None:
+            ids.discard(record.id)
+            if not ids:
+                del self.subjects[record.subject]
+
+    def schedule(self, record: Record) -> None:
+        heapq.heappush(self.heap, (record.expires_at, record.id))
+        self.compact()
+
+    def compact(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones."""
+        if len(self.heap) > 2 * len(self.sessions) + _COMPACT_SLACK or not self.sessions:
+            self.heap = [(r.expires_at, r.id) for r in self.sessions.values()]
+            heapq.heapify(self.heap)
+
+    def remove(self, session_id: str) -> Record | None:
+        record = self.sessions.pop(session_id, None)
+        if record is not None:
+            self.unindex_subject(record)
+            self.compact()
+        return record
+
+    def set_subject(self, record: Record, subject: SubjectChange) -> None:
+        if subject is KEEP or subject == record.subject:
+            return
+        self.unindex_subject(record)
+        record.subject = subject
+        if subject is not None:
+            self.subjects.setdefault(subject, set()).add(record.id)
+
+    def activity(self, record: Record, now: int, lifetime: Lifetime) -> None:
+        record.last_seen_at = now
+        expires_at = lifetime.expires_at(record.created_at, now)
+        if expires_at != record.expires_at:
+            record.expires_at = expires_at
+            self.schedule(record)
+
+
+def _copy(record: Record) -> Record:
+    """What leaves the backend is a snapshot; the stored record goes on changing."""
+    return Record(
+        record.id,
+        record.subject,
+        record.created_at,
+        record.last_seen_at,
+        record.expires_at,
+        record.version,
+        record.data,
+        record.metadata,
+        dict(record.counters),
+    )
+
+
+class MemoryBackend:
+    """Sessions in this process's memory. Nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._spaces: dict[str, _Space] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBackend:
+        if url.rstrip("/") != "memory:":
+            raise ValueError(f"the memory backend takes no options: use 'memory://', not {url!r}")
+        return cls()
+
+    def _space(self, ns: str) -> _Space:
+        space = self._spaces.get(ns)
+        if space is None:
+            space = self._spaces[ns] = _Space()
+        return space
+
+    def footprint(self) -> int:
+        """Entries held in all structures (sessions, subject index, heap): for leak checks."""
+        return sum(
+            len(s.sessions) + sum(len(ids) for ids in s.subjects.values()) + len(s.heap)
+            for s in self._spaces.values()
+        )
+
+    async def create(self, ns: str, record: Record) -> None:
+        space = self._space(ns)
+        if record.id in space.sessions:
+            raise SessionExists(record.id)
+        stored = _copy(record)
+        space.sessions[record.id] = stored
+        space.index(stored)
+
+    async def get(self, ns: str, session_id: str, now: int) -> Record | None:
+        record = self._space(ns).live(session_id, now)
+        return None if record is None else _copy(record)
+
+    async def touch(
+        self, ns: str, session_id: str, now: int, lifetime: Lifetime
+    ) -> Record | None:
+        space = self._space(ns)
+        record = space.live(session_id, now)
+        if record is None:
+            return None
+        space.activity(record, now, lifetime)
+        return _copy(record)
+
+    async def update(
+        self,
+        ns: str,
+        session_id: str,
+        now: int,
+        lifetime: Lifetime,
+        *,
+        data: bytes | None,
+        metadata: bytes | None,
+        subject: SubjectChange,
+        expected_version: int | None,
+    ) -> Record:
+        space = self._space(ns)
+        record = space.live(session_id, now)
+        if record is None:
+            raise SessionNotFound(session_id)
+        if expected_version is not None and expected_version != record.version:
+            raise VersionConflict(session_id, expected_version, record.version)
+        if data is not None:
+            record.data = data
+        if metadata is not None:
+            record.metadata = metadata
+        space.set_subject(record, subject)
+        record.version += 1
+        space.activity(record, now, lifetime)
+        return _copy(record)
+
+    async def consume(
+        self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
+    ) -> tuple[bool, int]:
+        record = self._space(ns).live(session_id, now)
+        if record is None:
+            raise SessionNotFound(session_id)
+        used = record.counters.get(counter, 0)
+        if amount < 0:
+            used = max(0, used + amount)
+        elif limit is not None and used + amount > limit:
+            return False, used
+        else:
+            used += amount
+        record.counters[counter] = used
+        return True, used
+
+    async def rotate(
+        self,
+        ns: str,
+        session_id: str,
+        new_id: str,
+        now: int,
+        lifetime: Lifetime,
+        subject: SubjectChange,
+    ) -> Record:
+        space = self._space(ns)
+        if space.live(session_id, now) is None:
+            raise SessionNotFound(session_id)
+        if new_id in space.sessions:
+            raise SessionExists(new_id)
+        record = space.remove(session_id)
+        assert record is not None
+        record.id = new_id
+        record.version += 1
+        if subject is not KEEP:
+            record.subject = subject
+        space.sessions[new_id] = record
+        record.last_seen_at = now
+        record.expires_at = lifetime.expires_at(record.created_at, now)
+        space.index(record)
+        return _copy(record)
+
+    async def delete(self, ns: str, session_id: str) -> Record | None:
+        return self._space(ns).remove(session_id)
+
+    async def list_subject(self, ns: str, subject: str, now: int) -> list[Record]:
+        space = self._space(ns)
+        found = []
+        for session_id in space.subjects.get(subject, ()):
+            record = space.live(session_id, now)
+            if record is not None:
+                found.append(_copy(record))
+        return found
+
+    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+        space = self._space(ns)
+        removed = []
+        for session_id in tuple(space.subjects.get(subject, ())):
+            record = space.remove(session_id)
+            if record is not None:
+                removed.append(record)
+        return removed
+
+    async def due(self, ns: str, now: int, limit: int) -> list[str]:
+        space = self._space(ns)
+        heap = space.heap
+        found: list[str] = []
+        kept: list[tuple[int, str]] = []
+        while heap and heap[0][0] <= now and len(found) < limit:
+            entry = heapq.heappop(heap)
+            record = space.sessions.get(entry[1])
+            if record is None or record.expires_at != entry[0]:
+                continue  # stale: the session moved on or is gone
+            kept.append(entry)
+            if entry[1] not in found:
+                found.append(entry[1])
+        for entry in kept:  # `due` claims nothing: put the live entries back
+            heapq.heappush(heap, entry)
+        return found
+
+    async def claim(self, ns: str, session_ids: Sequence[str], now: int) -> list[Record]:
+        space = self._space(ns)
+        claimed = []
+        for session_id in session_ids:
+            record = space.sessions.get(session_id)
+            if record is not None and record.expires_at <= now:
+                space.remove(session_id)
+                claimed.append(record)
+        return claimed
+
+    async def count(self, ns: str, now: int) -> int:
+        return sum(1 for r in self._space(ns).sessions.values() if r.expires_at > now)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "MemoryBackend()"

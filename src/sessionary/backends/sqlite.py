@@ -1,0 +1,485 @@
+"""`sqlite:///path.db`: the embedded default. One file, WAL, survives restarts.
+
+All statements run on one connection owned by one thread, off the event loop. Operations
+queue up for that thread, which runs everything waiting in one transaction (group commit)
+and hands the results back to the loop in one wake-up, so a burst of requests shares one
+commit. Each operation is a single SQL statement that decides for itself (`UPDATE ... WHERE
+guard RETURNING`), so statement atomicity is all an operation needs, and a transaction is
+`BEGIN IMMEDIATE` so that several processes on one file take turns instead of deadlocking.
+
+URL: `sqlite:///relative.db`, `sqlite:////absolute/path.db` or `sqlite:///:memory:`, with
+optional query parameters `synchronous` (OFF, NORMAL (default), FULL, EXTRA) and
+`busy_timeout_ms` (how long to wait for another process's write lock, default 5000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
+from sessionary.errors import (
+    SessionExists,
+    SessionNotFound,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    namespace    TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    subject      TEXT,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    version      INTEGER NOT NULL,
+    data         BLOB    NOT NULL,
+    metadata     BLOB    NOT NULL,
+    counters     TEXT    NOT NULL DEFAULT '{}',
+    UNIQUE (namespace, id)
+);
+CREATE INDEX IF NOT EXISTS sessions_by_subject
+    ON sessions (namespace, subject) WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (namespace, expires_at);
+"""
+
+_COLUMNS = "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters"
+_FOREVER = 9223372036854775807
+# expires_at for touch/update/rotate: ?1 = now, ?2 = idle ms or NULL, ?3 = absolute ms or NULL.
+_DEADLINE = f"min(coalesce(?1 + ?2, {_FOREVER}), coalesce(created_at + ?3, {_FOREVER}))"
+
+_INSERT = (
+    "INSERT INTO sessions (namespace, id, subject, created_at, last_seen_at, expires_at, "
+    "version, data, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_GET = f"SELECT {_COLUMNS} FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
+_TOUCH = (
+    f"UPDATE sessions SET last_seen_at = ?1, expires_at = {_DEADLINE} "
+    f"WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 RETURNING {_COLUMNS}"
+)
+_UPDATE = (
+    "UPDATE sessions SET data = coalesce(?6, data), metadata = coalesce(?7, metadata), "
+    "subject = CASE WHEN ?8 THEN ?9 ELSE subject END, version = version + 1, "
+    f"last_seen_at = ?1, expires_at = {_DEADLINE} "
+    "WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 AND (?10 IS NULL OR version = ?10) "
+    f"RETURNING {_COLUMNS}"
+)
+_VERSION = "SELECT version FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
+# ?1 ns, ?2 id, ?3 now, ?4 JSON path of the counter, ?5 amount, ?6 limit or NULL
+_CHARGE = (
+    "UPDATE sessions SET counters = json_set(counters, ?4, "
+    "max(0, coalesce(counters ->> ?4, 0) + ?5)) "
+    "WHERE namespace = ?1 AND id = ?2 AND expires_at > ?3 "
+    "AND (?5 < 0 OR ?6 IS NULL OR coalesce(counters ->> ?4, 0) + ?5 <= ?6) "
+    "RETURNING counters ->> ?4"
+)
+_COUNTER = (
+    "SELECT coalesce(counters ->> ?4, 0) FROM sessions "
+    "WHERE namespace = ?1 AND id = ?2 AND expires_at > ?3"
+)
+_ROTATE = (
+    "UPDATE sessions SET id = ?6, version = version + 1, last_seen_at = ?1, "
+    f"expires_at = {_DEADLINE}, subject = CASE WHEN ?7 THEN ?8 ELSE subject END "
+    f"WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 RETURNING {_COLUMNS}"
+)
+_DELETE = f"DELETE FROM sessions WHERE namespace = ? AND id = ? RETURNING {_COLUMNS}"
+_LIST_SUBJECT = (
+    f"SELECT {_COLUMNS} FROM sessions WHERE namespace = ? AND subject = ? AND expires_at > ?"
+)
+_REVOKE_SUBJECT = f"DELETE FROM sessions WHERE namespace = ? AND subject = ? RETURNING {_COLUMNS}"
+_DUE = (
+    "SELECT id FROM sessions WHERE namespace = ? AND expires_at <= ? "
+    "ORDER BY expires_at, id LIMIT ?"
+)
+_CLAIM = (
+    "DELETE FROM sessions WHERE namespace = ? AND expires_at <= ? "
+    f"AND id IN (SELECT value FROM json_each(?)) RETURNING {_COLUMNS}"
+)
+_COUNT = "SELECT count(*) FROM sessions WHERE namespace = ? AND expires_at > ?"
+
+_SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+_MAX_BATCH = 512
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    counters = row[8]
+    return Record(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        {} if counters == "{}" else orjson.loads(counters),
+    )
+
+
+def _ttls(lifetime: Lifetime) -> tuple[int | None, int | None]:
+    return lifetime.idle_ms, lifetime.absolute_ms
+
+
+def _subject_args(subject: SubjectChange) -> tuple[bool, str | None]:
+    return (False, None) if subject is KEEP else (True, subject)
+
+
+class _Job(NamedTuple):
+    run: Callable[[sqlite3.Connection], Any]
+    writes: bool
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+class _Writer(threading.Thread):
+    """The one thread that owns the connection and runs queued jobs in group commits."""
+
+    def __init__(self, path: str, synchronous: str, busy_timeout_ms: int) -> None:
+        super().__init__(name=f"sessionary-sqlite:{path}", daemon=True)
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.started_ok = threading.Event()
+        self.startup_error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            connection = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self.startup_error = StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}")
+            self.started_ok.set()
+            return
+        self.started_ok.set()
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    break
+                batch = [job]
+                stop = False
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        more = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._run_batch(connection, batch)
+                if stop:
+                    break
+        finally:
+            connection.close()
+            self._fail_pending()
+
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+        )
+        connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+        connection.execute("PRAGMA temp_store = MEMORY")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            (found,) = connection.execute("PRAGMA user_version").fetchone()
+            if found > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"the file has schema version {found}; this sessionary knows up to "
+                    f"{SCHEMA_VERSION}: upgrade sessionary"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            connection.close()
+            raise
+        return connection
+
+    def _run_batch(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        transaction = len(batch) > 1 or batch[0].writes
+        try:
+            if transaction:
+                connection.execute(
+                    "BEGIN IMMEDIATE" if any(job.writes for job in batch) else "BEGIN"
+                )
+            for job in batch:
+                try:
+                    outcomes.append((job.future, job.run(connection), None))
+                except sqlite3.Error:
+                    raise  # the store failed: the whole batch fails with it
+                except Exception as exc:  # the job's own answer (e.g. SessionExists)
+                    outcomes.append((job.future, None, exc))
+            if transaction:
+                connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            failure = StoreUnavailable(f"SQLite store {self.path!r} failed: {exc}")
+            outcomes = [(job.future, None, failure) for job in batch]
+        self._deliver(batch, outcomes)
+
+    @staticmethod
+    def _deliver(
+        batch: list[_Job], outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for job, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(job.loop, []).append(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _fail_pending(self) -> None:
+        closed = StoreUnavailable("the SQLite store is closed")
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                self._deliver([job], [(job.future, None, closed)])
+
+
+class SQLiteBackend:
+    """Sessions in one SQLite file (see the module docstring)."""
+
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
+    ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous is one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}")
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms is >= 0")
+        self.path = path
+        self._writer = _Writer(path, synchronous.upper(), busy_timeout_ms)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str) -> SQLiteBackend:
+        path, options = parse_url(url)
+        backend = cls(path, **options)
+        await backend.start()
+        return backend
+
+    async def start(self) -> None:
+        self._writer.start()
+        await asyncio.to_thread(self._writer.started_ok.wait)
+        if self._writer.startup_error is not None:
+            self._closed = True
+            raise self._writer.startup_error
+
+    def _submit(self, run: Callable[[sqlite3.Connection], T], writes: bool) -> asyncio.Future[T]:
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writer.jobs.put(_Job(run, writes, future, loop))
+        return future
+
+    async def create(self, ns: str, record: Record) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            inserted = db.execute(
+                _INSERT,
+                (ns, record.id, record.subject, record.created_at, record.last_seen_at,
+                 record.expires_at, record.version, record.data, record.metadata),
+            ).rowcount
+            if not inserted:
+                raise SessionExists(record.id)
+
+        await self._submit(run, writes=True)
+
+    async def get(self, ns: str, session_id: str, now: int) -> Record | None:
+        def run(db: sqlite3.Connection) -> Record | None:
+            row = db.execute(_GET, (ns, session_id, now)).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._submit(run, writes=False)
+
+    async def touch(
+        self, ns: str, session_id: str, now: int, lifetime: Lifetime
+    ) -> Record | None:
+        args = (now, *_ttls(lifetime), ns, session_id)
+
+        def run(db: sqlite3.Connection) -> Record | None:
+            row = db.execute(_TOUCH, args).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._submit(run, writes=True)
+
+    async def update(
+        self,
+        ns: str,
+        session_id: str,
+        now: int,
+        lifetime: Lifetime,
+        *,
+        data: bytes | None,
+        metadata: bytes | None,
+        subject: SubjectChange,
+        expected_version: int | None,
+    ) -> Record:
+        args = (now, *_ttls(lifetime), ns, session_id, data, metadata,
+                *_subject_args(subject), expected_version)
+
+        def run(db: sqlite3.Connection) -> Record:
+            row = db.execute(_UPDATE, args).fetchone()
+            if row is not None:
+                return _record(row)
+            current = db.execute(_VERSION, (ns, session_id, now)).fetchone()
+            if current is None:
+                raise SessionNotFound(session_id)
+            assert expected_version is not None
+            raise VersionConflict(session_id, expected_version, current[0])
+
+        return await self._submit(run, writes=True)
+
+    async def consume(
+        self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
+    ) -> tuple[bool, int]:
+        args = (ns, session_id, now, f'$."{counter}"', amount, limit)
+
+        def run(db: sqlite3.Connection) -> tuple[bool, int]:
+            if amount != 0:
+                row = db.execute(_CHARGE, args).fetchone()
+                if row is not None:
+                    return True, row[0]
+            current = db.execute(_COUNTER, args[:4]).fetchone()
+            if current is None:
+                raise SessionNotFound(session_id)
+            used: int = current[0]
+            return amount == 0 and (limit is None or used <= limit), used
+
+        return await self._submit(run, writes=amount != 0)
+
+    async def rotate(
+        self,
+        ns: str,
+        session_id: str,
+        new_id: str,
+        now: int,
+        lifetime: Lifetime,
+        subject: SubjectChange,
+    ) -> Record:
+        args = (now, *_ttls(lifetime), ns, session_id, new_id, *_subject_args(subject))
+
+        def run(db: sqlite3.Connection) -> Record:
+            try:
+                row = db.execute(_ROTATE, args).fetchone()
+            except sqlite3.IntegrityError:
+                raise SessionExists(new_id) from None
+            if row is None:
+                raise SessionNotFound(session_id)
+            return _record(row)
+
+        return await self._submit(run, writes=True)
+
+    async def delete(self, ns: str, session_id: str) -> Record | None:
+        def run(db: sqlite3.Connection) -> Record | None:
+            row = db.execute(_DELETE, (ns, session_id)).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._submit(run, writes=True)
+
+    async def list_subject(self, ns: str, subject: str, now: int) -> list[Record]:
+        def run(db: sqlite3.Connection) -> list[Record]:
+            return [_record(row) for row in db.execute(_LIST_SUBJECT, (ns, subject, now))]
+
+        return await self._submit(run, writes=False)
+
+    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+        def run(db: sqlite3.Connection) -> list[Record]:
+            return [_record(row) for row in db.execute(_REVOKE_SUBJECT, (ns, subject))]
+
+        return await self._submit(run, writes=True)
+
+    async def due(self, ns: str, now: int, limit: int) -> list[str]:
+        def run(db: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in db.execute(_DUE, (ns, now, limit))]
+
+        return await self._submit(run, writes=False)
+
+    async def claim(self, ns: str, session_ids: Sequence[str], now: int) -> list[Record]:
+        wanted = orjson.dumps(list(session_ids)).decode()
+
+        def run(db: sqlite3.Connection) -> list[Record]:
+            return [_record(row) for row in db.execute(_CLAIM, (ns, now, wanted))]
+
+        return await self._submit(run, writes=True)
+
+    async def count(self, ns: str, now: int) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            return int(db.execute(_COUNT, (ns, now)).fetchone()[0])
+
+        return await self._submit(run, writes=False)
+
+    async def ping(self) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("SELECT 1").fetchone()
+
+        await self._submit(run, writes=False)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.jobs.put(None)
+        await asyncio.to_thread(self._writer.join)
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.path!r})"
+
+
+def parse_url(url: str) -> tuple[str, dict[str, Any]]:
+    """`sqlite:///rel.db?synchronous=FULL` -> ("rel.db", {"synchronous": "FULL"})."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc:
+        raise ValueError(
+            f"an SQLite URL is sqlite:///relative.db or sqlite:////absolute.db, not {url!r}"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ValueError(f"the SQLite URL {url!r} names no file")
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "synchronous":
+            options["synchronous"] = value
+        elif key == "busy_timeout_ms":
+            try:
+                options["busy_timeout_ms"] = int(value)
+            except ValueError:
+                raise ValueError(f"busy_timeout_ms is an int of ms, not {value!r}") from None
+        else:
+            raise ValueError(
+                f"unknown SQLite option {key!r}: expected synchronous or busy_timeout_ms"
+            )
+    return path, options

@@ -1,0 +1,62 @@
+"""Time, injected. Everything in sessionary asks a `Clock` for "now" (integer ms since the Unix
+epoch, UTC), so tests move time forward instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch, UTC."""
+        ...
+
+
+class SystemClock:
+    """The wall clock."""
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class ManualClock:
+    """A clock that moves only when told to. For tests and simulations."""
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self._now = int(start_ms)
+
+    def now_ms(self) -> int:
+        return self._now
+
+    def advance(self, by: int | timedelta) -> int:
+        """Move forward by `by` (ms or a timedelta); returns the new now."""
+        step = to_ms(by) if isinstance(by, timedelta) else int(by)
+        if step < 0:
+            raise ValueError("a ManualClock never goes backwards; use set() on purpose")
+        self._now += step
+        return self._now
+
+    def set(self, now_ms: int) -> None:
+        self._now = int(now_ms)
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now_ms={self._now})"
+
+
+def to_ms(delta: timedelta) -> int:
+    """A timedelta as whole milliseconds (floor)."""
+    return delta // timedelta(milliseconds=1)
+
+
+def to_datetime(ms: int) -> datetime:
+    """Milliseconds since the epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+SYSTEM_CLOCK = SystemClock()

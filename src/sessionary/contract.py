@@ -1,0 +1,183 @@
+"""The storage contract every backend implements: `Backend`, and the plain `Record` it stores.
+
+This module sits at the bottom of the package with `errors`, `clock` and `ids`. It knows
+nothing about JSON, events or policies by name: the store above encodes and validates, the
+backends below store bytes and keep their indexes. A third party's backend implements
+`Backend` and proves itself with `sessionary.testing` (the conformance suite).
+
+Rules every backend keeps (the conformance suite checks each):
+
+* A session is *live* while `now < expires_at`. Operations other than `delete`, `claim`,
+  `revoke_subject` and `due` treat a session that is stored but no longer live as absent.
+* Each method is atomic with respect to every other method on the same backend, across
+  tasks, threads and processes that share the store.
+* `version` starts at 1 and grows by one on `update` and `rotate`; `touch` and `consume`
+  leave it alone (counters are atomic by themselves, and a touch is not a write of data).
+* `touch`, `update` and `rotate` record activity: `last_seen_at = now` and `expires_at` is
+  recomputed from the `Lifetime`. Nothing ever moves `created_at`.
+* Counters never go below 0, and a counter charge with a limit is refused (and not applied)
+  when `used + amount > limit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final, Literal, Protocol
+
+__all__ = ["KEEP", "Backend", "Keep", "Lifetime", "Record"]
+
+
+class Keep(Enum):
+    """The type of `KEEP`: "leave this field as it is" (distinct from None, which clears)."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+
+
+@dataclass(slots=True)
+class Record:
+    """One stored session, as bytes: the backends' currency."""
+
+    id: str
+    subject: str | None
+    created_at: int
+    last_seen_at: int
+    expires_at: int
+    version: int
+    data: bytes  # a JSON object, encoded
+    metadata: bytes  # a JSON object of str -> str, encoded
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """How long a session lives: idle (sliding) and absolute (hard cap), in ms; at least one."""
+
+    idle_ms: int | None
+    absolute_ms: int | None
+
+    def __post_init__(self) -> None:
+        if self.idle_ms is None and self.absolute_ms is None:
+            raise ValueError("a session needs an idle ttl, an absolute ttl, or both")
+        for ttl in (self.idle_ms, self.absolute_ms):
+            if ttl is not None and ttl <= 0:
+                raise ValueError("a ttl is a positive number of milliseconds")
+
+    def expires_at(self, created_at: int, last_seen_at: int) -> int:
+        """min(last_seen_at + idle, created_at + absolute), whichever are set."""
+        if self.absolute_ms is None:
+            return last_seen_at + (self.idle_ms or 0)
+        cap = created_at + self.absolute_ms
+        if self.idle_ms is None:
+            return cap
+        return min(last_seen_at + self.idle_ms, cap)
+
+
+SubjectChange = str | None | Literal[Keep.KEEP]
+
+
+class Backend(Protocol):
+    """Where sessions live. Every method may raise `StoreUnavailable`; none hides it as absence.
+
+    `ns` is a validated namespace name, ids are validated before they arrive, payloads are
+    encoded and size-checked, and `now` comes from the store's clock: a backend never reads
+    the wall clock for session state.
+    """
+
+    async def create(self, ns: str, record: Record) -> None:
+        """Store a new session. `SessionExists` if the id is taken (live or not yet reaped)."""
+        ...
+
+    async def get(self, ns: str, session_id: str, now: int) -> Record | None:
+        """The live session, or None. Changes nothing."""
+        ...
+
+    async def touch(
+        self, ns: str, session_id: str, now: int, lifetime: Lifetime
+    ) -> Record | None:
+        """Record activity on a live session and return it; None if absent. One round trip."""
+        ...
+
+    async def update(
+        self,
+        ns: str,
+        session_id: str,
+        now: int,
+        lifetime: Lifetime,
+        *,
+        data: bytes | None,
+        metadata: bytes | None,
+        subject: SubjectChange,
+        expected_version: int | None,
+    ) -> Record:
+        """Replace data and/or metadata (None keeps), change the subject (KEEP keeps).
+
+        `SessionNotFound` if not live; `VersionConflict` if `expected_version` is given and
+        differs from the stored version (nothing is written then).
+        """
+        ...
+
+    async def consume(
+        self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
+    ) -> tuple[bool, int]:
+        """Atomically add `amount` to a counter; returns (allowed, value after).
+
+        amount > 0 is refused when `value + amount > limit`; amount < 0 refunds, floored at
+        0; amount == 0 reads. `SessionNotFound` if not live.
+        """
+        ...
+
+    async def rotate(
+        self,
+        ns: str,
+        session_id: str,
+        new_id: str,
+        now: int,
+        lifetime: Lifetime,
+        subject: SubjectChange,
+    ) -> Record:
+        """Move a live session to `new_id` (same shard) in one atomic step; the old id is gone.
+
+        `SessionNotFound` if not live, `SessionExists` if `new_id` is taken.
+        """
+        ...
+
+    async def delete(self, ns: str, session_id: str) -> Record | None:
+        """Remove the session whether live or not; returns what was stored, or None."""
+        ...
+
+    async def list_subject(self, ns: str, subject: str, now: int) -> list[Record]:
+        """The live sessions of a subject, in any order."""
+        ...
+
+    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+        """Remove every stored session of a subject; returns what was removed."""
+        ...
+
+    async def due(self, ns: str, now: int, limit: int) -> list[str]:
+        """Up to `limit` ids whose `expires_at <= now`, soonest first. Claims nothing."""
+        ...
+
+    async def claim(self, ns: str, session_ids: Sequence[str], now: int) -> list[Record]:
+        """Remove and return those of `session_ids` that are still expired at `now`.
+
+        Each session is returned by exactly one `claim` across every caller, even when many
+        reapers race; a session touched since `due` saw it is no longer expired and stays.
+        """
+        ...
+
+    async def count(self, ns: str, now: int) -> int:
+        """How many live sessions the namespace holds."""
+        ...
+
+    async def ping(self) -> None:
+        """Return if the store answers, else raise `StoreUnavailable`."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+        ...

@@ -1,0 +1,84 @@
+"""Typed errors. Every error sessionary raises on purpose is a `SessionaryError`.
+
+Each class carries a stable machine-readable `code`, which the HTTP layer turns into the
+`{"error": code}` body, so the wire contract never depends on a message's wording.
+"""
+
+from __future__ import annotations
+
+
+class SessionaryError(Exception):
+    """Base class of every error raised by sessionary."""
+
+    code = "sessionary_error"
+
+
+class SessionNotFound(SessionaryError):
+    """The session does not exist, or it has expired (the two are indistinguishable on purpose)."""
+
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no live session with id {_short(session_id)}")
+        self.session_id = session_id
+
+
+class SessionExists(SessionaryError):
+    """A create named an id that is already taken."""
+
+    code = "session_exists"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"a session with id {_short(session_id)} already exists")
+        self.session_id = session_id
+
+
+class VersionConflict(SessionaryError):
+    """An update said `expected_version=N`, but the stored session is at another version."""
+
+    code = "version_conflict"
+
+    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"session {_short(session_id)} is at version {actual}, not the expected {expected}"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidSessionId(SessionaryError):
+    """The id is malformed (wrong type, charset, length or prefix). Raised before any I/O."""
+
+    code = "invalid_session_id"
+
+
+class PayloadTooLarge(SessionaryError):
+    """The encoded data and metadata of a session exceed the namespace's cap."""
+
+    code = "payload_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded session payload is {size} bytes; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class StoreUnavailable(SessionaryError):
+    """The backend cannot be reached or refused to work. Never a disguised "not found".
+
+    On a write, the outcome is unknown: the operation may or may not have been applied.
+    """
+
+    code = "store_unavailable"
+
+
+class ValidationError(SessionaryError, ValueError):
+    """An argument has the wrong type or value (non-JSON data, a bad counter name, ...)."""
+
+    code = "validation_error"
+
+
+def _short(session_id: str) -> str:
+    """Never print a whole session id: it is a bearer credential."""
+    return f"{session_id[:8]}..." if len(session_id) > 8 else "<short id>"

@@ -1,0 +1,96 @@
+"""The public values: `Session`, `ConsumeResult`, `SessionEvent`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sessionary.clock import to_datetime
+from sessionary.codec import decode
+from sessionary.contract import Record
+
+EventKind = Literal["created", "updated", "rotated", "deleted", "expired"]
+EVENT_KINDS: tuple[EventKind, ...] = ("created", "updated", "rotated", "deleted", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A snapshot of one session. Times are integer ms since the epoch, UTC.
+
+    `data` and `metadata` are fresh copies: changing them changes nothing stored; write
+    with `Namespace.update`.
+    """
+
+    id: str
+    namespace: str
+    subject: str | None
+    created_at: int
+    last_seen_at: int
+    expires_at: int
+    version: int
+    data: dict[str, Any]
+    metadata: dict[str, str]
+    counters: Mapping[str, int]
+
+    @classmethod
+    def from_record(cls, namespace: str, record: Record) -> Session:
+        return cls(
+            id=record.id,
+            namespace=namespace,
+            subject=record.subject,
+            created_at=record.created_at,
+            last_seen_at=record.last_seen_at,
+            expires_at=record.expires_at,
+            version=record.version,
+            data=decode(record.data),
+            metadata=decode(record.metadata),
+            counters=record.counters,
+        )
+
+    @property
+    def expires(self) -> datetime:
+        """`expires_at` as an aware UTC datetime."""
+        return to_datetime(self.expires_at)
+
+    @property
+    def created(self) -> datetime:
+        """`created_at` as an aware UTC datetime."""
+        return to_datetime(self.created_at)
+
+    def __repr__(self) -> str:  # never print a whole id: it is a bearer credential
+        return (
+            f"Session(id={self.id[:8]!r}..., namespace={self.namespace!r}, "
+            f"subject={self.subject!r}, version={self.version}, expires_at={self.expires_at})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeResult:
+    """What a counter charge did. `remaining` and `limit` are None for an unlimited counter."""
+
+    allowed: bool
+    used: int
+    limit: int | None
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A change in a session's life, delivered to `Store.on` listeners.
+
+    `session` is its state after the change (for `deleted` and `expired`, the last state
+    it had). For `rotated`, `previous_id` is the id that stopped working.
+    """
+
+    kind: EventKind
+    session: Session
+    previous_id: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.session.namespace

@@ -1,0 +1,376 @@
+"""The public API: `connect`, `Store` and `Namespace`.
+
+The store validates everything before any I/O (ids, names, payloads), encodes data, reads the
+clock once per operation, calls the backend, and tells listeners what happened. Backends only
+store bytes and keep their indexes (see `sessionary.contract`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sessionary import ids
+from sessionary.backends import open_backend
+from sessionary.clock import SYSTEM_CLOCK, Clock, to_ms
+from sessionary.codec import EMPTY_OBJECT, encode_data, encode_metadata
+from sessionary.contract import KEEP, Backend, Keep, Lifetime, Record
+from sessionary.errors import PayloadTooLarge, ValidationError
+from sessionary.events import EventBus, Listener
+from sessionary.model import ConsumeResult, EventKind, Session, SessionEvent
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "DEFAULT_URL", "Namespace", "Store", "connect"]
+
+DEFAULT_URL = "sqlite:///sessionary.db"
+DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, encoded
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_COUNTER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_SUBJECT_LENGTH = 256
+
+
+async def connect(
+    url: str | Backend | None = None,
+    *,
+    clock: Clock | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> Store:
+    """Open a store.
+
+    `url` is "sqlite:///relative.db", "sqlite:////absolute.db", "memory://",
+    "redis://host:6379/0" or "rediss://..." (options as query parameters, see the README), or
+    a `Backend` object of your own. The default is an SQLite file `sessionary.db` in the
+    working directory.
+    """
+    backend = url if url is not None and not isinstance(url, str) else None
+    if backend is None:
+        backend = await open_backend(url if isinstance(url, str) else DEFAULT_URL)
+    return Store(backend, clock=clock, max_payload=max_payload)
+
+
+class Store:
+    """A connected backend, the clock, lifecycle listeners, and the namespaces on top."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock: Clock | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        if max_payload <= 0:
+            raise ValueError("max_payload is a positive number of bytes")
+        self.backend = backend
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.max_payload = max_payload
+        self._events = EventBus()
+        self._namespaces: dict[str, Namespace] = {}
+
+    def namespace(
+        self,
+        name: str,
+        *,
+        idle_ttl: timedelta | None = None,
+        absolute_ttl: timedelta | None = None,
+        id_prefix: str = "",
+        max_payload: int | None = None,
+    ) -> Namespace:
+        """The namespace `name` with its policy. Asking again with the same policy returns the
+        same object; asking with another policy is an error (one name, one policy)."""
+        if not isinstance(name, str) or not _NAMESPACE_RE.fullmatch(name):
+            raise ValueError(
+                f"namespace name {name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}"
+            )
+        lifetime = Lifetime(_ttl_ms("idle_ttl", idle_ttl), _ttl_ms("absolute_ttl", absolute_ttl))
+        cap = self.max_payload if max_payload is None else max_payload
+        if cap <= 0:
+            raise ValueError("max_payload is a positive number of bytes")
+        wanted = Namespace(self, name, lifetime, ids.check_prefix(id_prefix), cap)
+        existing = self._namespaces.get(name)
+        if existing is None:
+            self._namespaces[name] = wanted
+            return wanted
+        if existing.policy_key != wanted.policy_key:
+            raise ValueError(f"namespace {name!r} is already open with another policy")
+        return existing
+
+    def on(self, kind: EventKind, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` (sync or async) after each `kind` change this process makes:
+        "created", "updated", "rotated", "deleted" or "expired". Returns an unsubscribe
+        function."""
+        return self._events.on(kind, listener)
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the backend answers."""
+        await self.backend.ping()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.backend!r})"
+
+
+def _ttl_ms(what: str, ttl: timedelta | None) -> int | None:
+    if ttl is None:
+        return None
+    if not isinstance(ttl, timedelta):
+        raise ValueError(f"{what} is a datetime.timedelta, not {type(ttl).__name__}")
+    ms = to_ms(ttl)
+    if ms <= 0:
+        raise ValueError(f"{what} must be at least 1 ms")
+    return ms
+
+
+class Namespace:
+    """One application space of sessions under one policy. Get it from `Store.namespace`."""
+
+    def __init__(
+        self, store: Store, name: str, lifetime: Lifetime, id_prefix: str, max_payload: int
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.lifetime = lifetime
+        self.id_prefix = id_prefix
+        self.max_payload = max_payload
+        self._backend = store.backend
+        self._clock = store.clock
+        self._events = store._events
+
+    @property
+    def policy_key(self) -> tuple[object, ...]:
+        return (self.lifetime, self.id_prefix, self.max_payload)
+
+    @property
+    def idle_ttl(self) -> timedelta | None:
+        ms = self.lifetime.idle_ms
+        return None if ms is None else timedelta(milliseconds=ms)
+
+    @property
+    def absolute_ttl(self) -> timedelta | None:
+        ms = self.lifetime.absolute_ms
+        return None if ms is None else timedelta(milliseconds=ms)
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r}, lifetime={self.lifetime})"
+
+    # -- the operations -------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        subject: str | None = None,
+        data: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        id: str | None = None,
+    ) -> Session:
+        """A new session with a fresh id (or `id`, when migrating sessions in: `SessionExists`
+        if it is taken)."""
+        session_id = ids.new_id(self.id_prefix) if id is None else self._check_id(id)
+        subject = _check_subject(subject)
+        encoded_data = EMPTY_OBJECT if data is None else self._encode_data(data)
+        encoded_metadata = EMPTY_OBJECT if metadata is None else self._encode_metadata(metadata)
+        now = self._clock.now_ms()
+        record = Record(
+            id=session_id,
+            subject=subject,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=self.lifetime.expires_at(now, now),
+            version=1,
+            data=encoded_data,
+            metadata=encoded_metadata,
+            counters={},
+        )
+        await self._backend.create(self.name, record)
+        session = Session.from_record(self.name, record)
+        if self._events.wants("created"):
+            await self._events.emit(SessionEvent("created", session))
+        return session
+
+    async def get(self, session_id: str) -> Session | None:
+        """The live session, or None. A peek: it does not extend the session's life."""
+        record = await self._backend.get(
+            self.name, self._check_id(session_id), self._clock.now_ms()
+        )
+        return None if record is None else Session.from_record(self.name, record)
+
+    async def touch(self, session_id: str) -> Session | None:
+        """Record activity (slide the idle expiry, never past the absolute cap) and return the
+        session, in one round trip; None if it is unknown or expired."""
+        record = await self._backend.touch(
+            self.name, self._check_id(session_id), self._clock.now_ms(), self.lifetime
+        )
+        return None if record is None else Session.from_record(self.name, record)
+
+    async def update(
+        self,
+        session_id: str,
+        *,
+        data: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        subject: str | None | Keep = KEEP,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Replace data and/or metadata (None keeps them), set or clear the subject.
+
+        With `expected_version`, the write happens only if the stored version is that one,
+        else `VersionConflict` and nothing changes. Records activity like `touch`.
+        """
+        session_id = self._check_id(session_id)
+        encoded_data = None if data is None else self._encode_data(data)
+        encoded_metadata = None if metadata is None else self._encode_metadata(metadata)
+        new_subject = subject if subject is KEEP else _check_subject(subject)
+        if expected_version is not None and (
+            type(expected_version) is not int or expected_version < 1
+        ):
+            raise ValidationError("expected_version is a positive int")
+        record = await self._backend.update(
+            self.name,
+            session_id,
+            self._clock.now_ms(),
+            self.lifetime,
+            data=encoded_data,
+            metadata=encoded_metadata,
+            subject=new_subject,
+            expected_version=expected_version,
+        )
+        session = Session.from_record(self.name, record)
+        if self._events.wants("updated"):
+            await self._events.emit(SessionEvent("updated", session))
+        return session
+
+    async def consume(
+        self, session_id: str, counter: str, amount: int = 1, limit: int | None = None
+    ) -> ConsumeResult:
+        """Charge `amount` to a counter of the session, atomically.
+
+        With a `limit`, a charge that would take the counter past it is refused and not
+        counted (`allowed` is False). A negative amount refunds, never below 0; 0 reads.
+        Does not extend the session's life.
+        """
+        session_id = self._check_id(session_id)
+        if type(counter) is not str or not _COUNTER_RE.fullmatch(counter):
+            raise ValidationError(
+                f"counter name {counter!r} must match [A-Za-z0-9_][A-Za-z0-9_.:-]{{0,63}}"
+            )
+        if type(amount) is not int:
+            raise ValidationError(f"amount is an int, not {type(amount).__name__}")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValidationError("limit is None (unlimited) or an int >= 0")
+        allowed, used = await self._backend.consume(
+            self.name, session_id, self._clock.now_ms(), counter, amount, limit
+        )
+        return ConsumeResult(allowed=allowed, used=used, limit=limit)
+
+    async def rotate(self, session_id: str, *, subject: str | None | Keep = KEEP) -> Session:
+        """Give the session a new id (same data, counters and times; version + 1) in one
+        atomic step: the old id stops working at once. Call it on login and on privilege
+        changes (optionally setting the `subject`) so a planted id is worthless."""
+        session_id = self._check_id(session_id)
+        new_subject = subject if subject is KEEP else _check_subject(subject)
+        new_id = ids.new_id(self.id_prefix, shard=ids.shard_of(session_id))
+        record = await self._backend.rotate(
+            self.name, session_id, new_id, self._clock.now_ms(), self.lifetime, new_subject
+        )
+        session = Session.from_record(self.name, record)
+        if self._events.wants("rotated"):
+            await self._events.emit(SessionEvent("rotated", session, previous_id=session_id))
+        return session
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete the session; True if a live one existed. A stored session that had already
+        expired is removed too (and reported as `expired`, so it is reported once)."""
+        record = await self._backend.delete(self.name, self._check_id(session_id))
+        if record is None:
+            return False
+        live = record.expires_at > self._clock.now_ms()
+        await self._ended([record], "deleted" if live else "expired")
+        return live
+
+    async def list_subject(self, subject: str) -> list[Session]:
+        """The live sessions of `subject`, newest first."""
+        records = await self._backend.list_subject(
+            self.name, _require_subject(subject), self._clock.now_ms()
+        )
+        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return [Session.from_record(self.name, r) for r in records]
+
+    async def revoke_subject(self, subject: str) -> int:
+        """Delete every session of `subject` (log out everywhere); returns how many live ones
+        there were. Each emits `deleted` (or `expired`, for one already past its time)."""
+        records = await self._backend.revoke_subject(self.name, _require_subject(subject))
+        now = self._clock.now_ms()
+        live = [r for r in records if r.expires_at > now]
+        await self._ended(live, "deleted")
+        await self._ended([r for r in records if r.expires_at <= now], "expired")
+        return len(live)
+
+    async def reap(self, limit: int = 1000) -> list[Session]:
+        """Claim up to `limit` expired sessions, remove them and emit `expired` for each.
+
+        Any number of reapers, in any number of processes, may run at once: each expired
+        session is claimed by exactly one of them. Returns what this call claimed; run it
+        until it returns fewer than `limit` to drain a backlog.
+        """
+        if type(limit) is not int or limit < 1:
+            raise ValidationError("limit is a positive int")
+        now = self._clock.now_ms()
+        due = await self._backend.due(self.name, now, limit)
+        if not due:
+            return []
+        records = await self._backend.claim(self.name, due, now)
+        sessions = [Session.from_record(self.name, r) for r in records]
+        if self._events.wants("expired"):
+            for session in sessions:
+                await self._events.emit(SessionEvent("expired", session))
+        return sessions
+
+    async def count(self) -> int:
+        """How many live sessions the namespace holds."""
+        return await self._backend.count(self.name, self._clock.now_ms())
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check_id(self, session_id: object) -> str:
+        return ids.validate(session_id, self.id_prefix)
+
+    def _encode_data(self, data: object) -> bytes:
+        raw = encode_data(data)
+        if len(raw) > self.max_payload:
+            raise PayloadTooLarge(len(raw), self.max_payload)
+        return raw
+
+    def _encode_metadata(self, metadata: object) -> bytes:
+        raw = encode_metadata(metadata)
+        if len(raw) > self.max_payload:
+            raise PayloadTooLarge(len(raw), self.max_payload)
+        return raw
+
+    async def _ended(self, records: Sequence[Record], kind: EventKind) -> None:
+        if records and self._events.wants(kind):
+            for record in records:
+                await self._events.emit(SessionEvent(kind, Session.from_record(self.name, record)))
+
+
+def _check_subject(subject: object) -> str | None:
+    return None if subject is None else _require_subject(subject)
+
+
+def _require_subject(subject: object) -> str:
+    if type(subject) is not str:
+        raise ValidationError(f"subject is a str or None, not {type(subject).__name__}")
+    if not subject or len(subject) > MAX_SUBJECT_LENGTH or _CONTROL_RE.search(subject):
+        raise ValidationError(
+            f"subject is 1 to {MAX_SUBJECT_LENGTH} characters without control characters"
+        )
+    return subject

@@ -1,0 +1,1143 @@
+"""The backend conformance suite (see `sessionary.testing` for how to run it on a backend).
+
+Time is a `ManualClock` the tests move by hand: nothing here sleeps to wait for time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import math
+import multiprocessing
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from sessionary import ids
+from sessionary.clock import ManualClock
+from sessionary.errors import (
+    InvalidSessionId,
+    PayloadTooLarge,
+    SessionExists,
+    SessionNotFound,
+    ValidationError,
+    VersionConflict,
+)
+from sessionary.model import Session, SessionEvent
+from sessionary.store import Namespace, Store, connect
+
+MS = timedelta(milliseconds=1)
+
+
+def _exact(value: Any) -> bytes:
+    """A value's JSON with types kept (1 and 1.0 differ), for exact round-trip checks."""
+    return orjson.dumps(value)
+
+
+class _Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+NOT_JSON: list[Any] = [
+    (1, 2),
+    {1, 2},
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    uuid.UUID(int=7),
+    datetime(2026, 1, 1, tzinfo=timezone.utc),
+    b"bytes",
+    _Color.RED,
+    2**64,
+    -(2**63) - 1,
+    {1: "int key"},
+    Decimal("1.5"),
+    object(),
+    _Point(1),
+    defaultdict(list),
+]
+
+MALFORMED_IDS: list[Any] = [
+    "",
+    "abc",
+    "x" * 43,  # right length, but 'x' cannot end a canonical 256-bit token
+    "A" * 42 + "=",
+    "A" * 41 + "+A",
+    "A" * 41 + "/A",
+    "A" * 20 + " " + "A" * 22,
+    "A" * 41 + "é" + "A",
+    "A" * 44,
+    "A" * 42,
+    "A" * 4096,
+    None,
+    123,
+    b"A" * 43,
+    ["A" * 43],
+]
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=24,
+)
+json_objects = st.dictionaries(st.text(max_size=12), json_values, max_size=6)
+metadata_objects = st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=24), max_size=4)
+
+
+class StoreConformance:
+    """The behaviour every backend must show. Subclass, and override `store_url` and
+    `footprint` (see `sessionary.testing`)."""
+
+    #: Examples per Hypothesis test; a slow backend may lower it, never to zero.
+    hypothesis_examples = 50
+    #: Create/delete cycles of the churn test.
+    churn_cycles = 50_000
+
+    @pytest.fixture
+    def store_url(self) -> str:
+        raise NotImplementedError("override the `store_url` fixture with your backend's URL")
+
+    async def footprint(self, store: Store) -> int:
+        """How much the backend holds (keys, rows, entries), to prove that nothing leaks."""
+        raise NotImplementedError("override `footprint` to measure what your backend holds")
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        return ManualClock()
+
+    @pytest_asyncio.fixture
+    async def store(self, store_url: str, clock: ManualClock) -> AsyncIterator[Store]:
+        store = await connect(store_url, clock=clock)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    @pytest.fixture
+    def web(self, store: Store) -> Namespace:
+        return store.namespace("web", idle_ttl=100 * MS)
+
+    # -- 1. round trip ------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_every_field_round_trips(self, store: Store, clock: ManualClock) -> None:
+        web = store.namespace("rt", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12))
+        data = {
+            "int": 1,
+            "big": 2**62,
+            "neg": -7,
+            "zero": 0,
+            "float": 1.5,
+            "tiny": 5e-324,
+            "negzero": -0.0,
+            "bool": True,
+            "none": None,
+            "text": "zürich ✓ 東京 😀 \u0000 \"quoted\"",
+            "nested": {"list": [1, [2, {"x": []}]], "empty": {}, "one": [1.0]},
+        }
+        metadata = {"ua": "Mozilla/5.0", "ip": "203.0.113.9", "ünï": "cödé"}
+        created = await web.create(subject="user-1", data=data, metadata=metadata)
+        now = clock.now_ms()
+        got = await web.get(created.id)
+        assert got is not None
+        assert got == created
+        assert _exact(got.data) == _exact(data)
+        assert math.copysign(1.0, got.data["negzero"]) == -1.0
+        assert got.metadata == metadata
+        assert got.namespace == "rt"
+        assert got.subject == "user-1"
+        assert got.created_at == got.last_seen_at == now
+        assert got.expires_at == now + 30 * 60 * 1000
+        assert got.version == 1
+        assert got.counters == {}
+        assert got.created.tzinfo is timezone.utc
+        bare = await web.create()
+        got_bare = await web.get(bare.id)
+        assert got_bare is not None
+        assert (got_bare.data, got_bare.metadata, got_bare.subject) == ({}, {}, None)
+
+    def test_any_json_object_round_trips(self, store_url: str) -> None:
+        with asyncio.Runner() as runner:
+            store = runner.run(connect(store_url, clock=ManualClock()))
+            web = store.namespace("hyp-rt", idle_ttl=timedelta(hours=1))
+
+            @settings(
+                max_examples=self.hypothesis_examples,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            )
+            @given(data=json_objects, metadata=metadata_objects)
+            def round_trip(data: dict[str, Any], metadata: dict[str, str]) -> None:
+                async def check() -> None:
+                    created = await web.create(data=data, metadata=metadata)
+                    got = await web.get(created.id)
+                    assert got is not None
+                    assert _exact(got.data) == _exact(data)
+                    assert got.metadata == metadata
+                    touched = await web.touch(created.id)
+                    assert touched is not None
+                    assert _exact(touched.data) == _exact(data)
+                    assert await web.delete(created.id)
+
+                runner.run(check())
+
+            try:
+                round_trip()
+            finally:
+                runner.run(store.close())
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("bad", NOT_JSON, ids=lambda v: type(v).__name__)
+    async def test_non_json_data_is_refused_at_write_time(self, web: Namespace, bad: Any) -> None:
+        before = await web.count()
+        with pytest.raises(ValidationError):
+            await web.create(data={"bad": bad})
+        with pytest.raises(ValidationError):
+            await web.create(data={"deep": [{"bad": bad}]})
+        assert await web.count() == before
+        session = await web.create(data={"ok": 1})
+        with pytest.raises(ValidationError):
+            await web.update(session.id, data={"bad": bad})
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert (stored.data, stored.version) == ({"ok": 1}, 1)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        "bad_data", [[], "text", 1, {"a": 1}.items(), defaultdict(int)], ids=repr
+    )
+    async def test_data_must_be_a_plain_object(self, web: Namespace, bad_data: Any) -> None:
+        with pytest.raises(ValidationError):
+            await web.create(data=bad_data)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        "bad_metadata", [{"k": 1}, {1: "v"}, {"": "v"}, {"k": None}, ["k"], "k=v"], ids=repr
+    )
+    async def test_metadata_is_str_to_str(self, web: Namespace, bad_metadata: Any) -> None:
+        with pytest.raises(ValidationError):
+            await web.create(metadata=bad_metadata)
+        assert await web.count() == 0
+
+    # -- 2. existing ids ----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_create_with_a_taken_id_raises(self, web: Namespace, clock: ManualClock) -> None:
+        session = await web.create(data={"first": True})
+        with pytest.raises(SessionExists):
+            await web.create(id=session.id, data={"second": True})
+        clock.advance(1000)  # expired but not yet reaped: the id is still taken
+        with pytest.raises(SessionExists):
+            await web.create(id=session.id)
+        clock.set(session.created_at)
+        kept = await web.get(session.id)
+        assert kept is not None
+        assert kept.data == {"first": True}
+
+    @pytest.mark.asyncio
+    async def test_concurrent_creates_of_one_id_exactly_one_wins(self, web: Namespace) -> None:
+        session_id = ids.new_id()
+        results = await asyncio.gather(
+            *(web.create(id=session_id, data={"n": n}) for n in range(50)),
+            return_exceptions=True,
+        )
+        winners = [r for r in results if isinstance(r, Session)]
+        losers = [r for r in results if isinstance(r, SessionExists)]
+        assert (len(winners), len(losers)) == (1, 49)
+        stored = await web.get(session_id)
+        assert stored is not None
+        assert stored.data == winners[0].data
+
+    # -- 3. unknown ids -----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_unknown_id_is_simply_not_found(self, web: Namespace) -> None:
+        unknown = ids.new_id()
+        assert await web.get(unknown) is None
+        assert await web.touch(unknown) is None
+        assert await web.delete(unknown) is False
+        with pytest.raises(SessionNotFound):
+            await web.update(unknown, data={"x": 1})
+        with pytest.raises(SessionNotFound):
+            await web.consume(unknown, "searches", limit=5)
+        with pytest.raises(SessionNotFound):
+            await web.rotate(unknown)
+        assert await web.get(unknown) is None  # nothing was created implicitly
+        assert await web.count() == 0
+
+    # -- 4. idle expiry -----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_idle_expiry_slides_with_touch(self, web: Namespace, clock: ManualClock) -> None:
+        session = await web.create()
+        t0 = clock.now_ms()
+        clock.set(t0 + 60)
+        touched = await web.touch(session.id)
+        assert touched is not None
+        assert (touched.last_seen_at, touched.expires_at) == (t0 + 60, t0 + 160)
+        clock.set(t0 + 150)
+        assert await web.get(session.id) is not None
+        clock.set(t0 + 159)
+        assert await web.get(session.id) is not None
+        clock.set(t0 + 160)  # live while now < expires_at
+        assert await web.get(session.id) is None
+        clock.set(t0 + 260)
+        assert await web.get(session.id) is None
+        assert await web.touch(session.id) is None  # a touch does not resurrect
+
+    @pytest.mark.asyncio
+    async def test_get_is_a_peek(self, web: Namespace, clock: ManualClock) -> None:
+        session = await web.create()
+        t0 = clock.now_ms()
+        clock.set(t0 + 60)
+        peeked = await web.get(session.id)
+        assert peeked is not None
+        assert (peeked.last_seen_at, peeked.expires_at) == (t0, t0 + 100)
+        clock.set(t0 + 99)
+        assert await web.get(session.id) is not None
+        clock.set(t0 + 100)
+        assert await web.get(session.id) is None
+
+    @pytest.mark.asyncio
+    async def test_update_records_activity(self, web: Namespace, clock: ManualClock) -> None:
+        session = await web.create()
+        clock.advance(90)
+        updated = await web.update(session.id, data={"a": 1})
+        assert updated.expires_at == clock.now_ms() + 100
+        clock.advance(99)
+        assert await web.get(session.id) is not None
+
+    # -- 5. absolute cap ----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_absolute_cap_is_never_extended(self, store: Store, clock: ManualClock) -> None:
+        web = store.namespace("capped", idle_ttl=100 * MS, absolute_ttl=250 * MS)
+        session = await web.create()
+        t0 = clock.now_ms()
+        for t in (50, 100, 150, 200):
+            clock.set(t0 + t)
+            touched = await web.touch(session.id)
+            assert touched is not None
+            assert touched.expires_at == min(t0 + t + 100, t0 + 250)
+        clock.set(t0 + 249)
+        assert await web.touch(session.id) is not None
+        clock.set(t0 + 250)
+        assert await web.touch(session.id) is None
+        assert await web.get(session.id) is None
+        with pytest.raises(SessionNotFound):
+            await web.update(session.id, data={})
+
+    @pytest.mark.asyncio
+    async def test_absolute_only_is_not_stretched_by_use(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        playground = store.namespace("absolute", absolute_ttl=timedelta(hours=24), id_prefix="pg_")
+        session = await playground.create()
+        assert session.id.startswith("pg_")
+        clock.advance(timedelta(hours=23))
+        touched = await playground.touch(session.id)
+        assert touched is not None
+        assert touched.expires_at == session.created_at + 24 * 3600 * 1000
+        clock.advance(timedelta(hours=1))
+        assert await playground.touch(session.id) is None
+
+    # -- 6. optimistic concurrency ------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_optimistic_concurrency_loses_no_update(self, web: Namespace) -> None:
+        session = await web.create(data={"n": 0})
+        await web.update(session.id, data={"n": 1})
+        await web.update(session.id, data={"n": 2})
+        first = await web.get(session.id)
+        second = await web.get(session.id)
+        assert first is not None
+        assert second is not None
+        assert first.version == second.version == 3
+        won = await web.update(
+            first.id, data={"n": 3, "by": "first"}, metadata={"w": "1"}, expected_version=3
+        )
+        assert won.version == 4
+        with pytest.raises(VersionConflict) as conflict:
+            await web.update(second.id, data={"n": 3, "by": "second"}, expected_version=3)
+        assert (conflict.value.expected, conflict.value.actual) == (3, 4)
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert (stored.data, stored.metadata, stored.version) == (
+            {"n": 3, "by": "first"},
+            {"w": "1"},
+            4,
+        )
+        last = await web.update(session.id, metadata={"w": "2"})  # no check: last writer wins
+        assert (last.data, last.metadata, last.version) == ({"n": 3, "by": "first"}, {"w": "2"}, 5)
+
+    @pytest.mark.asyncio
+    async def test_racing_versioned_writers_exactly_one_wins(self, web: Namespace) -> None:
+        session = await web.create(data={"winner": None})
+        results = await asyncio.gather(
+            *(
+                web.update(session.id, data={"winner": n}, expected_version=1)
+                for n in range(30)
+            ),
+            return_exceptions=True,
+        )
+        winners = [r for r in results if isinstance(r, Session)]
+        assert len(winners) == 1
+        assert sum(isinstance(r, VersionConflict) for r in results) == 29
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert (stored.data, stored.version) == (winners[0].data, 2)
+
+    # -- 7. counters --------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_concurrent_consume_never_passes_the_limit(self, web: Namespace) -> None:
+        session = await web.create()
+        results = await asyncio.gather(
+            *(web.consume(session.id, "searches", amount=1, limit=50) for _ in range(200))
+        )
+        assert sum(r.allowed for r in results) == 50
+        assert max(r.used for r in results) == 50
+        assert all(r.used <= 50 for r in results)
+        now = await web.consume(session.id, "searches", amount=0, limit=50)
+        assert (now.used, now.remaining, now.limit) == (50, 0, 50)
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert stored.counters == {"searches": 50}
+
+    @pytest.mark.asyncio
+    async def test_consume_refuses_refunds_and_reads(self, web: Namespace) -> None:
+        session = await web.create()
+        first = await web.consume(session.id, "q", amount=3, limit=5)
+        assert (first.allowed, first.used, first.remaining) == (True, 3, 2)
+        refused = await web.consume(session.id, "q", amount=3, limit=5)
+        assert (refused.allowed, refused.used, refused.remaining) == (False, 3, 2)
+        exact = await web.consume(session.id, "q", amount=2, limit=5)
+        assert (exact.allowed, exact.used, exact.remaining) == (True, 5, 0)
+        refund = await web.consume(session.id, "q", amount=-2, limit=5)
+        assert (refund.allowed, refund.used) == (True, 3)
+        floor = await web.consume(session.id, "q", amount=-100, limit=5)
+        assert (floor.allowed, floor.used) == (True, 0)
+        too_big = await web.consume(session.id, "fresh", amount=6, limit=5)
+        assert (too_big.allowed, too_big.used) == (False, 0)
+        free = await web.consume(session.id, "free", amount=10**12)
+        assert (free.allowed, free.used, free.remaining, free.limit) == (True, 10**12, None, None)
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert stored.counters["q"] == 0
+        assert stored.counters["free"] == 10**12
+        assert stored.version == 1  # counters are not data writes
+
+    @pytest.mark.asyncio
+    async def test_consume_does_not_extend_life(self, web: Namespace, clock: ManualClock) -> None:
+        session = await web.create()
+        clock.advance(99)
+        await web.consume(session.id, "q", limit=5)
+        clock.advance(1)
+        with pytest.raises(SessionNotFound):
+            await web.consume(session.id, "q", limit=5)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        ("counter", "amount", "limit"),
+        [("", 1, 5), ("has space", 1, 5), ("x" * 65, 1, 5), ("q", 1.5, 5), ("q", True, 5),
+         ("q", "1", 5), ("q", 1, -1), ("q", 1, 2.0), (None, 1, 5)],
+    )
+    async def test_consume_rejects_bad_arguments(
+        self, web: Namespace, counter: Any, amount: Any, limit: Any
+    ) -> None:
+        session = await web.create()
+        with pytest.raises(ValidationError):
+            await web.consume(session.id, counter, amount=amount, limit=limit)
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert stored.counters == {}
+
+    # -- 8. rotate ----------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_rotate_moves_state_and_kills_the_old_id(
+        self, web: Namespace, clock: ManualClock
+    ) -> None:
+        session = await web.create(subject="u1", data={"cart": [1, 2]}, metadata={"m": "v"})
+        await web.consume(session.id, "searches", amount=4, limit=50)
+        clock.advance(10)
+        rotated = await web.rotate(session.id)
+        assert rotated.id != session.id
+        assert ids.shard_of(rotated.id) == ids.shard_of(session.id)
+        assert (rotated.data, rotated.metadata, rotated.subject) == (
+            {"cart": [1, 2]}, {"m": "v"}, "u1"
+        )
+        assert rotated.counters == {"searches": 4}
+        assert rotated.created_at == session.created_at
+        assert rotated.version == session.version + 1
+        assert rotated.expires_at == clock.now_ms() + 100
+        assert await web.get(session.id) is None
+        assert await web.touch(session.id) is None
+        with pytest.raises(SessionNotFound):
+            await web.update(session.id, data={"resurrected": True})
+        with pytest.raises(SessionNotFound):
+            await web.consume(session.id, "searches", limit=50)
+        with pytest.raises(SessionNotFound):
+            await web.rotate(session.id)
+        assert await web.delete(session.id) is False
+        assert [s.id for s in await web.list_subject("u1")] == [rotated.id]
+        assert await web.get(session.id) is None
+        assert await web.count() == 1
+
+    @pytest.mark.asyncio
+    async def test_rotate_can_set_the_subject(self, web: Namespace) -> None:
+        anonymous = await web.create(data={"cart": ["book"]})
+        logged_in = await web.rotate(anonymous.id, subject="alice")
+        assert logged_in.subject == "alice"
+        assert [s.id for s in await web.list_subject("alice")] == [logged_in.id]
+        switched = await web.rotate(logged_in.id, subject="bob")
+        assert await web.list_subject("alice") == []
+        assert [s.id for s in await web.list_subject("bob")] == [switched.id]
+
+    @pytest.mark.asyncio
+    async def test_rotate_racing_an_update_never_resurrects_the_old_id(
+        self, web: Namespace
+    ) -> None:
+        for _ in range(20):
+            session = await web.create(subject="racer", data={"v": 0})
+            rotated, updated = await asyncio.gather(
+                web.rotate(session.id),
+                web.update(session.id, data={"v": 1}),
+                return_exceptions=True,
+            )
+            assert isinstance(rotated, Session)
+            assert isinstance(updated, (Session, SessionNotFound))
+            assert await web.get(session.id) is None
+            final = await web.get(rotated.id)
+            assert final is not None
+            if isinstance(updated, Session):  # the update went first and moved along
+                assert final.data == {"v": 1}
+            else:
+                assert final.data == {"v": 0}
+            await web.delete(rotated.id)
+        assert await web.list_subject("racer") == []
+        assert await web.count() == 0
+
+    @pytest.mark.asyncio
+    async def test_rotate_onto_a_taken_id_fails_cleanly(self, web: Namespace) -> None:
+        # Ids are random, so this is forced through the contract: what a backend must do if
+        # the new id were ever taken.
+        first = await web.create(data={"a": 1})
+        second = await web.create(data={"b": 2})
+        with pytest.raises(SessionExists):
+            await web.store.backend.rotate(
+                web.name, first.id, second.id, web.store.clock.now_ms(), web.lifetime, None
+            )
+        a, b = await web.get(first.id), await web.get(second.id)
+        assert a is not None
+        assert b is not None
+        assert (a.data, b.data) == ({"a": 1}, {"b": 2})
+
+    # -- 9. subjects --------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_revoke_subject_deletes_exactly_its_sessions(
+        self, store: Store, web: Namespace
+    ) -> None:
+        deleted: list[SessionEvent] = []
+        store.on("deleted", deleted.append)
+        mine = [await web.create(subject="u1", data={"n": n}) for n in range(3)]
+        other = await web.create(subject="u2")
+        unowned = await web.create()
+        assert await web.revoke_subject("u1") == 3
+        assert sorted(e.session.id for e in deleted) == sorted(s.id for s in mine)
+        assert all(e.session.subject == "u1" for e in deleted)
+        assert await web.list_subject("u1") == []
+        for session in mine:
+            assert await web.get(session.id) is None
+        assert await web.get(other.id) is not None
+        assert await web.get(unowned.id) is not None
+        assert [s.id for s in await web.list_subject("u2")] == [other.id]
+        assert await web.revoke_subject("u1") == 0
+        assert len(deleted) == 3
+
+    @pytest.mark.asyncio
+    async def test_list_subject_is_newest_first_and_live_only(
+        self, web: Namespace, clock: ManualClock
+    ) -> None:
+        old = await web.create(subject="u3")
+        clock.advance(50)
+        middle = await web.create(subject="u3")
+        clock.advance(10)
+        new = await web.create(subject="u3")
+        assert [s.id for s in await web.list_subject("u3")] == [new.id, middle.id, old.id]
+        clock.advance(45)  # old expired at +100; middle and new live
+        assert [s.id for s in await web.list_subject("u3")] == [new.id, middle.id]
+        clock.advance(1000)
+        assert await web.list_subject("u3") == []
+        assert await web.list_subject("nobody") == []
+
+    @pytest.mark.asyncio
+    async def test_update_moves_the_subject_index(self, web: Namespace) -> None:
+        session = await web.create(subject="before")
+        await web.update(session.id, subject="after")
+        assert await web.list_subject("before") == []
+        assert [s.id for s in await web.list_subject("after")] == [session.id]
+        cleared = await web.update(session.id, subject=None)
+        assert cleared.subject is None
+        assert await web.list_subject("after") == []
+        assert await web.revoke_subject("after") == 0
+        assert await web.get(session.id) is not None
+
+    @pytest.mark.asyncio
+    async def test_subjects_with_separator_like_characters_stay_apart(
+        self, web: Namespace
+    ) -> None:
+        a = await web.create(subject="team:a")
+        ab = await web.create(subject="team:a:b")
+        b = await web.create(subject="team:ab")
+        assert [s.id for s in await web.list_subject("team:a")] == [a.id]
+        assert [s.id for s in await web.list_subject("team:a:b")] == [ab.id]
+        assert [s.id for s in await web.list_subject("team:ab")] == [b.id]
+        assert await web.revoke_subject("team:a") == 1
+        assert await web.get(ab.id) is not None
+        assert await web.get(b.id) is not None
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("bad", ["", "x" * 257, "a\x00b", "line\nbreak", 7, b"u"], ids=repr)
+    async def test_bad_subjects_are_refused(self, web: Namespace, bad: Any) -> None:
+        with pytest.raises(ValidationError):
+            await web.create(subject=bad)
+        with pytest.raises(ValidationError):
+            await web.list_subject(bad)
+        with pytest.raises(ValidationError):
+            await web.revoke_subject(bad)
+        assert await web.count() == 0
+
+    # -- 10. reaping --------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_concurrent_reapers_expire_each_session_exactly_once(
+        self, store: Store, web: Namespace, clock: ManualClock
+    ) -> None:
+        expired: list[str] = []
+        store.on("expired", lambda event: expired.append(event.session.id))
+        created: list[str] = []
+        for _ in range(10):
+            batch = await asyncio.gather(
+                *(web.create(subject=f"u{n % 7}") for n in range(100))
+            )
+            created.extend(s.id for s in batch)
+        survivor = await web.create(subject="u0")
+        clock.advance(99)
+        await web.touch(survivor.id)
+        clock.advance(1)
+        assert await web.count() == 1
+
+        async def reaper() -> list[str]:
+            mine: list[str] = []
+            while batch := await web.reap(limit=150):
+                mine.extend(s.id for s in batch)
+            return mine
+
+        results = await asyncio.gather(*(reaper() for _ in range(4)))
+        claimed = [session_id for result in results for session_id in result]
+        assert len(claimed) == 1000
+        assert set(claimed) == set(created)
+        assert Counter(expired) == Counter(created)  # each once, no more
+        assert await web.reap() == []
+        assert await web.get(survivor.id) is not None
+        assert [s.id for s in await web.list_subject("u0")] == [survivor.id]
+
+    @pytest.mark.asyncio
+    async def test_a_session_touched_between_due_and_claim_is_not_reaped(
+        self, store: Store, web: Namespace, clock: ManualClock
+    ) -> None:
+        backend = store.backend
+        expired = await web.create()
+        live = await web.create()
+        clock.advance(99)
+        await web.touch(live.id)
+        clock.advance(1)
+        now = clock.now_ms()
+        assert await backend.due(web.name, now, 10) == [expired.id]
+        assert await web.touch(expired.id) is None  # past its time: a touch cannot revive it
+        assert [r.id for r in await backend.claim(web.name, [expired.id], now)] == [expired.id]
+
+        clock.advance(99)
+        now = clock.now_ms()
+        assert await backend.due(web.name, now, 10) == [live.id]
+        # The reaper has read `live` as due. Before it claims, a request on a host whose
+        # clock is 1 ms behind touches the session, which is live by that clock:
+        clock.set(now - 1)
+        assert await web.touch(live.id) is not None
+        assert await backend.claim(web.name, [live.id], now) == []
+        clock.set(now)
+        assert await web.get(live.id) is not None
+        assert await web.reap() == []
+
+    @pytest.mark.asyncio
+    async def test_reap_leaves_live_sessions_and_reports_state(
+        self, store: Store, web: Namespace, clock: ManualClock
+    ) -> None:
+        doomed = await web.create(subject="u", data={"last": "words"})
+        await web.consume(doomed.id, "q", amount=2, limit=5)
+        clock.advance(60)
+        alive = await web.create(subject="u")
+        clock.advance(40)
+        reaped = await web.reap()
+        assert [s.id for s in reaped] == [doomed.id]
+        assert reaped[0].data == {"last": "words"}
+        assert reaped[0].counters == {"q": 2}
+        assert reaped[0].subject == "u"
+        assert [s.id for s in await web.list_subject("u")] == [alive.id]
+        assert await web.count() == 1
+
+    @pytest.mark.asyncio
+    async def test_deleting_an_expired_session_reports_it_expired_once(
+        self, store: Store, web: Namespace, clock: ManualClock
+    ) -> None:
+        events: list[tuple[str, str]] = []
+        for kind in ("deleted", "expired"):
+            store.on(kind, lambda e: events.append((e.kind, e.session.id)))  # type: ignore[arg-type]
+        session = await web.create()
+        clock.advance(100)
+        assert await web.delete(session.id) is False
+        assert events == [("expired", session.id)]
+        assert await web.reap() == []
+        assert events == [("expired", session.id)]
+
+    # -- events -------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_lifecycle_events(self, store: Store, web: Namespace) -> None:
+        seen: list[SessionEvent] = []
+
+        async def async_listener(event: SessionEvent) -> None:
+            seen.append(event)
+
+        def failing_listener(event: SessionEvent) -> None:
+            raise RuntimeError("a broken listener must not break the store")
+
+        for kind in ("created", "updated", "rotated", "deleted"):
+            store.on(kind, failing_listener)  # type: ignore[arg-type]
+            store.on(kind, async_listener)  # type: ignore[arg-type]
+        session = await web.create(subject="s", data={"a": 1})
+        updated = await web.update(session.id, data={"a": 2})
+        rotated = await web.rotate(session.id)
+        assert await web.delete(rotated.id)
+        assert [e.kind for e in seen] == ["created", "updated", "rotated", "deleted"]
+        assert seen[0].session == session
+        assert seen[1].session == updated
+        assert seen[2].session == rotated
+        assert seen[2].previous_id == session.id
+        assert seen[3].session.id == rotated.id
+        assert seen[3].session.data == {"a": 2}
+        assert seen[3].namespace == "web"
+
+    @pytest.mark.asyncio
+    async def test_unsubscribe_stops_events(self, store: Store, web: Namespace) -> None:
+        seen: list[SessionEvent] = []
+        unsubscribe = store.on("created", seen.append)
+        await web.create()
+        unsubscribe()
+        await web.create()
+        assert len(seen) == 1
+        with pytest.raises(ValueError):
+            store.on("exploded", seen.append)  # type: ignore[arg-type]
+
+    # -- 12. payload cap and malformed ids ----------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_payload_over_the_cap_is_refused_and_nothing_stored(
+        self, store: Store
+    ) -> None:
+        small = store.namespace("small", idle_ttl=timedelta(minutes=1), max_payload=1000)
+        with pytest.raises(PayloadTooLarge) as too_large:
+            await small.create(data={"blob": "x" * 1000})
+        assert too_large.value.limit == 1000
+        with pytest.raises(PayloadTooLarge):
+            await small.create(metadata={"blob": "x" * 1000})
+        assert await small.count() == 0
+        session = await small.create(data={"blob": "x" * 900})
+        with pytest.raises(PayloadTooLarge):
+            await small.update(session.id, data={"blob": "x" * 2000})
+        stored = await small.get(session.id)
+        assert stored is not None
+        assert (stored.data, stored.version) == ({"blob": "x" * 900}, 1)
+
+    @pytest.mark.asyncio
+    async def test_default_cap_is_one_mebibyte(self, web: Namespace) -> None:
+        with pytest.raises(PayloadTooLarge):
+            await web.create(data={"blob": "x" * (1 << 20)})
+        fits = await web.create(data={"blob": "x" * ((1 << 20) - 100)})
+        stored = await web.get(fits.id)
+        assert stored is not None
+        assert len(stored.data["blob"]) == (1 << 20) - 100
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("bad", MALFORMED_IDS, ids=lambda v: repr(v)[:20])
+    async def test_malformed_ids_are_refused(self, web: Namespace, bad: Any) -> None:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: web.get(bad),
+            lambda: web.touch(bad),
+            lambda: web.update(bad, data={}),
+            lambda: web.consume(bad, "q", limit=1),
+            lambda: web.rotate(bad),
+            lambda: web.delete(bad),
+        ]
+        if bad is not None:  # create(id=None) asks for a fresh id
+            calls.append(lambda: web.create(id=bad))
+        for call in calls:
+            with pytest.raises(InvalidSessionId):
+                await call()
+
+    @pytest.mark.asyncio
+    async def test_ids_of_another_namespace_prefix_are_malformed(self, store: Store) -> None:
+        web = store.namespace("web", idle_ttl=timedelta(minutes=1))
+        playground = store.namespace("pg", absolute_ttl=timedelta(minutes=1), id_prefix="pg_")
+        anonymous = await playground.create()
+        with pytest.raises(InvalidSessionId):
+            await web.get(anonymous.id)
+        plain = await web.create()
+        with pytest.raises(InvalidSessionId):
+            await playground.get(plain.id)
+        assert await playground.get("pg_" + plain.id) is None  # well-formed, never issued
+
+    @pytest.mark.asyncio
+    async def test_namespaces_are_isolated(self, store: Store) -> None:
+        a = store.namespace("app-a", idle_ttl=timedelta(minutes=1))
+        b = store.namespace("app-b", idle_ttl=timedelta(minutes=1))
+        session = await a.create(subject="same")
+        assert await b.get(session.id) is None
+        assert await b.list_subject("same") == []
+        assert await b.revoke_subject("same") == 0
+        assert await b.delete(session.id) is False
+        assert await a.get(session.id) is not None
+
+    # -- 13. churn ----------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_churn_leaves_nothing_behind(self, store: Store, web: Namespace) -> None:
+        baseline = await self.footprint(store)
+        chunk = 250
+
+        async def cycle(n: int) -> None:
+            session = await web.create(subject=f"user-{n % 50}" if n % 2 else None)
+            if n % 3 == 0:
+                await web.consume(session.id, "q", limit=10)
+            if n % 5 == 0:
+                session = await web.rotate(session.id)
+            assert await web.delete(session.id)
+
+        for start in range(0, self.churn_cycles, chunk):
+            await asyncio.gather(*(cycle(n) for n in range(start, start + chunk)))
+        assert await web.count() == 0
+        assert await self.footprint(store) == baseline
+
+    # -- invariants under any interleaving ----------------------------------------------
+
+    def test_invariants_hold_under_any_interleaving(self, store_url: str) -> None:
+        run_state_machine_as_test(
+            _machine_for(store_url),
+            settings=settings(
+                max_examples=self.hypothesis_examples,
+                stateful_step_count=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+
+
+# -- the state machine -------------------------------------------------------------------
+
+IDLE_MS = 100
+ABSOLUTE_MS = 300
+QUOTA = 10
+
+
+@dataclasses.dataclass
+class _Model:
+    """What a session must look like, computed independently of any backend."""
+
+    created_at: int
+    last_seen_at: int
+    version: int = 1
+    used: int = 0
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def expires_at(self) -> int:
+        return min(self.last_seen_at + IDLE_MS, self.created_at + ABSOLUTE_MS)
+
+
+def _machine_for(store_url: str) -> type[RuleBasedStateMachine]:
+    class SessionMachine(RuleBasedStateMachine):
+        sessions = Bundle("sessions")
+        _runner = asyncio.Runner()
+        _store: Store | None = None
+        _serial = 0
+
+        def __init__(self) -> None:
+            super().__init__()
+            if SessionMachine._store is None:
+                SessionMachine._store = self.run(connect(store_url, clock=ManualClock()))
+            SessionMachine._serial += 1
+            store = SessionMachine._store
+            self.clock = store.clock
+            assert isinstance(self.clock, ManualClock)
+            self.ns = store.namespace(
+                f"sm{SessionMachine._serial}",
+                idle_ttl=IDLE_MS * MS,
+                absolute_ttl=ABSOLUTE_MS * MS,
+            )
+            self.model: dict[str, _Model] = {}
+            self.last_versions: dict[str, int] = {}
+
+        def run(self, awaitable: Awaitable[Any]) -> Any:
+            async def wrapped() -> Any:
+                return await awaitable
+
+            return SessionMachine._runner.run(wrapped())
+
+        def now(self) -> int:
+            return self.clock.now_ms()
+
+        def live(self, session_id: str) -> _Model | None:
+            model = self.model.get(session_id)
+            return model if model is not None and self.now() < model.expires_at else None
+
+        @rule(target=sessions, data=json_objects)
+        def create(self, data: dict[str, Any]) -> str:
+            session = self.run(self.ns.create(data=data))
+            self.model[session.id] = _Model(self.now(), self.now(), data=data)
+            return str(session.id)
+
+        @rule(ms=st.integers(min_value=0, max_value=120))
+        def advance(self, ms: int) -> None:
+            self.clock.advance(ms)
+
+        @rule(session_id=sessions)
+        def touch(self, session_id: str) -> None:
+            touched = self.run(self.ns.touch(session_id))
+            model = self.live(session_id)
+            assert (touched is None) == (model is None)
+            if model is not None:
+                model.last_seen_at = self.now()
+                assert touched.expires_at == model.expires_at
+
+        @rule(session_id=sessions, data=json_objects, stale=st.booleans(), check=st.booleans())
+        def update(self, session_id: str, data: dict[str, Any], stale: bool, check: bool) -> None:
+            model = self.live(session_id)
+            expected = None
+            if check and model is not None:
+                expected = model.version - 1 if stale and model.version > 1 else model.version
+            try:
+                updated = self.run(
+                    self.ns.update(session_id, data=data, expected_version=expected)
+                )
+            except SessionNotFound:
+                assert model is None
+                return
+            except VersionConflict:
+                assert model is not None
+                assert expected != model.version
+                return
+            assert model is not None
+            assert expected in (None, model.version)
+            model.version += 1
+            model.data = data
+            model.last_seen_at = self.now()
+            assert updated.version == model.version
+            assert _exact(updated.data) == _exact(data)
+
+        @rule(session_id=sessions, amount=st.integers(min_value=-3, max_value=5))
+        def consume(self, session_id: str, amount: int) -> None:
+            model = self.live(session_id)
+            try:
+                result = self.run(self.ns.consume(session_id, "q", amount=amount, limit=QUOTA))
+            except SessionNotFound:
+                assert model is None
+                return
+            assert model is not None
+            if amount < 0:
+                model.used = max(0, model.used + amount)
+                assert result.allowed
+            elif model.used + amount <= QUOTA:
+                model.used += amount
+                assert result.allowed
+            else:
+                assert not result.allowed
+            assert result.used == model.used
+
+        @rule(session_id=consumes(sessions), target=sessions)
+        def rotate(self, session_id: str) -> str:
+            model = self.live(session_id)
+            try:
+                rotated = self.run(self.ns.rotate(session_id))
+            except SessionNotFound:
+                assert model is None
+                return session_id
+            assert model is not None
+            del self.model[session_id]
+            model.version += 1
+            model.last_seen_at = self.now()
+            self.model[rotated.id] = model
+            return str(rotated.id)
+
+        @rule(session_id=consumes(sessions))
+        def delete(self, session_id: str) -> None:
+            model = self.live(session_id)
+            assert self.run(self.ns.delete(session_id)) == (model is not None)
+            self.model.pop(session_id, None)
+
+        @rule()
+        def reap(self) -> None:
+            reaped = {s.id for s in self.run(self.ns.reap())}
+            due = {sid for sid, m in self.model.items() if m.expires_at <= self.now()}
+            assert reaped == due
+            for session_id in reaped:
+                del self.model[session_id]
+
+        @invariant()
+        def matches_the_model(self) -> None:
+            for session_id, model in self.model.items():
+                stored = self.run(self.ns.get(session_id))
+                if self.now() >= model.expires_at:
+                    assert stored is None
+                    continue
+                assert stored is not None
+                assert stored.version == model.version
+                assert stored.version > self.last_versions.get(session_id, 0) - 1
+                self.last_versions[session_id] = stored.version
+                assert stored.expires_at == model.expires_at
+                assert stored.counters.get("q", 0) == model.used <= QUOTA
+                assert _exact(stored.data) == _exact(model.data)
+            assert self.run(self.ns.count()) == sum(
+                1 for m in self.model.values() if self.now() < m.expires_at
+            )
+
+        def teardown(self) -> None:
+            for session_id in list(self.model):
+                self.run(self.ns.delete(session_id))
+
+    return SessionMachine
+
+
+# -- several processes ---------------------------------------------------------------------
+
+
+def _consume_in_process(
+    url: str, namespace: str, now: int, session_id: str, attempts: int, limit: int,
+    barrier: Any, results: Any,
+) -> None:
+    async def work() -> int:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
+            barrier.wait()
+            outcomes = await asyncio.gather(
+                *(ns.consume(session_id, "searches", amount=1, limit=limit) for _ in range(attempts))
+            )
+            return sum(r.allowed for r in outcomes)
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+def _reap_in_process(
+    url: str, namespace: str, now: int, barrier: Any, results: Any
+) -> None:
+    async def work() -> list[str]:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
+            claimed: list[str] = []
+            store.on("expired", lambda event: claimed.append(event.session.id))
+            barrier.wait()
+            while await ns.reap(limit=100):
+                pass
+            return claimed
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+async def _run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int) -> list[Any]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(n)
+    results = context.Queue()
+    processes = [
+        context.Process(target=target, args=(*args, barrier, results), daemon=True)
+        for _ in range(n)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        collected = [await asyncio.to_thread(results.get, True, 120) for _ in range(n)]
+    finally:
+        for process in processes:
+            await asyncio.to_thread(process.join, 30)
+    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
+    return collected
+
+
+class MultiProcessConformance:
+    """For backends shared by several OS processes: the same guarantees across processes."""
+
+    @pytest.mark.asyncio
+    async def test_consume_is_atomic_across_processes(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        ns = store.namespace("mp-consume", idle_ttl=timedelta(hours=1))
+        session = await ns.create()
+        allowed = await _run_processes(
+            _consume_in_process, (store_url, ns.name, clock.now_ms(), session.id, 50, 50), 4
+        )
+        assert sum(allowed) == 50
+        final = await ns.consume(session.id, "searches", amount=0, limit=50)
+        assert final.used == 50
+
+    @pytest.mark.asyncio
+    async def test_reapers_in_several_processes_claim_each_session_once(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        ns = store.namespace("mp-reap", idle_ttl=timedelta(hours=1))
+        created: list[str] = []
+        for _ in range(6):
+            batch = await asyncio.gather(*(ns.create(subject="mp") for _ in range(100)))
+            created.extend(s.id for s in batch)
+        clock.advance(timedelta(hours=1))
+        claimed = await _run_processes(_reap_in_process, (store_url, ns.name, clock.now_ms()), 4)
+        everything = [session_id for part in claimed for session_id in part]
+        assert Counter(everything) == Counter(created)
+        assert await ns.count() == 0
+        assert await ns.list_subject("mp") == []

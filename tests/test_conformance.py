@@ -1,0 +1,34 @@
+"""The conformance suite on every built-in backend."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sessionary import Store
+from sessionary.backends.memory import MemoryBackend
+from sessionary.backends.sqlite import SQLiteBackend
+from sessionary.testing import MultiProcessConformance, StoreConformance
+
+
+class TestMemory(StoreConformance):
+    @pytest.fixture
+    def store_url(self) -> str:
+        return "memory://"
+
+    async def footprint(self, store: Store) -> int:
+        assert isinstance(store.backend, MemoryBackend)
+        return store.backend.footprint()
+
+
+class TestSQLite(StoreConformance, MultiProcessConformance):
+    @pytest.fixture
+    def store_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+
+    async def footprint(self, store: Store) -> int:
+        assert isinstance(store.backend, SQLiteBackend)
+        with sqlite3.connect(store.backend.path) as db:
+            return int(db.execute("SELECT count(*) FROM sessions").fetchone()[0])
