@@ -9,6 +9,7 @@ import pytest
 
 from sessionary import Store
 from sessionary.backends.memory import MemoryBackend
+from sessionary.backends.redis import RedisBackend
 from sessionary.backends.sqlite import SQLiteBackend
 from sessionary.testing import MultiProcessConformance, StoreConformance
 
@@ -32,3 +33,15 @@ class TestSQLite(StoreConformance, MultiProcessConformance):
         assert isinstance(store.backend, SQLiteBackend)
         with sqlite3.connect(store.backend.path) as db:
             return int(db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+
+
+class TestRedis(StoreConformance, MultiProcessConformance):
+    hypothesis_examples = 30
+
+    @pytest.fixture
+    def store_url(self, redis_url: str) -> str:
+        return redis_url
+
+    async def footprint(self, store: Store) -> int:
+        assert isinstance(store.backend, RedisBackend)
+        return int(await store.backend.client.dbsize())

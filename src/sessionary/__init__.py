@@ -1,8 +1,8 @@
 """sessionary: server-side sessions for Python backends.
 
-    store = await sessionary.connect("sqlite:///sessions.db")
-    web = store.namespace("web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12))
-    session = await web.create(subject="user-1", data={"cart": []})
+store = await sessionary.connect("sqlite:///sessions.db")
+web = store.namespace("web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12))
+session = await web.create(subject="user-1", data={"cart": []})
 """
 
 from sessionary import clock, errors

@@ -57,9 +57,7 @@ def encode_metadata(metadata: object) -> bytes:
         if type(key) is not str or not key:
             raise ValidationError(f"metadata keys are non-empty str, not {key!r}")
         if type(value) is not str:
-            raise ValidationError(
-                f"metadata values are str; {key!r} is {type(value).__name__}"
-            )
+            raise ValidationError(f"metadata values are str; {key!r} is {type(value).__name__}")
     return orjson.dumps(dict(metadata))
 
 

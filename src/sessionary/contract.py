@@ -96,9 +96,7 @@ class Backend(Protocol):
         """The live session, or None. Changes nothing."""
         ...
 
-    async def touch(
-        self, ns: str, session_id: str, now: int, lifetime: Lifetime
-    ) -> Record | None:
+    async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
         """Record activity on a live session and return it; None if absent. One round trip."""
         ...
 

@@ -47,5 +47,6 @@ class EventBus:
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
-                log.exception("a %r listener failed for session %s...", event.kind,
-                              event.session.id[:8])
+                log.exception(
+                    "a %r listener failed for session %s...", event.kind, event.session.id[:8]
+                )

@@ -218,7 +218,7 @@ class Namespace:
         *,
         data: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
-        subject: str | None | Keep = KEEP,
+        subject: str | Keep | None = KEEP,
         expected_version: int | None = None,
     ) -> Session:
         """Replace data and/or metadata (None keeps them), set or clear the subject.
@@ -272,7 +272,7 @@ class Namespace:
         )
         return ConsumeResult(allowed=allowed, used=used, limit=limit)
 
-    async def rotate(self, session_id: str, *, subject: str | None | Keep = KEEP) -> Session:
+    async def rotate(self, session_id: str, *, subject: str | Keep | None = KEEP) -> Session:
         """Give the session a new id (same data, counters and times; version + 1) in one
         atomic step: the old id stops working at once. Call it on login and on privilege
         changes (optionally setting the `subject`) so a planted id is worthless."""

@@ -130,9 +130,7 @@ class MemoryBackend:
         record = self._space(ns).live(session_id, now)
         return None if record is None else _copy(record)
 
-    async def touch(
-        self, ns: str, session_id: str, now: int, lifetime: Lifetime
-    ) -> Record | None:
+    async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
         space = self._space(ns)
         record = space.live(session_id, now)
         if record is None:

@@ -310,8 +310,17 @@ class SQLiteBackend:
         def run(db: sqlite3.Connection) -> None:
             inserted = db.execute(
                 _INSERT,
-                (ns, record.id, record.subject, record.created_at, record.last_seen_at,
-                 record.expires_at, record.version, record.data, record.metadata),
+                (
+                    ns,
+                    record.id,
+                    record.subject,
+                    record.created_at,
+                    record.last_seen_at,
+                    record.expires_at,
+                    record.version,
+                    record.data,
+                    record.metadata,
+                ),
             ).rowcount
             if not inserted:
                 raise SessionExists(record.id)
@@ -325,9 +334,7 @@ class SQLiteBackend:
 
         return await self._submit(run, writes=False)
 
-    async def touch(
-        self, ns: str, session_id: str, now: int, lifetime: Lifetime
-    ) -> Record | None:
+    async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
         args = (now, *_ttls(lifetime), ns, session_id)
 
         def run(db: sqlite3.Connection) -> Record | None:
@@ -348,8 +355,16 @@ class SQLiteBackend:
         subject: SubjectChange,
         expected_version: int | None,
     ) -> Record:
-        args = (now, *_ttls(lifetime), ns, session_id, data, metadata,
-                *_subject_args(subject), expected_version)
+        args = (
+            now,
+            *_ttls(lifetime),
+            ns,
+            session_id,
+            data,
+            metadata,
+            *_subject_args(subject),
+            expected_version,
+        )
 
         def run(db: sqlite3.Connection) -> Record:
             row = db.execute(_UPDATE, args).fetchone()

@@ -15,6 +15,7 @@ Use it from a test module (needs the `testing` extra: pytest, pytest-asyncio, hy
 `MultiProcessConformance` is for backends shared between processes (not `memory://`).
 """
 
-from sessionary.testing.conformance import MultiProcessConformance, StoreConformance
+from sessionary.testing._processes import MultiProcessConformance
+from sessionary.testing.conformance import StoreConformance
 
 __all__ = ["MultiProcessConformance", "StoreConformance"]

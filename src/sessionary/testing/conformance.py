@@ -6,28 +6,16 @@ Time is a `ManualClock` the tests move by hand: nothing here sleeps to wait for 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
 import math
-import multiprocessing
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from datetime import UTC, timedelta
 from typing import Any
 
-import orjson
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    consumes,
-    invariant,
-    rule,
     run_state_machine_as_test,
 )
 
@@ -43,76 +31,16 @@ from sessionary.errors import (
 )
 from sessionary.model import Session, SessionEvent
 from sessionary.store import Namespace, Store, connect
+from sessionary.testing._machine import machine_for
+from sessionary.testing._values import (
+    MALFORMED_IDS,
+    NOT_JSON,
+    exact,
+    json_objects,
+    metadata_objects,
+)
 
 MS = timedelta(milliseconds=1)
-
-
-def _exact(value: Any) -> bytes:
-    """A value's JSON with types kept (1 and 1.0 differ), for exact round-trip checks."""
-    return orjson.dumps(value)
-
-
-class _Color(enum.Enum):
-    RED = "red"
-
-
-@dataclasses.dataclass
-class _Point:
-    x: int
-
-
-NOT_JSON: list[Any] = [
-    (1, 2),
-    {1, 2},
-    float("nan"),
-    float("inf"),
-    -float("inf"),
-    uuid.UUID(int=7),
-    datetime(2026, 1, 1, tzinfo=timezone.utc),
-    b"bytes",
-    _Color.RED,
-    2**64,
-    -(2**63) - 1,
-    {1: "int key"},
-    Decimal("1.5"),
-    object(),
-    _Point(1),
-    defaultdict(list),
-]
-
-MALFORMED_IDS: list[Any] = [
-    "",
-    "abc",
-    "x" * 43,  # right length, but 'x' cannot end a canonical 256-bit token
-    "A" * 42 + "=",
-    "A" * 41 + "+A",
-    "A" * 41 + "/A",
-    "A" * 20 + " " + "A" * 22,
-    "A" * 41 + "é" + "A",
-    "A" * 44,
-    "A" * 42,
-    "A" * 4096,
-    None,
-    123,
-    b"A" * 43,
-    ["A" * 43],
-]
-
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=24,
-)
-json_objects = st.dictionaries(st.text(max_size=12), json_values, max_size=6)
-metadata_objects = st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=24), max_size=4)
 
 
 class StoreConformance:
@@ -152,7 +80,9 @@ class StoreConformance:
 
     @pytest.mark.asyncio
     async def test_every_field_round_trips(self, store: Store, clock: ManualClock) -> None:
-        web = store.namespace("rt", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12))
+        web = store.namespace(
+            "rt", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+        )
         data = {
             "int": 1,
             "big": 2**62,
@@ -163,7 +93,7 @@ class StoreConformance:
             "negzero": -0.0,
             "bool": True,
             "none": None,
-            "text": "zürich ✓ 東京 😀 \u0000 \"quoted\"",
+            "text": 'zürich ✓ 東京 😀 \u0000 "quoted"',
             "nested": {"list": [1, [2, {"x": []}]], "empty": {}, "one": [1.0]},
         }
         metadata = {"ua": "Mozilla/5.0", "ip": "203.0.113.9", "ünï": "cödé"}
@@ -172,7 +102,7 @@ class StoreConformance:
         got = await web.get(created.id)
         assert got is not None
         assert got == created
-        assert _exact(got.data) == _exact(data)
+        assert exact(got.data) == exact(data)
         assert math.copysign(1.0, got.data["negzero"]) == -1.0
         assert got.metadata == metadata
         assert got.namespace == "rt"
@@ -181,7 +111,7 @@ class StoreConformance:
         assert got.expires_at == now + 30 * 60 * 1000
         assert got.version == 1
         assert got.counters == {}
-        assert got.created.tzinfo is timezone.utc
+        assert got.created.tzinfo is UTC
         bare = await web.create()
         got_bare = await web.get(bare.id)
         assert got_bare is not None
@@ -203,11 +133,11 @@ class StoreConformance:
                     created = await web.create(data=data, metadata=metadata)
                     got = await web.get(created.id)
                     assert got is not None
-                    assert _exact(got.data) == _exact(data)
+                    assert exact(got.data) == exact(data)
                     assert got.metadata == metadata
                     touched = await web.touch(created.id)
                     assert touched is not None
-                    assert _exact(touched.data) == _exact(data)
+                    assert exact(touched.data) == exact(data)
                     assert await web.delete(created.id)
 
                 runner.run(check())
@@ -405,10 +335,7 @@ class StoreConformance:
     async def test_racing_versioned_writers_exactly_one_wins(self, web: Namespace) -> None:
         session = await web.create(data={"winner": None})
         results = await asyncio.gather(
-            *(
-                web.update(session.id, data={"winner": n}, expected_version=1)
-                for n in range(30)
-            ),
+            *(web.update(session.id, data={"winner": n}, expected_version=1) for n in range(30)),
             return_exceptions=True,
         )
         winners = [r for r in results if isinstance(r, Session)]
@@ -470,8 +397,17 @@ class StoreConformance:
     @pytest.mark.asyncio
     @pytest.mark.parametrize(
         ("counter", "amount", "limit"),
-        [("", 1, 5), ("has space", 1, 5), ("x" * 65, 1, 5), ("q", 1.5, 5), ("q", True, 5),
-         ("q", "1", 5), ("q", 1, -1), ("q", 1, 2.0), (None, 1, 5)],
+        [
+            ("", 1, 5),
+            ("has space", 1, 5),
+            ("x" * 65, 1, 5),
+            ("q", 1.5, 5),
+            ("q", True, 5),
+            ("q", "1", 5),
+            ("q", 1, -1),
+            ("q", 1, 2.0),
+            (None, 1, 5),
+        ],
     )
     async def test_consume_rejects_bad_arguments(
         self, web: Namespace, counter: Any, amount: Any, limit: Any
@@ -496,7 +432,9 @@ class StoreConformance:
         assert rotated.id != session.id
         assert ids.shard_of(rotated.id) == ids.shard_of(session.id)
         assert (rotated.data, rotated.metadata, rotated.subject) == (
-            {"cart": [1, 2]}, {"m": "v"}, "u1"
+            {"cart": [1, 2]},
+            {"m": "v"},
+            "u1",
         )
         assert rotated.counters == {"searches": 4}
         assert rotated.created_at == session.created_at
@@ -554,7 +492,7 @@ class StoreConformance:
         # Ids are random, so this is forced through the contract: what a backend must do if
         # the new id were ever taken.
         first = await web.create(data={"a": 1})
-        second = await web.create(data={"b": 2})
+        second = await web.create(id=ids.new_id(shard=ids.shard_of(first.id)), data={"b": 2})
         with pytest.raises(SessionExists):
             await web.store.backend.rotate(
                 web.name, first.id, second.id, web.store.clock.now_ms(), web.lifetime, None
@@ -616,9 +554,7 @@ class StoreConformance:
         assert await web.get(session.id) is not None
 
     @pytest.mark.asyncio
-    async def test_subjects_with_separator_like_characters_stay_apart(
-        self, web: Namespace
-    ) -> None:
+    async def test_subjects_with_separator_like_characters_stay_apart(self, web: Namespace) -> None:
         a = await web.create(subject="team:a")
         ab = await web.create(subject="team:a:b")
         b = await web.create(subject="team:ab")
@@ -650,9 +586,7 @@ class StoreConformance:
         store.on("expired", lambda event: expired.append(event.session.id))
         created: list[str] = []
         for _ in range(10):
-            batch = await asyncio.gather(
-                *(web.create(subject=f"u{n % 7}") for n in range(100))
-            )
+            batch = await asyncio.gather(*(web.create(subject=f"u{n % 7}") for n in range(100)))
             created.extend(s.id for s in batch)
         survivor = await web.create(subject="u0")
         clock.advance(99)
@@ -725,7 +659,7 @@ class StoreConformance:
     ) -> None:
         events: list[tuple[str, str]] = []
         for kind in ("deleted", "expired"):
-            store.on(kind, lambda e: events.append((e.kind, e.session.id)))  # type: ignore[arg-type]
+            store.on(kind, lambda e: events.append((e.kind, e.session.id)))
         session = await web.create()
         clock.advance(100)
         assert await web.delete(session.id) is False
@@ -746,8 +680,8 @@ class StoreConformance:
             raise RuntimeError("a broken listener must not break the store")
 
         for kind in ("created", "updated", "rotated", "deleted"):
-            store.on(kind, failing_listener)  # type: ignore[arg-type]
-            store.on(kind, async_listener)  # type: ignore[arg-type]
+            store.on(kind, failing_listener)
+            store.on(kind, async_listener)
         session = await web.create(subject="s", data={"a": 1})
         updated = await web.update(session.id, data={"a": 2})
         rotated = await web.rotate(session.id)
@@ -775,9 +709,7 @@ class StoreConformance:
     # -- 12. payload cap and malformed ids ----------------------------------------------
 
     @pytest.mark.asyncio
-    async def test_payload_over_the_cap_is_refused_and_nothing_stored(
-        self, store: Store
-    ) -> None:
+    async def test_payload_over_the_cap_is_refused_and_nothing_stored(self, store: Store) -> None:
         small = store.namespace("small", idle_ttl=timedelta(minutes=1), max_payload=1000)
         with pytest.raises(PayloadTooLarge) as too_large:
             await small.create(data={"blob": "x" * 1000})
@@ -865,7 +797,7 @@ class StoreConformance:
 
     def test_invariants_hold_under_any_interleaving(self, store_url: str) -> None:
         run_state_machine_as_test(
-            _machine_for(store_url),
+            machine_for(store_url),
             settings=settings(
                 max_examples=self.hypothesis_examples,
                 stateful_step_count=25,
@@ -873,271 +805,3 @@ class StoreConformance:
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             ),
         )
-
-
-# -- the state machine -------------------------------------------------------------------
-
-IDLE_MS = 100
-ABSOLUTE_MS = 300
-QUOTA = 10
-
-
-@dataclasses.dataclass
-class _Model:
-    """What a session must look like, computed independently of any backend."""
-
-    created_at: int
-    last_seen_at: int
-    version: int = 1
-    used: int = 0
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def expires_at(self) -> int:
-        return min(self.last_seen_at + IDLE_MS, self.created_at + ABSOLUTE_MS)
-
-
-def _machine_for(store_url: str) -> type[RuleBasedStateMachine]:
-    class SessionMachine(RuleBasedStateMachine):
-        sessions = Bundle("sessions")
-        _runner = asyncio.Runner()
-        _store: Store | None = None
-        _serial = 0
-
-        def __init__(self) -> None:
-            super().__init__()
-            if SessionMachine._store is None:
-                SessionMachine._store = self.run(connect(store_url, clock=ManualClock()))
-            SessionMachine._serial += 1
-            store = SessionMachine._store
-            self.clock = store.clock
-            assert isinstance(self.clock, ManualClock)
-            self.ns = store.namespace(
-                f"sm{SessionMachine._serial}",
-                idle_ttl=IDLE_MS * MS,
-                absolute_ttl=ABSOLUTE_MS * MS,
-            )
-            self.model: dict[str, _Model] = {}
-            self.last_versions: dict[str, int] = {}
-
-        def run(self, awaitable: Awaitable[Any]) -> Any:
-            async def wrapped() -> Any:
-                return await awaitable
-
-            return SessionMachine._runner.run(wrapped())
-
-        def now(self) -> int:
-            return self.clock.now_ms()
-
-        def live(self, session_id: str) -> _Model | None:
-            model = self.model.get(session_id)
-            return model if model is not None and self.now() < model.expires_at else None
-
-        @rule(target=sessions, data=json_objects)
-        def create(self, data: dict[str, Any]) -> str:
-            session = self.run(self.ns.create(data=data))
-            self.model[session.id] = _Model(self.now(), self.now(), data=data)
-            return str(session.id)
-
-        @rule(ms=st.integers(min_value=0, max_value=120))
-        def advance(self, ms: int) -> None:
-            self.clock.advance(ms)
-
-        @rule(session_id=sessions)
-        def touch(self, session_id: str) -> None:
-            touched = self.run(self.ns.touch(session_id))
-            model = self.live(session_id)
-            assert (touched is None) == (model is None)
-            if model is not None:
-                model.last_seen_at = self.now()
-                assert touched.expires_at == model.expires_at
-
-        @rule(session_id=sessions, data=json_objects, stale=st.booleans(), check=st.booleans())
-        def update(self, session_id: str, data: dict[str, Any], stale: bool, check: bool) -> None:
-            model = self.live(session_id)
-            expected = None
-            if check and model is not None:
-                expected = model.version - 1 if stale and model.version > 1 else model.version
-            try:
-                updated = self.run(
-                    self.ns.update(session_id, data=data, expected_version=expected)
-                )
-            except SessionNotFound:
-                assert model is None
-                return
-            except VersionConflict:
-                assert model is not None
-                assert expected != model.version
-                return
-            assert model is not None
-            assert expected in (None, model.version)
-            model.version += 1
-            model.data = data
-            model.last_seen_at = self.now()
-            assert updated.version == model.version
-            assert _exact(updated.data) == _exact(data)
-
-        @rule(session_id=sessions, amount=st.integers(min_value=-3, max_value=5))
-        def consume(self, session_id: str, amount: int) -> None:
-            model = self.live(session_id)
-            try:
-                result = self.run(self.ns.consume(session_id, "q", amount=amount, limit=QUOTA))
-            except SessionNotFound:
-                assert model is None
-                return
-            assert model is not None
-            if amount < 0:
-                model.used = max(0, model.used + amount)
-                assert result.allowed
-            elif model.used + amount <= QUOTA:
-                model.used += amount
-                assert result.allowed
-            else:
-                assert not result.allowed
-            assert result.used == model.used
-
-        @rule(session_id=consumes(sessions), target=sessions)
-        def rotate(self, session_id: str) -> str:
-            model = self.live(session_id)
-            try:
-                rotated = self.run(self.ns.rotate(session_id))
-            except SessionNotFound:
-                assert model is None
-                return session_id
-            assert model is not None
-            del self.model[session_id]
-            model.version += 1
-            model.last_seen_at = self.now()
-            self.model[rotated.id] = model
-            return str(rotated.id)
-
-        @rule(session_id=consumes(sessions))
-        def delete(self, session_id: str) -> None:
-            model = self.live(session_id)
-            assert self.run(self.ns.delete(session_id)) == (model is not None)
-            self.model.pop(session_id, None)
-
-        @rule()
-        def reap(self) -> None:
-            reaped = {s.id for s in self.run(self.ns.reap())}
-            due = {sid for sid, m in self.model.items() if m.expires_at <= self.now()}
-            assert reaped == due
-            for session_id in reaped:
-                del self.model[session_id]
-
-        @invariant()
-        def matches_the_model(self) -> None:
-            for session_id, model in self.model.items():
-                stored = self.run(self.ns.get(session_id))
-                if self.now() >= model.expires_at:
-                    assert stored is None
-                    continue
-                assert stored is not None
-                assert stored.version == model.version
-                assert stored.version > self.last_versions.get(session_id, 0) - 1
-                self.last_versions[session_id] = stored.version
-                assert stored.expires_at == model.expires_at
-                assert stored.counters.get("q", 0) == model.used <= QUOTA
-                assert _exact(stored.data) == _exact(model.data)
-            assert self.run(self.ns.count()) == sum(
-                1 for m in self.model.values() if self.now() < m.expires_at
-            )
-
-        def teardown(self) -> None:
-            for session_id in list(self.model):
-                self.run(self.ns.delete(session_id))
-
-    return SessionMachine
-
-
-# -- several processes ---------------------------------------------------------------------
-
-
-def _consume_in_process(
-    url: str, namespace: str, now: int, session_id: str, attempts: int, limit: int,
-    barrier: Any, results: Any,
-) -> None:
-    async def work() -> int:
-        store = await connect(url, clock=ManualClock(now))
-        try:
-            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
-            barrier.wait()
-            outcomes = await asyncio.gather(
-                *(ns.consume(session_id, "searches", amount=1, limit=limit) for _ in range(attempts))
-            )
-            return sum(r.allowed for r in outcomes)
-        finally:
-            await store.close()
-
-    results.put(asyncio.run(work()))
-
-
-def _reap_in_process(
-    url: str, namespace: str, now: int, barrier: Any, results: Any
-) -> None:
-    async def work() -> list[str]:
-        store = await connect(url, clock=ManualClock(now))
-        try:
-            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
-            claimed: list[str] = []
-            store.on("expired", lambda event: claimed.append(event.session.id))
-            barrier.wait()
-            while await ns.reap(limit=100):
-                pass
-            return claimed
-        finally:
-            await store.close()
-
-    results.put(asyncio.run(work()))
-
-
-async def _run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int) -> list[Any]:
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(n)
-    results = context.Queue()
-    processes = [
-        context.Process(target=target, args=(*args, barrier, results), daemon=True)
-        for _ in range(n)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        collected = [await asyncio.to_thread(results.get, True, 120) for _ in range(n)]
-    finally:
-        for process in processes:
-            await asyncio.to_thread(process.join, 30)
-    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
-    return collected
-
-
-class MultiProcessConformance:
-    """For backends shared by several OS processes: the same guarantees across processes."""
-
-    @pytest.mark.asyncio
-    async def test_consume_is_atomic_across_processes(
-        self, store: Store, store_url: str, clock: ManualClock
-    ) -> None:
-        ns = store.namespace("mp-consume", idle_ttl=timedelta(hours=1))
-        session = await ns.create()
-        allowed = await _run_processes(
-            _consume_in_process, (store_url, ns.name, clock.now_ms(), session.id, 50, 50), 4
-        )
-        assert sum(allowed) == 50
-        final = await ns.consume(session.id, "searches", amount=0, limit=50)
-        assert final.used == 50
-
-    @pytest.mark.asyncio
-    async def test_reapers_in_several_processes_claim_each_session_once(
-        self, store: Store, store_url: str, clock: ManualClock
-    ) -> None:
-        ns = store.namespace("mp-reap", idle_ttl=timedelta(hours=1))
-        created: list[str] = []
-        for _ in range(6):
-            batch = await asyncio.gather(*(ns.create(subject="mp") for _ in range(100)))
-            created.extend(s.id for s in batch)
-        clock.advance(timedelta(hours=1))
-        claimed = await _run_processes(_reap_in_process, (store_url, ns.name, clock.now_ms()), 4)
-        everything = [session_id for part in claimed for session_id in part]
-        assert Counter(everything) == Counter(created)
-        assert await ns.count() == 0
-        assert await ns.list_subject("mp") == []

@@ -1,0 +1,422 @@
+"""`redis://`, `rediss://`, `unix://`: Redis 7+ and Valkey, through redis-py's asyncio client.
+
+Layout. A namespace is split into 16 shards; a session's shard is carried by its id (see
+`sessionary.ids`). All keys of one shard share the hash tag `{<namespace>:<shard>}`, so a
+session, the shard's expiry index and the shard's subject index sit in one cluster slot, and
+each script declares every key it touches in KEYS:
+
+    <prefix>{web:07}:s:<id>   hash: the session (see common.lua for its fields)
+    <prefix>{web:07}:x        sorted set: ids by expires_at (what `due`/`claim` read)
+    <prefix>{web:07}:u        sorted set: "<subject>\\0<id>", read by lex range per subject
+
+Every read-modify-write is one Lua script. Every key has a TTL that runs `grace_ms` past the
+latest `expires_at` it serves, so nothing is immortal and a reaper can still read what it
+expires; a session whose key Redis dropped before any reaper came is cleaned out of the
+indexes when they are next read.
+
+URL options (query parameters): `prefix` (default "sessionary:"), `grace_ms` (default one
+hour), and redis-py's own, such as `socket_connect_timeout` (default 2 s),
+`socket_timeout` (default 5 s), `max_connections` (default 64) and `timeout` (how long a
+caller waits for a free connection, default 5 s). Commands are not retried on their own: a
+write whose outcome is unknown raises `StoreUnavailable`; it never runs twice.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    OutOfMemoryError,
+    ReadOnlyError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from sessionary import ids
+from sessionary.backends.redis.scripts import Script, Scripts
+from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
+from sessionary.errors import (
+    SessionExists,
+    SessionNotFound,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_PREFIX = "sessionary:"
+DEFAULT_GRACE_MS = 3_600_000
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
+_OWN_OPTIONS = {"prefix", "grace_ms"}
+# A bounded pool: past `max_connections` concurrent commands, callers queue for up to
+# `timeout` seconds instead of opening ever more sockets.
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 5.0,
+    "max_connections": 64,
+    "timeout": 5.0,
+}
+
+
+def _translate_errors(
+    method: Callable[Concatenate[RedisBackend, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[RedisBackend, P], Coroutine[Any, Any, R]]:
+    """Turn "the server is unreachable / refusing" into `StoreUnavailable`."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RedisBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+
+    return wrapper
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A script's HGETALL reply (a flat list) as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _record(session_id: str, fields: dict[bytes, bytes]) -> Record:
+    counters: dict[str, int] = {}
+    for name, value in fields.items():
+        if name[:2] == b"k:":
+            counters[name[2:].decode()] = int(value)
+    subject = fields.get(b"s")
+    return Record(
+        session_id,
+        None if subject is None else subject.decode(),
+        int(fields[b"c"]),
+        int(fields[b"l"]),
+        int(fields[b"e"]),
+        int(fields[b"v"]),
+        fields[b"d"],
+        fields[b"m"],
+        counters,
+    )
+
+
+def _pairs(flat: Sequence[Any]) -> list[Record]:
+    """A reply of {id, fields, id, fields, ...} as records."""
+    return [_record(flat[i].decode(), _fields(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _ttl_args(lifetime: Lifetime) -> tuple[str, str]:
+    return (
+        "" if lifetime.idle_ms is None else str(lifetime.idle_ms),
+        "" if lifetime.absolute_ms is None else str(lifetime.absolute_ms),
+    )
+
+
+def _subject_args(subject: SubjectChange) -> tuple[str, str]:
+    if subject is KEEP:
+        return "keep", ""
+    return ("clear", "") if subject is None else ("set", subject)
+
+
+class _ShardKeys:
+    __slots__ = ("expiry", "session", "subjects")
+
+    def __init__(self, prefix: str, ns: str, shard: int) -> None:
+        tag = f"{prefix}{{{ns}:{shard:02d}}}"
+        self.session = f"{tag}:s:"
+        self.expiry = f"{tag}:x"
+        self.subjects = f"{tag}:u"
+
+
+class RedisBackend:
+    """Sessions in Redis or Valkey (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        grace_ms: int = DEFAULT_GRACE_MS,
+        where: str = "redis",
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain '{' or '}' (they pick the slot)")
+        if grace_ms < 1000:
+            raise ValueError("grace_ms is at least 1000: reapers need time to read expired state")
+        self.client = client
+        self.prefix = prefix
+        self.grace = str(grace_ms)
+        self.where = where
+        self._scripts = Scripts()
+        self._keys: dict[tuple[str, int], _ShardKeys] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        parts = urlsplit(url)
+        own: dict[str, str] = {}
+        passed: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "protocol":
+                raise ValueError("sessionary speaks RESP2 to Redis; drop the protocol option")
+            if key in _OWN_OPTIONS:
+                own[key] = value
+            else:
+                passed.append((key, value))
+        client_url = urlunsplit(parts._replace(query=urlencode(passed)))
+        pool = BlockingConnectionPool.from_url(
+            client_url,
+            **_CLIENT_DEFAULTS,
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        client = Redis.from_pool(pool)
+        try:
+            grace_ms = int(own.get("grace_ms", DEFAULT_GRACE_MS))
+        except ValueError:
+            raise ValueError(f"grace_ms is an int of ms, not {own['grace_ms']!r}") from None
+        where = f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":")
+        return cls(client, prefix=own.get("prefix", DEFAULT_PREFIX), grace_ms=grace_ms, where=where)
+
+    def shard_keys(self, ns: str, shard: int) -> _ShardKeys:
+        keys = self._keys.get((ns, shard))
+        if keys is None:
+            keys = self._keys[(ns, shard)] = _ShardKeys(self.prefix, ns, shard)
+        return keys
+
+    def _session_keys(self, ns: str, session_id: str) -> tuple[str, str, str]:
+        keys = self.shard_keys(ns, ids.shard_of(session_id))
+        return keys.session + session_id, keys.expiry, keys.subjects
+
+    # -- single-session operations ------------------------------------------------------
+
+    @_translate_errors
+    async def create(self, ns: str, record: Record) -> None:
+        created = await self._scripts.run(
+            self.client,
+            self._scripts.create,
+            self._session_keys(ns, record.id),
+            (
+                record.id,
+                record.created_at,
+                record.last_seen_at,
+                record.expires_at,
+                record.version,
+                record.data,
+                record.metadata,
+                record.subject or "",
+                record.last_seen_at,
+                self.grace,
+            ),
+        )
+        if not created:
+            raise SessionExists(record.id)
+
+    @_translate_errors
+    async def get(self, ns: str, session_id: str, now: int) -> Record | None:
+        fields: dict[bytes, bytes] = await self.client.hgetall(  # type: ignore[assignment]
+            self._session_keys(ns, session_id)[0]
+        )
+        if not fields or int(fields[b"e"]) <= now:
+            return None
+        return _record(session_id, fields)
+
+    @_translate_errors
+    async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
+        flat = await self._scripts.run(
+            self.client,
+            self._scripts.touch,
+            self._session_keys(ns, session_id),
+            (session_id, now, *_ttl_args(lifetime), self.grace),
+        )
+        return None if flat is None else _record(session_id, _fields(flat))
+
+    @_translate_errors
+    async def update(
+        self,
+        ns: str,
+        session_id: str,
+        now: int,
+        lifetime: Lifetime,
+        *,
+        data: bytes | None,
+        metadata: bytes | None,
+        subject: SubjectChange,
+        expected_version: int | None,
+    ) -> Record:
+        reply = await self._scripts.run(
+            self.client,
+            self._scripts.update,
+            self._session_keys(ns, session_id),
+            (
+                session_id,
+                now,
+                *_ttl_args(lifetime),
+                self.grace,
+                data or b"",
+                metadata or b"",
+                *_subject_args(subject),
+                "" if expected_version is None else str(expected_version),
+            ),
+        )
+        if reply[0] == -1:
+            raise SessionNotFound(session_id)
+        if reply[0] == -2:
+            assert expected_version is not None
+            raise VersionConflict(session_id, expected_version, int(reply[1]))
+        return _record(session_id, _fields(reply[1]))
+
+    @_translate_errors
+    async def consume(
+        self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
+    ) -> tuple[bool, int]:
+        reply = await self._scripts.run(
+            self.client,
+            self._scripts.consume,
+            self._session_keys(ns, session_id)[:1],
+            (now, "k:" + counter, amount, "" if limit is None else limit),
+        )
+        if reply[0] == -1:
+            raise SessionNotFound(session_id)
+        return reply[0] == 1, int(reply[1])
+
+    @_translate_errors
+    async def rotate(
+        self,
+        ns: str,
+        session_id: str,
+        new_id: str,
+        now: int,
+        lifetime: Lifetime,
+        subject: SubjectChange,
+    ) -> Record:
+        if ids.shard_of(new_id) != ids.shard_of(session_id):
+            raise ValueError("rotate needs the new id in the old id's shard (ids.new_id(shard=))")
+        old_key, expiry, subjects = self._session_keys(ns, session_id)
+        new_key = self._session_keys(ns, new_id)[0]
+        reply = await self._scripts.run(
+            self.client,
+            self._scripts.rotate,
+            (old_key, new_key, expiry, subjects),
+            (session_id, new_id, now, *_ttl_args(lifetime), self.grace, *_subject_args(subject)),
+        )
+        if reply[0] == -1:
+            raise SessionNotFound(session_id)
+        if reply[0] == -2:
+            raise SessionExists(new_id)
+        return _record(new_id, _fields(reply[1]))
+
+    @_translate_errors
+    async def delete(self, ns: str, session_id: str) -> Record | None:
+        flat = await self._scripts.run(
+            self.client, self._scripts.delete, self._session_keys(ns, session_id), (session_id,)
+        )
+        return None if flat is None else _record(session_id, _fields(flat))
+
+    # -- operations across shards -------------------------------------------------------
+
+    async def _fan_out(self, build: Callable[[Any, _ShardKeys], object], ns: str) -> list[Any]:
+        """One command per shard, all in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(ids.SHARDS):
+                build(pipe, self.shard_keys(ns, shard))
+            return list(await pipe.execute())
+
+    async def _subject_ids(self, ns: str, subject: str) -> list[list[str]]:
+        """Per shard, the ids the subject index names for `subject`."""
+        raw = subject.encode()
+        low, high, cut = b"[" + raw + b"\x00", b"(" + raw + b"\x01", len(raw) + 1
+        members = await self._fan_out(lambda pipe, k: pipe.zrangebylex(k.subjects, low, high), ns)
+        return [[m[cut:].decode() for m in found] for found in members]
+
+    @_translate_errors
+    async def list_subject(self, ns: str, subject: str, now: int) -> list[Record]:
+        per_shard = await self._subject_ids(ns, subject)
+        named = [(shard, sid) for shard, found in enumerate(per_shard) for sid in found]
+        if not named:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard, session_id in named:
+                pipe.hgetall(self.shard_keys(ns, shard).session + session_id)
+            states = await pipe.execute()
+        records, dangling = [], []
+        for (shard, session_id), fields in zip(named, states, strict=True):
+            if not fields:
+                dangling.append((shard, session_id))
+            elif int(fields[b"e"]) > now and fields.get(b"s") == subject.encode():
+                records.append(_record(session_id, fields))
+        if dangling:  # their keys expired in Redis: drop the index entries
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard, session_id in dangling:
+                    pipe.zrem(self.shard_keys(ns, shard).subjects, f"{subject}\x00{session_id}")
+                await pipe.execute()
+        return records
+
+    @_translate_errors
+    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+        calls: list[tuple[Script, Sequence[str], Sequence[str]]] = []
+        for shard, found in enumerate(await self._subject_ids(ns, subject)):
+            if found:
+                keys = self.shard_keys(ns, shard)
+                calls.append(
+                    (
+                        self._scripts.revoke,
+                        [keys.expiry, keys.subjects, *(keys.session + sid for sid in found)],
+                        [subject, *found],
+                    )
+                )
+        replies = await self._scripts.run_many(self.client, calls)
+        return [record for reply in replies for record in _pairs(reply)]
+
+    @_translate_errors
+    async def due(self, ns: str, now: int, limit: int) -> list[str]:
+        per_shard = await self._fan_out(
+            lambda pipe, k: pipe.zrangebyscore(
+                k.expiry, "-inf", now, start=0, num=limit, withscores=True
+            ),
+            ns,
+        )
+        entries = sorted((score, member) for found in per_shard for member, score in found)
+        return [member.decode() for _, member in entries[:limit]]
+
+    @_translate_errors
+    async def claim(self, ns: str, session_ids: Sequence[str], now: int) -> list[Record]:
+        by_shard: dict[int, list[str]] = {}
+        for session_id in session_ids:
+            by_shard.setdefault(ids.shard_of(session_id), []).append(session_id)
+        calls: list[tuple[Script, Sequence[str], Sequence[str | int]]] = []
+        for shard, found in by_shard.items():
+            keys = self.shard_keys(ns, shard)
+            calls.append(
+                (
+                    self._scripts.claim,
+                    [keys.expiry, keys.subjects, *(keys.session + sid for sid in found)],
+                    [now, *found],
+                )
+            )
+        replies = await self._scripts.run_many(self.client, calls)
+        return [record for reply in replies for record in _pairs(reply)]
+
+    @_translate_errors
+    async def count(self, ns: str, now: int) -> int:
+        counts = await self._fan_out(lambda pipe, k: pipe.zcount(k.expiry, f"({now}", "+inf"), ns)
+        return sum(counts)
+
+    @_translate_errors
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.where!r}, prefix={self.prefix!r})"

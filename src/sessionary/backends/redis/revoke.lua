@@ -1,0 +1,19 @@
+-- KEYS: expiry, subjects, session 1..n (sessions the subject index named, in this shard)
+-- ARGV: subject, id 1..n
+-- -> {id, fields, id, fields, ...} of the sessions removed
+local removed = {}
+for i = 1, #KEYS - 2 do
+  local key, id = KEYS[i + 2], ARGV[i + 1]
+  local subject = redis.call('HGET', key, 's')
+  if subject == ARGV[1] then
+    removed[#removed + 1] = id
+    removed[#removed + 1] = redis.call('HGETALL', key)
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], ARGV[1] .. '\0' .. id)
+  elseif redis.call('EXISTS', key) == 0 then  -- gone already (Redis TTL): drop the entries
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], ARGV[1] .. '\0' .. id)
+  end  -- else the session has another subject by now: not ours to revoke
+end
+return removed

@@ -1,0 +1,81 @@
+"""The Lua scripts of the Redis backend, loaded once and called by SHA.
+
+Each `*.lua` file beside this module is one script, with `common.lua` prepended. Calls go
+out as EVALSHA; a NOSCRIPT answer (after SCRIPT FLUSH, a restart or a failover to a server
+that never saw the script) loads the script and retries that one call. Nothing is ever sent
+as EVAL with the full source on the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+Arg = str | bytes | int
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        here = files("sessionary.backends.redis")
+        source = (
+            here.joinpath("common.lua").read_bytes()
+            + b"\n"
+            + here.joinpath(f"{name}.lua").read_bytes()
+        )
+        return cls(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+
+
+class Scripts:
+    """The backend's scripts, and how to run them alone or many in one round trip."""
+
+    def __init__(self) -> None:
+        self.create = Script.load("create")
+        self.touch = Script.load("touch")
+        self.update = Script.load("update")
+        self.consume = Script.load("consume")
+        self.rotate = Script.load("rotate")
+        self.delete = Script.load("delete")
+        self.revoke = Script.load("revoke")
+        self.claim = Script.load("claim")
+
+    @staticmethod
+    async def run(client: Redis, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+    @classmethod
+    async def run_many(
+        cls, client: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        """Run several scripts in one pipeline (no MULTI: each script is atomic alone)."""
+        if not calls:
+            return []
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            return [await cls.run(client, script, keys, args)]
+        async with client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        for index, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                script, keys, args = calls[index]
+                results[index] = await cls.run(client, script, keys, args)
+            elif isinstance(result, Exception):
+                raise result
+        return results

@@ -1,0 +1,27 @@
+-- KEYS: session, expiry, subjects
+-- ARGV: id, now, idle, absolute, grace, data ('' keeps), metadata ('' keeps),
+--       subject mode ('keep' | 'set' | 'clear'), subject, expected version ('' any)
+-- -> {1, fields} | {-1} not live | {-2, actual version}
+local now = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'c', 'e', 'v', 's')
+if not state[1] or tonumber(state[2]) <= now then return {-1} end
+if ARGV[10] ~= '' and state[3] ~= ARGV[10] then return {-2, state[3]} end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'd', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'm', ARGV[7]) end
+local subject = state[4]
+if ARGV[8] ~= 'keep' then
+  if subject then redis.call('ZREM', KEYS[3], subject .. '\0' .. ARGV[1]) end
+  if ARGV[8] == 'set' then
+    subject = ARGV[9]
+    redis.call('HSET', KEYS[1], 's', subject)
+    redis.call('ZADD', KEYS[3], 0, subject .. '\0' .. ARGV[1])
+  else
+    subject = false
+    redis.call('HDEL', KEYS[1], 's')
+  end
+end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+local e = deadline(tonumber(state[1]), now, ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[1], 'l', ARGV[2], 'e', int(e))
+place(KEYS[1], KEYS[2], KEYS[3], ARGV[1], e, now, tonumber(ARGV[5]), subject)
+return {1, redis.call('HGETALL', KEYS[1])}

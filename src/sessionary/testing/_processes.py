@@ -1,0 +1,108 @@
+"""The guarantees that must hold across OS processes sharing one store."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sessionary.clock import ManualClock
+from sessionary.store import Store, connect
+
+
+def _consume_in_process(
+    url: str,
+    namespace: str,
+    now: int,
+    session_id: str,
+    attempts: int,
+    limit: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    async def work() -> int:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
+            barrier.wait()
+            charges = (ns.consume(session_id, "searches", limit=limit) for _ in range(attempts))
+            outcomes = await asyncio.gather(*charges)
+            return sum(r.allowed for r in outcomes)
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+def _reap_in_process(url: str, namespace: str, now: int, barrier: Any, results: Any) -> None:
+    async def work() -> list[str]:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
+            claimed: list[str] = []
+            store.on("expired", lambda event: claimed.append(event.session.id))
+            barrier.wait()
+            while await ns.reap(limit=100):
+                pass
+            return claimed
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+async def _run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int) -> list[Any]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(n)
+    results = context.Queue()
+    processes = [
+        context.Process(target=target, args=(*args, barrier, results), daemon=True)
+        for _ in range(n)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        collected = [await asyncio.to_thread(results.get, True, 120) for _ in range(n)]
+    finally:
+        for process in processes:
+            await asyncio.to_thread(process.join, 30)
+    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
+    return collected
+
+
+class MultiProcessConformance:
+    """For backends shared by several OS processes: the same guarantees across processes."""
+
+    @pytest.mark.asyncio
+    async def test_consume_is_atomic_across_processes(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        ns = store.namespace("mp-consume", idle_ttl=timedelta(hours=1))
+        session = await ns.create()
+        allowed = await _run_processes(
+            _consume_in_process, (store_url, ns.name, clock.now_ms(), session.id, 50, 50), 4
+        )
+        assert sum(allowed) == 50
+        final = await ns.consume(session.id, "searches", amount=0, limit=50)
+        assert final.used == 50
+
+    @pytest.mark.asyncio
+    async def test_reapers_in_several_processes_claim_each_session_once(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        ns = store.namespace("mp-reap", idle_ttl=timedelta(hours=1))
+        created: list[str] = []
+        for _ in range(6):
+            batch = await asyncio.gather(*(ns.create(subject="mp") for _ in range(100)))
+            created.extend(s.id for s in batch)
+        clock.advance(timedelta(hours=1))
+        claimed = await _run_processes(_reap_in_process, (store_url, ns.name, clock.now_ms()), 4)
+        everything = [session_id for part in claimed for session_id in part]
+        assert Counter(everything) == Counter(created)
+        assert await ns.count() == 0
+        assert await ns.list_subject("mp") == []
