@@ -199,16 +199,16 @@ class Namespace:
 
     async def get(self, session_id: str) -> Session | None:
         """The live session, or None. A peek: it does not extend the session's life."""
-        record = await self._backend.get(
-            self.name, self._check_id(session_id), self._clock.now_ms()
-        )
+        session_id = self._check_id(session_id)
+        record = await self._backend.get(self.name, session_id, self._clock.now_ms())
         return None if record is None else Session.from_record(self.name, record)
 
     async def touch(self, session_id: str) -> Session | None:
         """Record activity (slide the idle expiry, never past the absolute cap) and return the
         session, in one round trip; None if it is unknown or expired."""
+        session_id = self._check_id(session_id)
         record = await self._backend.touch(
-            self.name, self._check_id(session_id), self._clock.now_ms(), self.lifetime
+            self.name, session_id, self._clock.now_ms(), self.lifetime
         )
         return None if record is None else Session.from_record(self.name, record)
 
@@ -290,7 +290,8 @@ class Namespace:
     async def delete(self, session_id: str) -> bool:
         """Delete the session; True if a live one existed. A stored session that had already
         expired is removed too (and reported as `expired`, so it is reported once)."""
-        record = await self._backend.delete(self.name, self._check_id(session_id))
+        session_id = self._check_id(session_id)
+        record = await self._backend.delete(self.name, session_id)
         if record is None:
             return False
         live = record.expires_at > self._clock.now_ms()
@@ -299,16 +300,16 @@ class Namespace:
 
     async def list_subject(self, subject: str) -> list[Session]:
         """The live sessions of `subject`, newest first."""
-        records = await self._backend.list_subject(
-            self.name, _require_subject(subject), self._clock.now_ms()
-        )
+        subject = _require_subject(subject)
+        records = await self._backend.list_subject(self.name, subject, self._clock.now_ms())
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [Session.from_record(self.name, r) for r in records]
 
     async def revoke_subject(self, subject: str) -> int:
         """Delete every session of `subject` (log out everywhere); returns how many live ones
         there were. Each emits `deleted` (or `expired`, for one already past its time)."""
-        records = await self._backend.revoke_subject(self.name, _require_subject(subject))
+        subject = _require_subject(subject)
+        records = await self._backend.revoke_subject(self.name, subject)
         now = self._clock.now_ms()
         live = [r for r in records if r.expires_at > now]
         await self._ended(live, "deleted")

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     UNIQUE (namespace, id)
 );
 CREATE INDEX IF NOT EXISTS sessions_by_subject
-    ON sessions (namespace, subject) WHERE subject IS NOT NULL;
+    ON sessions (namespace, subject, expires_at) WHERE subject IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (namespace, expires_at);
 """
 

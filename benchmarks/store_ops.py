@@ -1,0 +1,204 @@
+"""Throughput of the core operations on each backend, in one process.
+
+    python benchmarks/store_ops.py [--ops 20000] [--concurrency 1,32] [--backends memory,redis]
+
+For each backend it prints ops/s for create, touch, update and consume, one operation at a
+time (concurrency 1: the latency-bound case) and with many tasks in flight (how a server
+under load drives the store). For Redis it also runs the baseline: raw redis-py issuing the
+same commands a sessionary touch (or update, consume) issues, in one non-transactional
+pipeline per operation, without the atomic checks, on an identically configured client;
+the ratio sessionary/raw says what correctness costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+import sessionary
+from sessionary import Namespace, Store
+
+Op = Callable[[int], Awaitable[object]]
+REDIS_URL = os.environ.get("SESSIONARY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+PREFIX = f"bench:{os.getpid()}:"
+
+
+@dataclass
+class Result:
+    backend: str
+    op: str
+    concurrency: int
+    ops_per_s: float
+    baseline: float | None = None
+
+
+async def timed(op: Op, n: int, concurrency: int) -> float:
+    """Run op(0..n-1) with `concurrency` tasks in flight; returns ops/s."""
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            await op(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - started)
+
+
+async def bench_store(name: str, store: Store, n: int, concurrencies: list[int]) -> list[Result]:
+    web: Namespace = store.namespace(
+        "bench", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+    )
+    data = {"user": 42, "cart": [{"sku": "A-1", "qty": 2}], "flags": {"beta": True}}
+    pool = [s.id for s in await asyncio.gather(*(web.create(data=data) for _ in range(1000)))]
+    created: list[str] = []
+
+    async def create(i: int) -> None:
+        created.append((await web.create(subject=f"u{i % 100}", data=data)).id)
+
+    async def touch(i: int) -> None:
+        await web.touch(pool[i % len(pool)])
+
+    async def update(i: int) -> None:
+        await web.update(pool[i % len(pool)], data={**data, "n": i})
+
+    async def consume(i: int) -> None:
+        await web.consume(pool[i % len(pool)], "searches", amount=1, limit=1 << 40)
+
+    results = []
+    for concurrency in concurrencies:
+        for op_name, op in (
+            ("create", create),
+            ("touch", touch),
+            ("update", update),
+            ("consume", consume),
+        ):
+            await timed(op, min(n // 10, 1000), concurrency)  # warm up
+            results.append(Result(name, op_name, concurrency, await timed(op, n, concurrency)))
+    for start in range(0, len(created), 500):
+        await asyncio.gather(*(web.delete(s) for s in created[start : start + 500]))
+    await asyncio.gather(*(web.delete(s) for s in pool))
+    return results
+
+
+async def bench_raw_redis(n: int, concurrencies: list[int]) -> dict[tuple[str, int], float]:
+    """The same commands as sessionary's scripts, one pipeline per operation, no checks."""
+    client = Redis.from_url(REDIS_URL, protocol=2, max_connections=64)
+    tag = f"{PREFIX}raw:{{bench:00}}"
+    keys = [f"{tag}:s:{i}" for i in range(1000)]
+    expiry, subjects = f"{tag}:x", f"{tag}:u"
+    blob = b'{"user":42,"cart":[{"sku":"A-1","qty":2}],"flags":{"beta":true}}'
+    for key in keys:
+        await client.hset(key, mapping={"c": 1, "l": 1, "e": 2, "v": 1, "d": blob, "m": b"{}"})
+
+    async def touch(i: int) -> None:  # HMGET, HSET, PEXPIRE, ZADD, PTTL, HGETALL
+        key = keys[i % len(keys)]
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "c", "e", "s").hset(key, mapping={"l": i, "e": i + 1})
+            pipe.pexpire(key, 3_600_000).zadd(expiry, {key: i}).pttl(expiry).hgetall(key)
+            await pipe.execute()
+
+    async def update(i: int) -> None:  # HMGET, HSET d, HINCRBY v, HSET l e, PEXPIRE, ZADD, ...
+        key = keys[i % len(keys)]
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "c", "e", "v", "s").hset(key, "d", blob).hincrby(key, "v", 1)
+            pipe.hset(key, mapping={"l": i, "e": i + 1}).pexpire(key, 3_600_000)
+            pipe.zadd(expiry, {key: i}).pttl(expiry).hgetall(key)
+            await pipe.execute()
+
+    async def consume(i: int) -> None:  # HMGET, HINCRBY
+        key = keys[i % len(keys)]
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "e", "k:searches").hincrby(key, "k:searches", 1)
+            await pipe.execute()
+
+    async def create(i: int) -> None:  # EXISTS, HSET, PEXPIRE, ZADD, PTTL, ZADD subject
+        key = f"{tag}:s:new{i}"
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.exists(key).hset(
+                key, mapping={"c": i, "l": i, "e": i, "v": 1, "d": blob, "m": b"{}", "s": b"u"}
+            )
+            pipe.pexpire(key, 3_600_000).zadd(expiry, {key: i}).pttl(expiry)
+            pipe.zadd(subjects, {f"u\0{key}": 0})
+            await pipe.execute()
+
+    out = {}
+    try:
+        for concurrency in concurrencies:
+            for op_name, op in (
+                ("create", create),
+                ("touch", touch),
+                ("update", update),
+                ("consume", consume),
+            ):
+                await timed(op, min(n // 10, 1000), concurrency)
+                out[(op_name, concurrency)] = await timed(op, n, concurrency)
+    finally:
+        async for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+            await client.delete(key)
+        await client.aclose()
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", type=int, default=20_000, help="operations per measurement")
+    parser.add_argument("--concurrency", default="1,32", help="tasks in flight, comma-separated")
+    parser.add_argument("--backends", default="memory,sqlite,redis")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    backends = args.backends.split(",")
+    console = Console()
+    console.print(
+        f"sessionary {sessionary.__version__}, Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cores, {args.ops} ops per measurement"
+    )
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "redis": f"{REDIS_URL}?prefix={PREFIX}",
+        }
+        for name in backends:
+            store = await sessionary.connect(urls[name])
+            try:
+                results += await bench_store(name, store, args.ops, concurrencies)
+            finally:
+                await store.close()
+    if "redis" in backends:
+        raw = await bench_raw_redis(args.ops, concurrencies)
+        for result in results:
+            if result.backend == "redis":
+                result.baseline = raw[(result.op, result.concurrency)]
+
+    table = Table("backend", "op", "tasks", "ops/s", "raw redis-py pipeline ops/s", "ratio")
+    for r in results:
+        table.add_row(
+            r.backend,
+            r.op,
+            str(r.concurrency),
+            f"{r.ops_per_s:,.0f}",
+            "" if r.baseline is None else f"{r.baseline:,.0f}",
+            "" if r.baseline is None else f"{r.ops_per_s / r.baseline:.2f}x",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    random.seed(0)
+    asyncio.run(main())

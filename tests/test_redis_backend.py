@@ -1,0 +1,212 @@
+"""What only the Redis backend has to show: TTLs, slots, scripts, outages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from sessionary import ManualClock, Namespace, Store, StoreUnavailable, connect, ids
+from sessionary.backends.redis import RedisBackend
+from sessionary.backends.redis.backend import DEFAULT_GRACE_MS
+from tests.servers import RedisServer, free_port
+
+HOUR = timedelta(hours=1)
+
+
+@pytest_asyncio.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    store = await connect(redis_url, clock=ManualClock())
+    yield store
+    await store.close()
+
+
+async def keys_of(client: Redis, prefix: str) -> list[bytes]:
+    return [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+
+
+async def test_every_key_has_a_ttl_just_past_the_expiry_it_serves(
+    store: Store, redis_client: Redis, redis_prefix: str
+) -> None:
+    web = store.namespace("web", idle_ttl=HOUR)
+    session = await web.create(subject="u1", data={"a": 1})
+    await web.touch(session.id)
+    await web.update(session.id, metadata={"m": "1"})
+    await web.consume(session.id, "q", limit=3)
+    rotated = await web.rotate(session.id, subject="u2")
+    await web.create()
+    found = await keys_of(redis_client, redis_prefix)
+    assert len(found) >= 3
+    expected = HOUR // timedelta(milliseconds=1) + DEFAULT_GRACE_MS
+    for key in found:
+        ttl = await redis_client.pttl(key)
+        assert expected - 5_000 < ttl <= expected, (key, ttl)
+    session_key = next(k for k in found if k.endswith(rotated.id.encode()))
+    assert await redis_client.pttl(session_key) > expected - 5_000
+
+
+async def test_a_sessions_keys_share_one_slot_and_shards_spread(
+    store: Store, redis_client: Redis, redis_prefix: str
+) -> None:
+    web = store.namespace("web", idle_ttl=HOUR)
+    for n in range(64):
+        await web.create(subject=f"user-{n}")
+    found = await keys_of(redis_client, redis_prefix)
+    by_tag: dict[bytes, set[int]] = {}
+    for key in found:
+        tag = key[key.index(b"{") : key.index(b"}") + 1]
+        by_tag.setdefault(tag, set()).add(key_slot(key))
+    assert all(len(slots) == 1 for slots in by_tag.values())  # one tag, one slot
+    assert len(by_tag) > 8  # 64 sessions land in most of the 16 shards
+    assert len({slot for slots in by_tag.values() for slot in slots}) == len(by_tag)
+
+
+async def test_scripts_are_reloaded_after_script_flush(store: Store, redis_client: Redis) -> None:
+    web = store.namespace("web", idle_ttl=HOUR)
+    session = await web.create(subject="u")
+    await redis_client.script_flush()
+    assert await web.touch(session.id) is not None
+    await redis_client.script_flush()
+    assert (await web.consume(session.id, "q", limit=1)).allowed
+    await redis_client.script_flush()
+    assert await web.revoke_subject("u") == 1  # the pipelined path reloads too
+
+
+async def test_indexes_heal_when_redis_dropped_a_session_key(
+    store: Store, redis_client: Redis, redis_prefix: str
+) -> None:
+    web = store.namespace("web", idle_ttl=HOUR)
+    clock = store.clock
+    assert isinstance(clock, ManualClock)
+    lost = await web.create(subject="u")
+    kept = await web.create(subject="u")
+    backend = store.backend
+    assert isinstance(backend, RedisBackend)
+    await redis_client.delete(backend.shard_keys("web", ids.shard_of(lost.id)).session + lost.id)
+    assert [s.id for s in await web.list_subject("u")] == [kept.id]
+    clock.advance(HOUR)
+    assert [s.id for s in await web.reap()] == [kept.id]  # the lost one leaves no event
+    assert await keys_of(redis_client, redis_prefix) == []
+
+
+async def test_key_prefixes_keep_applications_apart(redis_url: str, redis_prefix: str) -> None:
+    clock = ManualClock()
+    first = await connect(redis_url, clock=clock)
+    other_url = redis_url.replace(redis_prefix, redis_prefix + "other:")
+    second = await connect(other_url, clock=clock)
+    try:
+        a = first.namespace("web", idle_ttl=HOUR)
+        b = second.namespace("web", idle_ttl=HOUR)
+        session = await a.create(subject="same")
+        assert await b.get(session.id) is None
+        assert await b.list_subject("same") == []
+        assert await b.count() == 0
+        assert await a.count() == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?prefix=bad{",
+        "redis://127.0.0.1:6379/0?grace_ms=10",
+        "redis://127.0.0.1:6379/0?grace_ms=soon",
+        "redis://127.0.0.1:6379/0?protocol=3",
+    ],
+)
+async def test_bad_redis_options_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        await connect(url)
+
+
+# -- outages --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def every_operation(web: Namespace, session_id: str) -> list[Callable[[], Awaitable[Any]]]:
+    return [
+        lambda: web.create(),
+        lambda: web.get(session_id),
+        lambda: web.touch(session_id),
+        lambda: web.update(session_id, data={"x": 1}),
+        lambda: web.consume(session_id, "q", limit=5),
+        lambda: web.rotate(session_id),
+        lambda: web.delete(session_id),
+        lambda: web.list_subject("u"),
+        lambda: web.revoke_subject("u"),
+        lambda: web.reap(),
+        lambda: web.count(),
+        lambda: web.store.ping(),
+    ]
+
+
+async def test_nothing_listening_raises_store_unavailable_at_once() -> None:
+    store = await connect(f"redis://127.0.0.1:{free_port()}/0", clock=ManualClock())
+    web = store.namespace("web", idle_ttl=HOUR)
+    try:
+        for operation in every_operation(web, ids.new_id()):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await operation()
+            assert time.monotonic() - started < 1.0
+    finally:
+        await store.close()
+
+
+async def test_a_stopped_server_is_unavailable_and_recovery_needs_no_help(
+    private_redis: RedisServer,
+) -> None:
+    store = await connect(private_redis.url + "?socket_connect_timeout=1", clock=ManualClock())
+    web = store.namespace("web", idle_ttl=HOUR)
+    try:
+        session = await web.create(subject="u")
+        assert await web.touch(session.id) is not None
+        private_redis.stop()
+        for operation in every_operation(web, session.id):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await operation()
+            assert time.monotonic() - started < 2.0
+        private_redis.start()  # same port, empty (it keeps nothing on disk)
+        assert await web.get(session.id) is None  # not found, and not an error
+        fresh = await web.create(subject="u")
+        assert await web.touch(fresh.id) is not None
+        assert [s.id for s in await web.list_subject("u")] == [fresh.id]
+    finally:
+        await store.close()
+
+
+async def test_a_server_that_stops_answering_times_out_as_unavailable(
+    private_redis: RedisServer,
+) -> None:
+    store = await connect(private_redis.url + "?socket_timeout=0.3", clock=ManualClock())
+    web = store.namespace("web", idle_ttl=HOUR)
+    admin = Redis.from_url(private_redis.url)
+    try:
+        session = await web.create()
+        await admin.execute_command("CLIENT", "PAUSE", "2000", "ALL")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await web.touch(session.id)
+        assert time.monotonic() - started < 1.5
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        assert await web.touch(session.id) is not None
+    finally:
+        await admin.aclose()
+        await store.close()

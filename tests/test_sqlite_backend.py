@@ -1,0 +1,200 @@
+"""What only the SQLite backend has to show: durability, indexes, locking, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sessionary import ManualClock, StoreUnavailable, connect
+from sessionary.backends.sqlite import SCHEMA_VERSION, parse_url
+
+HOUR = timedelta(hours=1)
+
+
+async def test_everything_survives_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    clock = ManualClock()
+    store = await connect(url, clock=clock)
+    web = store.namespace("web", idle_ttl=HOUR)
+    session = await web.create(subject="u", data={"n": [1, 2.5, "three"]}, metadata={"m": "v"})
+    await web.consume(session.id, "q", amount=7, limit=10)
+    updated = await web.update(session.id, data={"n": 4})
+    await store.close()
+
+    reopened = await connect(url, clock=clock)
+    try:
+        again = reopened.namespace("web", idle_ttl=HOUR)
+        stored = await again.get(session.id)
+        assert stored is not None
+        assert stored.last_seen_at == updated.last_seen_at
+        assert (stored.data, stored.metadata, stored.version) == ({"n": 4}, {"m": "v"}, 2)
+        assert stored.counters == {"q": 7}
+        assert [s.id for s in await again.list_subject("u")] == [session.id]
+    finally:
+        await reopened.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from datetime import timedelta
+    import sessionary
+
+    async def main():
+        store = await sessionary.connect(sys.argv[1])
+        web = store.namespace("web", idle_ttl=timedelta(hours=1))
+        while True:
+            session = await web.create(data={"n": 1})
+            print(session.id, flush=True)   # acknowledged: the commit is done
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_acknowledged_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WRITER, url, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    acknowledged = [(await process.stdout.readline()).decode().strip() for _ in range(300)]
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+    store = await connect(url)
+    try:
+        web = store.namespace("web", idle_ttl=HOUR)
+        for session_id in acknowledged:
+            assert await web.get(session_id) is not None
+        assert await web.count() >= len(acknowledged)
+    finally:
+        await store.close()
+
+
+async def test_wal_mode_and_the_indexes_serve_the_queries(tmp_path: Path) -> None:
+    path = tmp_path / "plan.db"
+    store = await connect(f"sqlite:///{path}")
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+        def plan(sql: str, *args: object) -> str:
+            return " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+        assert "sessions_by_subject" in plan(
+            "SELECT id FROM sessions WHERE namespace = ? AND subject = ? AND expires_at > ?",
+            "web",
+            "u",
+            0,
+        )
+        assert "sessions_by_expiry" in plan(
+            "SELECT id FROM sessions WHERE namespace = ? AND expires_at <= ? "
+            "ORDER BY expires_at, id LIMIT ?",
+            "web",
+            0,
+            10,
+        )
+        assert "sessions_by_subject" in plan(
+            "DELETE FROM sessions WHERE namespace = ? AND subject = ?", "web", "u"
+        )
+        assert "sessions_by_expiry" in plan(
+            "SELECT count(*) FROM sessions WHERE namespace = ? AND expires_at > ?", "web", 0
+        )
+        assert "sqlite_autoindex_sessions_1" in plan(
+            "SELECT id FROM sessions WHERE namespace = ? AND id = ?", "web", "x"
+        )
+
+
+async def test_a_lock_held_too_long_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    store = await connect(f"sqlite:///{path}?busy_timeout_ms=100")
+    web = store.namespace("web", idle_ttl=HOUR)
+    try:
+        session = await web.create()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable):
+            await web.touch(session.id)
+        other.execute("ROLLBACK")
+        other.close()
+        assert await web.touch(session.id) is not None
+    finally:
+        await store.close()
+
+
+async def test_an_unopenable_file_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable):
+        await connect(f"sqlite:///{tmp_path / 'missing-dir' / 's.db'}")
+
+
+async def test_a_file_from_a_newer_sessionary_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreUnavailable, match="upgrade sessionary"):
+        await connect(f"sqlite:///{path}")
+
+
+async def test_operations_after_close_are_unavailable(tmp_path: Path) -> None:
+    store = await connect(f"sqlite:///{tmp_path / 'closed.db'}")
+    web = store.namespace("web", idle_ttl=HOUR)
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreUnavailable):
+        await web.create()
+
+
+async def test_a_burst_shares_commits_and_stays_correct(tmp_path: Path) -> None:
+    store = await connect(f"sqlite:///{tmp_path / 'burst.db'}")
+    web = store.namespace("web", idle_ttl=HOUR)
+    try:
+        sessions = await asyncio.gather(*(web.create(data={"n": n}) for n in range(2000)))
+        assert len({s.id for s in sessions}) == 2000
+        stored = await asyncio.gather(*(web.get(s.id) for s in sessions))
+        assert [s.data["n"] for s in stored if s is not None] == list(range(2000))
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "options"),
+    [
+        ("sqlite:///sessions.db", "sessions.db", {}),
+        ("sqlite:////var/lib/s.db", "/var/lib/s.db", {}),
+        ("sqlite:///:memory:", ":memory:", {}),
+        (
+            "sqlite:///s.db?synchronous=full&busy_timeout_ms=250",
+            "s.db",
+            {"synchronous": "full", "busy_timeout_ms": 250},
+        ),
+    ],
+)
+def test_urls_parse(url: str, path: str, options: dict[str, object]) -> None:
+    assert parse_url(url) == (path, options)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://host/s.db",
+        "sqlite:///",
+        "sqlite:///s.db?cache=big",
+        "sqlite:///s.db?busy_timeout_ms=x",
+    ],
+)
+def test_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_url(url)
+
+
+async def test_bad_synchronous_is_refused() -> None:
+    with pytest.raises(ValueError):
+        await connect("sqlite:///s.db?synchronous=sometimes")
