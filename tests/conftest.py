@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from tests.servers import RedisClusterNodes
 
 REDIS_URL = os.environ.get("SESSIONARY_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
@@ -35,3 +39,25 @@ async def redis_url(redis_client: Redis, redis_prefix: str) -> AsyncIterator[str
     yield f"{REDIS_URL}?prefix={redis_prefix}"
     async for key in redis_client.scan_iter(match=f"{redis_prefix}*", count=1000):
         await redis_client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A three-master Redis Cluster of the test run's own, on free ports."""
+    cluster = RedisClusterNodes(Path(tmp_path_factory.mktemp("cluster")))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_cluster_url(
+    redis_cluster: RedisClusterNodes, redis_prefix: str
+) -> AsyncIterator[str]:
+    yield f"{redis_cluster.url}?prefix={redis_prefix}"
+    client = RedisCluster.from_url(redis_cluster.url.replace("redis+cluster", "redis"))
+    try:
+        async for key in client.scan_iter(match=f"{redis_prefix}*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()

@@ -45,3 +45,18 @@ class TestRedis(StoreConformance, MultiProcessConformance):
     async def footprint(self, store: Store) -> int:
         assert isinstance(store.backend, RedisBackend)
         return int(await store.backend.client.dbsize())
+
+
+class TestRedisCluster(StoreConformance, MultiProcessConformance):
+    """The same suite on a three-node Redis Cluster: every script's keys share one slot."""
+
+    hypothesis_examples = 20
+
+    @pytest.fixture
+    def store_url(self, redis_cluster_url: str) -> str:
+        return redis_cluster_url
+
+    async def footprint(self, store: Store) -> int:
+        assert isinstance(store.backend, RedisBackend)
+        assert store.backend.cluster
+        return int(await store.backend.client.dbsize())

@@ -16,7 +16,7 @@ from redis.crc import key_slot
 from sessionary import ManualClock, Namespace, Store, StoreUnavailable, connect, ids
 from sessionary.backends.redis import RedisBackend
 from sessionary.backends.redis.backend import DEFAULT_GRACE_MS
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisClusterNodes, RedisServer, free_port
 
 HOUR = timedelta(hours=1)
 
@@ -126,6 +126,31 @@ async def test_key_prefixes_keep_applications_apart(redis_url: str, redis_prefix
 async def test_bad_redis_options_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         await connect(url)
+
+
+async def test_shards_spread_over_the_nodes_of_a_cluster(
+    redis_cluster: RedisClusterNodes, redis_cluster_url: str, redis_prefix: str
+) -> None:
+    store = await connect(redis_cluster_url, clock=ManualClock())
+    try:
+        web = store.namespace("web", idle_ttl=HOUR)
+        sessions = [await web.create(subject=f"user-{n % 10}") for n in range(200)]
+        per_node = []
+        for node in redis_cluster.nodes:
+            client = Redis(port=node.port)
+            try:
+                per_node.append(len(await keys_of(client, redis_prefix)))
+            finally:
+                await client.aclose()
+        assert all(count > 0 for count in per_node), per_node
+        assert sum(per_node) == 200 + 16 + 16  # sessions, expiry and subject index per shard
+        assert len(await web.list_subject("user-3")) == 20
+        assert await web.revoke_subject("user-3") == 20
+        assert await web.count() == 180
+        for session in sessions:
+            await web.delete(session.id)
+    finally:
+        await store.close()
 
 
 # -- outages --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -45,7 +46,7 @@ from redis.exceptions import (
 )
 
 from sessionary import ids
-from sessionary.backends.redis.scripts import Script, Scripts
+from sessionary.backends.redis.scripts import Client, Script, Scripts
 from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
 from sessionary.errors import (
     SessionExists,
@@ -92,6 +93,8 @@ def _translate_errors(
         else:
             await slots.acquire()
         try:
+            if not self.ready:
+                await self.initialize()
             return await method(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
@@ -168,7 +171,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         *,
         prefix: str = DEFAULT_PREFIX,
         grace_ms: int = DEFAULT_GRACE_MS,
@@ -181,6 +184,9 @@ class RedisBackend:
         if grace_ms < 1000:
             raise ValueError("grace_ms is at least 1000: reapers need time to read expired state")
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self.ready = not self.cluster
+        self._initializing = asyncio.Lock()
         self.prefix = prefix
         self.grace = str(grace_ms)
         self.where = where
@@ -206,22 +212,39 @@ class RedisBackend:
         pool_timeout = _number(own, "pool_timeout", DEFAULT_POOL_TIMEOUT, float)
         if max_connections < 1 or pool_timeout <= 0:
             raise ValueError("max_connections is >= 1 and pool_timeout > 0")
-        pool = ConnectionPool.from_url(
-            urlunsplit(parts._replace(query=urlencode(passed))),
+        cluster = parts.scheme.endswith("+cluster")
+        client_url = urlunsplit(
+            parts._replace(scheme=parts.scheme.removesuffix("+cluster"), query=urlencode(passed))
+        )
+        settings: dict[str, Any] = {
             **_CLIENT_DEFAULTS,
-            max_connections=max_connections,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
+            "max_connections": max_connections,
+            "protocol": 2,
+            "retry": Retry(NoBackoff(), 0),  # MOVED/ASK redirects still follow
+            "decode_responses": False,
+        }
+        client: Client = (
+            RedisCluster.from_url(client_url, **settings)
+            if cluster
+            else Redis.from_pool(ConnectionPool.from_url(client_url, **settings))
         )
         return cls(
-            Redis.from_pool(pool),
+            client,
             prefix=own.get("prefix", DEFAULT_PREFIX),
             grace_ms=grace_ms,
             max_connections=max_connections,
             pool_timeout=pool_timeout,
             where=f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":"),
         )
+
+    async def initialize(self) -> None:
+        """Learn a cluster's topology once, before the first command: left to the first
+        burst of concurrent commands, redis-py's cluster client re-initializes under them
+        and drops connections they are using."""
+        async with self._initializing:
+            if not self.ready and isinstance(self.client, RedisCluster):
+                await self.client.initialize()
+            self.ready = True
 
     def shard_keys(self, ns: str, shard: int) -> _ShardKeys:
         keys = self._keys.get((ns, shard))

@@ -8,6 +8,7 @@ as EVAL with the full source on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 Arg = str | bytes | int
+Client = Redis | RedisCluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,7 @@ class Scripts:
         self.claim = Script.load("claim")
 
     @staticmethod
-    async def run(client: Redis, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run(client: Client, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
             return await client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -60,14 +63,16 @@ class Scripts:
 
     @classmethod
     async def run_many(
-        cls, client: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
+        cls, client: Client, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
-        """Run several scripts in one pipeline (no MULTI: each script is atomic alone)."""
+        """Run several scripts at once: in one pipeline on a single server (no MULTI: each
+        script is atomic alone), side by side on a cluster, whose pipelines refuse scripts."""
         if not calls:
             return []
-        if len(calls) == 1:
-            script, keys, args = calls[0]
-            return [await cls.run(client, script, keys, args)]
+        if len(calls) == 1 or isinstance(client, RedisCluster):
+            return list(
+                await asyncio.gather(*(cls.run(client, s, keys, args) for s, keys, args in calls))
+            )
         async with client.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
