@@ -29,7 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 import sessionary
-from sessionary import Namespace, Store
+from sessionary import Namespace, Store, ids
+from sessionary.backends.redis import RedisBackend
+from sessionary.backends.redis.scripts import Scripts
 
 Op = Callable[[int], Awaitable[object]]
 REDIS_URL = os.environ.get("SESSIONARY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -58,6 +60,18 @@ async def timed(op: Op, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+async def measure(
+    ops: dict[str, Op], n: int, concurrencies: list[int]
+) -> dict[tuple[str, int], float]:
+    """ops/s of each op at each concurrency, after a short warm-up."""
+    out = {}
+    for concurrency in concurrencies:
+        for name, op in ops.items():
+            await timed(op, min(n // 10, 1000), concurrency)
+            out[(name, concurrency)] = await timed(op, n, concurrency)
+    return out
+
+
 async def bench_store(name: str, store: Store, n: int, concurrencies: list[int]) -> list[Result]:
     web: Namespace = store.namespace(
         "bench", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
@@ -78,16 +92,10 @@ async def bench_store(name: str, store: Store, n: int, concurrencies: list[int])
     async def consume(i: int) -> None:
         await web.consume(pool[i % len(pool)], "searches", amount=1, limit=1 << 40)
 
-    results = []
-    for concurrency in concurrencies:
-        for op_name, op in (
-            ("create", create),
-            ("touch", touch),
-            ("update", update),
-            ("consume", consume),
-        ):
-            await timed(op, min(n // 10, 1000), concurrency)  # warm up
-            results.append(Result(name, op_name, concurrency, await timed(op, n, concurrency)))
+    measured = await measure(
+        {"create": create, "touch": touch, "update": update, "consume": consume}, n, concurrencies
+    )
+    results = [Result(name, op, tasks, ops) for (op, tasks), ops in measured.items()]
     for start in range(0, len(created), 500):
         await asyncio.gather(*(web.delete(s) for s in created[start : start + 500]))
     await asyncio.gather(*(web.delete(s) for s in pool))
@@ -135,22 +143,52 @@ async def bench_raw_redis(n: int, concurrencies: list[int]) -> dict[tuple[str, i
             pipe.zadd(subjects, {f"u\0{key}": 0})
             await pipe.execute()
 
-    out = {}
     try:
-        for concurrency in concurrencies:
-            for op_name, op in (
-                ("create", create),
-                ("touch", touch),
-                ("update", update),
-                ("consume", consume),
-            ):
-                await timed(op, min(n // 10, 1000), concurrency)
-                out[(op_name, concurrency)] = await timed(op, n, concurrency)
+        return await measure(
+            {"create": create, "touch": touch, "update": update, "consume": consume},
+            n,
+            concurrencies,
+        )
     finally:
         async for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
             await client.delete(key)
         await client.aclose()
-    return out
+
+
+async def bench_touch_overhead(n: int, concurrencies: list[int]) -> dict[int, tuple[float, float]]:
+    """sessionary's touch against the same Lua script called bare through redis-py."""
+    store = await sessionary.connect(f"{REDIS_URL}?prefix={PREFIX}")
+    backend = store.backend
+    assert isinstance(backend, RedisBackend)
+    web = store.namespace("bench", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12))
+    session = await web.create(data={"user": 42, "cart": [{"sku": "A-1", "qty": 2}]})
+    keys = backend.shard_keys(web.name, ids.shard_of(session.id))
+    script = Scripts().touch
+    await web.touch(session.id)  # loads the script
+
+    async def ours(i: int) -> None:
+        await web.touch(session.id)
+
+    async def bare(i: int) -> None:
+        await backend.client.evalsha(
+            script.sha,
+            3,
+            keys.session + session.id,
+            keys.expiry,
+            keys.subjects,
+            session.id,
+            store.clock.now_ms(),
+            "1800000",
+            "43200000",
+            backend.grace,
+        )
+
+    try:
+        measured = await measure({"ours": ours, "bare": bare}, n, concurrencies)
+        return {c: (measured[("ours", c)], measured[("bare", c)]) for c in concurrencies}
+    finally:
+        await web.delete(session.id)
+        await store.close()
 
 
 async def main() -> None:
@@ -197,6 +235,12 @@ async def main() -> None:
             "" if r.baseline is None else f"{r.ops_per_s / r.baseline:.2f}x",
         )
     console.print(table)
+    if "redis" in backends:
+        overhead = Table("tasks", "sessionary touch ops/s", "its Lua script, bare EVALSHA", "ratio")
+        for tasks, (ours, bare) in (await bench_touch_overhead(args.ops, concurrencies)).items():
+            overhead.add_row(str(tasks), f"{ours:,.0f}", f"{bare:,.0f}", f"{ours / bare:.2f}x")
+        console.print("What the store adds over its own script (validation, decoding, model):")
+        console.print(overhead)
 
 
 if __name__ == "__main__":

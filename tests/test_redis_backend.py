@@ -96,6 +96,29 @@ async def test_indexes_heal_when_redis_dropped_a_session_key(
     assert await keys_of(redis_client, redis_prefix) == []
 
 
+async def test_revoke_spares_a_session_whose_subject_changed_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web = store.namespace("web", idle_ttl=HOUR)
+    stays = await web.create(subject="u")
+    goes = await web.create(subject="u")
+    backend = store.backend
+    assert isinstance(backend, RedisBackend)
+    read_index = backend._subject_ids
+
+    async def index_then_race(ns: str, subject: str) -> list[list[str]]:
+        found = await read_index(ns, subject)
+        await web.update(stays.id, subject="v")  # between the index read and the scripts
+        return found
+
+    monkeypatch.setattr(backend, "_subject_ids", index_then_race)
+    assert await web.revoke_subject("u") == 1
+    assert await web.get(goes.id) is None
+    kept = await web.get(stays.id)
+    assert kept is not None
+    assert kept.subject == "v"
+
+
 async def test_key_prefixes_keep_applications_apart(redis_url: str, redis_prefix: str) -> None:
     clock = ManualClock()
     first = await connect(redis_url, clock=clock)

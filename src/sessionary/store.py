@@ -45,9 +45,10 @@ async def connect(
     a `Backend` object of your own. The default is an SQLite file `sessionary.db` in the
     working directory.
     """
-    backend = url if url is not None and not isinstance(url, str) else None
-    if backend is None:
-        backend = await open_backend(url if isinstance(url, str) else DEFAULT_URL)
+    if url is None or isinstance(url, str):
+        backend = await open_backend(url or DEFAULT_URL)
+    else:
+        backend = url
     return Store(backend, clock=clock, max_payload=max_payload)
 
 

@@ -420,21 +420,25 @@ class RedisBackend:
                 await pipe.execute()
         return records
 
-    @_translate_errors
-    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
-        calls: list[tuple[Script, Sequence[str], Sequence[str]]] = []
-        for shard, found in enumerate(await self._subject_ids(ns, subject)):
-            if found:
-                keys = self.shard_keys(ns, shard)
-                calls.append(
-                    (
-                        self._scripts.revoke,
-                        [keys.expiry, keys.subjects, *(keys.session + sid for sid in found)],
-                        [subject, *found],
-                    )
-                )
+    async def _per_shard(
+        self, script: Script, ns: str, by_shard: dict[int, list[str]], first: str | int
+    ) -> list[Record]:
+        """Run `script` once per shard over its sessions (KEYS: the shard's expiry index,
+        subject index, then the sessions; ARGV: `first`, then the ids) and collect the
+        {id, fields, ...} replies."""
+        calls = []
+        for shard, found in by_shard.items():
+            keys = self.shard_keys(ns, shard)
+            session_keys = [keys.session + session_id for session_id in found]
+            calls.append((script, [keys.expiry, keys.subjects, *session_keys], [first, *found]))
         replies = await self._scripts.run_many(self.client, calls)
         return [record for reply in replies for record in _pairs(reply)]
+
+    @_translate_errors
+    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+        per_shard = await self._subject_ids(ns, subject)
+        by_shard = {shard: found for shard, found in enumerate(per_shard) if found}
+        return await self._per_shard(self._scripts.revoke, ns, by_shard, subject)
 
     @_translate_errors
     async def due(self, ns: str, now: int, limit: int) -> list[str]:
@@ -452,18 +456,7 @@ class RedisBackend:
         by_shard: dict[int, list[str]] = {}
         for session_id in session_ids:
             by_shard.setdefault(ids.shard_of(session_id), []).append(session_id)
-        calls: list[tuple[Script, Sequence[str], Sequence[str | int]]] = []
-        for shard, found in by_shard.items():
-            keys = self.shard_keys(ns, shard)
-            calls.append(
-                (
-                    self._scripts.claim,
-                    [keys.expiry, keys.subjects, *(keys.session + sid for sid in found)],
-                    [now, *found],
-                )
-            )
-        replies = await self._scripts.run_many(self.client, calls)
-        return [record for reply in replies for record in _pairs(reply)]
+        return await self._per_shard(self._scripts.claim, ns, by_shard, now)
 
     @_translate_errors
     async def count(self, ns: str, now: int) -> int:
