@@ -37,6 +37,7 @@ class TestSQLite(StoreConformance, MultiProcessConformance):
 
 class TestRedis(StoreConformance, MultiProcessConformance):
     hypothesis_examples = 30
+    sweeps_counters = False
 
     @pytest.fixture
     def store_url(self, redis_url: str) -> str:
@@ -51,6 +52,7 @@ class TestRedisCluster(StoreConformance, MultiProcessConformance):
     """The same suite on a three-node Redis Cluster: every script's keys share one slot."""
 
     hypothesis_examples = 20
+    sweeps_counters = False
 
     @pytest.fixture
     def store_url(self, redis_cluster_url: str) -> str:

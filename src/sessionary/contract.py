@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Literal, Protocol
 
-__all__ = ["KEEP", "Backend", "Keep", "Lifetime", "Record"]
+__all__ = ["KEEP", "Backend", "CounterCharge", "CounterState", "Keep", "Lifetime", "Record"]
 
 
 class Keep(Enum):
@@ -78,6 +78,30 @@ class Lifetime:
 
 
 SubjectChange = str | None | Literal[Keep.KEEP]
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCharge:
+    """One counter of a group to charge: `amount` against `limit` (None: unlimited).
+
+    A counter that does not exist yet, or whose window ended (`resets_at <= now`), starts
+    afresh at 0 with `resets_at = now + window_ms`. A negative amount refunds (floored at 0,
+    and a no-op on a counter that is not running); 0 reads.
+    """
+
+    key: str
+    amount: int
+    limit: int | None
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    """A counter's value and the moment its window ends (when it starts again from 0)."""
+
+    key: str
+    value: int
+    resets_at: int
 
 
 class Backend(Protocol):
@@ -172,6 +196,25 @@ class Backend(Protocol):
         """How many live sessions the namespace holds."""
         ...
 
+    async def charge_counters(
+        self, group: str, charges: Sequence[CounterCharge], now: int
+    ) -> tuple[bool, list[CounterState]]:
+        """Charge all `charges` in one atomic step, or none of them.
+
+        If any positive charge would take its counter past its limit, nothing is written and
+        this returns (False, the states as they are); else (True, the states after). Keys are
+        distinct; states come back in the order of `charges`.
+        """
+        ...
+
+    async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
+        """Set counters to exact values and windows (for migrations; idempotent)."""
+        ...
+
+    async def sweep_counters(self, group: str, now: int, limit: int) -> int:
+        """Remove up to `limit` counters whose window ended; returns how many went."""
+        ...
+
     async def ping(self) -> None:
         """Return if the store answers, else raise `StoreUnavailable`."""
         ...
@@ -179,3 +222,39 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release connections and threads. Idempotent."""
         ...
+
+
+def plan_charges(
+    charges: Sequence[CounterCharge], stored: Sequence[tuple[int, int] | None], now: int
+) -> tuple[bool, list[CounterState], list[CounterState]]:
+    """The decision of `Backend.charge_counters`, for backends that can run Python inside
+    their atomic step. `stored` holds (value, resets_at) or None per charge, as stored.
+
+    Returns (allowed, states to report, states to write).
+    """
+    current: list[CounterState] = []
+    running: list[bool] = []
+    for charge, found in zip(charges, stored, strict=True):
+        live = found is not None and found[1] > now
+        running.append(live)
+        if found is not None and live:
+            current.append(CounterState(charge.key, found[0], found[1]))
+        else:
+            current.append(CounterState(charge.key, 0, now + charge.window_ms))
+    for charge, state in zip(charges, current, strict=True):
+        if (
+            charge.amount > 0
+            and charge.limit is not None
+            and state.value + charge.amount > charge.limit
+        ):
+            return False, current, []
+    after: list[CounterState] = []
+    writes: list[CounterState] = []
+    for charge, state, live in zip(charges, current, running, strict=True):
+        if charge.amount == 0 or (charge.amount < 0 and not live):
+            after.append(state)
+            continue
+        changed = CounterState(state.key, max(0, state.value + charge.amount), state.resets_at)
+        after.append(changed)
+        writes.append(changed)
+    return True, after, writes

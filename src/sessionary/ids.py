@@ -13,6 +13,8 @@ before any I/O: a malformed id never reaches a backend.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import secrets
 
@@ -45,6 +47,14 @@ def new_id(prefix: str = "", shard: int | None = None) -> str:
     if shard is not None:
         token = token[:-1] + _SHARD_CHARS[shard]
     return prefix + token
+
+
+def derived(name: str) -> str:
+    """A canonical id computed from `name` (BLAKE2b-256 of it), for well-known records such
+    as store-wide secrets. Never hand such an id to a client: anyone who knows the name can
+    compute it."""
+    digest = hashlib.blake2b(b"sessionary:" + name.encode(), digest_size=TOKEN_BYTES).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def shard_of(session_id: str) -> int:

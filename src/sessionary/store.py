@@ -8,20 +8,26 @@ store bytes and keep their indexes (see `sessionary.contract`).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sessionary import ids
 from sessionary.backends import open_backend
 from sessionary.clock import SYSTEM_CLOCK, Clock, to_ms
 from sessionary.codec import EMPTY_OBJECT, encode_data, encode_metadata
 from sessionary.contract import KEEP, Backend, Keep, Lifetime, Record
-from sessionary.errors import PayloadTooLarge, ValidationError
+from sessionary.counters import Counters
+from sessionary.errors import PayloadTooLarge, SessionExists, StoreUnavailable, ValidationError
 from sessionary.events import EventBus, Listener
 from sessionary.model import ConsumeResult, EventKind, Session, SessionEvent
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "DEFAULT_URL", "Namespace", "Store", "connect"]
+
+OnUnavailable = Literal["fail_closed", "fail_open"]
+_SECRETS_NAMESPACE = "sessionary.secrets"
+_SECRETS_LIFETIME = timedelta(days=3650)
 
 DEFAULT_URL = "sqlite:///sessionary.db"
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, encoded
@@ -69,6 +75,7 @@ class Store:
         self.max_payload = max_payload
         self._events = EventBus()
         self._namespaces: dict[str, Namespace] = {}
+        self._counters: dict[str, Counters] = {}
 
     def namespace(
         self,
@@ -78,9 +85,14 @@ class Store:
         absolute_ttl: timedelta | None = None,
         id_prefix: str = "",
         max_payload: int | None = None,
+        on_unavailable: OnUnavailable = "fail_closed",
     ) -> Namespace:
         """The namespace `name` with its policy. Asking again with the same policy returns the
-        same object; asking with another policy is an error (one name, one policy)."""
+        same object; asking with another policy is an error (one name, one policy).
+
+        `on_unavailable` tells the web layer what to do when the store cannot be reached:
+        refuse the request (503, the default) or go on without a session.
+        """
         if not isinstance(name, str) or not _NAMESPACE_RE.fullmatch(name):
             raise ValueError(
                 f"namespace name {name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}"
@@ -89,7 +101,9 @@ class Store:
         cap = self.max_payload if max_payload is None else max_payload
         if cap <= 0:
             raise ValueError("max_payload is a positive number of bytes")
-        wanted = Namespace(self, name, lifetime, ids.check_prefix(id_prefix), cap)
+        if on_unavailable not in ("fail_closed", "fail_open"):
+            raise ValueError("on_unavailable is 'fail_closed' or 'fail_open'")
+        wanted = Namespace(self, name, lifetime, ids.check_prefix(id_prefix), cap, on_unavailable)
         existing = self._namespaces.get(name)
         if existing is None:
             self._namespaces[name] = wanted
@@ -97,6 +111,33 @@ class Store:
         if existing.policy_key != wanted.policy_key:
             raise ValueError(f"namespace {name!r} is already open with another policy")
         return existing
+
+    def counters(self, group: str) -> Counters:
+        """The counter group `group` (see `sessionary.counters`)."""
+        found = self._counters.get(group)
+        if found is None:
+            found = self._counters[group] = Counters(self, group)
+        return found
+
+    async def shared_secret(self, name: str, lifetime: timedelta = _SECRETS_LIFETIME) -> str:
+        """A random secret (64 hex digits) that every process sharing this store sees the same,
+        created by whichever asks first; a new one once `lifetime` has passed."""
+        keep = self.namespace(_SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
+        session_id = ids.derived(name)
+        for _ in range(3):
+            found = await keep.get(session_id)
+            if found is not None:
+                return str(found.data["secret"])
+            expires_at = self.clock.now_ms() + to_ms(min(lifetime, _SECRETS_LIFETIME))
+            try:
+                created = await keep.create(
+                    id=session_id, data={"secret": secrets.token_hex(32)}, expires_at=expires_at
+                )
+                return str(created.data["secret"])
+            except SessionExists:
+                if await keep.get(session_id) is None:  # an expired one not yet reaped
+                    await keep.delete(session_id)
+        raise StoreUnavailable(f"could not settle the shared secret {name!r}")
 
     def on(self, kind: EventKind, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` (sync or async) after each `kind` change this process makes:
@@ -136,20 +177,27 @@ class Namespace:
     """One application space of sessions under one policy. Get it from `Store.namespace`."""
 
     def __init__(
-        self, store: Store, name: str, lifetime: Lifetime, id_prefix: str, max_payload: int
+        self,
+        store: Store,
+        name: str,
+        lifetime: Lifetime,
+        id_prefix: str,
+        max_payload: int,
+        on_unavailable: OnUnavailable = "fail_closed",
     ) -> None:
         self.store = store
         self.name = name
         self.lifetime = lifetime
         self.id_prefix = id_prefix
         self.max_payload = max_payload
+        self.on_unavailable = on_unavailable
         self._backend = store.backend
         self._clock = store.clock
         self._events = store._events
 
     @property
     def policy_key(self) -> tuple[object, ...]:
-        return (self.lifetime, self.id_prefix, self.max_payload)
+        return (self.lifetime, self.id_prefix, self.max_payload, self.on_unavailable)
 
     @property
     def idle_ttl(self) -> timedelta | None:
@@ -173,20 +221,34 @@ class Namespace:
         data: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
         id: str | None = None,
+        created_at: int | None = None,
+        expires_at: int | None = None,
     ) -> Session:
-        """A new session with a fresh id (or `id`, when migrating sessions in: `SessionExists`
-        if it is taken)."""
+        """A new session with a fresh id.
+
+        For migrations and well-known records: `id` names the id (`SessionExists` if taken),
+        `created_at` back-dates the creation (the absolute cap runs from it), and `expires_at`
+        ends the session sooner than the policy would (it never extends it).
+        """
         session_id = ids.new_id(self.id_prefix) if id is None else self._check_id(id)
         subject = _check_subject(subject)
         encoded_data = EMPTY_OBJECT if data is None else self._encode_data(data)
         encoded_metadata = EMPTY_OBJECT if metadata is None else self._encode_metadata(metadata)
         now = self._clock.now_ms()
+        created = now if created_at is None else _check_ms("created_at", created_at)
+        if created > now:
+            raise ValidationError("created_at cannot be in the future")
+        deadline = self.lifetime.expires_at(created, now)
+        if expires_at is not None:
+            deadline = min(deadline, _check_ms("expires_at", expires_at))
+        if deadline <= now:
+            raise ValidationError("the session would be born expired")
         record = Record(
             id=session_id,
             subject=subject,
-            created_at=now,
+            created_at=created,
             last_seen_at=now,
-            expires_at=self.lifetime.expires_at(now, now),
+            expires_at=deadline,
             version=1,
             data=encoded_data,
             metadata=encoded_metadata,
@@ -362,6 +424,12 @@ class Namespace:
         if records and self._events.wants(kind):
             for record in records:
                 await self._events.emit(SessionEvent(kind, Session.from_record(self.name, record)))
+
+
+def _check_ms(what: str, value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValidationError(f"{what} is an int of ms since the epoch")
+    return value
 
 
 def _check_subject(subject: object) -> str | None:

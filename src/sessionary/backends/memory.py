@@ -15,7 +15,15 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
+from sessionary.contract import (
+    KEEP,
+    CounterCharge,
+    CounterState,
+    Lifetime,
+    Record,
+    SubjectChange,
+    plan_charges,
+)
 from sessionary.errors import SessionExists, SessionNotFound, VersionConflict
 
 _COMPACT_SLACK = 1024
@@ -78,6 +86,28 @@ class _Space:
             self.schedule(record)
 
 
+@dataclass(slots=True)
+class _CounterGroup:
+    values: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (value, resets_at)
+    heap: list[tuple[int, str]] = field(default_factory=list)  # (resets_at, key), for sweeps
+
+    def put(self, state: CounterState) -> None:
+        previous = self.values.get(state.key)
+        self.values[state.key] = (state.value, state.resets_at)
+        if previous is None or previous[1] != state.resets_at:
+            heapq.heappush(self.heap, (state.resets_at, state.key))
+
+    def sweep(self, now: int, limit: int) -> int:
+        removed = 0
+        while self.heap and self.heap[0][0] <= now and removed < limit:
+            resets_at, key = heapq.heappop(self.heap)
+            found = self.values.get(key)
+            if found is not None and found[1] == resets_at:
+                del self.values[key]
+                removed += 1
+        return removed
+
+
 def _copy(record: Record) -> Record:
     """What leaves the backend is a snapshot; the stored record goes on changing."""
     return Record(
@@ -98,6 +128,7 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self._spaces: dict[str, _Space] = {}
+        self._counters: dict[str, _CounterGroup] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:
@@ -113,10 +144,11 @@ class MemoryBackend:
 
     def footprint(self) -> int:
         """Entries held in all structures (sessions, subject index, heap): for leak checks."""
-        return sum(
+        sessions = sum(
             len(s.sessions) + sum(len(ids) for ids in s.subjects.values()) + len(s.heap)
             for s in self._spaces.values()
         )
+        return sessions + sum(len(g.values) + len(g.heap) for g in self._counters.values())
 
     async def create(self, ns: str, record: Record) -> None:
         space = self._space(ns)
@@ -257,6 +289,31 @@ class MemoryBackend:
 
     async def count(self, ns: str, now: int) -> int:
         return sum(1 for r in self._space(ns).sessions.values() if r.expires_at > now)
+
+    def _group(self, group: str) -> _CounterGroup:
+        found = self._counters.get(group)
+        if found is None:
+            found = self._counters[group] = _CounterGroup()
+        return found
+
+    async def charge_counters(
+        self, group: str, charges: Sequence[CounterCharge], now: int
+    ) -> tuple[bool, list[CounterState]]:
+        counters = self._group(group)
+        counters.sweep(now, 16)  # keep the table to the running counters, a little each time
+        stored = [counters.values.get(charge.key) for charge in charges]
+        allowed, states, writes = plan_charges(charges, stored, now)
+        for state in writes:
+            counters.put(state)
+        return allowed, states
+
+    async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
+        counters = self._group(group)
+        for state in states:
+            counters.put(state)
+
+    async def sweep_counters(self, group: str, now: int, limit: int) -> int:
+        return self._group(group).sweep(now, limit)
 
     async def ping(self) -> None:
         return None

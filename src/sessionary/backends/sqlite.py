@@ -3,9 +3,10 @@
 All statements run on one connection owned by one thread, off the event loop. Operations
 queue up for that thread, which runs everything waiting in one transaction (group commit)
 and hands the results back to the loop in one wake-up, so a burst of requests shares one
-commit. Each operation is a single SQL statement that decides for itself (`UPDATE ... WHERE
-guard RETURNING`), so statement atomicity is all an operation needs, and a transaction is
-`BEGIN IMMEDIATE` so that several processes on one file take turns instead of deadlocking.
+commit. A session operation is a single SQL statement that decides for itself (`UPDATE ...
+WHERE guard RETURNING`); a counter charge reads, decides and writes, which is atomic because a
+writing transaction is `BEGIN IMMEDIATE`: it holds the write lock from its first statement, and
+several processes on one file take turns instead of deadlocking.
 
 URL: `sqlite:///relative.db`, `sqlite:////absolute/path.db` or `sqlite:///:memory:`, with
 optional query parameters `synchronous` (OFF, NORMAL (default), FULL, EXTRA) and
@@ -25,7 +26,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
+from sessionary.contract import (
+    KEEP,
+    CounterCharge,
+    CounterState,
+    Lifetime,
+    Record,
+    SubjectChange,
+    plan_charges,
+)
 from sessionary.errors import (
     SessionExists,
     SessionNotFound,
@@ -53,6 +62,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_by_subject
     ON sessions (namespace, subject, expires_at) WHERE subject IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (namespace, expires_at);
+CREATE TABLE IF NOT EXISTS counters (
+    grp       TEXT    NOT NULL,
+    key       TEXT    NOT NULL,
+    value     INTEGER NOT NULL,
+    resets_at INTEGER NOT NULL,
+    PRIMARY KEY (grp, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_by_reset ON counters (grp, resets_at);
 """
 
 _COLUMNS = "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters"
@@ -108,6 +125,18 @@ _CLAIM = (
     f"AND id IN (SELECT value FROM json_each(?)) RETURNING {_COLUMNS}"
 )
 _COUNT = "SELECT count(*) FROM sessions WHERE namespace = ? AND expires_at > ?"
+_READ_COUNTERS = (
+    "SELECT key, value, resets_at FROM counters "
+    "WHERE grp = ? AND key IN (SELECT value FROM json_each(?))"
+)
+_PUT_COUNTER = (
+    "INSERT INTO counters (grp, key, value, resets_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (grp, key) DO UPDATE SET value = excluded.value, resets_at = excluded.resets_at"
+)
+_SWEEP_COUNTERS = (
+    "DELETE FROM counters WHERE grp = ?1 AND key IN "
+    "(SELECT key FROM counters WHERE grp = ?1 AND resets_at <= ?2 LIMIT ?3)"
+)
 
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _MAX_BATCH = 512
@@ -456,6 +485,37 @@ class SQLiteBackend:
             return int(db.execute(_COUNT, (ns, now)).fetchone()[0])
 
         return await self._submit(run, writes=False)
+
+    async def charge_counters(
+        self, group: str, charges: Sequence[CounterCharge], now: int
+    ) -> tuple[bool, list[CounterState]]:
+        keys = orjson.dumps([charge.key for charge in charges]).decode()
+
+        def run(db: sqlite3.Connection) -> tuple[bool, list[CounterState]]:
+            # Read, decide, write: atomic because the batch's transaction is IMMEDIATE, so
+            # it holds the write lock from its first statement.
+            found = {row[0]: (row[1], row[2]) for row in db.execute(_READ_COUNTERS, (group, keys))}
+            allowed, states, writes = plan_charges(
+                charges, [found.get(charge.key) for charge in charges], now
+            )
+            db.executemany(_PUT_COUNTER, [(group, s.key, s.value, s.resets_at) for s in writes])
+            return allowed, states
+
+        return await self._submit(run, writes=True)
+
+    async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
+        rows = [(group, s.key, s.value, s.resets_at) for s in states]
+
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany(_PUT_COUNTER, rows)
+
+        await self._submit(run, writes=True)
+
+    async def sweep_counters(self, group: str, now: int, limit: int) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            return db.execute(_SWEEP_COUNTERS, (group, now, limit)).rowcount
+
+        return await self._submit(run, writes=True)
 
     async def ping(self) -> None:
         def run(db: sqlite3.Connection) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sessionary.clock import ManualClock
+from sessionary.counters import Charge
 from sessionary.store import Store, connect
 
 
@@ -32,6 +33,30 @@ def _consume_in_process(
             barrier.wait()
             charges = (ns.consume(session_id, "searches", limit=limit) for _ in range(attempts))
             outcomes = await asyncio.gather(*charges)
+            return sum(r.allowed for r in outcomes)
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+def _charge_in_process(
+    url: str, group: str, now: int, attempts: int, barrier: Any, results: Any
+) -> None:
+    async def work() -> int:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            quota = store.counters(group)
+            barrier.wait()
+            outcomes = await asyncio.gather(
+                *(
+                    quota.charge(
+                        Charge("ip:shared", limit=50, window=timedelta(days=1)),
+                        Charge("global", limit=1000, window=timedelta(hours=1)),
+                    )
+                    for _ in range(attempts)
+                )
+            )
             return sum(r.allowed for r in outcomes)
         finally:
             await store.close()
@@ -106,3 +131,17 @@ class MultiProcessConformance:
         assert Counter(everything) == Counter(created)
         assert await ns.count() == 0
         assert await ns.list_subject("mp") == []
+
+    @pytest.mark.asyncio
+    async def test_counter_charges_are_atomic_across_processes(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        allowed = await _run_processes(
+            _charge_in_process, (store_url, "mp-quota", clock.now_ms(), 40), 4
+        )
+        assert sum(allowed) == 50
+        final = await store.counters("mp-quota").read(
+            Charge("ip:shared", limit=50, window=timedelta(days=1)),
+            Charge("global", limit=1000, window=timedelta(hours=1)),
+        )
+        assert [r.used for r in final.counters] == [50, 50]

@@ -31,6 +31,7 @@ from sessionary.errors import (
 )
 from sessionary.model import Session, SessionEvent
 from sessionary.store import Namespace, Store, connect
+from sessionary.testing._counters import CounterConformance
 from sessionary.testing._machine import machine_for
 from sessionary.testing._values import (
     MALFORMED_IDS,
@@ -43,7 +44,7 @@ from sessionary.testing._values import (
 MS = timedelta(milliseconds=1)
 
 
-class StoreConformance:
+class StoreConformance(CounterConformance):
     """The behaviour every backend must show. Subclass, and override `store_url` and
     `footprint` (see `sessionary.testing`)."""
 
@@ -208,6 +209,44 @@ class StoreConformance:
         stored = await web.get(session_id)
         assert stored is not None
         assert stored.data == winners[0].data
+
+    @pytest.mark.asyncio
+    async def test_migrations_can_backdate_and_shorten(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        day = store.namespace("migrated", absolute_ttl=timedelta(hours=24))
+        now = clock.now_ms()
+        session = await day.create(created_at=now - 3_600_000, expires_at=now + 600_000)
+        stored = await day.get(session.id)
+        assert stored is not None
+        assert (stored.created_at, stored.last_seen_at, stored.expires_at) == (
+            now - 3_600_000,
+            now,
+            now + 600_000,
+        )
+        capped = await day.create(created_at=now - 3_600_000, expires_at=now + 10**11)
+        assert capped.expires_at == now - 3_600_000 + 86_400_000  # never past the policy
+        with pytest.raises(ValidationError):
+            await day.create(created_at=now + 1)
+        with pytest.raises(ValidationError):
+            await day.create(created_at=now - 86_400_000)  # born expired
+        with pytest.raises(ValidationError):
+            await day.create(expires_at=now)
+
+    @pytest.mark.asyncio
+    async def test_shared_secrets_are_one_per_name_until_their_time(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        values = await asyncio.gather(*(store.shared_secret("salt") for _ in range(20)))
+        assert len(set(values)) == 1
+        assert len(values[0]) == 64
+        assert await store.shared_secret("other") != values[0]
+        assert await store.shared_secret("salt") == values[0]
+        short = await store.shared_secret("daily", lifetime=timedelta(hours=48))
+        clock.advance(timedelta(hours=48))
+        renewed = await store.shared_secret("daily", lifetime=timedelta(hours=48))
+        assert renewed != short
+        assert await store.shared_secret("salt") == values[0]
 
     # -- 3. unknown ids -----------------------------------------------------------------
 

@@ -8,6 +8,8 @@ each script declares every key it touches in KEYS:
     <prefix>{web:07}:s:<id>   hash: the session (see common.lua for its fields)
     <prefix>{web:07}:x        sorted set: ids by expires_at (what `due`/`claim` read)
     <prefix>{web:07}:u        sorted set: "<subject>\\0<id>", read by lex range per subject
+    <prefix>{c:<group>}:<key> hash: a counter of a counter group (v value, r resets_at); one
+                              tag per group, so a charge of several counters is one script
 
 Every read-modify-write is one Lua script. Every key has a TTL that runs `grace_ms` past the
 latest `expires_at` it serves, so nothing is immortal and a reaper can still read what it
@@ -47,7 +49,14 @@ from redis.exceptions import (
 
 from sessionary import ids
 from sessionary.backends.redis.scripts import Client, Script, Scripts
-from sessionary.contract import KEEP, Lifetime, Record, SubjectChange
+from sessionary.contract import (
+    KEEP,
+    CounterCharge,
+    CounterState,
+    Lifetime,
+    Record,
+    SubjectChange,
+)
 from sessionary.errors import (
     SessionExists,
     SessionNotFound,
@@ -462,6 +471,46 @@ class RedisBackend:
     async def count(self, ns: str, now: int) -> int:
         counts = await self._fan_out(lambda pipe, k: pipe.zcount(k.expiry, f"({now}", "+inf"), ns)
         return sum(counts)
+
+    # -- counter groups: one hash tag per group ------------------------------------------
+
+    def _counter_keys(self, group: str, keys: Sequence[str]) -> list[str]:
+        tag = f"{self.prefix}{{c:{group}}}:"
+        return [tag + key for key in keys]
+
+    @_translate_errors
+    async def charge_counters(
+        self, group: str, charges: Sequence[CounterCharge], now: int
+    ) -> tuple[bool, list[CounterState]]:
+        args: list[str | int] = [now]
+        for charge in charges:
+            args += [charge.amount, "" if charge.limit is None else charge.limit, charge.window_ms]
+        reply = await self._scripts.run(
+            self.client,
+            self._scripts.counters,
+            self._counter_keys(group, [charge.key for charge in charges]),
+            args,
+        )
+        states = [
+            CounterState(charge.key, int(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+            for i, charge in enumerate(charges)
+        ]
+        return reply[0] == 1, states
+
+    @_translate_errors
+    async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
+        args: list[str | int] = [now]
+        for state in states:
+            args += [state.value, state.resets_at]
+        await self._scripts.run(
+            self.client,
+            self._scripts.set_counters,
+            self._counter_keys(group, [state.key for state in states]),
+            args,
+        )
+
+    async def sweep_counters(self, group: str, now: int, limit: int) -> int:
+        return 0  # every counter key carries a TTL ending with its window: Redis sweeps
 
     @_translate_errors
     async def ping(self) -> None:

@@ -52,6 +52,8 @@ class Scripts:
         self.delete = Script.load("delete")
         self.revoke = Script.load("revoke")
         self.claim = Script.load("claim")
+        self.counters = Script.load("counters")
+        self.set_counters = Script.load("set_counters")
 
     @staticmethod
     async def run(client: Client, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:

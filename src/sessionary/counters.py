@@ -1,0 +1,162 @@
+"""Counter groups: named counters with windows, charged several at a time, all or nothing.
+
+Quotas and rate limits are counters: "50 searches per session", "100 per client IP per day",
+"10,000 per hour in all". A charge names the counters it touches; if any of them would pass its
+limit, none is charged, and the result says which refused and when its window ends (the real
+moment, stored with the counter). A counter starts at its first charge and its window runs
+from there (`window`), or until a fixed moment (`until`, e.g. its session's expiry).
+
+    quota = store.counters("playground")
+    result = await quota.charge(
+        Charge(f"session:{sid}", limit=50, until=session.expires_at),
+        Charge(f"ip:{ip_hash}", limit=100, window=timedelta(days=1)),
+        Charge("global", limit=10_000, window=timedelta(hours=1)),
+    )
+    if not result.allowed: ... result.refused.key, result.refused.resets_at
+
+On Redis all counters of a group share one hash tag, so a charge is one script on one node.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sessionary.clock import to_ms
+from sessionary.contract import CounterCharge, CounterState
+from sessionary.errors import ValidationError
+
+if TYPE_CHECKING:
+    from sessionary.store import Store
+
+GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_KEY_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Charge `amount` to the counter `key`, refused past `limit` (None: unlimited).
+
+    Its window is `window` from its first charge, or ends at `until` (ms since the epoch);
+    give exactly one. A negative amount refunds, 0 reads.
+    """
+
+    key: str
+    amount: int = 1
+    limit: int | None = None
+    window: timedelta | None = None
+    until: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReading:
+    key: str
+    used: int
+    limit: int | None
+    resets_at: int  # ms since the epoch, UTC: when the counter starts again from 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """`allowed`: every charge applied. Otherwise none was, and `refused` is the first counter
+    that said no (in the order charged). `counters` are the readings, in that order."""
+
+    allowed: bool
+    counters: tuple[CounterReading, ...]
+    refused: CounterReading | None = None
+
+    def __getitem__(self, key: str) -> CounterReading:
+        for reading in self.counters:
+            if reading.key == key:
+                return reading
+        raise KeyError(key)
+
+
+class Counters:
+    """The counters of one group. Get it from `Store.counters`."""
+
+    def __init__(self, store: Store, group: str) -> None:
+        if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
+            raise ValueError(f"counter group {group!r} must match {GROUP_RE.pattern}")
+        self.group = group
+        self._backend = store.backend
+        self._clock = store.clock
+
+    async def charge(self, *charges: Charge) -> ChargeResult:
+        """Apply every charge, or none if one would pass its limit."""
+        now = self._clock.now_ms()
+        planned = [_plan(charge, now) for charge in charges]
+        if not planned:
+            raise ValidationError("charge at least one counter")
+        if len({p.key for p in planned}) != len(planned):
+            raise ValidationError("each counter appears once in a charge")
+        allowed, states = await self._backend.charge_counters(self.group, planned, now)
+        readings = tuple(
+            CounterReading(state.key, state.value, charge.limit, state.resets_at)
+            for charge, state in zip(charges, states, strict=True)
+        )
+        refused = None
+        if not allowed:
+            refused = next(
+                reading
+                for charge, reading in zip(charges, readings, strict=True)
+                if charge.amount > 0
+                and charge.limit is not None
+                and reading.used + charge.amount > charge.limit
+            )
+        return ChargeResult(allowed, readings, refused)
+
+    async def refund(self, *charges: Charge) -> ChargeResult:
+        """Give back what `charges` took (counters never go below 0)."""
+        return await self.charge(*(_with_amount(c, -abs(c.amount)) for c in charges))
+
+    async def read(self, *charges: Charge) -> ChargeResult:
+        """The counters as they stand (a counter not running reads 0), charging nothing."""
+        return await self.charge(*(_with_amount(c, 0) for c in charges))
+
+    async def set(self, key: str, value: int, resets_at: int) -> None:
+        """Set a counter outright (for migrations: running it twice changes nothing)."""
+        _check_key(key)
+        if type(value) is not int or value < 0 or type(resets_at) is not int:
+            raise ValidationError("a counter's value is an int >= 0 and resets_at int ms")
+        now = self._clock.now_ms()
+        await self._backend.set_counters(self.group, [CounterState(key, value, resets_at)], now)
+
+    async def sweep(self, limit: int = 1000) -> int:
+        """Drop up to `limit` counters whose window has ended (Redis does this by itself)."""
+        return await self._backend.sweep_counters(self.group, self._clock.now_ms(), limit)
+
+
+def _with_amount(charge: Charge, amount: int) -> Charge:
+    return Charge(charge.key, amount, charge.limit, charge.window, charge.until)
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        raise ValidationError(f"counter key {key!r} must match {_KEY_RE.pattern}")
+    return key
+
+
+def _plan(charge: Charge, now: int) -> CounterCharge:
+    _check_key(charge.key)
+    if type(charge.amount) is not int:
+        raise ValidationError("a charge's amount is an int")
+    if charge.limit is not None and (type(charge.limit) is not int or charge.limit < 0):
+        raise ValidationError("a charge's limit is None or an int >= 0")
+    if (charge.window is None) == (charge.until is None):
+        raise ValidationError("a charge has a window or an until, exactly one")
+    if charge.window is not None:
+        if not isinstance(charge.window, timedelta) or to_ms(charge.window) < 1:
+            raise ValidationError("a charge's window is a timedelta of at least 1 ms")
+        window_ms = to_ms(charge.window)
+    else:
+        if type(charge.until) is not int or charge.until <= now:
+            raise ValidationError("a charge's until is a moment (int ms) still to come")
+        window_ms = charge.until - now
+    return CounterCharge(charge.key, charge.amount, charge.limit, window_ms)
