@@ -3,6 +3,7 @@ epoch, UTC), so tests move time forward instead of sleeping."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -53,9 +54,35 @@ def to_ms(delta: timedelta) -> int:
     return delta // timedelta(milliseconds=1)
 
 
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str | int | float | timedelta) -> timedelta:
+    """ "30s", "15m", "1h30m", "500ms", "2d" (or a number of seconds) as a timedelta."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, bool):
+        raise ValueError("a duration is like '30s', '15m', '1h30m' or a number of seconds")
+    if isinstance(text, int | float):
+        return timedelta(seconds=text)
+    compact = text.replace(" ", "").lower()
+    parts = _DURATION_RE.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(
+            f"{text!r} is not a duration: write it like '30s', '15m', '1h30m', '500ms' or '2d'"
+        )
+    return timedelta(milliseconds=sum(int(n) * _UNITS[u] for n, u in parts))
+
+
 def to_datetime(ms: int) -> datetime:
     """Milliseconds since the epoch as an aware UTC datetime."""
     return _EPOCH + timedelta(milliseconds=ms)
+
+
+def iso_utc(ms: int) -> str:
+    """Milliseconds since the epoch as ISO-8601 UTC with milliseconds: 2026-11-22T09:30:00.250Z."""
+    return to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The `sessionary` command."""
+"""`sessionary demo`: the session lifecycle, step by step, on any store."""
 
 from __future__ import annotations
 
@@ -10,23 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from sessionary import __version__
+from sessionary.cli import STORE_HELP
 from sessionary.clock import to_datetime
-from sessionary.errors import SessionaryError, StoreUnavailable, VersionConflict
+from sessionary.errors import StoreUnavailable, VersionConflict
 from sessionary.model import EVENT_KINDS, Session, SessionEvent
 from sessionary.store import DEFAULT_URL, Store, connect
 
-STORE_HELP = (
-    "Store URL: sqlite:///file.db (default: sessionary.db here), memory://, redis://host:6379/0"
-)
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sessionary")
-def main() -> None:
-    """sessionary: server-side sessions on SQLite, Redis/Valkey or memory."""
-
-
-@main.command()
+@click.command()
 @click.option("--store", "url", default=DEFAULT_URL, show_default=True, help=STORE_HELP)
 def demo(url: str) -> None:
     """Walk through the session lifecycle on a store, printing each step."""
@@ -34,25 +25,6 @@ def demo(url: str) -> None:
         asyncio.run(_demo(url, Console()))
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-
-
-@main.command()
-@click.option("--store", "url", default=DEFAULT_URL, show_default=True, help=STORE_HELP)
-def ping(url: str) -> None:
-    """Check that the store answers (exit 1 if not)."""
-
-    async def run() -> None:
-        store = await connect(url)
-        try:
-            await store.ping()
-        finally:
-            await store.close()
-
-    try:
-        asyncio.run(run())
-    except (SessionaryError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"ok: {url}")
 
 
 def _short(session: Session) -> str:

@@ -1,0 +1,227 @@
+"""Running the service and its chores: serve, reap, migrate, ping."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from sessionary.cli import STORE_HELP
+from sessionary.clock import parse_duration
+from sessionary.errors import SessionaryError, StoreUnavailable
+from sessionary.reaper import sweep
+from sessionary.store import DEFAULT_URL, Namespace, connect
+
+if TYPE_CHECKING:
+    from sessionary.counters import Counters
+    from sessionary.playground.legacy import MigrationReport
+    from sessionary.web.settings import Settings
+
+
+def _settings(config: str | None, **flags: Any) -> Settings:
+    from sessionary.web.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config, **flags)
+    except SettingsError as exc:
+        raise click.ClickException(f"bad settings:\n{exc}") from None
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="A sessionary.toml (flags and SESSIONARY_* environment variables override it).",
+)
+store_option = click.option("--store", help=STORE_HELP)
+
+
+@click.command()
+@store_option
+@click.option("--host", help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8000).")
+@config_option
+def serve(store: str | None, host: str | None, port: int | None, config: str | None) -> None:
+    """Run the HTTP service: admin API, playground, /healthz, /readyz, /metrics, /docs."""
+    import uvicorn
+
+    from sessionary.web.app import create_app
+
+    settings = _settings(config, store=store, host=host, port=port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,  # the client IP is resolved against our own trusted proxies
+        server_header=False,
+    )
+
+
+@click.command()
+@store_option
+@config_option
+@click.option("--every", help="Keep sweeping at this interval (like '30s'); default: once.")
+def reap(store: str | None, config: str | None, every: str | None) -> None:
+    """Expire due sessions (each exactly once, however many reapers run) and sweep finished
+    counters, in every configured namespace."""
+    settings = _settings(config, store=store)
+    try:
+        interval = None if every is None else parse_duration(every)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--every") from None
+    try:
+        asyncio.run(_reap(settings, interval, Console(stderr=True)))
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+async def _reap(settings: Settings, every: timedelta | None, console: Console) -> None:
+    from sessionary.web.app import declare
+
+    store = await connect(settings.store)
+    try:
+        namespaces, groups = declare(settings, store)
+        while True:
+            await _sweep_once(
+                list(namespaces.values()),
+                groups,
+                settings.reaper.batch,
+                console,
+                transient=every is not None,
+            )
+            if every is None:
+                return
+            await asyncio.sleep(every.total_seconds())
+    finally:
+        await store.close()
+
+
+async def _sweep_once(
+    namespaces: list[Namespace],
+    groups: list[Counters],
+    batch: int,
+    console: Console,
+    *,
+    transient: bool,
+) -> None:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,.0f} removed"),
+    )
+    with Progress(*columns, console=console, transient=transient) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(name: str, n: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"reaping {name}", total=None)
+            progress.update(tasks[name], advance=n)
+
+        found = await sweep(namespaces, groups, batch=batch, progress=advance)
+    console.print(
+        "expired: "
+        + (", ".join(f"{k} {v}" for k, v in found.expired.items()) or "none")
+        + " | counters swept: "
+        + (", ".join(f"{k} {v}" for k, v in found.counters.items()) or "none")
+    )
+
+
+@click.command()
+@click.option(
+    "--from-legacy-playground",
+    "legacy",
+    required=True,
+    metavar="REDIS_URL",
+    help="The Redis holding the original product's playground:session:* keys.",
+)
+@click.option("--pattern", help="Which legacy keys to read (default: playground:session:*).")
+@click.option("--delete-legacy", is_flag=True, help="Delete each legacy key once migrated.")
+@store_option
+@config_option
+def migrate(
+    legacy: str, pattern: str | None, delete_legacy: bool, store: str | None, config: str | None
+) -> None:
+    """Bring the original product's playground sessions into the playground namespace,
+    keeping tokens, creation times, remaining TTLs, used searches and indexed repos.
+    Running it twice changes nothing."""
+    settings = _settings(config, store=store)
+    try:
+        report = asyncio.run(_migrate(settings, legacy, pattern, delete_legacy))
+    except (StoreUnavailable, RedisError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"migrated {report.migrated}, already there {report.already_there}, "
+        f"expired {report.expired}, skipped {len(report.skipped)}"
+    )
+    for key, why in report.skipped[:20]:
+        click.echo(f"  skipped {key}: {why}")
+
+
+async def _migrate(
+    settings: Settings, legacy_url: str, pattern: str | None, delete_legacy: bool
+) -> MigrationReport:
+    from redis.asyncio import Redis
+
+    from sessionary.playground.legacy import LEGACY_PATTERN, count_legacy, migrate_legacy
+
+    pattern = pattern or LEGACY_PATTERN
+
+    store = await connect(settings.store)
+    legacy = Redis.from_url(legacy_url)
+    try:
+        name = settings.playground.namespace
+        namespace = store.namespace(name, absolute_ttl=settings.playground.session_ttl)
+        total = await count_legacy(legacy, pattern)
+        with Progress(
+            TextColumn("migrating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        ) as progress:
+            task = progress.add_task("migrating", total=total)
+            return await migrate_legacy(
+                legacy,
+                namespace,
+                store.counters(name),
+                pattern=pattern,
+                delete_legacy=delete_legacy,
+                progress=lambda: progress.advance(task),
+            )
+    finally:
+        await legacy.aclose()
+        await store.close()
+
+
+@click.command()
+@click.option("--store", "url", default=DEFAULT_URL, show_default=True, help=STORE_HELP)
+def ping(url: str) -> None:
+    """Check that the store answers (exit 1 if not)."""
+
+    async def run() -> None:
+        store = await connect(url)
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except (SessionaryError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"ok: {url}")

@@ -1,0 +1,112 @@
+"""Every HTTP error is JSON: `{"error": "<stable code>", "message": "...", ...}`.
+
+The code is the contract (clients branch on it); the message is for people and may change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from sessionary.clock import iso_utc
+from sessionary.counters import CounterReading
+from sessionary.errors import (
+    InvalidSessionId,
+    PayloadTooLarge,
+    SessionaryError,
+    SessionExists,
+    SessionNotFound,
+    StoreUnavailable,
+    ValidationError,
+    VersionConflict,
+)
+
+#: Seconds a client is told to wait when the store is down.
+RETRY_AFTER_UNAVAILABLE = 30
+
+_STATUS: dict[type[SessionaryError], int] = {
+    InvalidSessionId: 400,
+    SessionNotFound: 404,
+    SessionExists: 409,
+    VersionConflict: 412,
+    PayloadTooLarge: 413,
+    ValidationError: 422,
+    StoreUnavailable: 503,
+}
+
+
+class JSONResponse(Response):
+    """A JSON response encoded by orjson (Starlette's own uses the stdlib encoder)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status, dict(headers or {}))
+
+
+def unavailable_response(message: str, retry_after: int = RETRY_AFTER_UNAVAILABLE) -> JSONResponse:
+    return error_response(
+        503,
+        StoreUnavailable.code,
+        message,
+        headers={"Retry-After": str(retry_after)},
+        retry_after=retry_after,
+    )
+
+
+class ResponseError(Exception):
+    """Raise to answer with `response` (from a dependency, say); the application's handler
+    (see `install_error_handlers`) sends it as it is."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def quota_response(scope: str, reading: CounterReading, now: int) -> JSONResponse:
+    """429 for a refused charge: the scope that refused, its limit and its real reset moment,
+    with Retry-After and the IETF RateLimit-* headers."""
+    wait = max(0, -(-(reading.resets_at - now) // 1000))  # whole seconds, rounded up
+    limit = reading.limit if reading.limit is not None else reading.used
+    return error_response(
+        429,
+        "quota_exceeded",
+        f"the {scope} quota of {limit} is used up until {iso_utc(reading.resets_at)}",
+        headers={
+            "Retry-After": str(wait),
+            "RateLimit-Limit": str(limit),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(wait),
+        },
+        scope=scope,
+        limit=limit,
+        remaining=0,
+        resets_at=iso_utc(reading.resets_at),
+    )
+
+
+def response_for(exc: SessionaryError) -> JSONResponse:
+    """The response for one of sessionary's own errors."""
+    if isinstance(exc, StoreUnavailable):
+        return unavailable_response("the session store is unavailable; try again shortly")
+    status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 400)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, VersionConflict):
+        extra = {"expected_version": exc.expected, "current_version": exc.actual}
+    elif isinstance(exc, PayloadTooLarge):
+        extra = {"size": exc.size, "limit": exc.limit}
+    return error_response(status, exc.code, str(exc), **extra)

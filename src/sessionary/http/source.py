@@ -1,0 +1,46 @@
+"""Where an HTTP component gets its store: given outright, opened from a URL on first use,
+or bound later by the application that owns it (at startup)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sessionary.clock import Clock
+from sessionary.store import Store, connect
+
+
+class StoreSource:
+    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
+        self._store = store if isinstance(store, Store) else None
+        self._url = store if isinstance(store, str) else None
+        self._clock = clock
+        self._owned = False
+        self._opening = asyncio.Lock()
+
+    @classmethod
+    def of(cls, store: Store | str | StoreSource | None) -> StoreSource:
+        return store if isinstance(store, StoreSource) else cls(store)
+
+    def bind(self, store: Store) -> None:
+        """Hand over the store an application opened (at its startup)."""
+        self._store = store
+
+    async def get(self) -> Store:
+        if self._store is not None:
+            return self._store
+        async with self._opening:
+            if self._store is None:
+                if self._url is None:
+                    raise RuntimeError(
+                        "no store yet: pass store=<Store or URL>, or bind() one at startup"
+                    )
+                self._store = await connect(self._url, clock=self._clock)
+                self._owned = True
+        return self._store
+
+    async def close(self) -> None:
+        """Close the store if this source opened it."""
+        if self._owned and self._store is not None:
+            await self._store.close()
+            self._store = None
+            self._owned = False

@@ -1,0 +1,236 @@
+"""The admin API under /v1, behind an API key: sessions of the configured namespaces.
+
+Times are integer ms since the epoch (UTC); a session's version travels as its ETag, and a
+PATCH with `If-Match: "<version>"` writes only over that version (412 otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from sessionary.contract import KEEP, Keep
+from sessionary.errors import SessionNotFound
+from sessionary.http.errors import JSONResponse, ResponseError, error_response
+from sessionary.model import Session
+from sessionary.store import Namespace
+from sessionary.web.auth import ApiKeys
+
+
+class SessionOut(BaseModel):
+    id: str
+    namespace: str
+    subject: str | None
+    created_at: int
+    last_seen_at: int
+    expires_at: int
+    version: int
+    data: dict[str, Any]
+    metadata: dict[str, str]
+    counters: dict[str, int]
+
+
+class CreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class PatchIn(BaseModel):
+    """Fields left out are kept; `subject: null` clears the subject."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    subject: str | None = None
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = None
+
+
+class ConsumeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int = 1
+    limit: int | None = Field(None, ge=0)
+
+
+class ConsumeOut(BaseModel):
+    allowed: bool
+    used: int
+    limit: int | None
+    remaining: int | None
+
+
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "namespace": session.namespace,
+        "subject": session.subject,
+        "created_at": session.created_at,
+        "last_seen_at": session.last_seen_at,
+        "expires_at": session.expires_at,
+        "version": session.version,
+        "data": session.data,
+        "metadata": session.metadata,
+        "counters": dict(session.counters),
+    }
+
+
+def _session_response(session: Session, status: int = 200) -> JSONResponse:
+    return JSONResponse(session_json(session), status, {"ETag": f'"{session.version}"'})
+
+
+def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKeys) -> APIRouter:
+    """The /v1 routes over the namespaces `namespaces()` returns (known once the store is
+    open)."""
+    router = APIRouter(prefix="/v1", tags=["admin"])
+
+    def resolve(request: Request, name: str) -> Namespace:
+        keys.require(request, name)
+        found = namespaces().get(name)
+        if found is None:
+            raise ResponseError(
+                error_response(
+                    404,
+                    "unknown_namespace",
+                    f"no namespace {name!r} is configured",
+                    namespaces=sorted(namespaces()),
+                )
+            )
+        return found
+
+    async def live(namespace: Namespace, session_id: str) -> Session:
+        session = await namespace.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        return session
+
+    base = "/namespaces/{namespace}"
+
+    @router.post(f"{base}/sessions", status_code=201, response_model=SessionOut)
+    async def create(request: Request, namespace: str, body: CreateIn) -> Response:
+        """Create a session."""
+        space = resolve(request, namespace)
+        session = await space.create(subject=body.subject, data=body.data, metadata=body.metadata)
+        return _session_response(session, 201)
+
+    @router.get(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
+    async def read(request: Request, namespace: str, session_id: str) -> Response:
+        """Read a live session (a peek: it does not extend it)."""
+        return _session_response(await live(resolve(request, namespace), session_id))
+
+    @router.post(f"{base}/sessions/{{session_id}}/touch", response_model=SessionOut)
+    async def touch(request: Request, namespace: str, session_id: str) -> Response:
+        """Record activity: slides the idle expiry, never past the absolute cap."""
+        session = await resolve(request, namespace).touch(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        return _session_response(session)
+
+    @router.patch(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
+    async def patch(request: Request, namespace: str, session_id: str, body: PatchIn) -> Response:
+        """Replace data and/or metadata, set or clear the subject; with `If-Match`, only over
+        that version (412 if it moved on)."""
+        space = resolve(request, namespace)
+        expected = _if_match(request)
+        subject: str | Keep | None = body.subject if "subject" in body.model_fields_set else KEEP
+        session = await space.update(
+            session_id,
+            data=body.data,
+            metadata=body.metadata,
+            subject=subject,
+            expected_version=expected,
+        )
+        return _session_response(session)
+
+    @router.delete(f"{base}/sessions/{{session_id}}", status_code=204)
+    async def delete(request: Request, namespace: str, session_id: str) -> Response:
+        """Delete a session (404 if there was no live one)."""
+        if not await resolve(request, namespace).delete(session_id):
+            raise SessionNotFound(session_id)
+        return Response(status_code=204)
+
+    @router.post(f"{base}/sessions/{{session_id}}/rotate", response_model=SessionOut)
+    async def rotate(
+        request: Request, namespace: str, session_id: str, body: RotateIn | None = None
+    ) -> Response:
+        """Give the session a new id; the old one stops working at once."""
+        space = resolve(request, namespace)
+        subject: str | Keep | None = KEEP
+        if body is not None and "subject" in body.model_fields_set:
+            subject = body.subject
+        return _session_response(await space.rotate(session_id, subject=subject))
+
+    @router.get(f"{base}/subjects/{{subject}}/sessions")
+    async def list_subject(request: Request, namespace: str, subject: str) -> Response:
+        """The live sessions of a subject, newest first."""
+        sessions = await resolve(request, namespace).list_subject(subject)
+        return JSONResponse({"sessions": [session_json(s) for s in sessions]})
+
+    @router.delete(f"{base}/subjects/{{subject}}/sessions")
+    async def revoke_subject(request: Request, namespace: str, subject: str) -> Response:
+        """Delete every session of a subject (log out everywhere)."""
+        revoked = await resolve(request, namespace).revoke_subject(subject)
+        return JSONResponse({"revoked": revoked})
+
+    @router.post(
+        f"{base}/sessions/{{session_id}}/counters/{{counter}}/consume",
+        response_model=ConsumeOut,
+        responses={429: {"description": "the charge would pass the limit; nothing was charged"}},
+    )
+    async def consume(
+        request: Request, namespace: str, session_id: str, counter: str, body: ConsumeIn
+    ) -> Response:
+        """Charge a session counter atomically against a limit (a negative amount refunds)."""
+        space = resolve(request, namespace)
+        result = await space.consume(session_id, counter, amount=body.amount, limit=body.limit)
+        payload = {
+            "allowed": result.allowed,
+            "used": result.used,
+            "limit": result.limit,
+            "remaining": result.remaining,
+        }
+        if not result.allowed:
+            raise ResponseError(
+                error_response(
+                    429,
+                    "quota_exceeded",
+                    f"counter {counter!r} is at its limit",
+                    scope="session",
+                    counter=counter,
+                    allowed=False,
+                    used=result.used,
+                    limit=result.limit,
+                    remaining=result.remaining,
+                )
+            )
+        return JSONResponse(payload)
+
+    return router
+
+
+def _if_match(request: Request) -> int | None:
+    header = request.headers.get("if-match")
+    if header is None or header.strip() == "*":
+        return None
+    match = _ETAG.match(header)
+    if match is None or int(match.group(1)) < 1:
+        raise ResponseError(
+            error_response(400, "bad_if_match", 'If-Match is a version: If-Match: "3"')
+        )
+    return int(match.group(1))

@@ -1,0 +1,138 @@
+"""The sessionary service: `create_app(settings)` builds the FastAPI application that
+`sessionary serve` runs.
+
+    /healthz              the process is up
+    /readyz               the store answers (200) or not (503)
+    /metrics              Prometheus
+    /docs                 OpenAPI
+    /v1/...               the admin API (API key)
+    /api/v1/playground/   anonymous playground sessions with quotas
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.responses import Response
+
+from sessionary import __version__
+from sessionary.clock import Clock
+from sessionary.counters import Counters
+from sessionary.errors import StoreUnavailable
+from sessionary.http.errors import JSONResponse, unavailable_response
+from sessionary.http.handlers import install_error_handlers
+from sessionary.http.limits import BodyLimit
+from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
+from sessionary.http.source import StoreSource
+from sessionary.playground import Playground
+from sessionary.reaper import run_forever
+from sessionary.store import Namespace, Store
+from sessionary.web.admin import admin_router
+from sessionary.web.auth import ApiKeys
+from sessionary.web.settings import Settings
+
+
+def declare(settings: Settings, store: Store) -> tuple[dict[str, Namespace], list[Counters]]:
+    """The namespaces (by name) and counter groups the settings configure on `store`."""
+    namespaces = {
+        name: store.namespace(
+            name,
+            idle_ttl=policy.idle_ttl,
+            absolute_ttl=policy.absolute_ttl,
+            id_prefix=policy.id_prefix,
+            max_payload=policy.max_payload,
+            on_unavailable=policy.on_unavailable,
+        )
+        for name, policy in settings.namespaces.items()
+    }
+    groups = []
+    if settings.playground.enabled:
+        name = settings.playground.namespace
+        namespaces[name] = store.namespace(name, absolute_ttl=settings.playground.session_ttl)
+        groups.append(store.counters(name))
+    return namespaces, groups
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """The service. With `store`, it serves that store (and leaves closing it to you);
+    otherwise it opens `settings.store` at startup and closes it at shutdown."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    source = StoreSource(store if store is not None else settings.store, clock=clock)
+    namespaces: dict[str, Namespace] = {}
+    playground = (
+        Playground(source, settings.playground, metrics=metrics)
+        if settings.playground.enabled
+        else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened = await source.get()
+        metrics.watch(opened)
+        declared, groups = declare(settings, opened)
+        namespaces.update(declared)
+        reaper = None
+        if settings.reaper.enabled:
+            reaper = asyncio.create_task(
+                run_forever(
+                    namespaces.values(),
+                    groups,
+                    every=settings.reaper.every,
+                    batch=settings.reaper.batch,
+                ),
+                name="sessionary-reaper",
+            )
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reaper
+            await source.close()
+
+    app = FastAPI(
+        title="sessionary",
+        version=__version__,
+        description="Server-side sessions: admin API, playground sessions with quotas.",
+        lifespan=lifespan,
+    )
+    app.state.sessionary = source
+    install_error_handlers(app, metrics)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> Response:
+        """The process is up."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> Response:
+        """The store answers: 200, or 503 with Retry-After."""
+        try:
+            await (await source.get()).ping()
+        except StoreUnavailable as exc:
+            metrics.store_errors.labels("readyz").inc()
+            return unavailable_response(f"the store does not answer: {exc}")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    app.include_router(admin_router(lambda: namespaces, ApiKeys(settings.api_keys)))
+    if playground is not None:
+        playground.install(app)
+    app.add_middleware(BodyLimit, max_body=settings.max_body)
+    app.add_middleware(Instrumented, metrics=metrics)
+    return app

@@ -1,0 +1,154 @@
+"""The service's settings: flags, then `SESSIONARY_*` environment variables, then the TOML file.
+
+    store = "redis://localhost:6379/0"
+    port = 8000
+    api_keys = ["a-long-random-key", { key = "another", namespaces = ["web"] }]
+
+    [namespaces.web]
+    idle_ttl = "30m"
+    absolute_ttl = "12h"
+
+    [playground]
+    session_limit = 50
+    trusted_proxies = ["10.0.0.0/8"]
+
+Nested keys come from the environment with a double underscore:
+`SESSIONARY_PLAYGROUND__SESSION_LIMIT=20`; lists as JSON: `SESSIONARY_API_KEYS='["k"]'`.
+An unknown key anywhere, or a bad value, is an error naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sessionary.http.settings import STRICT, Duration
+from sessionary.playground.settings import PlaygroundSettings
+from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL
+
+ENV_PREFIX = "SESSIONARY_"
+
+
+class SettingsError(ValueError):
+    """The settings are wrong; the message lists every problem, one per line."""
+
+
+class NamespaceSettings(BaseModel):
+    model_config = STRICT
+
+    idle_ttl: Duration | None = timedelta(minutes=30)
+    absolute_ttl: Duration | None = timedelta(hours=12)
+    id_prefix: str = ""
+    on_unavailable: Literal["fail_closed", "fail_open"] = "fail_closed"
+    max_payload: int = Field(DEFAULT_MAX_PAYLOAD, ge=1)
+
+
+class ApiKey(BaseModel):
+    """An admin API key, allowed on `namespaces` ("*": all of them)."""
+
+    model_config = STRICT
+
+    key: SecretStr = Field(min_length=16)
+    namespaces: list[str] = Field(default_factory=lambda: ["*"])
+
+    def allows(self, namespace: str) -> bool:
+        return "*" in self.namespaces or namespace in self.namespaces
+
+
+class ReaperSettings(BaseModel):
+    """The reaper `sessionary serve` runs in the background (or `sessionary reap` alone)."""
+
+    model_config = STRICT
+
+    enabled: bool = True
+    every: Duration = timedelta(seconds=30)
+    batch: int = Field(1000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    #: the TOML file a load reads (set by `load_settings` on the class it builds)
+    toml_path: ClassVar[Path | None] = None
+
+    store: str = DEFAULT_URL
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    namespaces: dict[str, NamespaceSettings] = Field(
+        default_factory=lambda: {"web": NamespaceSettings()}
+    )
+    playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
+    reaper: ReaperSettings = Field(default_factory=ReaperSettings)
+    #: the largest request body accepted, in bytes
+    max_body: int = Field(2 * 1024 * 1024, ge=1024)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_may_be_plain_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"key": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(sources)
+
+
+def load_settings(config: str | Path | None = None, **flags: Any) -> Settings:
+    """Settings from `flags` (None means "not given"), the environment and the TOML file."""
+    problems = [
+        f"{name}: unknown setting (known: {', '.join(sorted(Settings.model_fields))})"
+        for name in os.environ
+        if name.startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].split("__")[0].lower() not in Settings.model_fields
+    ]
+    path = None if config is None else Path(config)
+    if path is not None and not path.is_file():
+        problems.append(f"--config {path}: no such file")
+    if problems:
+        raise SettingsError("\n".join(problems))
+    given = {key: value for key, value in flags.items() if value is not None}
+    reading = type("Settings", (Settings,), {"toml_path": path})  # the file this load reads
+    try:
+        loaded: Settings = reading(**given)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    return loaded
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown setting")
+        else:
+            lines.append(f"{key}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
