@@ -34,7 +34,7 @@ from sessionary.backends.redis import RedisBackend
 from sessionary.backends.redis.scripts import Scripts
 
 Op = Callable[[int], Awaitable[object]]
-REDIS_URL = os.environ.get("SESSIONARY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = os.environ.get("REDIS_BENCH_URL", "redis://127.0.0.1:6379/9")
 PREFIX = f"bench:{os.getpid()}:"
 
 

@@ -15,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from tests.servers import RedisClusterNodes
 
-REDIS_URL = os.environ.get("SESSIONARY_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest_asyncio.fixture

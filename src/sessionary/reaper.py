@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -69,6 +69,7 @@ async def run_forever(
     *,
     every: timedelta,
     batch: int = 1000,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> None:
     """Sweep every `every` until cancelled; an unreachable store is logged and retried."""
     namespaces, groups = list(namespaces), list(groups)
@@ -85,4 +86,4 @@ async def run_forever(
             if not down:
                 log.warning("reaper: the store is unavailable (%s); retrying every %s", exc, every)
                 down = True
-        await asyncio.sleep(every.total_seconds())
+        await sleep(every.total_seconds())

@@ -1,0 +1,64 @@
+"""Fixtures for the HTTP tests: the service on every backend, driven through httpx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from sessionary import ManualClock
+from sessionary.web.app import create_app
+from sessionary.web.settings import Settings
+
+API_KEY = "test-admin-key-0123456789"
+CLIENT_IP = "203.0.113.7"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'service.db'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def client_for(app: FastAPI, ip: str = CLIENT_IP) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(ip, 40000)),
+        base_url="https://testserver",
+    )
+
+
+@pytest.fixture
+def make_app(store_url: str, clock: ManualClock) -> Callable[..., FastAPI]:
+    def build(**overrides: Any) -> FastAPI:
+        values: dict[str, Any] = {
+            "store": store_url,
+            "api_keys": [API_KEY, {"key": "web-only-key-0123456789", "namespaces": ["web"]}],
+            "reaper": {"enabled": False},
+        }
+        values.update(overrides)
+        return create_app(Settings(**values), clock=clock)
+
+    return build
+
+
+@pytest_asyncio.fixture
+async def service(make_app: Callable[..., FastAPI]) -> AsyncIterator[httpx.AsyncClient]:
+    app = make_app()
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        yield client
+
+
+ADMIN = {"Authorization": f"Bearer {API_KEY}"}
