@@ -20,7 +20,9 @@ and counted).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Iterator, MutableMapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,7 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sessionary.middleware")
 
 STATE_KEY = "session"
-_MERGE_ATTEMPTS = 5
+# Writers racing on one session win one per round, so n racers need n rounds; the jittered
+# pause between rounds spreads them out. (A user's own parallel requests are a handful.)
+_MERGE_ATTEMPTS = 16
+_MERGE_PAUSE = 0.002
 
 
 def _fingerprint(data: dict[str, Any]) -> bytes:
@@ -165,7 +170,7 @@ class SessionHandle(MutableMapping[str, Any]):
         }
         removed = [k for k in base if k not in self._data]
         data, version = self._data, self._session.version
-        for _ in range(_MERGE_ATTEMPTS):
+        for attempt in range(_MERGE_ATTEMPTS):
             try:
                 self._session = await namespace.update(
                     self._session.id, data=data, subject=self._subject, expected_version=version
@@ -180,6 +185,7 @@ class SessionHandle(MutableMapping[str, Any]):
                 data = {k: v for k, v in latest.data.items() if k not in removed}
                 data.update(changed)
                 version = latest.version
+                await asyncio.sleep(random.uniform(0, _MERGE_PAUSE * attempt))
         raise VersionConflict(self._session.id, version, -1)
 
 

@@ -1,0 +1,285 @@
+"""SessionMiddleware on every backend: store calls per request, cookies, fixation, rotation,
+logout, merging writers, header transport, and what happens when the store is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import Depends, FastAPI
+
+from sessionary import ManualClock, Store, connect, ids
+from sessionary.backends import open_backend
+from sessionary.contract import Backend
+from sessionary.http.metrics import Metrics
+from sessionary.web import SessionHandle, SessionMiddleware, current_session
+from tests.servers import RedisServer
+from tests.web.conftest import client_for
+
+
+class CountingBackend:
+    """Passes every call through to a real backend and writes down its name."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name in ("close", "ping") or not callable(attribute):
+            return attribute
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return await attribute(*args, **kwargs)
+
+        return counted
+
+
+def build_app(**options: Any) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(SessionMiddleware, **options)
+
+    @app.get("/noop")
+    async def noop() -> dict[str, Any]:
+        return {}
+
+    @app.get("/read")
+    async def read(session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+        return {"cart": session.get("cart"), "new": session.is_new, "subject": session.subject}
+
+    @app.post("/add/{item}")
+    async def add(item: str, session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+        session.setdefault("cart", []).append(item)  # a nested change
+        return {"cart": session["cart"]}
+
+    @app.post("/set/{key}/{value}")
+    async def put(key: str, value: str,
+                  session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+        session[key] = value
+        return {}
+
+    @app.post("/login/{user}")
+    async def login(user: str, session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+        await session.rotate(subject=user)
+        return {"id": session.id}
+
+    @app.post("/logout")
+    async def logout(session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+        await session.delete()
+        return {}
+
+    return app
+
+
+@pytest_asyncio.fixture
+async def counted(store_url: str, clock: ManualClock) -> AsyncIterator[tuple[Store, CountingBackend]]:
+    backend = CountingBackend(await open_backend(store_url))
+    store = Store(backend, clock=clock)  # type: ignore[arg-type]
+    yield store, backend
+    await store.close()
+
+
+@pytest_asyncio.fixture
+async def web(counted: tuple[Store, CountingBackend]) -> AsyncIterator[httpx.AsyncClient]:
+    store, _ = counted
+    async with client_for(build_app(store=store, namespace="web")) as client:
+        yield client
+
+
+def cookie_of(response: httpx.Response) -> str:
+    return response.headers.get("set-cookie", "")
+
+
+async def test_no_cookie_costs_no_store_call(
+    web: httpx.AsyncClient, counted: tuple[Store, CountingBackend]
+) -> None:
+    _, backend = counted
+    assert (await web.get("/noop")).status_code == 200
+    reading = await web.get("/read")
+    assert reading.json() == {"cart": None, "new": True, "subject": None}
+    assert backend.calls == []
+    assert "set-cookie" not in reading.headers
+
+
+async def test_first_write_issues_the_cookie_then_reads_cost_one_round_trip(
+    web: httpx.AsyncClient, counted: tuple[Store, CountingBackend]
+) -> None:
+    _, backend = counted
+    first = await web.post("/add/book")
+    assert backend.calls == ["create"]
+    cookie = cookie_of(first)
+    assert cookie.startswith("__Host-session=")
+    assert "Path=/" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie and "Max-Age=43200" in cookie
+    backend.calls.clear()
+    reading = await web.get("/read")
+    assert reading.json() == {"cart": ["book"], "new": False, "subject": None}
+    assert backend.calls == ["touch"]
+    assert "set-cookie" not in reading.headers
+    assert reading.headers["vary"] == "Cookie"
+    backend.calls.clear()
+    await web.post("/add/pen")  # nested: appended to a list inside the data
+    assert backend.calls == ["touch", "update"]
+    backend.calls.clear()
+    await web.post("/set/cart/x")
+    await web.post("/set/cart/x")  # the same value again: nothing to write
+    assert backend.calls == ["touch", "update", "touch"]
+    assert (await web.get("/read")).json()["cart"] == "x"
+
+
+async def test_forged_and_malformed_cookies_are_never_adopted(
+    web: httpx.AsyncClient, counted: tuple[Store, CountingBackend]
+) -> None:
+    _, backend = counted
+    forged = ids.new_id()
+    web.cookies.set("__Host-session", forged)
+    reading = await web.get("/read")
+    assert reading.json()["new"] is True
+    assert backend.calls == ["touch"]
+    assert "Max-Age=0" in cookie_of(reading)  # the dead id is cleared
+    web.cookies.set("__Host-session", forged)
+    written = await web.post("/add/book")
+    assert forged not in cookie_of(written)  # a fresh id, not the planted one
+    web.cookies.clear()
+    backend.calls.clear()
+    web.cookies.set("__Host-session", "../../etc/passwd")
+    assert (await web.get("/read")).json()["new"] is True
+    assert backend.calls == []  # malformed: refused before any I/O
+
+
+async def test_login_rotates_and_logout_clears(
+    web: httpx.AsyncClient, counted: tuple[Store, CountingBackend]
+) -> None:
+    store, _ = counted
+    await web.post("/add/book")
+    before = web.cookies["__Host-session"]
+    login = await web.post("/login/alice")
+    after = web.cookies["__Host-session"]
+    assert after != before
+    assert login.json()["id"] == after
+    namespace = store.namespace("web", idle_ttl=timedelta(minutes=30),
+                                absolute_ttl=timedelta(hours=12))
+    assert await namespace.get(before) is None
+    assert (await web.get("/read")).json() == {"cart": ["book"], "new": False, "subject": "alice"}
+    assert [s.id for s in await namespace.list_subject("alice")] == [after]
+    logout = await web.post("/logout")
+    assert "Max-Age=0" in cookie_of(logout)
+    assert await namespace.get(after) is None
+    assert (await web.get("/read")).json()["new"] is True
+
+
+async def test_login_on_a_fresh_visitor_stores_the_subject(web: httpx.AsyncClient) -> None:
+    await web.post("/login/bob")
+    assert (await web.get("/read")).json()["subject"] == "bob"
+
+
+async def test_concurrent_writers_merge_key_by_key(
+    web: httpx.AsyncClient, counted: tuple[Store, CountingBackend]
+) -> None:
+    await web.post("/set/start/1")
+    results = await asyncio.gather(*(web.post(f"/set/k{n}/{n}") for n in range(8)))
+    assert all(r.status_code == 200 for r in results)
+    store, _ = counted
+    namespace = store.namespace("web", idle_ttl=timedelta(minutes=30),
+                                absolute_ttl=timedelta(hours=12))
+    session = await namespace.get(web.cookies["__Host-session"])
+    assert session is not None
+    assert session.data == {"start": "1", **{f"k{n}": str(n) for n in range(8)}}
+
+
+async def test_idle_expiry_ends_the_session(web: httpx.AsyncClient, clock: ManualClock) -> None:
+    await web.post("/add/book")
+    clock.advance(timedelta(minutes=29))
+    assert (await web.get("/read")).json()["new"] is False  # the touch slid it
+    clock.advance(timedelta(minutes=30))
+    assert (await web.get("/read")).json()["new"] is True
+
+
+async def test_header_transport(counted: tuple[Store, CountingBackend]) -> None:
+    store, _ = counted
+    app = build_app(store=store, namespace="api", transport="header")
+    async with client_for(app) as client:
+        made = await client.post("/add/book")
+        session_id = made.headers["x-session-id"]
+        assert "set-cookie" not in made.headers
+        reading = await client.get("/read", headers={"X-Session-Id": session_id})
+        assert reading.json()["cart"] == ["book"]
+        assert "vary" not in reading.headers
+        out = await client.post("/logout", headers={"X-Session-Id": session_id})
+        assert out.headers["x-session-id"] == ""
+
+
+async def test_plain_http_for_development(counted: tuple[Store, CountingBackend]) -> None:
+    store, _ = counted
+    app = build_app(store=store, https_only=False, cookie_name="sid")
+    async with client_for(app) as client:
+        cookie = cookie_of(await client.post("/add/book"))
+        assert cookie.startswith("sid=")
+        assert "Secure" not in cookie
+
+
+async def test_a_store_url_is_opened_on_first_use_and_closed_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    app = build_app(store=f"sqlite:///{tmp_path / 'lazy.db'}")
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        await client.post("/add/book")
+        assert (await client.get("/read")).json()["cart"] == ["book"]
+
+
+# -- the store is down -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_fail_closed_answers_503(private_redis: RedisServer) -> None:
+    store = await connect(private_redis.url + "?socket_connect_timeout=0.5")
+    try:
+        async with client_for(build_app(store=store)) as client:
+            await client.post("/add/book")
+            private_redis.stop()
+            down = await client.get("/read")
+            assert down.status_code == 503
+            assert down.json()["error"] == "store_unavailable"
+            assert down.headers["retry-after"] == "30"
+            private_redis.start()  # empty: the old session is gone, not an error
+            back = await client.get("/read")
+            assert (back.status_code, back.json()["new"]) == (200, True)
+    finally:
+        await store.close()
+
+
+async def test_fail_open_goes_on_without_a_session_and_says_so_once(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await connect(private_redis.url + "?socket_connect_timeout=0.5")
+    namespace = store.namespace("web", idle_ttl=timedelta(minutes=5), on_unavailable="fail_open")
+    metrics = Metrics()
+    try:
+        async with client_for(build_app(namespace=namespace, metrics=metrics)) as client:
+            await client.post("/add/book")
+            private_redis.stop()
+            with caplog.at_level(logging.WARNING, logger="sessionary.middleware"):
+                for _ in range(5):
+                    reading = await client.get("/read")
+                    assert (reading.status_code, reading.json()["new"]) == (200, True)
+            warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+            assert len(warnings) == 1
+            text = metrics.render().decode()
+            assert 'sessionary_fail_open_total{where="middleware"} 5.0' in text
+    finally:
+        await store.close()
