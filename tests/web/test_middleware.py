@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from sessionary import ManualClock, Store, connect, ids
 from sessionary.backends import open_backend
 from sessionary.contract import Backend
 from sessionary.http.metrics import Metrics
-from sessionary.web import SessionHandle, SessionMiddleware, current_session
+from sessionary.web import CurrentSession, SessionMiddleware
 from tests.servers import RedisServer
 from tests.web.conftest import client_for
 
@@ -52,27 +52,26 @@ def build_app(**options: Any) -> FastAPI:
         return {}
 
     @app.get("/read")
-    async def read(session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+    async def read(session: CurrentSession) -> dict[str, Any]:
         return {"cart": session.get("cart"), "new": session.is_new, "subject": session.subject}
 
     @app.post("/add/{item}")
-    async def add(item: str, session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+    async def add(item: str, session: CurrentSession) -> dict[str, Any]:
         session.setdefault("cart", []).append(item)  # a nested change
         return {"cart": session["cart"]}
 
     @app.post("/set/{key}/{value}")
-    async def put(key: str, value: str,
-                  session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+    async def put(key: str, value: str, session: CurrentSession) -> dict[str, Any]:
         session[key] = value
         return {}
 
     @app.post("/login/{user}")
-    async def login(user: str, session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+    async def login(user: str, session: CurrentSession) -> dict[str, Any]:
         await session.rotate(subject=user)
         return {"id": session.id}
 
     @app.post("/logout")
-    async def logout(session: SessionHandle = Depends(current_session)) -> dict[str, Any]:
+    async def logout(session: CurrentSession) -> dict[str, Any]:
         await session.delete()
         return {}
 
@@ -80,7 +79,9 @@ def build_app(**options: Any) -> FastAPI:
 
 
 @pytest_asyncio.fixture
-async def counted(store_url: str, clock: ManualClock) -> AsyncIterator[tuple[Store, CountingBackend]]:
+async def counted(
+    store_url: str, clock: ManualClock
+) -> AsyncIterator[tuple[Store, CountingBackend]]:
     backend = CountingBackend(await open_backend(store_url))
     store = Store(backend, clock=clock)  # type: ignore[arg-type]
     yield store, backend
@@ -117,8 +118,8 @@ async def test_first_write_issues_the_cookie_then_reads_cost_one_round_trip(
     assert backend.calls == ["create"]
     cookie = cookie_of(first)
     assert cookie.startswith("__Host-session=")
-    assert "Path=/" in cookie and "Secure" in cookie and "HttpOnly" in cookie
-    assert "SameSite=Lax" in cookie and "Max-Age=43200" in cookie
+    for attribute in ("Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=43200"):
+        assert attribute in cookie
     backend.calls.clear()
     reading = await web.get("/read")
     assert reading.json() == {"cart": ["book"], "new": False, "subject": None}
@@ -165,8 +166,9 @@ async def test_login_rotates_and_logout_clears(
     after = web.cookies["__Host-session"]
     assert after != before
     assert login.json()["id"] == after
-    namespace = store.namespace("web", idle_ttl=timedelta(minutes=30),
-                                absolute_ttl=timedelta(hours=12))
+    namespace = store.namespace(
+        "web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+    )
     assert await namespace.get(before) is None
     assert (await web.get("/read")).json() == {"cart": ["book"], "new": False, "subject": "alice"}
     assert [s.id for s in await namespace.list_subject("alice")] == [after]
@@ -188,8 +190,9 @@ async def test_concurrent_writers_merge_key_by_key(
     results = await asyncio.gather(*(web.post(f"/set/k{n}/{n}") for n in range(8)))
     assert all(r.status_code == 200 for r in results)
     store, _ = counted
-    namespace = store.namespace("web", idle_ttl=timedelta(minutes=30),
-                                absolute_ttl=timedelta(hours=12))
+    namespace = store.namespace(
+        "web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+    )
     session = await namespace.get(web.cookies["__Host-session"])
     assert session is not None
     assert session.data == {"start": "1", **{f"k{n}": str(n) for n in range(8)}}

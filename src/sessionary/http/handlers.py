@@ -4,10 +4,12 @@ input, never FastAPI's `{"detail": ...}`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -51,19 +53,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = [
-            {
-                "location": [str(part) for part in error.get("loc", ())],
-                "message": error.get("msg", ""),
-                "type": error.get("type", ""),
-            }
-            for error in exc.errors()
-        ]
-        if any(p["type"] == "json_invalid" for p in problems):
-            return error_response(
-                400, "malformed_request", "the body is not valid JSON", details=problems
-            )
-        return error_response(422, "validation_error", _summary(problems), details=problems)
+        return validation_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -80,6 +70,43 @@ def install_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_crash)
+
+
+def validation_response(exc: RequestValidationError) -> Response:
+    """400 for a body that is not JSON at all, 422 for one that is but does not fit."""
+    problems = [
+        {
+            "location": [str(part) for part in error.get("loc", ())],
+            "message": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
+        for error in exc.errors()
+    ]
+    if any(p["type"] == "json_invalid" for p in problems):
+        return error_response(
+            400, "malformed_request", "the body is not valid JSON", details=problems
+        )
+    return error_response(422, "validation_error", _summary(problems), details=problems)
+
+
+class JSONErrorRoute(APIRoute):
+    """A route answering its own errors as sessionary's JSON, whatever handlers the
+    application around it has (for routers mounted into someone else's app)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return validation_response(exc)
+            except ResponseError as exc:
+                return exc.response
+            except SessionaryError as exc:
+                return response_for(exc)
+
+        return answer
 
 
 def _summary(problems: list[dict[str, Any]]) -> str:

@@ -36,6 +36,7 @@ from sessionary.http.errors import (
     quota_response,
     unavailable_response,
 )
+from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.metrics import Metrics
 from sessionary.http.outage import OutageLog
 from sessionary.http.source import StoreSource
@@ -238,7 +239,7 @@ class Playground:
     # -- the routes -------------------------------------------------------------------------
 
     def _routes(self) -> APIRouter:
-        router = APIRouter(tags=["playground"])
+        router = APIRouter(tags=["playground"], route_class=JSONErrorRoute)
 
         @router.get("/session")
         async def get_session(request: Request, response: Response) -> dict[str, Any]:

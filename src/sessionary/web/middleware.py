@@ -3,7 +3,7 @@
     app.add_middleware(SessionMiddleware, store="redis://localhost:6379/0", namespace="web")
 
     @app.post("/cart")
-    async def add(item: str, session: SessionHandle = Depends(current_session)):
+    async def add(item: str, session: CurrentSession):
         session["cart"] = [*session.get("cart", []), item]
 
 Costs: a request without a session cookie costs no store call; a request with one costs one
@@ -25,9 +25,10 @@ import logging
 import random
 from collections.abc import Iterator, MutableMapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
+from fastapi import Depends
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -374,3 +375,7 @@ def current_session(request: Request) -> SessionHandle:
     if not isinstance(handle, SessionHandle):
         raise RuntimeError("current_session needs SessionMiddleware on the application")
     return handle
+
+
+#: A handler's parameter `session: CurrentSession` receives the request's session.
+CurrentSession = Annotated[SessionHandle, Depends(current_session)]

@@ -1,0 +1,5 @@
+"""`python -m sessionary` is the `sessionary` command."""
+
+from sessionary.cli import main
+
+main()
