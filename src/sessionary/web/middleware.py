@@ -58,6 +58,9 @@ def _fingerprint(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
+_EMPTY = _fingerprint({})
+
+
 class SessionHandle(MutableMapping[str, Any]):
     """The current request's session: a mutable mapping over its data, plus its identity.
 
@@ -68,8 +71,8 @@ class SessionHandle(MutableMapping[str, Any]):
     def __init__(self, namespace: Namespace, session: Session | None) -> None:
         self._namespace = namespace
         self._session = session
-        self._data: dict[str, Any] = dict(session.data) if session is not None else {}
-        self._original = _fingerprint(self._data)
+        self._data: dict[str, Any] = session.data if session is not None else {}
+        self._original = _EMPTY if session is None else _fingerprint(self._data)
         self._subject: str | Keep | None = KEEP
         self._reissue = False
         self._deleted = False
@@ -151,7 +154,31 @@ class SessionHandle(MutableMapping[str, Any]):
     # -- for the middleware -----------------------------------------------------------------
 
     def changed(self) -> bool:
-        return self._subject is not KEEP or _fingerprint(self._data) != self._original
+        if self._subject is not KEEP:
+            return True
+        if self._session is None and self._original is _EMPTY:
+            return bool(self._data)  # nothing stored yet: any data at all is a change
+        return _fingerprint(self._data) != self._original
+
+    @property
+    def untouched(self) -> bool:
+        """A request that neither had a session nor did anything with one."""
+        return (
+            not self.accessed
+            and self._session is None
+            and not self._data
+            and self._subject is KEEP
+            and not self._deleted
+        )
+
+    def _merged_onto(self, latest: dict[str, Any]) -> dict[str, Any]:
+        """This request's changes, key by key, applied over what another request stored."""
+        base = orjson.loads(self._original)  # as loaded (the live data may share its lists)
+        merged = {k: v for k, v in latest.items() if k in self._data or k not in base}
+        for key, value in self._data.items():
+            if key not in base or _fingerprint({key: value}) != _fingerprint({key: base[key]}):
+                merged[key] = value
+        return merged
 
     async def save(self) -> Session | None:
         """Write the data back: versioned, merging key by key with a concurrent writer."""
@@ -163,13 +190,6 @@ class SessionHandle(MutableMapping[str, Any]):
             self._session = await namespace.create(data=self._data, subject=subject)
             self._reissue = True
             return self._session
-        base = self._session.data
-        changed = {
-            k: v
-            for k, v in self._data.items()
-            if k not in base or _fingerprint({k: v}) != _fingerprint({k: base[k]})
-        }
-        removed = [k for k in base if k not in self._data]
         data, version = self._data, self._session.version
         for attempt in range(_MERGE_ATTEMPTS):
             try:
@@ -183,8 +203,7 @@ class SessionHandle(MutableMapping[str, Any]):
                     self._session = None
                     self._deleted = True
                     return None
-                data = {k: v for k, v in latest.data.items() if k not in removed}
-                data.update(changed)
+                data = self._merged_onto(latest.data)
                 version = latest.version
                 await asyncio.sleep(random.uniform(0, _MERGE_PAUSE * attempt))
         raise VersionConflict(self._session.id, version, -1)
@@ -250,13 +269,19 @@ class SessionMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._closing_on_shutdown(send))
-            return
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                send = self._closing_on_shutdown(send)
             await self.app(scope, receive, send)
             return
         presented = self._presented(scope)
+        namespace = self._namespace
+        if presented is None and namespace is not None:  # the common case: nothing to load
+            handle = SessionHandle(namespace, None)
+            self._expose(scope, handle)
+            await self.app(scope, receive, self._committing(scope, receive, send, handle, False))
+            return
         try:
             namespace = await self._ns()
             session = await self._load(namespace, presented)
@@ -266,15 +291,24 @@ class SessionMiddleware:
                 await unavailable_response("the session store is unavailable")(scope, receive, send)
                 return
             self._fail_open(exc)
-            namespace, session = await self._ns(), None
-            handle = SessionHandle(namespace, None)
-            scope.setdefault("state", {})[STATE_KEY] = handle
+            handle = SessionHandle(await self._ns(), None)
+            self._expose(scope, handle)
             await self.app(scope, receive, send)  # nothing is written while the store is down
             return
         handle = SessionHandle(namespace, session)
-        scope.setdefault("state", {})[STATE_KEY] = handle
+        self._expose(scope, handle)
         stale = presented is not None and session is None
         await self.app(scope, receive, self._committing(scope, receive, send, handle, stale))
+
+    @staticmethod
+    def _expose(scope: Scope, handle: SessionHandle) -> None:
+        """As `request.state.session`, and as `request.session`, where Starlette's own
+        SessionMiddleware puts it: code written for that one works unchanged."""
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state[STATE_KEY] = handle
+        scope["session"] = handle
 
     async def _load(self, namespace: Namespace, presented: str | None) -> Session | None:
         if presented is None:
@@ -308,7 +342,7 @@ class SessionMiddleware:
             nonlocal replaced
             if replaced:
                 return  # we answered instead of the handler: drop what it still sends
-            if message["type"] != "http.response.start":
+            if message["type"] != "http.response.start" or (handle.untouched and not stale):
                 await send(message)
                 return
             try:
@@ -369,8 +403,11 @@ class SessionMiddleware:
         return send_and_close
 
 
-def current_session(request: Request) -> SessionHandle:
-    """A FastAPI dependency: the current request's session (needs `SessionMiddleware`)."""
+async def current_session(request: Request) -> SessionHandle:
+    """A FastAPI dependency: the current request's session (needs `SessionMiddleware`).
+
+    A coroutine on purpose: FastAPI runs a plain function dependency in a worker thread,
+    which costs a thread hand-off on every request."""
     handle = request.scope.get("state", {}).get(STATE_KEY)
     if not isinstance(handle, SessionHandle):
         raise RuntimeError("current_session needs SessionMiddleware on the application")

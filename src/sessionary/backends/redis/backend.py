@@ -48,7 +48,7 @@ from redis.exceptions import (
 )
 
 from sessionary import ids
-from sessionary.backends.redis.scripts import Client, Script, Scripts
+from sessionary.backends.redis.scripts import Batcher, Client, Script, Scripts
 from sessionary.contract import (
     KEEP,
     CounterCharge,
@@ -71,7 +71,8 @@ N = TypeVar("N", int, float)
 DEFAULT_PREFIX = "sessionary:"
 DEFAULT_GRACE_MS = 3_600_000
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
-_OWN_OPTIONS = {"prefix", "grace_ms", "max_connections", "pool_timeout"}
+_OWN_OPTIONS = {"prefix", "grace_ms", "max_connections", "pool_timeout", "autopipeline"}
+DEFAULT_AUTOPIPELINE = 2
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_POOL_TIMEOUT = 5.0
 _CLIENT_DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
@@ -186,6 +187,7 @@ class RedisBackend:
         grace_ms: int = DEFAULT_GRACE_MS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        autopipeline: int = DEFAULT_AUTOPIPELINE,
         where: str = "redis",
     ) -> None:
         if "{" in prefix or "}" in prefix:
@@ -201,6 +203,7 @@ class RedisBackend:
         self.where = where
         self.pool_timeout = pool_timeout
         self._slots = asyncio.Semaphore(max_connections)
+        self.calls = Batcher(client, autopipeline)
         self._scripts = Scripts()
         self._keys: dict[tuple[str, int], _ShardKeys] = {}
 
@@ -219,8 +222,9 @@ class RedisBackend:
         grace_ms = _number(own, "grace_ms", DEFAULT_GRACE_MS, int)
         max_connections = _number(own, "max_connections", DEFAULT_MAX_CONNECTIONS, int)
         pool_timeout = _number(own, "pool_timeout", DEFAULT_POOL_TIMEOUT, float)
-        if max_connections < 1 or pool_timeout <= 0:
-            raise ValueError("max_connections is >= 1 and pool_timeout > 0")
+        autopipeline = _number(own, "autopipeline", DEFAULT_AUTOPIPELINE, int)
+        if max_connections < 1 or pool_timeout <= 0 or autopipeline < 0:
+            raise ValueError("max_connections >= 1, pool_timeout > 0 and autopipeline >= 0")
         cluster = parts.scheme.endswith("+cluster")
         client_url = urlunsplit(
             parts._replace(scheme=parts.scheme.removesuffix("+cluster"), query=urlencode(passed))
@@ -243,6 +247,7 @@ class RedisBackend:
             grace_ms=grace_ms,
             max_connections=max_connections,
             pool_timeout=pool_timeout,
+            autopipeline=autopipeline,
             where=f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":"),
         )
 
@@ -270,7 +275,7 @@ class RedisBackend:
     @_translate_errors
     async def create(self, ns: str, record: Record) -> None:
         created = await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.create,
             self._session_keys(ns, record.id),
             (
@@ -291,9 +296,8 @@ class RedisBackend:
 
     @_translate_errors
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
-        fields: dict[bytes, bytes] = await self.client.hgetall(  # type: ignore[assignment]
-            self._session_keys(ns, session_id)[0]
-        )
+        reply = await self.calls.call("HGETALL", self._session_keys(ns, session_id)[0])
+        fields = reply if isinstance(reply, dict) else _fields(reply)  # a dict via the cluster
         if not fields or int(fields[b"e"]) <= now:
             return None
         return _record(session_id, fields)
@@ -301,7 +305,7 @@ class RedisBackend:
     @_translate_errors
     async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
         flat = await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.touch,
             self._session_keys(ns, session_id),
             (session_id, now, *_ttl_args(lifetime), self.grace),
@@ -322,7 +326,7 @@ class RedisBackend:
         expected_version: int | None,
     ) -> Record:
         reply = await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.update,
             self._session_keys(ns, session_id),
             (
@@ -348,7 +352,7 @@ class RedisBackend:
         self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
     ) -> tuple[bool, int]:
         reply = await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.consume,
             self._session_keys(ns, session_id)[:1],
             (now, "k:" + counter, amount, "" if limit is None else limit),
@@ -372,7 +376,7 @@ class RedisBackend:
         old_key, expiry, subjects = self._session_keys(ns, session_id)
         new_key = self._session_keys(ns, new_id)[0]
         reply = await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.rotate,
             (old_key, new_key, expiry, subjects),
             (session_id, new_id, now, *_ttl_args(lifetime), self.grace, *_subject_args(subject)),
@@ -386,7 +390,7 @@ class RedisBackend:
     @_translate_errors
     async def delete(self, ns: str, session_id: str) -> Record | None:
         flat = await self._scripts.run(
-            self.client, self._scripts.delete, self._session_keys(ns, session_id), (session_id,)
+            self.calls, self._scripts.delete, self._session_keys(ns, session_id), (session_id,)
         )
         return None if flat is None else _record(session_id, _fields(flat))
 
@@ -440,7 +444,7 @@ class RedisBackend:
             keys = self.shard_keys(ns, shard)
             session_keys = [keys.session + session_id for session_id in found]
             calls.append((script, [keys.expiry, keys.subjects, *session_keys], [first, *found]))
-        replies = await self._scripts.run_many(self.client, calls)
+        replies = await self._scripts.run_many(self.calls, calls)
         return [record for reply in replies for record in _pairs(reply)]
 
     @_translate_errors
@@ -486,7 +490,7 @@ class RedisBackend:
         for charge in charges:
             args += [charge.amount, "" if charge.limit is None else charge.limit, charge.window_ms]
         reply = await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.counters,
             self._counter_keys(group, [charge.key for charge in charges]),
             args,
@@ -503,7 +507,7 @@ class RedisBackend:
         for state in states:
             args += [state.value, state.resets_at]
         await self._scripts.run(
-            self.client,
+            self.calls,
             self._scripts.set_counters,
             self._counter_keys(group, [state.key for state in states]),
             args,
@@ -517,6 +521,7 @@ class RedisBackend:
         await self.client.ping()
 
     async def close(self) -> None:
+        await self.calls.close()
         await self.client.aclose()
 
     def __repr__(self) -> str:

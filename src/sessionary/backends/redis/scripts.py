@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from sessionary.backends.redis.batching import Batcher, Client
+
 Arg = str | bytes | int
-Client = Redis | RedisCluster
+__all__ = ["Arg", "Batcher", "Client", "Script", "Scripts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,24 +57,25 @@ class Scripts:
         self.set_counters = Script.load("set_counters")
 
     @staticmethod
-    async def run(client: Client, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run(calls: Batcher, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
+            return await calls.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(script.source)
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
+            await calls.client.script_load(script.source)
+            return await calls.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     @classmethod
     async def run_many(
-        cls, client: Client, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
+        cls, batcher: Batcher, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
         """Run several scripts at once: in one pipeline on a single server (no MULTI: each
         script is atomic alone), side by side on a cluster, whose pipelines refuse scripts."""
         if not calls:
             return []
+        client = batcher.client
         if len(calls) == 1 or isinstance(client, RedisCluster):
             return list(
-                await asyncio.gather(*(cls.run(client, s, keys, args) for s, keys, args in calls))
+                await asyncio.gather(*(cls.run(batcher, s, keys, args) for s, keys, args in calls))
             )
         async with client.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
@@ -82,7 +84,7 @@ class Scripts:
         for index, result in enumerate(results):
             if isinstance(result, NoScriptError):
                 script, keys, args = calls[index]
-                results[index] = await cls.run(client, script, keys, args)
+                results[index] = await cls.run(batcher, script, keys, args)
             elif isinstance(result, Exception):
                 raise result
         return results
