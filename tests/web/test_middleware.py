@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from sessionary import ManualClock, Store, connect, ids
 from sessionary.backends import open_backend
@@ -196,6 +196,52 @@ async def test_concurrent_writers_merge_key_by_key(
     session = await namespace.get(web.cookies["__Host-session"])
     assert session is not None
     assert session.data == {"start": "1", **{f"k{n}": str(n) for n in range(8)}}
+
+
+async def test_a_nested_change_survives_a_merge_with_another_writer(
+    counted: tuple[Store, CountingBackend],
+) -> None:
+    store, _ = counted
+    app = build_app(store=store)
+    both_loaded = asyncio.Barrier(2)
+
+    @app.post("/nested-append")
+    async def nested_append(session: CurrentSession) -> dict[str, Any]:
+        session["cart"].append("pen")  # changes a list inside the data, in place
+        await both_loaded.wait()
+        return {}
+
+    @app.post("/other-key")
+    async def other_key(session: CurrentSession) -> dict[str, Any]:
+        session["note"] = "hi"
+        await both_loaded.wait()
+        return {}
+
+    async with client_for(app) as client:
+        await client.post("/add/book")
+        await asyncio.gather(client.post("/nested-append"), client.post("/other-key"))
+        namespace = store.namespace("web", idle_ttl=timedelta(minutes=30),
+                                    absolute_ttl=timedelta(hours=12))
+        session = await namespace.get(client.cookies["__Host-session"])
+        assert session is not None
+        assert session.data == {"cart": ["book", "pen"], "note": "hi"}
+        assert session.version == 3
+
+
+async def test_request_session_works_as_with_starlettes_middleware(
+    counted: tuple[Store, CountingBackend],
+) -> None:
+    store, _ = counted
+    app = build_app(store=store)
+
+    @app.post("/starlette-style")
+    async def starlette_style(request: Request) -> dict[str, Any]:
+        request.session["from"] = "request.session"
+        return {"same": request.session is request.state.session}
+
+    async with client_for(app) as client:
+        assert (await client.post("/starlette-style")).json() == {"same": True}
+        assert (await client.get("/read")).json()["new"] is False
 
 
 async def test_idle_expiry_ends_the_session(web: httpx.AsyncClient, clock: ManualClock) -> None:
