@@ -1,4 +1,4 @@
-# `make run`: set up and walk through the session lifecycle on the embedded SQLite default.
+# `make run`: set up and serve sessionary on the embedded SQLite default (http://127.0.0.1:8000).
 # `make test`: set up and run the whole test suite (starts a local Redis if none answers).
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/sessionary demo
+	$(BIN)/sessionary serve
 
 test: $(STAMP)
 	scripts/ensure-redis
@@ -29,7 +29,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/ensure-redis
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/store_ops.py
+	$(BIN)/python benchmarks/middleware.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ session = await web.create(subject="user-1", data={"cart": []})
 from sessionary import clock, errors
 from sessionary.clock import Clock, ManualClock, SystemClock
 from sessionary.contract import KEEP, Backend, Lifetime, Record
+from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.errors import (
     InvalidSessionId,
     PayloadTooLarge,
@@ -26,8 +27,12 @@ __version__ = "0.1.0"
 __all__ = [
     "KEEP",
     "Backend",
+    "Charge",
+    "ChargeResult",
     "Clock",
     "ConsumeResult",
+    "CounterReading",
+    "Counters",
     "InvalidSessionId",
     "Lifetime",
     "ManualClock",
