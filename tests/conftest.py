@@ -13,7 +13,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from tests.servers import RedisClusterNodes
+from tests.servers import RedisClusterNodes, RedisServer
 
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
 
@@ -61,3 +61,12 @@ async def redis_cluster_url(
             await client.delete(key)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may stop, pause and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

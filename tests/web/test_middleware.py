@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -220,8 +220,9 @@ async def test_a_nested_change_survives_a_merge_with_another_writer(
     async with client_for(app) as client:
         await client.post("/add/book")
         await asyncio.gather(client.post("/nested-append"), client.post("/other-key"))
-        namespace = store.namespace("web", idle_ttl=timedelta(minutes=30),
-                                    absolute_ttl=timedelta(hours=12))
+        namespace = store.namespace(
+            "web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+        )
         session = await namespace.get(client.cookies["__Host-session"])
         assert session is not None
         assert session.data == {"cart": ["book", "pen"], "note": "hi"}
@@ -285,14 +286,6 @@ async def test_a_store_url_is_opened_on_first_use_and_closed_at_shutdown(
 
 
 # -- the store is down -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_fail_closed_answers_503(private_redis: RedisServer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,14 +35,6 @@ async def test_metrics_count_requests_sessions_and_refusals(service: httpx.Async
         ',status="201"} 1.0'
     ) in text
     assert "sessionary_http_request_duration_seconds_bucket" in text
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_readyz_follows_the_store(private_redis: RedisServer) -> None:
