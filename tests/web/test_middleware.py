@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from sessionary import ManualClock, Store, connect, ids
 from sessionary.backends import open_backend
@@ -325,3 +327,24 @@ async def test_fail_open_goes_on_without_a_session_and_says_so_once(
             assert 'sessionary_fail_open_total{where="middleware"} 5.0' in text
     finally:
         await store.close()
+
+
+def test_websockets_read_the_session_and_close_1013_when_failing_closed(
+    private_redis: RedisServer,
+) -> None:
+    app = build_app(store=private_redis.url + "?socket_connect_timeout=0.5", https_only=False)
+
+    @app.websocket("/ws")
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json({"cart": websocket.scope["session"].get("cart")})
+        await websocket.close()
+
+    with TestClient(app) as client:  # the app, and the store it opens, run in its own loop
+        client.post("/add/book")
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json() == {"cart": ["book"]}
+        private_redis.stop()
+        with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/ws"):
+            pass
+        assert closed.value.code == 1013

@@ -11,6 +11,9 @@ round trip (the touch, which also slides the idle expiry); the session is writte
 when the handler changed it (nested changes included: the data is compared encoded), with
 optimistic concurrency and a key-wise merge when another request wrote meanwhile.
 
+WebSocket connections get the session read-only (there is no response to carry a cookie);
+with the store down and failing closed they are closed with code 1013 (try again later).
+
 Safety: an unknown, expired or malformed id is never adopted; a fresh id is issued only when
 the handler stores something (no session fixation). `await session.rotate(subject=...)` on
 login, `await session.delete()` on logout. When the store is down the namespace's policy
@@ -288,7 +291,12 @@ class SessionMiddleware:
         except StoreUnavailable as exc:
             if self._fails_closed():
                 self._count_outage()
-                await unavailable_response("the session store is unavailable")(scope, receive, send)
+                if kind == "websocket":  # no HTTP response to give: close as "try again later"
+                    await send({"type": "websocket.close", "code": 1013})
+                else:
+                    await unavailable_response("the session store is unavailable")(
+                        scope, receive, send
+                    )
                 return
             self._fail_open(exc)
             handle = SessionHandle(await self._ns(), None)
