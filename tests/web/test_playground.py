@@ -345,3 +345,22 @@ async def test_fail_closed_searches_when_configured(private_redis: RedisServer) 
         private_redis.stop()
         refused = await client.get("/api/search", params={"q": "x"})
         assert (refused.status_code, refused.json()["error"]) == (503, "store_unavailable")
+
+
+async def test_a_guard_in_an_app_without_sessionarys_handlers_still_answers_429(
+    store: Store,
+) -> None:
+    playground = Playground(store, PlaygroundSettings(session_limit=1))
+    app = FastAPI()
+    app.include_router(playground.router, prefix="/api/v1/playground")  # no install()
+
+    @app.get("/api/search", dependencies=[Depends(playground.search_quota)])
+    async def search() -> dict[str, Any]:
+        return {}
+
+    async with client_for(app) as client:
+        assert (await client.get("/api/search")).status_code == 200
+        refused = await client.get("/api/search")
+        assert refused.status_code == 429
+        assert refused.json()["detail"]["error"] == "quota_exceeded"
+        assert refused.headers["retry-after"]

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from sessionary.clock import iso_utc
@@ -68,12 +69,16 @@ def unavailable_response(message: str, retry_after: int = RETRY_AFTER_UNAVAILABL
     )
 
 
-class ResponseError(Exception):
-    """Raise to answer with `response` (from a dependency, say); the application's handler
-    (see `install_error_handlers`) sends it as it is."""
+class ResponseError(HTTPException):
+    """Raise to answer with `response` (from a dependency, say). With sessionary's handler
+    installed (`install_error_handlers`, `Playground.install`) it is sent as it is; in an app
+    without it, it is still an HTTPException with the same status, headers and body (under
+    FastAPI's "detail"), never a 500."""
 
     def __init__(self, response: Response) -> None:
-        super().__init__(response.status_code)
+        body = orjson.loads(response.body) if response.body else None
+        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+        super().__init__(response.status_code, detail=body, headers=headers)
         self.response = response
 
 
