@@ -33,15 +33,18 @@ def encode_data(data: object) -> bytes:
     """Encode session data (a JSON object), refusing anything that would not round-trip."""
     if type(data) is not dict:
         raise ValidationError(f"session data is a dict (a JSON object), not {type(data).__name__}")
-    if not data:
-        return EMPTY_OBJECT
+    return encode_value(data, "session data") if data else EMPTY_OBJECT
+
+
+def encode_value(value: object, what: str = "the value") -> bytes:
+    """Encode any JSON value (an event's data, say), refusing what would not round-trip."""
     try:
-        raw = orjson.dumps(data, default=_refuse, option=_STRICT)
+        raw = orjson.dumps(value, default=_refuse, option=_STRICT)
     except (orjson.JSONEncodeError, TypeError) as exc:
-        raise ValidationError(f"session data is not JSON: {exc}") from None
-    if orjson.loads(raw) != data:
+        raise ValidationError(f"{what} is not JSON: {exc}") from None
+    if orjson.loads(raw) != value:
         raise ValidationError(
-            "session data does not round-trip as JSON: NaN, Infinity, tuples, sets, enums "
+            f"{what} does not round-trip as JSON: NaN, Infinity, tuples, sets, enums "
             "and UUIDs are not JSON values; convert them first"
         )
     return raw
@@ -59,6 +62,11 @@ def encode_metadata(metadata: object) -> bytes:
         if type(value) is not str:
             raise ValidationError(f"metadata values are str; {key!r} is {type(value).__name__}")
     return orjson.dumps(dict(metadata))
+
+
+def decode_value(raw: bytes | str) -> Any:
+    """Decode what `encode_value` produced."""
+    return orjson.loads(raw)
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:

@@ -26,7 +26,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Literal, Protocol
 
-__all__ = ["KEEP", "Backend", "CounterCharge", "CounterState", "Keep", "Lifetime", "Record"]
+__all__ = [
+    "KEEP",
+    "Backend",
+    "CounterCharge",
+    "CounterState",
+    "Keep",
+    "Lifetime",
+    "LogEntry",
+    "LogItem",
+    "LogLimits",
+    "LogSlice",
+    "Record",
+]
 
 
 class Keep(Enum):
@@ -78,6 +90,54 @@ class Lifetime:
 
 
 SubjectChange = str | None | Literal[Keep.KEEP]
+
+
+@dataclass(frozen=True, slots=True)
+class LogLimits:
+    """How much of a session's event log is kept: the newest `max_length` entries, none
+    older than `max_age_ms` (the newest entry always stays). None: no such bound."""
+
+    max_length: int | None = None
+    max_age_ms: int | None = None
+
+
+NO_LIMITS: Final = LogLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class LogItem:
+    """An event to append. With `producer` and `seq`, an item whose seq is not above the last
+    one stored for that producer is a retry and is not stored again. A `final` item closes the
+    log: nothing can be appended after it."""
+
+    type: str
+    data: bytes
+    producer: str | None = None
+    seq: int | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A stored event: `seq` counts from 1 in its log, `ts` is when it was appended."""
+
+    seq: int
+    ts: int
+    type: str
+    data: bytes
+    final: bool
+
+
+@dataclass(slots=True)
+class LogSlice:
+    """Entries after some point, with the log's state: `first` is the oldest retained seq at
+    or after that point (`last` + 1 when there is none), `last` the newest seq appended (0 for
+    an empty log), `closed` whether a final entry was appended."""
+
+    entries: list[LogEntry]
+    first: int
+    last: int
+    closed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +195,17 @@ class Backend(Protocol):
         metadata: bytes | None,
         subject: SubjectChange,
         expected_version: int | None,
+        expires_at: int | None = None,
+        append: Sequence[LogItem] = (),
+        limits: LogLimits = NO_LIMITS,
     ) -> Record:
-        """Replace data and/or metadata (None keeps), change the subject (KEEP keeps).
+        """Replace data and/or metadata (None keeps), change the subject (KEEP keeps), end the
+        session sooner (`expires_at`, never later than the lifetime allows), and append events
+        to its log, all in one atomic step.
 
         `SessionNotFound` if not live; `VersionConflict` if `expected_version` is given and
-        differs from the stored version (nothing is written then).
+        differs from the stored version; `LogClosed` if there are events to append and the log
+        is closed. Nothing is written then.
         """
         ...
 
@@ -194,6 +260,30 @@ class Backend(Protocol):
 
     async def count(self, ns: str, now: int) -> int:
         """How many live sessions the namespace holds."""
+        ...
+
+    async def append(
+        self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits
+    ) -> list[int | None]:
+        """Append events to the session's log in one atomic step, then trim it to `limits`.
+
+        Returns each item's seq, or None for a producer's retry (not stored again).
+        `SessionNotFound` if not live, `LogClosed` if a final event was appended before.
+        """
+        ...
+
+    async def read_log(
+        self, ns: str, session_id: str, after: int, limit: int, now: int
+    ) -> LogSlice | None:
+        """Up to `limit` entries with seq > `after`, oldest first; None if no live session."""
+        ...
+
+    async def wait_log(
+        self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
+    ) -> list[LogEntry] | None:
+        """The entries with seq > `after`, as soon as there are any (in order, a batch at a
+        time), [] after `timeout_ms`, or None when there is no live session. Costs nothing
+        while it waits but a connection."""
         ...
 
     async def charge_counters(
@@ -258,3 +348,36 @@ def plan_charges(
         after.append(changed)
         writes.append(changed)
     return True, after, writes
+
+
+@dataclass(slots=True)
+class LogPlan:
+    """What appending some items does to a log (see `plan_append`)."""
+
+    seqs: list[int | None]
+    entries: list[LogEntry]
+    last: int
+    closed: bool
+    producers: dict[str, int]
+
+
+def plan_append(
+    items: Sequence[LogItem], last: int, producers: dict[str, int], now: int
+) -> LogPlan:
+    """The effect of `Backend.append` for backends that run Python inside their atomic step:
+    sequence numbers, producers' retries skipped, the final item closing the log."""
+    seqs: list[int | None] = []
+    entries: list[LogEntry] = []
+    closed = False
+    producers = dict(producers)
+    for item in items:
+        if item.producer is not None and item.seq is not None:
+            if item.seq <= producers.get(item.producer, 0):
+                seqs.append(None)  # a retry: stored already
+                continue
+            producers[item.producer] = item.seq
+        last += 1
+        entries.append(LogEntry(last, now, item.type, item.data, item.final))
+        closed = closed or item.final
+        seqs.append(last)
+    return LogPlan(seqs, entries, last, closed, producers)

@@ -47,6 +47,22 @@ class VersionConflict(SessionaryError):
         self.actual = actual
 
 
+class LogClosed(SessionaryError):
+    """The session's event log ended (a final event was appended): nothing more can go in."""
+
+    code = "log_closed"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"the event log of session {_short(session_id)} is closed")
+        self.session_id = session_id
+
+
+class InvalidCursor(SessionaryError):
+    """A log cursor is malformed, belongs to another session's log, or lies in its future."""
+
+    code = "invalid_cursor"
+
+
 class InvalidSessionId(SessionaryError):
     """The id is malformed (wrong type, charset, length or prefix). Raised before any I/O."""
 

@@ -9,23 +9,50 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
 from sessionary import ids
 from sessionary.backends import open_backend
 from sessionary.clock import SYSTEM_CLOCK, Clock, to_ms
-from sessionary.codec import EMPTY_OBJECT, encode_data, encode_metadata
-from sessionary.contract import KEEP, Backend, Keep, Lifetime, Record
+from sessionary.codec import EMPTY_OBJECT, encode_data, encode_metadata, encode_value
+from sessionary.contract import (
+    KEEP,
+    NO_LIMITS,
+    Backend,
+    Keep,
+    Lifetime,
+    LogItem,
+    LogLimits,
+    Record,
+)
 from sessionary.counters import Counters
-from sessionary.errors import PayloadTooLarge, SessionExists, StoreUnavailable, ValidationError
+from sessionary.errors import (
+    InvalidCursor,
+    PayloadTooLarge,
+    SessionExists,
+    SessionNotFound,
+    StoreUnavailable,
+    ValidationError,
+)
 from sessionary.events import EventBus, Listener
+from sessionary.logs import (
+    Cursor,
+    Event,
+    LogEvent,
+    LogHub,
+    LogPage,
+    LogReset,
+    check_producer,
+    check_type,
+)
 from sessionary.model import ConsumeResult, EventKind, Session, SessionEvent
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "DEFAULT_URL", "Namespace", "Store", "connect"]
 
 OnUnavailable = Literal["fail_closed", "fail_open"]
+_FOLLOW_PAGE = 1000
 _SECRETS_NAMESPACE = "sessionary.secrets"
 _SECRETS_LIFETIME = timedelta(days=3650)
 
@@ -76,6 +103,7 @@ class Store:
         self._events = EventBus()
         self._namespaces: dict[str, Namespace] = {}
         self._counters: dict[str, Counters] = {}
+        self._hub = LogHub(backend, self.clock)
 
     def namespace(
         self,
@@ -86,12 +114,16 @@ class Store:
         id_prefix: str = "",
         max_payload: int | None = None,
         on_unavailable: OnUnavailable = "fail_closed",
+        log_max_length: int | None = 10_000,
+        log_max_age: timedelta | None = None,
     ) -> Namespace:
         """The namespace `name` with its policy. Asking again with the same policy returns the
         same object; asking with another policy is an error (one name, one policy).
 
         `on_unavailable` tells the web layer what to do when the store cannot be reached:
         refuse the request (503, the default) or go on without a session.
+        `log_max_length` and `log_max_age` bound each session's event log (see
+        `sessionary.logs`): older events are trimmed as new ones arrive.
         """
         if not isinstance(name, str) or not _NAMESPACE_RE.fullmatch(name):
             raise ValueError(
@@ -103,7 +135,12 @@ class Store:
             raise ValueError("max_payload is a positive number of bytes")
         if on_unavailable not in ("fail_closed", "fail_open"):
             raise ValueError("on_unavailable is 'fail_closed' or 'fail_open'")
-        wanted = Namespace(self, name, lifetime, ids.check_prefix(id_prefix), cap, on_unavailable)
+        if log_max_length is not None and (type(log_max_length) is not int or log_max_length < 1):
+            raise ValueError("log_max_length is None or an int >= 1")
+        limits = LogLimits(log_max_length, _ttl_ms("log_max_age", log_max_age))
+        wanted = Namespace(
+            self, name, lifetime, ids.check_prefix(id_prefix), cap, on_unavailable, limits
+        )
         existing = self._namespaces.get(name)
         if existing is None:
             self._namespaces[name] = wanted
@@ -184,6 +221,7 @@ class Namespace:
         id_prefix: str,
         max_payload: int,
         on_unavailable: OnUnavailable = "fail_closed",
+        log_limits: LogLimits = NO_LIMITS,
     ) -> None:
         self.store = store
         self.name = name
@@ -191,13 +229,20 @@ class Namespace:
         self.id_prefix = id_prefix
         self.max_payload = max_payload
         self.on_unavailable = on_unavailable
+        self.log_limits = log_limits
         self._backend = store.backend
         self._clock = store.clock
         self._events = store._events
 
     @property
     def policy_key(self) -> tuple[object, ...]:
-        return (self.lifetime, self.id_prefix, self.max_payload, self.on_unavailable)
+        return (
+            self.lifetime,
+            self.id_prefix,
+            self.max_payload,
+            self.on_unavailable,
+            self.log_limits,
+        )
 
     @property
     def idle_ttl(self) -> timedelta | None:
@@ -283,11 +328,16 @@ class Namespace:
         metadata: dict[str, str] | None = None,
         subject: str | Keep | None = KEEP,
         expected_version: int | None = None,
+        expires_at: int | None = None,
+        append: Sequence[Event] = (),
     ) -> Session:
-        """Replace data and/or metadata (None keeps them), set or clear the subject.
+        """Replace data and/or metadata (None keeps them), set or clear the subject, end the
+        session sooner (`expires_at`: never later than its policy allows), and append events
+        to its log, all in one atomic step.
 
         With `expected_version`, the write happens only if the stored version is that one,
-        else `VersionConflict` and nothing changes. Records activity like `touch`.
+        else `VersionConflict` and nothing changes (no event either): a status change and the
+        event announcing it land together or not at all. Records activity like `touch`.
         """
         session_id = self._check_id(session_id)
         encoded_data = None if data is None else self._encode_data(data)
@@ -297,6 +347,9 @@ class Namespace:
             type(expected_version) is not int or expected_version < 1
         ):
             raise ValidationError("expected_version is a positive int")
+        if expires_at is not None:
+            _check_ms("expires_at", expires_at)
+        items = self._log_items(append)
         record = await self._backend.update(
             self.name,
             session_id,
@@ -306,11 +359,141 @@ class Namespace:
             metadata=encoded_metadata,
             subject=new_subject,
             expected_version=expected_version,
+            expires_at=expires_at,
+            append=items,
+            limits=self.log_limits,
         )
         session = Session.from_record(self.name, record)
         if self._events.wants("updated"):
             await self._events.emit(SessionEvent("updated", session))
         return session
+
+    # -- the session's event log (see sessionary.logs) ----------------------------------------
+
+    async def append(
+        self,
+        session_id: str,
+        type: str,
+        data: Any = None,
+        *,
+        producer: str | None = None,
+        seq: int | None = None,
+        final: bool = False,
+    ) -> Cursor | None:
+        """Append one event to the session's log; its cursor, or None for a producer's retry
+        that was stored already. `LogClosed` after a final event. Does not extend the
+        session's life."""
+        (cursor,) = await self.extend(
+            session_id, [Event(type, data, producer=producer, seq=seq, final=final)]
+        )
+        return cursor
+
+    async def extend(self, session_id: str, events: Sequence[Event]) -> list[Cursor | None]:
+        """Append several events in one atomic step (one round trip)."""
+        session_id = self._check_id(session_id)
+        items = self._log_items(events)
+        if not items:
+            return []
+        seqs = await self._backend.append(
+            self.name, session_id, self._clock.now_ms(), items, self.log_limits
+        )
+        return [None if seq is None else Cursor.of(self.name, session_id, seq) for seq in seqs]
+
+    async def read(
+        self, session_id: str, after: Cursor | str | None = None, limit: int = 1000
+    ) -> LogPage:
+        """Up to `limit` events after `after` (exclusive; None: from the start), oldest
+        first. `SessionNotFound` if the session is gone; `InvalidCursor` for a cursor of
+        another log, from its future, or malformed."""
+        session_id = self._check_id(session_id)
+        position = self._position(session_id, after)
+        if type(limit) is not int or limit < 1:
+            raise ValidationError("limit is a positive int")
+        found = await self._backend.read_log(
+            self.name, session_id, position, limit, self._clock.now_ms()
+        )
+        if found is None:
+            raise SessionNotFound(session_id)
+        if position > found.last:
+            raise InvalidCursor("this cursor lies in the future of its log")
+        reset = None
+        if found.first > position + 1:  # what the reader had not seen yet is gone
+            reset = LogReset(
+                self._cursor(session_id, found.first if found.first <= found.last else 0),
+                self._cursor(session_id, found.last),
+                found.closed,
+            )
+        return LogPage(
+            [LogEvent.of(self.name, session_id, entry) for entry in found.entries],
+            reset,
+            self._cursor(session_id, found.last),
+            found.closed,
+        )
+
+    async def follow(
+        self, session_id: str, after: Cursor | str | None = None, *, idle_s: float = 5.0
+    ) -> AsyncIterator[LogEvent | LogReset]:
+        """Every event after `after`: what is stored first, then each new one as it comes,
+        with no gap and no duplicate between the two, until the final event (included).
+        A `LogReset` comes first if events after `after` were trimmed away. Ends quietly if
+        the session goes away meanwhile; `SessionNotFound` if it is gone from the start.
+        Every `idle_s` without news the store is checked (the session may have ended)."""
+        position = self._position(session_id, after)
+        page: LogPage | None = await self.read(session_id, after, _FOLLOW_PAGE)
+        while True:
+            if page is not None:
+                if page.reset is not None:
+                    yield page.reset
+                for event in page.events:
+                    yield event
+                    position = event.cursor.seq
+                    if event.final:
+                        return
+                if page.closed:
+                    return
+                if len(page.events) == _FOLLOW_PAGE:  # more stored: keep reading
+                    page = await self._page_after(session_id, position)
+                    continue
+            fresh = await self.store._hub.after(self.name, session_id, position, idle_s)
+            if fresh:  # the hub's entries, contiguous after `position`
+                page = None
+                for entry in fresh:
+                    event = LogEvent.of(self.name, session_id, entry)
+                    yield event
+                    position = entry.seq
+                    if event.final:
+                        return
+                continue
+            # None: behind what the hub keeps; []: quiet for idle_s. Either way, ask the store.
+            try:
+                page = await self._page_after(session_id, position)
+            except SessionNotFound:
+                return
+
+    async def _page_after(self, session_id: str, position: int) -> LogPage:
+        return await self.read(session_id, self._cursor(session_id, position), _FOLLOW_PAGE)
+
+    def _log_items(self, events: Sequence[Event]) -> list[LogItem]:
+        items = []
+        for number, event in enumerate(events):
+            if not isinstance(event, Event):
+                raise ValidationError("append Event(type, data, ...) objects")
+            check_producer(event.producer, event.seq)
+            if event.final and number != len(events) - 1:
+                raise ValidationError("a final event can only come last")
+            data = encode_value(event.data, "event data")
+            if len(data) > self.max_payload:
+                raise PayloadTooLarge(len(data), self.max_payload)
+            items.append(
+                LogItem(check_type(event.type), data, event.producer, event.seq, event.final)
+            )
+        return items
+
+    def _position(self, session_id: str, after: Cursor | str | None) -> int:
+        return 0 if after is None else Cursor.parse(after, self.name, session_id).seq
+
+    def _cursor(self, session_id: str, seq: int) -> Cursor | None:
+        return None if seq < 1 else Cursor.of(self.name, session_id, seq)
 
     async def consume(
         self, session_id: str, counter: str, amount: int = 1, limit: int | None = None

@@ -12,21 +12,62 @@ sessions, so its size stays proportional to the live set whatever the touch rate
 from __future__ import annotations
 
 import heapq
+import itertools
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sessionary.backends.signals import LogSignals
 from sessionary.contract import (
     KEEP,
+    NO_LIMITS,
     CounterCharge,
     CounterState,
     Lifetime,
+    LogEntry,
+    LogItem,
+    LogLimits,
+    LogSlice,
     Record,
     SubjectChange,
+    plan_append,
     plan_charges,
 )
-from sessionary.errors import SessionExists, SessionNotFound, VersionConflict
+from sessionary.errors import LogClosed, SessionExists, SessionNotFound, VersionConflict
 
 _COMPACT_SLACK = 1024
+
+
+@dataclass(slots=True)
+class _Log:
+    entries: deque[LogEntry] = field(default_factory=deque)
+    last: int = 0
+    closed: bool = False
+    producers: dict[str, int] = field(default_factory=dict)
+
+    def check(self, session_id: str, items: Sequence[LogItem]) -> None:
+        if items and self.closed:
+            raise LogClosed(session_id)
+
+    def add(self, items: Sequence[LogItem], now: int, limits: LogLimits) -> list[int | None]:
+        plan = plan_append(items, self.last, self.producers, now)
+        self.entries.extend(plan.entries)
+        self.last, self.producers = plan.last, plan.producers
+        self.closed = self.closed or plan.closed
+        if limits.max_length is not None:
+            while len(self.entries) > limits.max_length:
+                self.entries.popleft()
+        if limits.max_age_ms is not None:
+            cutoff = now - limits.max_age_ms
+            while len(self.entries) > 1 and self.entries[0].ts < cutoff:
+                self.entries.popleft()
+        return plan.seqs
+
+    def after(self, after: int, limit: int) -> LogSlice:
+        first = self.entries[0].seq if self.entries else self.last + 1
+        start = max(0, after + 1 - first)
+        chosen = list(itertools.islice(self.entries, start, start + limit))
+        return LogSlice(chosen, chosen[0].seq if chosen else self.last + 1, self.last, self.closed)
 
 
 @dataclass(slots=True)
@@ -34,6 +75,7 @@ class _Space:
     sessions: dict[str, Record] = field(default_factory=dict)
     subjects: dict[str, set[str]] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)
+    logs: dict[str, _Log] = field(default_factory=dict)
 
     def live(self, session_id: str, now: int) -> Record | None:
         record = self.sessions.get(session_id)
@@ -67,8 +109,15 @@ class _Space:
         record = self.sessions.pop(session_id, None)
         if record is not None:
             self.unindex_subject(record)
+            self.logs.pop(session_id, None)
             self.compact()
         return record
+
+    def log(self, session_id: str) -> _Log:
+        found = self.logs.get(session_id)
+        if found is None:
+            found = self.logs[session_id] = _Log()
+        return found
 
     def set_subject(self, record: Record, subject: SubjectChange) -> None:
         if subject is KEEP or subject == record.subject:
@@ -78,9 +127,13 @@ class _Space:
         if subject is not None:
             self.subjects.setdefault(subject, set()).add(record.id)
 
-    def activity(self, record: Record, now: int, lifetime: Lifetime) -> None:
+    def activity(
+        self, record: Record, now: int, lifetime: Lifetime, cap: int | None = None
+    ) -> None:
         record.last_seen_at = now
         expires_at = lifetime.expires_at(record.created_at, now)
+        if cap is not None:
+            expires_at = min(expires_at, cap)
         if expires_at != record.expires_at:
             record.expires_at = expires_at
             self.schedule(record)
@@ -129,6 +182,7 @@ class MemoryBackend:
     def __init__(self) -> None:
         self._spaces: dict[str, _Space] = {}
         self._counters: dict[str, _CounterGroup] = {}
+        self._signals = LogSignals()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:
@@ -145,7 +199,10 @@ class MemoryBackend:
     def footprint(self) -> int:
         """Entries held in all structures (sessions, subject index, heap): for leak checks."""
         sessions = sum(
-            len(s.sessions) + sum(len(ids) for ids in s.subjects.values()) + len(s.heap)
+            len(s.sessions)
+            + sum(len(ids) for ids in s.subjects.values())
+            + len(s.heap)
+            + sum(len(log.entries) + 1 for log in s.logs.values())
             for s in self._spaces.values()
         )
         return sessions + sum(len(g.values) + len(g.heap) for g in self._counters.values())
@@ -181,6 +238,9 @@ class MemoryBackend:
         metadata: bytes | None,
         subject: SubjectChange,
         expected_version: int | None,
+        expires_at: int | None = None,
+        append: Sequence[LogItem] = (),
+        limits: LogLimits = NO_LIMITS,
     ) -> Record:
         space = self._space(ns)
         record = space.live(session_id, now)
@@ -188,13 +248,18 @@ class MemoryBackend:
             raise SessionNotFound(session_id)
         if expected_version is not None and expected_version != record.version:
             raise VersionConflict(session_id, expected_version, record.version)
+        if append:
+            space.log(session_id).check(session_id, append)
         if data is not None:
             record.data = data
         if metadata is not None:
             record.metadata = metadata
         space.set_subject(record, subject)
         record.version += 1
-        space.activity(record, now, lifetime)
+        space.activity(record, now, lifetime, expires_at)
+        if append:
+            space.log(session_id).add(append, now, limits)
+            self._signals.notify((ns, session_id))
         return _copy(record)
 
     async def consume(
@@ -227,8 +292,11 @@ class MemoryBackend:
             raise SessionNotFound(session_id)
         if new_id in space.sessions:
             raise SessionExists(new_id)
+        log = space.logs.pop(session_id, None)
         record = space.remove(session_id)
         assert record is not None
+        if log is not None:
+            space.logs[new_id] = log
         record.id = new_id
         record.version += 1
         if subject is not KEEP:
@@ -289,6 +357,33 @@ class MemoryBackend:
 
     async def count(self, ns: str, now: int) -> int:
         return sum(1 for r in self._space(ns).sessions.values() if r.expires_at > now)
+
+    async def append(
+        self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits
+    ) -> list[int | None]:
+        space = self._space(ns)
+        if space.live(session_id, now) is None:
+            raise SessionNotFound(session_id)
+        log = space.log(session_id)
+        log.check(session_id, items)
+        seqs = log.add(items, now, limits)
+        self._signals.notify((ns, session_id))
+        return seqs
+
+    async def read_log(
+        self, ns: str, session_id: str, after: int, limit: int, now: int
+    ) -> LogSlice | None:
+        space = self._space(ns)
+        if space.live(session_id, now) is None:
+            return None
+        return space.log(session_id).after(after, limit)
+
+    async def wait_log(
+        self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
+    ) -> list[LogEntry] | None:
+        return await self._signals.wait_log(
+            (ns, session_id), lambda: self.read_log(ns, session_id, after, 1000, now), timeout_ms
+        )
 
     def _group(self, group: str) -> _CounterGroup:
         found = self._counters.get(group)

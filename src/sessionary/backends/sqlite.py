@@ -26,16 +26,24 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from sessionary.backends.signals import LogSignals
 from sessionary.contract import (
     KEEP,
+    NO_LIMITS,
     CounterCharge,
     CounterState,
     Lifetime,
+    LogEntry,
+    LogItem,
+    LogLimits,
+    LogSlice,
     Record,
     SubjectChange,
+    plan_append,
     plan_charges,
 )
 from sessionary.errors import (
+    LogClosed,
     SessionExists,
     SessionNotFound,
     StoreUnavailable,
@@ -45,32 +53,53 @@ from sessionary.errors import (
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    namespace    TEXT    NOT NULL,
-    id           TEXT    NOT NULL,
-    subject      TEXT,
-    created_at   INTEGER NOT NULL,
-    last_seen_at INTEGER NOT NULL,
-    expires_at   INTEGER NOT NULL,
-    version      INTEGER NOT NULL,
-    data         BLOB    NOT NULL,
-    metadata     BLOB    NOT NULL,
-    counters     TEXT    NOT NULL DEFAULT '{}',
-    UNIQUE (namespace, id)
-);
-CREATE INDEX IF NOT EXISTS sessions_by_subject
-    ON sessions (namespace, subject, expires_at) WHERE subject IS NOT NULL;
-CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (namespace, expires_at);
-CREATE TABLE IF NOT EXISTS counters (
-    grp       TEXT    NOT NULL,
-    key       TEXT    NOT NULL,
-    value     INTEGER NOT NULL,
-    resets_at INTEGER NOT NULL,
-    PRIMARY KEY (grp, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS counters_by_reset ON counters (grp, resets_at);
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS sessions (
+        namespace    TEXT    NOT NULL,
+        id           TEXT    NOT NULL,
+        subject      TEXT,
+        created_at   INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        version      INTEGER NOT NULL,
+        data         BLOB    NOT NULL,
+        metadata     BLOB    NOT NULL,
+        counters     TEXT    NOT NULL DEFAULT '{}',
+        log_last     INTEGER NOT NULL DEFAULT 0,
+        log_closed   INTEGER NOT NULL DEFAULT 0,
+        producers    TEXT    NOT NULL DEFAULT '{}',
+        UNIQUE (namespace, id)
+    )""",
+    """CREATE INDEX IF NOT EXISTS sessions_by_subject
+        ON sessions (namespace, subject, expires_at) WHERE subject IS NOT NULL""",
+    "CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (namespace, expires_at)",
+    """CREATE TABLE IF NOT EXISTS counters (
+        grp       TEXT    NOT NULL,
+        key       TEXT    NOT NULL,
+        value     INTEGER NOT NULL,
+        resets_at INTEGER NOT NULL,
+        PRIMARY KEY (grp, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS counters_by_reset ON counters (grp, resets_at)",
+    """CREATE TABLE IF NOT EXISTS log_entries (
+        namespace  TEXT    NOT NULL,
+        session_id TEXT    NOT NULL,
+        seq        INTEGER NOT NULL,
+        ts         INTEGER NOT NULL,
+        type       TEXT    NOT NULL,
+        data       BLOB    NOT NULL,
+        final      INTEGER NOT NULL,
+        PRIMARY KEY (namespace, session_id, seq)
+    ) WITHOUT ROWID""",
+    # a session's log goes wherever the session goes: away with it, or to its new id
+    """CREATE TRIGGER IF NOT EXISTS sessions_drop_log AFTER DELETE ON sessions BEGIN
+        DELETE FROM log_entries WHERE namespace = old.namespace AND session_id = old.id;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS sessions_move_log AFTER UPDATE OF id ON sessions BEGIN
+        UPDATE log_entries SET session_id = new.id
+        WHERE namespace = old.namespace AND session_id = old.id;
+    END""",
+)
 
 _COLUMNS = "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters"
 _FOREVER = 9223372036854775807
@@ -89,11 +118,30 @@ _TOUCH = (
 _UPDATE = (
     "UPDATE sessions SET data = coalesce(?6, data), metadata = coalesce(?7, metadata), "
     "subject = CASE WHEN ?8 THEN ?9 ELSE subject END, version = version + 1, "
-    f"last_seen_at = ?1, expires_at = {_DEADLINE} "
+    f"last_seen_at = ?1, expires_at = min({_DEADLINE}, coalesce(?11, {_FOREVER})) "
     "WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 AND (?10 IS NULL OR version = ?10) "
     f"RETURNING {_COLUMNS}"
 )
 _VERSION = "SELECT version FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
+_LOG_STATE = (
+    "SELECT log_last, log_closed, producers FROM sessions "
+    "WHERE namespace = ? AND id = ? AND expires_at > ?"
+)
+_LOG_SAVE = (
+    "UPDATE sessions SET log_last = ?, log_closed = ?, producers = ? WHERE namespace = ? AND id = ?"
+)
+_LOG_INSERT = "INSERT INTO log_entries VALUES (?, ?, ?, ?, ?, ?, ?)"
+_LOG_TRIM_LENGTH = "DELETE FROM log_entries WHERE namespace = ? AND session_id = ? AND seq <= ?"
+_LOG_TRIM_AGE = (
+    "DELETE FROM log_entries WHERE namespace = ? AND session_id = ? AND ts < ? AND seq < ?"
+)
+_LOG_READ = (
+    "SELECT seq, ts, type, data, final FROM log_entries "
+    "WHERE namespace = ? AND session_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_LOG_HEAD = (
+    "SELECT log_last, log_closed FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
+)
 # ?1 ns, ?2 id, ?3 now, ?4 JSON path of the counter, ?5 amount, ?6 limit or NULL
 _CHARGE = (
     "UPDATE sessions SET counters = json_set(counters, ?4, "
@@ -140,6 +188,47 @@ _SWEEP_COUNTERS = (
 
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _MAX_BATCH = 512
+
+
+def _log_state(
+    db: sqlite3.Connection, ns: str, session_id: str, now: int
+) -> tuple[int, bool, dict[str, int]] | None:
+    row = db.execute(_LOG_STATE, (ns, session_id, now)).fetchone()
+    if row is None:
+        return None
+    return row[0], bool(row[1]), {} if row[2] == "{}" else orjson.loads(row[2])
+
+
+def _log_append(
+    db: sqlite3.Connection,
+    ns: str,
+    session_id: str,
+    now: int,
+    items: Sequence[LogItem],
+    limits: LogLimits,
+    log: tuple[int, bool, dict[str, int]],
+) -> list[int | None]:
+    """Inside a writing transaction: append, remember producers, trim."""
+    plan = plan_append(items, log[0], log[2], now)
+    db.executemany(
+        _LOG_INSERT,
+        [(ns, session_id, e.seq, e.ts, e.type, e.data, int(e.final)) for e in plan.entries],
+    )
+    db.execute(
+        _LOG_SAVE,
+        (
+            plan.last,
+            int(log[1] or plan.closed),
+            orjson.dumps(plan.producers).decode(),
+            ns,
+            session_id,
+        ),
+    )
+    if limits.max_length is not None:
+        db.execute(_LOG_TRIM_LENGTH, (ns, session_id, plan.last - limits.max_length))
+    if limits.max_age_ms is not None:
+        db.execute(_LOG_TRIM_AGE, (ns, session_id, now - limits.max_age_ms, plan.last))
+    return plan.seqs
 
 
 def _record(row: tuple[Any, ...]) -> Record:
@@ -241,9 +330,8 @@ class _Writer(threading.Thread):
                     f"the file has schema version {found}; this sessionary knows up to "
                     f"{SCHEMA_VERSION}: upgrade sessionary"
                 )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            for statement in _SCHEMA:
+                connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
@@ -312,6 +400,7 @@ class SQLiteBackend:
         self.path = path
         self._writer = _Writer(path, synchronous.upper(), busy_timeout_ms)
         self._closed = False
+        self._signals = LogSignals()
 
     @classmethod
     async def open(cls, url: str) -> SQLiteBackend:
@@ -383,6 +472,9 @@ class SQLiteBackend:
         metadata: bytes | None,
         subject: SubjectChange,
         expected_version: int | None,
+        expires_at: int | None = None,
+        append: Sequence[LogItem] = (),
+        limits: LogLimits = NO_LIMITS,
     ) -> Record:
         args = (
             now,
@@ -393,19 +485,35 @@ class SQLiteBackend:
             metadata,
             *_subject_args(subject),
             expected_version,
+            expires_at,
         )
 
         def run(db: sqlite3.Connection) -> Record:
+            log = None
+            if append:  # every refusal is decided before anything is written
+                log = _log_state(db, ns, session_id, now)
+                current = db.execute(_VERSION, (ns, session_id, now)).fetchone()
+                if log is None or current is None:
+                    raise SessionNotFound(session_id)
+                if expected_version is not None and current[0] != expected_version:
+                    raise VersionConflict(session_id, expected_version, current[0])
+                if log[1]:
+                    raise LogClosed(session_id)
             row = db.execute(_UPDATE, args).fetchone()
-            if row is not None:
-                return _record(row)
-            current = db.execute(_VERSION, (ns, session_id, now)).fetchone()
-            if current is None:
-                raise SessionNotFound(session_id)
-            assert expected_version is not None
-            raise VersionConflict(session_id, expected_version, current[0])
+            if row is None:
+                current = db.execute(_VERSION, (ns, session_id, now)).fetchone()
+                if current is None:
+                    raise SessionNotFound(session_id)
+                assert expected_version is not None
+                raise VersionConflict(session_id, expected_version, current[0])
+            if log is not None:
+                _log_append(db, ns, session_id, now, append, limits, log)
+            return _record(row)
 
-        return await self._submit(run, writes=True)
+        record = await self._submit(run, writes=True)
+        if append:
+            self._signals.notify((ns, session_id))
+        return record
 
     async def consume(
         self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
@@ -485,6 +593,48 @@ class SQLiteBackend:
             return int(db.execute(_COUNT, (ns, now)).fetchone()[0])
 
         return await self._submit(run, writes=False)
+
+    async def append(
+        self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits
+    ) -> list[int | None]:
+        def run(db: sqlite3.Connection) -> list[int | None]:
+            log = _log_state(db, ns, session_id, now)
+            if log is None:
+                raise SessionNotFound(session_id)
+            if log[1]:
+                raise LogClosed(session_id)
+            return _log_append(db, ns, session_id, now, items, limits, log)
+
+        seqs = await self._submit(run, writes=True)
+        self._signals.notify((ns, session_id))
+        return seqs
+
+    async def read_log(
+        self, ns: str, session_id: str, after: int, limit: int, now: int
+    ) -> LogSlice | None:
+        def run(db: sqlite3.Connection) -> LogSlice | None:
+            head = db.execute(_LOG_HEAD, (ns, session_id, now)).fetchone()
+            if head is None:
+                return None
+            entries = [
+                LogEntry(row[0], row[1], row[2], row[3], bool(row[4]))
+                for row in db.execute(_LOG_READ, (ns, session_id, after, limit))
+            ]
+            first = entries[0].seq if entries else head[0] + 1
+            return LogSlice(entries, first, head[0], bool(head[1]))
+
+        return await self._submit(run, writes=False)
+
+    async def wait_log(
+        self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
+    ) -> list[LogEntry] | None:
+        # appends from this process wake followers at once; others' within 50 ms (polling)
+        return await self._signals.wait_log(
+            (ns, session_id),
+            lambda: self.read_log(ns, session_id, after, 1000, now),
+            timeout_ms,
+            poll_s=0.05,
+        )
 
     async def charge_counters(
         self, group: str, charges: Sequence[CounterCharge], now: int

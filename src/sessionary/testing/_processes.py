@@ -64,6 +64,37 @@ def _charge_in_process(
     results.put(asyncio.run(work()))
 
 
+def _append_in_process(
+    url: str,
+    namespace: str,
+    now: int,
+    session_id: str,
+    producer: str,
+    count: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    async def work() -> int:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            ns = store.namespace(namespace, idle_ttl=timedelta(hours=1))
+            barrier.wait()
+            stored = 0
+            for seq in range(1, count + 1):
+                cursor = await ns.append(
+                    session_id, "e", [producer, seq], producer=producer, seq=seq
+                )
+                again = await ns.append(
+                    session_id, "e", [producer, seq], producer=producer, seq=seq
+                )  # a retry: stored once
+                stored += (cursor is not None) + (again is not None)
+            return stored
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
 def _reap_in_process(url: str, namespace: str, now: int, barrier: Any, results: Any) -> None:
     async def work() -> list[str]:
         store = await connect(url, clock=ManualClock(now))
@@ -145,3 +176,32 @@ class MultiProcessConformance:
             Charge("global", limit=1000, window=timedelta(hours=1)),
         )
         assert [r.used for r in final.counters] == [50, 50]
+
+    @pytest.mark.asyncio
+    async def test_producers_in_several_processes_and_a_follower(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        ns = store.namespace("mp-log", idle_ttl=timedelta(hours=1))
+        session = await ns.create()
+        follower = asyncio.create_task(_follow(ns, session.id))
+        results = await asyncio.gather(
+            *(
+                _run_processes(
+                    _append_in_process,
+                    (store_url, ns.name, clock.now_ms(), session.id, f"p{n}", 50),
+                    1,
+                )
+                for n in range(4)
+            )
+        )
+        assert [r[0] for r in results] == [50, 50, 50, 50]
+        await ns.append(session.id, "end", None, final=True)
+        events = await asyncio.wait_for(follower, 60)
+        assert [e.cursor.seq for e in events] == list(range(1, 202))
+        for n in range(4):
+            mine = [e.data[1] for e in events if e.data and e.data[0] == f"p{n}"]
+            assert mine == list(range(1, 51))  # each producer's events in its order, once
+
+
+async def _follow(ns: Any, session_id: str) -> list[Any]:
+    return [event async for event in ns.follow(session_id)]

@@ -32,6 +32,7 @@ from sessionary.errors import (
 from sessionary.model import Session, SessionEvent
 from sessionary.store import Namespace, Store, connect
 from sessionary.testing._counters import CounterConformance
+from sessionary.testing._logs import LogConformance
 from sessionary.testing._machine import machine_for
 from sessionary.testing._values import (
     MALFORMED_IDS,
@@ -44,7 +45,7 @@ from sessionary.testing._values import (
 MS = timedelta(milliseconds=1)
 
 
-class StoreConformance(CounterConformance):
+class StoreConformance(CounterConformance, LogConformance):
     """The behaviour every backend must show. Subclass, and override `store_url` and
     `footprint` (see `sessionary.testing`)."""
 

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -48,16 +49,23 @@ from redis.exceptions import (
 )
 
 from sessionary import ids
+from sessionary.backends.redis.batching import pack
 from sessionary.backends.redis.scripts import Batcher, Client, Script, Scripts
 from sessionary.contract import (
     KEEP,
+    NO_LIMITS,
     CounterCharge,
     CounterState,
     Lifetime,
+    LogEntry,
+    LogItem,
+    LogLimits,
+    LogSlice,
     Record,
     SubjectChange,
 )
 from sessionary.errors import (
+    LogClosed,
     SessionExists,
     SessionNotFound,
     StoreUnavailable,
@@ -148,6 +156,38 @@ def _record(session_id: str, fields: dict[bytes, bytes]) -> Record:
     )
 
 
+def _entry(raw: Sequence[Any]) -> LogEntry:
+    """A stream entry [b"<seq>-0", [field, value, ...]] as a LogEntry."""
+    fields = _fields(raw[1])
+    return LogEntry(
+        int(raw[0].split(b"-", 1)[0]),
+        int(fields[b"ts"]),
+        fields[b"t"].decode(),
+        fields[b"d"],
+        fields.get(b"f") == b"1",
+    )
+
+
+def _limit_args(limits: LogLimits) -> tuple[str | int, str | int]:
+    return (
+        "" if limits.max_length is None else limits.max_length,
+        "" if limits.max_age_ms is None else limits.max_age_ms,
+    )
+
+
+def _item_args(items: Sequence[LogItem]) -> list[str | bytes | int]:
+    args: list[str | bytes | int] = []
+    for item in items:
+        args += [
+            item.type,
+            item.data,
+            item.producer or "",
+            "" if item.seq is None else item.seq,
+            "1" if item.final else "0",
+        ]
+    return args
+
+
 def _pairs(flat: Sequence[Any]) -> list[Record]:
     """A reply of {id, fields, id, fields, ...} as records."""
     return [_record(flat[i].decode(), _fields(flat[i + 1])) for i in range(0, len(flat), 2)]
@@ -167,13 +207,14 @@ def _subject_args(subject: SubjectChange) -> tuple[str, str]:
 
 
 class _ShardKeys:
-    __slots__ = ("expiry", "session", "subjects")
+    __slots__ = ("expiry", "log", "session", "subjects")
 
     def __init__(self, prefix: str, ns: str, shard: int) -> None:
         tag = f"{prefix}{{{ns}:{shard:02d}}}"
         self.session = f"{tag}:s:"
         self.expiry = f"{tag}:x"
         self.subjects = f"{tag}:u"
+        self.log = f"{tag}:l:"
 
 
 class RedisBackend:
@@ -204,6 +245,7 @@ class RedisBackend:
         self.pool_timeout = pool_timeout
         self._slots = asyncio.Semaphore(max_connections)
         self.calls = Batcher(client, autopipeline)
+        self._idle_blocking: list[AbstractConnection] = []
         self._scripts = Scripts()
         self._keys: dict[tuple[str, int], _ShardKeys] = {}
 
@@ -266,9 +308,10 @@ class RedisBackend:
             keys = self._keys[(ns, shard)] = _ShardKeys(self.prefix, ns, shard)
         return keys
 
-    def _session_keys(self, ns: str, session_id: str) -> tuple[str, str, str]:
+    def _session_keys(self, ns: str, session_id: str) -> tuple[str, str, str, str]:
+        """The session, its shard's expiry and subject indexes, and its log."""
         keys = self.shard_keys(ns, ids.shard_of(session_id))
-        return keys.session + session_id, keys.expiry, keys.subjects
+        return keys.session + session_id, keys.expiry, keys.subjects, keys.log + session_id
 
     # -- single-session operations ------------------------------------------------------
 
@@ -324,6 +367,9 @@ class RedisBackend:
         metadata: bytes | None,
         subject: SubjectChange,
         expected_version: int | None,
+        expires_at: int | None = None,
+        append: Sequence[LogItem] = (),
+        limits: LogLimits = NO_LIMITS,
     ) -> Record:
         reply = await self._scripts.run(
             self.calls,
@@ -338,6 +384,9 @@ class RedisBackend:
                 metadata or b"",
                 *_subject_args(subject),
                 "" if expected_version is None else str(expected_version),
+                "" if expires_at is None else expires_at,
+                *_limit_args(limits),
+                *_item_args(append),
             ),
         )
         if reply[0] == -1:
@@ -345,6 +394,8 @@ class RedisBackend:
         if reply[0] == -2:
             assert expected_version is not None
             raise VersionConflict(session_id, expected_version, int(reply[1]))
+        if reply[0] == -3:
+            raise LogClosed(session_id)
         return _record(session_id, _fields(reply[1]))
 
     @_translate_errors
@@ -373,12 +424,12 @@ class RedisBackend:
     ) -> Record:
         if ids.shard_of(new_id) != ids.shard_of(session_id):
             raise ValueError("rotate needs the new id in the old id's shard (ids.new_id(shard=))")
-        old_key, expiry, subjects = self._session_keys(ns, session_id)
-        new_key = self._session_keys(ns, new_id)[0]
+        old_key, expiry, subjects, old_log = self._session_keys(ns, session_id)
+        new_key, _, _, new_log = self._session_keys(ns, new_id)
         reply = await self._scripts.run(
             self.calls,
             self._scripts.rotate,
-            (old_key, new_key, expiry, subjects),
+            (old_key, new_key, expiry, subjects, old_log, new_log),
             (session_id, new_id, now, *_ttl_args(lifetime), self.grace, *_subject_args(subject)),
         )
         if reply[0] == -1:
@@ -437,13 +488,13 @@ class RedisBackend:
         self, script: Script, ns: str, by_shard: dict[int, list[str]], first: str | int
     ) -> list[Record]:
         """Run `script` once per shard over its sessions (KEYS: the shard's expiry index,
-        subject index, then the sessions; ARGV: `first`, then the ids) and collect the
-        {id, fields, ...} replies."""
+        subject index, then each session and its log; ARGV: `first`, then the ids) and
+        collect the {id, fields, ...} replies."""
         calls = []
         for shard, found in by_shard.items():
             keys = self.shard_keys(ns, shard)
-            session_keys = [keys.session + session_id for session_id in found]
-            calls.append((script, [keys.expiry, keys.subjects, *session_keys], [first, *found]))
+            per_session = [k for sid in found for k in (keys.session + sid, keys.log + sid)]
+            calls.append((script, [keys.expiry, keys.subjects, *per_session], [first, *found]))
         replies = await self._scripts.run_many(self.calls, calls)
         return [record for reply in replies for record in _pairs(reply)]
 
@@ -475,6 +526,79 @@ class RedisBackend:
     async def count(self, ns: str, now: int) -> int:
         counts = await self._fan_out(lambda pipe, k: pipe.zcount(k.expiry, f"({now}", "+inf"), ns)
         return sum(counts)
+
+    # -- event logs: a stream beside each session, in its hash tag ------------------------
+
+    @_translate_errors
+    async def append(
+        self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits
+    ) -> list[int | None]:
+        session, _, _, log = self._session_keys(ns, session_id)
+        reply = await self._scripts.run(
+            self.calls,
+            self._scripts.append,
+            (session, log),
+            (now, *_limit_args(limits), *_item_args(items)),
+        )
+        if reply[0] == -1:
+            raise SessionNotFound(session_id)
+        if reply[0] == -2:
+            raise LogClosed(session_id)
+        return [int(seq) or None for seq in reply[1:]]
+
+    @_translate_errors
+    async def read_log(
+        self, ns: str, session_id: str, after: int, limit: int, now: int
+    ) -> LogSlice | None:
+        session, _, _, log = self._session_keys(ns, session_id)
+        reply = await self._scripts.run(
+            self.calls, self._scripts.read_log, (session, log), (now, after, limit)
+        )
+        if reply is None:
+            return None
+        last, closed = int(reply[0]), reply[1] == b"1"
+        entries = [_entry(raw) for raw in reply[2]]
+        return LogSlice(entries, entries[0].seq if entries else last + 1, last, closed)
+
+    async def wait_log(
+        self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
+    ) -> list[LogEntry] | None:
+        """XREAD BLOCK on a connection of its own (a blocked connection serves nobody else;
+        the hub above keeps it to one per log per process)."""
+        session, _, _, log = self._session_keys(ns, session_id)
+        try:
+            reply = await self._blocking(
+                timeout_ms,
+                "XREAD",
+                "COUNT",
+                1000,
+                "BLOCK",
+                timeout_ms,
+                "STREAMS",
+                log,
+                f"{after}-0",
+            )
+            if reply:
+                return [_entry(raw) for raw in reply[0][1]]
+            state = await self.calls.call("HGET", session, "e")
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+        return None if state is None or int(state) <= now else []
+
+    async def _blocking(self, timeout_ms: int, *command: Any) -> Any:
+        if self.cluster:
+            return await self.client.execute_command(*command)
+        connection = self._idle_blocking.pop() if self._idle_blocking else self.calls.open()
+        try:
+            async with asyncio.timeout(timeout_ms / 1000 + 5):
+                await connection.send_packed_command(pack(command), check_health=False)
+                reply = await connection.read_response()
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            self._idle_blocking.append(connection)
+        return reply
 
     # -- counter groups: one hash tag per group ------------------------------------------
 

@@ -135,6 +135,10 @@ class Batcher:
             self._idle.append(connection)
         return replies
 
+    def open(self) -> AbstractConnection:
+        """A connection of our own (no per-reply timer: callers time whole exchanges)."""
+        return self._open()
+
     def _open(self) -> AbstractConnection:
         assert isinstance(self.client, Redis)
         pool = self.client.connection_pool

@@ -1,6 +1,10 @@
 -- Shared by every script (prepended to each). Conventions:
 --   session hash fields: c created_at, l last_seen_at, e expires_at, v version,
---                        d data, m metadata, s subject (absent if none), k:<name> counters
+--                        d data, m metadata, s subject (absent if none), k:<name> counters,
+--                        ln last log seq, lc "1" once the log is closed,
+--                        p:<producer> the last seq appended by that producer
+--   log: a stream of the session's events, ids "<seq>-0", fields t type, d data, ts, f final;
+--        it lives exactly as long as the session key
 --   expiry index: sorted set of session ids scored by expires_at
 --   subject index: sorted set of "<subject>\0<id>" members, all scored 0 (read by lex range)
 -- Every key a script touches is passed in KEYS and shares one hash tag.
@@ -31,10 +35,64 @@ end
 -- after a write that set expires_at = e: the session key, its expiry entry, and the TTLs of
 -- the indexes that name it (a key's TTL runs `grace` ms past expires_at, so a reaper can
 -- still read what it expires)
-local function place(session_key, expiry_key, subjects_key, id, e, now, grace, subject)
+local function place(session_key, expiry_key, subjects_key, log_key, id, e, now, grace, subject)
   local ttl = e - now + grace
   redis.call('PEXPIRE', session_key, ttl)
+  redis.call('PEXPIRE', log_key, ttl)  -- a no-op while the session has no log
   redis.call('ZADD', expiry_key, e, id)
   keep(expiry_key, ttl)
   if subject then keep(subjects_key, ttl) end
+end
+
+-- append events to a live, open session's log: ARGV[from..] holds 5 values per event (type,
+-- data, producer or '', producer seq or '', '1' if final); adds each new seq to `reply`,
+-- or 0 for a producer's retry, which is not stored again
+local function append_events(session_key, log_key, argv, from, now, reply)
+  local last = tonumber(redis.call('HGET', session_key, 'ln') or '0')
+  for base = from, #argv, 5 do
+    local producer, seq = argv[base + 2], argv[base + 3]
+    local retry = false
+    if producer ~= '' then
+      local seen = redis.call('HGET', session_key, 'p:' .. producer)
+      if seen and tonumber(seq) <= tonumber(seen) then
+        retry = true
+      else
+        redis.call('HSET', session_key, 'p:' .. producer, seq)
+      end
+    end
+    if retry then
+      reply[#reply + 1] = 0
+    else
+      last = last + 1
+      local id = int(last) .. '-0'
+      if argv[base + 4] == '1' then
+        redis.call('XADD', log_key, id, 't', argv[base], 'd', argv[base + 1], 'ts', int(now),
+                   'f', '1')
+        redis.call('HSET', session_key, 'lc', '1')
+      else
+        redis.call('XADD', log_key, id, 't', argv[base], 'd', argv[base + 1], 'ts', int(now))
+      end
+      reply[#reply + 1] = last
+    end
+  end
+  redis.call('HSET', session_key, 'ln', int(last))
+  redis.call('PEXPIRE', log_key, redis.call('PTTL', session_key))
+end
+
+-- keep the newest max_len events, and none older than max_age ms but the newest one
+local function trim_log(log_key, max_len, max_age, now)
+  if max_len ~= '' then redis.call('XTRIM', log_key, 'MAXLEN', max_len) end
+  if max_age ~= '' then
+    local cutoff = now - tonumber(max_age)
+    while true do
+      local oldest = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 2)
+      if #oldest < 2 then break end
+      local fields, ts = oldest[1][2], nil
+      for i = 1, #fields, 2 do
+        if fields[i] == 'ts' then ts = tonumber(fields[i + 1]) end
+      end
+      if ts >= cutoff then break end
+      redis.call('XDEL', log_key, oldest[1][1])
+    end
+  end
 end

@@ -1,4 +1,4 @@
--- KEYS: session, expiry, subjects
+-- KEYS: session, expiry, subjects, log
 -- ARGV: id, created_at, last_seen_at, expires_at, version, data, metadata, subject ('' none), now, grace
 -- -> 1 created, 0 the id is taken
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -10,6 +10,6 @@ if subject then
   redis.call('HSET', KEYS[1], 's', subject)
   redis.call('ZADD', KEYS[3], 0, subject .. '\0' .. ARGV[1])
 end
-place(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[9]),
+place(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[9]),
       tonumber(ARGV[10]), subject)
 return 1

@@ -1,4 +1,5 @@
--- KEYS: old session, new session, expiry, subjects (one shard: the new id is minted in it)
+-- KEYS: old session, new session, expiry, subjects, old log, new log (one shard: the new id
+--       is minted in it)
 -- ARGV: old id, new id, now, idle, absolute, grace, subject mode, subject
 -- -> {1, fields} | {-1} old not live | {-2} new id taken
 local now = tonumber(ARGV[3])
@@ -6,6 +7,7 @@ local state = redis.call('HMGET', KEYS[1], 'c', 'e', 's')
 if not state[1] or tonumber(state[2]) <= now then return {-1} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {-2} end
 redis.call('RENAME', KEYS[1], KEYS[2])
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[6]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local subject = state[3]
 if subject then redis.call('ZREM', KEYS[4], subject .. '\0' .. ARGV[1]) end
@@ -20,5 +22,5 @@ if subject then redis.call('ZADD', KEYS[4], 0, subject .. '\0' .. ARGV[2]) end
 redis.call('HINCRBY', KEYS[2], 'v', 1)
 local e = deadline(tonumber(state[1]), now, ARGV[4], ARGV[5])
 redis.call('HSET', KEYS[2], 'l', ARGV[3], 'e', int(e))
-place(KEYS[2], KEYS[3], KEYS[4], ARGV[2], e, now, tonumber(ARGV[6]), subject)
+place(KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[2], e, now, tonumber(ARGV[6]), subject)
 return {1, redis.call('HGETALL', KEYS[2])}

@@ -54,6 +54,8 @@ class Scripts:
         self.revoke = Script.load("revoke")
         self.claim = Script.load("claim")
         self.counters = Script.load("counters")
+        self.append = Script.load("append")
+        self.read_log = Script.load("read_log")
         self.set_counters = Script.load("set_counters")
 
     @staticmethod

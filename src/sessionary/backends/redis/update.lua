@@ -1,11 +1,16 @@
--- KEYS: session, expiry, subjects
+-- KEYS: session, expiry, subjects, log
 -- ARGV: id, now, idle, absolute, grace, data ('' keeps), metadata ('' keeps),
---       subject mode ('keep' | 'set' | 'clear'), subject, expected version ('' any)
--- -> {1, fields} | {-1} not live | {-2, actual version}
+--       subject mode ('keep' | 'set' | 'clear'), subject, expected version ('' any),
+--       expires_at cap ('' none), log max_len ('' none), log max_age ('' none),
+--       then 5 values per event to append (see append_events)
+-- -> {1, fields, seq...} | {-1} not live | {-2, actual version} | {-3} log closed
+-- every refusal is decided before anything is written
 local now = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'c', 'e', 'v', 's')
+local state = redis.call('HMGET', KEYS[1], 'c', 'e', 'v', 's', 'lc')
 if not state[1] or tonumber(state[2]) <= now then return {-1} end
 if ARGV[10] ~= '' and state[3] ~= ARGV[10] then return {-2, state[3]} end
+local appending = #ARGV > 13
+if appending and state[5] == '1' then return {-3} end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'd', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'm', ARGV[7]) end
 local subject = state[4]
@@ -22,6 +27,13 @@ if ARGV[8] ~= 'keep' then
 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 local e = deadline(tonumber(state[1]), now, ARGV[3], ARGV[4])
+if ARGV[11] ~= '' and tonumber(ARGV[11]) < e then e = tonumber(ARGV[11]) end
 redis.call('HSET', KEYS[1], 'l', ARGV[2], 'e', int(e))
-place(KEYS[1], KEYS[2], KEYS[3], ARGV[1], e, now, tonumber(ARGV[5]), subject)
-return {1, redis.call('HGETALL', KEYS[1])}
+place(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], e, now, tonumber(ARGV[5]), subject)
+local reply = {1, false}
+if appending then
+  append_events(KEYS[1], KEYS[4], ARGV, 14, now, reply)
+  trim_log(KEYS[4], ARGV[12], ARGV[13], now)
+end
+reply[2] = redis.call('HGETALL', KEYS[1])
+return reply

@@ -1,0 +1,212 @@
+"""Event logs: every session can carry an append-only log of events.
+
+    cursor = await ns.append(session_id, "chunk", {"text": "Hel"}, producer="worker-1", seq=1)
+    page = await ns.read(session_id, after=cursor)          # exclusive of `after`
+    async for item in ns.follow(session_id, after=cursor):  # replay, then wait; no gap, no dup
+        ...                                                 # a LogEvent, or a LogReset
+
+A cursor names one event of one log: `"<seq>-<tag>"`, where seq counts the log's events from 1
+and compares as a number, and the tag binds it to its log (a cursor of another log, one the log
+never issued, or a malformed one raises `InvalidCursor`, and nothing is replayed). A reader whose
+position was trimmed away gets a `LogReset` first, never a silent jump.
+
+Followers in one process share one wait per log (`LogHub`): however many follow a log, the
+store is asked once for what is new, and the entries are handed to each from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from sessionary.clock import Clock
+from sessionary.codec import decode_value
+from sessionary.contract import Backend, LogEntry
+from sessionary.errors import InvalidCursor, ValidationError
+
+_CURSOR_RE = re.compile(r"(\d{1,18})-([0-9a-f]{8})")
+_TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
+_PRODUCER_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+
+
+def _tag(namespace: str, session_id: str, seq: int) -> str:
+    return hashlib.blake2b(f"{namespace}\0{session_id}\0{seq}".encode(), digest_size=4).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cursor:
+    """The position of one event in one session's log; orders by `seq`."""
+
+    seq: int
+    tag: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.seq}-{self.tag}"
+
+    @classmethod
+    def of(cls, namespace: str, session_id: str, seq: int) -> Cursor:
+        return cls(seq, _tag(namespace, session_id, seq))
+
+    @classmethod
+    def parse(cls, text: object, namespace: str, session_id: str) -> Cursor:
+        """A cursor this log issued, or `InvalidCursor`."""
+        if isinstance(text, Cursor):
+            text = str(text)
+        if not isinstance(text, str) or not (match := _CURSOR_RE.fullmatch(text.strip())):
+            raise InvalidCursor(f"a cursor looks like '42-1a2b3c4d', not {str(text)[:40]!r}")
+        seq = int(match.group(1))
+        if seq < 1 or match.group(2) != _tag(namespace, session_id, seq):
+            raise InvalidCursor("this cursor belongs to another log")
+        return cls(seq, match.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event to append. `producer` and `seq` make a retried append harmless: an event whose
+    seq is not above the last stored for its producer is not stored again. A `final` event ends
+    the log."""
+
+    type: str
+    data: Any = None
+    producer: str | None = None
+    seq: int | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """A stored event as a reader sees it. `ts` is when it was appended (ms, UTC)."""
+
+    cursor: Cursor
+    type: str
+    data: Any
+    ts: int
+    final: bool
+
+    @classmethod
+    def of(cls, namespace: str, session_id: str, entry: LogEntry) -> LogEvent:
+        return cls(
+            Cursor.of(namespace, session_id, entry.seq),
+            entry.type,
+            decode_value(entry.data),
+            entry.ts,
+            entry.final,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogReset:
+    """Events the reader had not seen were trimmed away: what follows starts at `first`. The
+    reader should rebuild its state (from the owner of the log) instead of assuming
+    continuity. `last` and `closed` describe the log now."""
+
+    first: Cursor | None
+    last: Cursor | None
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    events: list[LogEvent]
+    reset: LogReset | None
+    last: Cursor | None
+    closed: bool
+
+
+def check_type(value: object) -> str:
+    if not isinstance(value, str) or not _TYPE_RE.fullmatch(value):
+        raise ValidationError(f"an event type must match {_TYPE_RE.pattern}, not {value!r}")
+    return value
+
+
+def check_producer(producer: object, seq: object) -> None:
+    if (producer is None) != (seq is None):
+        raise ValidationError("an event has both a producer and a seq, or neither")
+    if producer is not None and (
+        not isinstance(producer, str) or not _PRODUCER_RE.fullmatch(producer)
+    ):
+        raise ValidationError(f"a producer must match {_PRODUCER_RE.pattern}")
+    if seq is not None and (type(seq) is not int or seq < 1):
+        raise ValidationError("a producer's seq is an int >= 1")
+
+
+# -- the hub: one wait per log per process ------------------------------------------------------
+
+_BUFFER = 2048
+
+
+@dataclass(slots=True)
+class _Watch:
+    seen: int  # the newest seq the watcher knows of
+    buffer: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=_BUFFER))
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    followers: int = 0
+    gone: bool = False  # the session went away: followers should ask the store and end
+    task: asyncio.Task[None] | None = None
+
+
+class LogHub:
+    def __init__(self, backend: Backend, clock: Clock, wait_ms: int = 5000) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._wait_ms = wait_ms
+        self._watches: dict[tuple[str, str], _Watch] = {}
+
+    async def after(
+        self, ns: str, session_id: str, after: int, timeout_s: float
+    ) -> list[LogEntry] | None:
+        """Entries with seq > `after` once the log has any: [] on timeout, None when the
+        reader is behind what the hub keeps (it should read the store itself)."""
+        key = (ns, session_id)
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(seen=after)
+        watch.followers += 1
+        try:
+            if watch.task is None or watch.task.done():
+                watch.task = asyncio.get_running_loop().create_task(
+                    self._watch(key, watch), name=f"sessionary-log-watch:{ns}"
+                )
+            while True:
+                if watch.gone:
+                    return []
+                if watch.seen > after:
+                    if not watch.buffer or watch.buffer[0].seq > after + 1:
+                        return None
+                    return [entry for entry in watch.buffer if entry.seq > after]
+                changed = watch.changed
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout_s)
+                except TimeoutError:
+                    return []
+        finally:
+            watch.followers -= 1
+            if watch.followers == 0 and watch.task is not None:
+                watch.task.cancel()
+                del self._watches[key]
+
+    async def _watch(self, key: tuple[str, str], watch: _Watch) -> None:
+        ns, session_id = key
+        while watch.followers > 0:
+            try:
+                entries = await self._backend.wait_log(
+                    ns, session_id, watch.seen, self._wait_ms, self._clock.now_ms()
+                )
+            except Exception:  # the store is down: followers time out and read for themselves
+                await asyncio.sleep(0.5)
+                continue
+            if entries is None:
+                watch.gone = True
+                watch.changed.set()
+                return
+            if entries:
+                if entries[0].seq != watch.seen + 1:
+                    watch.buffer.clear()  # a gap (trimmed): never hand out a broken run
+                watch.buffer.extend(entries)
+                watch.seen = entries[-1].seq
+                changed, watch.changed = watch.changed, asyncio.Event()
+                changed.set()
