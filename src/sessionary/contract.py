@@ -132,12 +132,13 @@ class LogEntry:
 class LogSlice:
     """Entries after some point, with the log's state: `first` is the oldest retained seq at
     or after that point (`last` + 1 when there is none), `last` the newest seq appended (0 for
-    an empty log), `closed` whether a final entry was appended."""
+    an empty log), `last_ts` when it was appended, `closed` whether a final entry was."""
 
     entries: list[LogEntry]
     first: int
     last: int
     closed: bool
+    last_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

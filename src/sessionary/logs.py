@@ -111,10 +111,14 @@ class LogReset:
 
 @dataclass(frozen=True, slots=True)
 class LogPage:
+    """Events read, a `LogReset` if some after the reader's position were trimmed away, and
+    the log now: its `last` cursor, when that event was appended, whether it is `closed`."""
+
     events: list[LogEvent]
     reset: LogReset | None
     last: Cursor | None
     closed: bool
+    last_ts: int | None = None
 
 
 def check_type(value: object) -> str:
@@ -179,8 +183,9 @@ class LogHub:
                         return None
                     return [entry for entry in watch.buffer if entry.seq > after]
                 changed = watch.changed
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout_s)
+                try:  # asyncio.timeout, not wait_for, which can swallow a cancellation on 3.11
+                    async with asyncio.timeout(timeout_s):
+                        await changed.wait()
                 except TimeoutError:
                     return []
         finally:

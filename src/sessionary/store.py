@@ -428,6 +428,7 @@ class Namespace:
             reset,
             self._cursor(session_id, found.last),
             found.closed,
+            found.last_ts,
         )
 
     async def follow(
@@ -449,11 +450,12 @@ class Namespace:
                     position = event.cursor.seq
                     if event.final:
                         return
-                if page.closed:
-                    return
-                if len(page.events) == _FOLLOW_PAGE:  # more stored: keep reading
+                last = 0 if page.last is None else page.last.seq
+                if position < last:  # more stored than one page: keep reading
                     page = await self._page_after(session_id, position)
                     continue
+                if page.closed:
+                    return
             fresh = await self.store._hub.after(self.name, session_id, position, idle_s)
             if fresh:  # the hub's entries, contiguous after `position`
                 page = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,20 +16,6 @@ from sessionary.web.settings import Settings
 
 API_KEY = "test-admin-key-0123456789"
 CLIENT_IP = "203.0.113.7"
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'service.db'}"
-    return str(request.getfixturevalue("redis_url"))
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 def client_for(app: FastAPI, ip: str = CLIENT_IP) -> httpx.AsyncClient:

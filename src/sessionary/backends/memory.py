@@ -67,7 +67,13 @@ class _Log:
         first = self.entries[0].seq if self.entries else self.last + 1
         start = max(0, after + 1 - first)
         chosen = list(itertools.islice(self.entries, start, start + limit))
-        return LogSlice(chosen, chosen[0].seq if chosen else self.last + 1, self.last, self.closed)
+        return LogSlice(
+            chosen,
+            chosen[0].seq if chosen else self.last + 1,
+            self.last,
+            self.closed,
+            self.entries[-1].ts if self.entries else None,
+        )
 
 
 @dataclass(slots=True)

@@ -48,5 +48,8 @@ class LogSignals:
             if remaining <= 0:
                 return []
             pause = remaining if poll_s is None else min(remaining, poll_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and a cancelled follower would then wait on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await event.wait()

@@ -140,7 +140,9 @@ _LOG_READ = (
     "WHERE namespace = ? AND session_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 _LOG_HEAD = (
-    "SELECT log_last, log_closed FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
+    "SELECT log_last, log_closed, (SELECT ts FROM log_entries e WHERE e.namespace = s.namespace "
+    "AND e.session_id = s.id AND e.seq = s.log_last) "
+    "FROM sessions s WHERE namespace = ? AND id = ? AND expires_at > ?"
 )
 # ?1 ns, ?2 id, ?3 now, ?4 JSON path of the counter, ?5 amount, ?6 limit or NULL
 _CHARGE = (
@@ -621,7 +623,7 @@ class SQLiteBackend:
                 for row in db.execute(_LOG_READ, (ns, session_id, after, limit))
             ]
             first = entries[0].seq if entries else head[0] + 1
-            return LogSlice(entries, first, head[0], bool(head[1]))
+            return LogSlice(entries, first, head[0], bool(head[1]), head[2])
 
         return await self._submit(run, writes=False)
 

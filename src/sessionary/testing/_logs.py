@@ -45,6 +45,7 @@ class LogConformance:
         assert [e.cursor for e in page.events] == cursors
         assert page.events[-1].ts == clock.now_ms()
         assert (page.reset, page.closed, page.last) == (None, False, cursors[-1])
+        assert (await runs.read(session.id, after=cursors[-1])).last_ts == clock.now_ms()
         after_third = await runs.read(session.id, after=cursors[2])
         assert [e.data for e in after_third.events] == values[3:]
         assert (await runs.read(session.id, after=str(cursors[-1]))).events == []
@@ -52,7 +53,7 @@ class LogConformance:
         assert [e.data for e in limited.events] == values[:2]
         fresh = await runs.create()
         empty = await runs.read(fresh.id)
-        assert (empty.events, empty.last, empty.reset) == ([], None, None)
+        assert (empty.events, empty.last, empty.reset, empty.last_ts) == ([], None, None, None)
 
     @pytest.mark.asyncio
     async def test_a_retried_append_is_stored_once(self, store: Store) -> None:

@@ -558,7 +558,8 @@ class RedisBackend:
             return None
         last, closed = int(reply[0]), reply[1] == b"1"
         entries = [_entry(raw) for raw in reply[2]]
-        return LogSlice(entries, entries[0].seq if entries else last + 1, last, closed)
+        newest = _entry(reply[3][0]).ts if reply[3] else None
+        return LogSlice(entries, entries[0].seq if entries else last + 1, last, closed, newest)
 
     async def wait_log(
         self, ns: str, session_id: str, after: int, timeout_ms: int, now: int

@@ -1,0 +1,529 @@
+"""Runs of conversations, on the core store: nothing here touches a backend.
+
+* A conversation is a session (subject: its owner) whose data is the index of its runs:
+  `active` (the run going on, if any), `queue` (runs waiting their turn), `recent` (runs in
+  creation order) and `durations` (of its latest finished runs).
+* A run is a session (subject: the owner) whose data holds its status and times, and whose
+  event log is the run's stream. Every status change is a versioned update that appends its
+  event in the same atomic step, so of racing terminal transitions exactly one wins, and it
+  appends exactly one final `end` event.
+* A worker's lease is a session too (idle ttl: the lease): the worker renews it by touching it;
+  when it lapses the reaper claims it, exactly once, and this feature fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from sessionary import ids
+from sessionary.errors import (
+    LogClosed,
+    SessionExists,
+    StoreUnavailable,
+    ValidationError,
+    VersionConflict,
+)
+from sessionary.logs import Cursor, Event, LogEvent, LogReset
+from sessionary.model import Session, SessionEvent
+from sessionary.runs.model import (
+    ACTIVE,
+    TERMINAL,
+    ActiveRunExists,
+    Conversation,
+    ConversationNotFound,
+    NotOwner,
+    Policy,
+    Run,
+    RunBusy,
+    RunFinished,
+    RunNotFound,
+    Status,
+)
+from sessionary.runs.settings import RunsSettings
+from sessionary.store import Namespace, Store
+
+log = logging.getLogger("sessionary.runs")
+
+_RECENT = 20
+_ATTEMPTS = 50
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+class Runs:
+    def __init__(self, store: Store, settings: RunsSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings = settings or RunsSettings()
+        self.conversations = store.namespace(
+            "conversations", absolute_ttl=settings.conversation_ttl, id_prefix="conv_"
+        )
+        self.runs = store.namespace(
+            "runs",
+            absolute_ttl=settings.run_max_age,
+            id_prefix="run_",
+            log_max_length=settings.log_max_length,
+            log_max_age=settings.log_max_age,
+        )
+        self.leases = store.namespace("runs.leases", idle_ttl=settings.lease_ttl)
+        self.stats = store.namespace("runs.stats", absolute_ttl=timedelta(days=3650))
+        store.on("expired", self._on_expired)
+
+    @property
+    def namespaces(self) -> list[Namespace]:
+        """What a reaper should sweep for this feature."""
+        return [self.leases, self.runs, self.conversations]
+
+    # -- conversations ----------------------------------------------------------------------
+
+    async def create_conversation(self, owner: str) -> Conversation:
+        session = await self.conversations.create(
+            subject=owner, data={"active": None, "queue": [], "recent": [], "durations": []}
+        )
+        return Conversation(session.id, owner, session.created_at)
+
+    async def conversation(self, conversation_id: str, subject: str | None = None) -> Session:
+        """The conversation's session: `ConversationNotFound`, or `NotOwner` when it belongs
+        to someone other than `subject` (None: no check)."""
+        found = await self.conversations.get(conversation_id)
+        if found is None:
+            raise ConversationNotFound("no such conversation")
+        if subject is not None and found.subject != subject:
+            raise NotOwner("this conversation belongs to someone else")
+        return found
+
+    # -- starting, reading, cancelling ------------------------------------------------------
+
+    async def start(
+        self, conversation_id: str, owner: str, policy: Policy = "reject", *, input: Any = None
+    ) -> Run:
+        """A new run of the conversation. While another is active: `reject` raises
+        `ActiveRunExists`, `enqueue` queues the new one behind it, `interrupt` cancels it (its
+        events are kept) and makes the new one active."""
+        if policy not in ("reject", "enqueue", "interrupt"):
+            raise ValidationError("policy is 'reject', 'enqueue' or 'interrupt'")
+        conversation = await self.conversation(conversation_id, owner)
+        created: Session | None = None
+        for _ in range(_ATTEMPTS):
+            state = conversation.data
+            active = await self._live_run(state.get("active"))
+            if active is not None and policy == "reject":
+                if created is not None:
+                    await self.runs.delete(created.id)
+                raise ActiveRunExists(active.id)
+            if active is not None and policy == "interrupt":
+                await self._finish(
+                    active.id, "cancelled", error="interrupted by a new run", advance=False
+                )
+                active = None
+            if created is None:
+                now = self.store.clock.now_ms()
+                created = await self.runs.create(
+                    subject=owner,
+                    data={
+                        "conversation_id": conversation_id,
+                        "status": "queued",
+                        "status_at": now,
+                        "input": input,
+                    },
+                )
+                await self.runs.append(created.id, "status", {"status": "queued"})
+            fresh = dict(state)
+            if active is None:
+                fresh["active"] = created.id
+            else:
+                fresh["queue"] = [*state.get("queue", []), created.id]
+            fresh["recent"] = [*state.get("recent", []), created.id][-_RECENT:]
+            try:
+                await self.conversations.update(
+                    conversation_id, data=fresh, expected_version=conversation.version
+                )
+            except VersionConflict:
+                conversation = await self.conversation(conversation_id, owner)
+                continue
+            return await self.get(created.id)
+        raise StoreUnavailable("the conversation kept changing; try again")
+
+    async def get(self, run_id: str, subject: str | None = None) -> Run:
+        session = await self.runs.get(run_id)
+        if session is None:
+            raise RunNotFound("no such run")
+        if subject is not None and session.subject != subject:
+            raise NotOwner("this run belongs to someone else")
+        page = await self.runs.read(run_id, after=None, limit=1)
+        return Run.of(session, page.last, page.last_ts)
+
+    async def cancel(self, run_id: str, subject: str | None = None) -> Run:
+        """Cancel a queued or running run: `RunFinished` if it already ended. A run cancelled
+        while queued never starts; its worker sees `cancelled` between chunks."""
+        run = await self.get(run_id, subject)
+        won = await self._finish(run.id, "cancelled", error="cancelled")
+        if not won:
+            current = await self.get(run_id)
+            raise RunFinished(run_id, current.status)
+        return await self.get(run_id)
+
+    async def stop(self, conversation_id: str, subject: str) -> Run:
+        """Cancel the conversation's active run."""
+        conversation = await self.conversation(conversation_id, subject)
+        active = await self._live_run(conversation.data.get("active"))
+        if active is None:
+            raise RunNotFound("the conversation has no active run")
+        return await self.cancel(active.id, subject)
+
+    async def latest(self, conversation_id: str, subject: str | None = None) -> Run | None:
+        """The active run of the conversation, else its most recent run still retained."""
+        conversation = await self.conversation(conversation_id, subject)
+        state = conversation.data
+        candidates = [state.get("active"), *reversed(state.get("recent", []))]
+        for run_id in candidates:
+            if run_id:
+                with contextlib.suppress(RunNotFound):
+                    return await self.get(run_id)
+        return None
+
+    async def estimated_completion(self, run: Run) -> int:
+        """When the run should end, in ms: its start (or now, if queued) plus the median
+        duration of its conversation's latest finished runs, else of the namespace's, else
+        the configured default. An estimate, nothing more; a finished run's is its end."""
+        if run.finished_at is not None:
+            return run.finished_at
+        conversation = await self.conversations.get(run.conversation_id)
+        durations = [] if conversation is None else list(conversation.data.get("durations", []))
+        if not durations:
+            stats = await self.stats.get(ids.derived("runs.durations"))
+            durations = [] if stats is None else list(stats.data.get("durations", []))
+        typical = (
+            int(statistics.median(durations)) if durations else _ms(self.settings.default_duration)
+        )
+        begun = run.started_at if run.started_at is not None else self.store.clock.now_ms()
+        return begun + typical
+
+    def events(
+        self, run_id: str, after: Cursor | str | None = None
+    ) -> AsyncIterator[LogEvent | LogReset]:
+        """The run's events after `after`, then each new one, until `end`."""
+        return self.runs.follow(run_id, after)
+
+    # -- the worker's side ------------------------------------------------------------------
+
+    def producer(self, run_id: str, worker: str = "worker") -> Producer:
+        """`async with runs.producer(run_id) as p:` waits for the run's turn, takes its lease,
+        marks it running; `p.emit(...)` appends; leaving completes it (or fails it, on an
+        exception), unless `p.complete`/`p.fail` did already."""
+        return Producer(self, run_id, worker)
+
+    async def reap(self, limit: int = 1000) -> int:
+        """Claim lapsed leases (their runs error) and expired runs and conversations;
+        returns how many sessions were claimed."""
+        claimed = 0
+        for namespace in self.namespaces:
+            claimed += len(await namespace.reap(limit))
+        return claimed
+
+    # -- inside ------------------------------------------------------------------------------
+
+    async def _live_run(self, run_id: str | None) -> Session | None:
+        if not run_id:
+            return None
+        session = await self.runs.get(run_id)
+        if session is None or session.data.get("status") not in ACTIVE:
+            return None
+        return session
+
+    async def _transition(
+        self,
+        run_id: str,
+        to: Status,
+        *,
+        frm: frozenset[str],
+        extra: dict[str, Any],
+        event: Event,
+        expires_at: int | None = None,
+    ) -> Session | None:
+        """Move the run to `to` if it is in `frm`, with `event` in the same atomic step;
+        None if it was not in `frm` (someone else moved it first)."""
+        for _ in range(_ATTEMPTS):
+            session = await self.runs.get(run_id)
+            if session is None:
+                raise RunNotFound("no such run")
+            if session.data.get("status") not in frm:
+                return None
+            now = self.store.clock.now_ms()
+            data = {**session.data, **extra, "status": to, "status_at": now}
+            try:
+                return await self.runs.update(
+                    run_id,
+                    data=data,
+                    expected_version=session.version,
+                    expires_at=expires_at,
+                    append=[event],
+                )
+            except VersionConflict:
+                continue
+            except LogClosed:
+                return None
+        raise StoreUnavailable("the run kept changing; try again")
+
+    async def _finish(
+        self,
+        run_id: str,
+        status: Status,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        advance: bool = True,
+    ) -> bool:
+        """The one terminal transition: True for the caller that made it."""
+        now = self.store.clock.now_ms()
+        body: dict[str, Any] = {"status": status}
+        if error is not None:
+            body["error"] = error
+        if result is not None:
+            body["result"] = result
+        finished = await self._transition(
+            run_id,
+            status,
+            frm=ACTIVE,
+            extra={"finished_at": now, "result": result, "error": error},
+            event=Event("end", body, final=True),
+            expires_at=now + _ms(self.settings.retention),
+        )
+        if finished is None:
+            return False
+        with contextlib.suppress(StoreUnavailable):
+            await self.leases.delete(_lease_id(run_id))
+        started = finished.data.get("started_at")
+        duration = None if started is None or status != "completed" else now - int(started)
+        if advance:
+            await self._advance(str(finished.data["conversation_id"]), run_id, duration)
+        if duration is not None:
+            await self._remember(duration)
+        return True
+
+    async def _advance(self, conversation_id: str, finished: str, duration: int | None) -> None:
+        """Take the finished run off the conversation; the next queued run, if any, is active
+        now (and its waiting worker is told)."""
+        for _ in range(_ATTEMPTS):
+            conversation = await self.conversations.get(conversation_id)
+            if conversation is None:
+                return
+            state = dict(conversation.data)
+            queue = [r for r in state.get("queue", []) if r != finished]
+            promoted = None
+            if state.get("active") == finished or await self._live_run(state.get("active")) is None:
+                state["active"] = None
+                while queue:
+                    candidate = queue.pop(0)
+                    if await self._live_run(candidate) is not None:
+                        promoted = state["active"] = candidate
+                        break
+            state["queue"] = queue
+            if duration is not None:
+                state["durations"] = [*state.get("durations", []), duration][-_RECENT:]
+            try:
+                await self.conversations.update(
+                    conversation_id, data=state, expected_version=conversation.version
+                )
+            except VersionConflict:
+                continue
+            if promoted is not None:
+                with contextlib.suppress(LogClosed):
+                    await self.runs.append(promoted, "status", {"status": "queued", "turn": True})
+            return
+
+    async def _remember(self, duration: int) -> None:
+        """Keep the namespace's latest durations too (best effort: only an estimate)."""
+        stats_id = ids.derived("runs.durations")
+        for _ in range(5):
+            found = await self.stats.get(stats_id)
+            try:
+                if found is None:
+                    await self.stats.create(id=stats_id, data={"durations": [duration]})
+                else:
+                    recent = [*found.data.get("durations", []), duration][-_RECENT:]
+                    await self.stats.update(
+                        stats_id, data={"durations": recent}, expected_version=found.version
+                    )
+                return
+            except (VersionConflict, SessionExists):
+                continue
+
+    async def _on_expired(self, event: SessionEvent) -> None:
+        if event.namespace != self.leases.name:
+            return
+        run_id = event.session.data.get("run_id")
+        if isinstance(run_id, str):
+            failed = await self._finish(
+                run_id, "error", error="the worker stopped renewing its lease"
+            )
+            if failed:
+                log.warning("run %s...: its worker vanished (lease expired)", run_id[:12])
+
+
+def _lease_id(run_id: str) -> str:
+    return ids.derived(f"runs.lease:{run_id}")
+
+
+class Producer:
+    """The worker's handle on a run (see `Runs.producer`)."""
+
+    def __init__(self, runs: Runs, run_id: str, worker: str) -> None:
+        self._runs = runs
+        self.run_id = run_id
+        self.worker = worker
+        self._seq = 0
+        self._emitting = asyncio.Lock()  # a producer's events go in the order of their seqs
+        self._done = False
+        self._ended = asyncio.Event()
+        self._position: Cursor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled (or ended by someone else, or lost its lease):
+        stop producing. Check it between chunks."""
+        return self._ended.is_set()
+
+    async def until_cancelled(self) -> None:
+        """Return when `cancelled` becomes true (to race it against generating a chunk)."""
+        await self._ended.wait()
+
+    async def __aenter__(self) -> Producer:
+        runs = self._runs
+        await self._await_turn()
+        lease = _lease_id(self.run_id)
+        try:
+            await runs.leases.create(id=lease, data={"run_id": self.run_id, "worker": self.worker})
+        except SessionExists:
+            raise RunBusy("another worker holds this run") from None
+        now = runs.store.clock.now_ms()
+        started = await runs._transition(
+            self.run_id,
+            "running",
+            frm=frozenset({"queued"}),
+            extra={"started_at": now, "worker": self.worker},
+            event=Event("status", {"status": "running", "worker": self.worker}),
+        )
+        if started is None:
+            await runs.leases.delete(lease)
+            current = await runs.get(self.run_id)
+            raise RunFinished(self.run_id, current.status)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._renew(lease), name="sessionary-run-lease"),
+            loop.create_task(self._watch(), name="sessionary-run-watch"),
+        ]
+        return self
+
+    async def emit(self, type: str = "chunk", data: Any = None) -> Cursor | None:
+        """Append an event to the run (retried once on a store hiccup, never twice stored).
+        `RunFinished` once the run ended (a cancel, say)."""
+        if type == "end":
+            raise ValidationError("'end' is the run's own last event: call complete or fail")
+        async with self._emitting:
+            self._seq += 1
+            return await self._append(type, data)
+
+    async def _append(self, type: str, data: Any) -> Cursor | None:
+        for attempt in range(3):
+            try:
+                return await self._runs.runs.append(
+                    self.run_id, type, data, producer=self.worker, seq=self._seq
+                )
+            except LogClosed:
+                self._ended.set()
+                current = await self._runs.get(self.run_id)
+                raise RunFinished(self.run_id, current.status) from None
+            except StoreUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def complete(self, result: Any = None) -> bool:
+        """End the run as completed; False if it had ended already (cancelled, say)."""
+        return await self._end("completed", result=result)
+
+    async def fail(self, error: str) -> bool:
+        """End the run as failed; False if it had ended already."""
+        return await self._end("error", error=error)
+
+    async def _end(self, status: Status, *, result: Any = None, error: str | None = None) -> bool:
+        self._done = True
+        await self._stop_tasks()
+        return await self._runs._finish(self.run_id, status, result=result, error=error)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop_tasks()
+        if self._done:
+            return
+        if exc is None:
+            await self.complete()
+        elif not isinstance(exc, asyncio.CancelledError):
+            await self.fail(f"{type(exc).__name__}: {exc}")
+        # a cancelled worker task leaves the run to its lease: the reaper errors it
+
+    async def _await_turn(self) -> None:
+        """Wait until the run is its conversation's active run (or raise if it ended)."""
+        runs = self._runs
+        position: Cursor | None = None
+        while True:
+            run = await runs.get(self.run_id)
+            if run.status in TERMINAL:
+                raise RunFinished(self.run_id, run.status)
+            if run.status == "running":
+                raise RunBusy("this run is already running")
+            conversation = await runs.conversations.get(run.conversation_id)
+            self._position = run.cursor  # the watcher starts here: it sees all that follows
+            if conversation is None or conversation.data.get("active") == self.run_id:
+                return
+            position = run.cursor
+            async for _ in runs.runs.follow(self.run_id, position):
+                break  # anything new (its turn, a cancel): look again
+
+    async def _renew(self, lease: str) -> None:
+        every = self._runs.settings.lease_ttl.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await self._runs.leases.touch(lease) is None:
+                    self._ended.set()  # the lease lapsed: the run is lost to this worker
+                    return
+            except StoreUnavailable:
+                continue
+
+    async def _watch(self) -> None:
+        """Hear the run's end (a cancel) as it happens, to set `cancelled`."""
+        position = self._position
+        while True:
+            try:
+                async for event in self._runs.runs.follow(self.run_id, position):
+                    if isinstance(event, LogEvent):
+                        position = event.cursor
+                        if event.final:
+                            break
+                self._ended.set()  # ended, or gone: either way, nothing more to produce
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(1)
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
