@@ -1,7 +1,8 @@
 """Typed errors. Every error sessionary raises on purpose is a `SessionaryError`.
 
 Each class carries a stable machine-readable `code`, which the HTTP layer turns into the
-`{"error": code}` body, so the wire contract never depends on a message's wording.
+`{"error": code}` body, so the wire contract never depends on a message's wording, and the
+HTTP status that fits it (`http_status`), so features' own errors need no mapping table.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ class SessionaryError(Exception):
     """Base class of every error raised by sessionary."""
 
     code = "sessionary_error"
+    http_status = 400
 
 
 class SessionNotFound(SessionaryError):
     """The session does not exist, or it has expired (the two are indistinguishable on purpose)."""
 
     code = "session_not_found"
+    http_status = 404
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"no live session with id {_short(session_id)}")
@@ -27,6 +30,7 @@ class SessionExists(SessionaryError):
     """A create named an id that is already taken."""
 
     code = "session_exists"
+    http_status = 409
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"a session with id {_short(session_id)} already exists")
@@ -37,6 +41,7 @@ class VersionConflict(SessionaryError):
     """An update said `expected_version=N`, but the stored session is at another version."""
 
     code = "version_conflict"
+    http_status = 412
 
     def __init__(self, session_id: str, expected: int, actual: int) -> None:
         super().__init__(
@@ -51,6 +56,7 @@ class LogClosed(SessionaryError):
     """The session's event log ended (a final event was appended): nothing more can go in."""
 
     code = "log_closed"
+    http_status = 409
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"the event log of session {_short(session_id)} is closed")
@@ -61,18 +67,21 @@ class InvalidCursor(SessionaryError):
     """A log cursor is malformed, belongs to another session's log, or lies in its future."""
 
     code = "invalid_cursor"
+    http_status = 400
 
 
 class InvalidSessionId(SessionaryError):
     """The id is malformed (wrong type, charset, length or prefix). Raised before any I/O."""
 
     code = "invalid_session_id"
+    http_status = 400
 
 
 class PayloadTooLarge(SessionaryError):
     """The encoded data and metadata of a session exceed the namespace's cap."""
 
     code = "payload_too_large"
+    http_status = 413
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"encoded session payload is {size} bytes; the limit is {limit}")
@@ -87,12 +96,14 @@ class StoreUnavailable(SessionaryError):
     """
 
     code = "store_unavailable"
+    http_status = 503
 
 
 class ValidationError(SessionaryError, ValueError):
     """An argument has the wrong type or value (non-JSON data, a bad counter name, ...)."""
 
     code = "validation_error"
+    http_status = 422
 
 
 def _short(session_id: str) -> str:

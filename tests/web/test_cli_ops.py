@@ -82,7 +82,8 @@ async def test_reap_once_reports_what_it_expired(tmp_path: Path) -> None:
     await store.close()
     result = await asyncio.to_thread(CliRunner().invoke, main, ["reap", "--store", url])
     assert result.exit_code == 0, result.output
-    assert "expired: web 5, playground 0 | counters swept: playground 1" in result.output
+    assert "expired: web 5, playground 0, runs.leases 0, runs 0, conversations 0" in result.output
+    assert "counters swept: playground 1" in result.output
     again = await asyncio.to_thread(CliRunner().invoke, main, ["reap", "--store", url])
     assert "expired: web 0, playground 0" in again.output
 

@@ -95,7 +95,8 @@ async def _reap(settings: Settings, every: timedelta | None, console: Console) -
 
     store = await connect(settings.store)
     try:
-        namespaces, groups = declare(settings, store)
+        declared = declare(settings, store)
+        namespaces, groups = declared.namespaces, declared.groups
         while True:
             await _sweep_once(
                 list(namespaces.values()),
@@ -133,12 +134,10 @@ async def _sweep_once(
             progress.update(tasks[name], advance=n)
 
         found = await sweep(namespaces, groups, batch=batch, progress=advance)
-    console.print(
-        "expired: "
-        + (", ".join(f"{k} {v}" for k, v in found.expired.items()) or "none")
-        + " | counters swept: "
-        + (", ".join(f"{k} {v}" for k, v in found.counters.items()) or "none")
-    )
+    expired = ", ".join(f"{k} {v}" for k, v in found.expired.items()) or "none"
+    swept = ", ".join(f"{k} {v}" for k, v in found.counters.items()) or "none"
+    console.print(f"expired: {expired}", soft_wrap=True)
+    console.print(f"counters swept: {swept}", soft_wrap=True)
 
 
 @click.command()

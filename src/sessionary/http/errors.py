@@ -15,28 +15,14 @@ from starlette.responses import Response
 from sessionary.clock import iso_utc
 from sessionary.counters import CounterReading
 from sessionary.errors import (
-    InvalidSessionId,
     PayloadTooLarge,
     SessionaryError,
-    SessionExists,
-    SessionNotFound,
     StoreUnavailable,
-    ValidationError,
     VersionConflict,
 )
 
 #: Seconds a client is told to wait when the store is down.
 RETRY_AFTER_UNAVAILABLE = 30
-
-_STATUS: dict[type[SessionaryError], int] = {
-    InvalidSessionId: 400,
-    SessionNotFound: 404,
-    SessionExists: 409,
-    VersionConflict: 412,
-    PayloadTooLarge: 413,
-    ValidationError: 422,
-    StoreUnavailable: 503,
-}
 
 
 class JSONResponse(Response):
@@ -108,10 +94,9 @@ def response_for(exc: SessionaryError) -> JSONResponse:
     """The response for one of sessionary's own errors."""
     if isinstance(exc, StoreUnavailable):
         return unavailable_response("the session store is unavailable; try again shortly")
-    status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 400)
     extra: dict[str, Any] = {}
     if isinstance(exc, VersionConflict):
         extra = {"expected_version": exc.expected, "current_version": exc.actual}
     elif isinstance(exc, PayloadTooLarge):
         extra = {"size": exc.size, "limit": exc.limit}
-    return error_response(status, exc.code, str(exc), **extra)
+    return error_response(exc.http_status, exc.code, str(exc), **extra)

@@ -76,22 +76,26 @@ class RunsError(SessionaryError):
 
 class ConversationNotFound(RunsError):
     code = "conversation_not_found"
+    http_status = 404
 
 
 class RunNotFound(RunsError):
     code = "run_not_found"
+    http_status = 404
 
 
 class NotOwner(RunsError):
     """The conversation or run exists but belongs to someone else."""
 
     code = "forbidden"
+    http_status = 403
 
 
 class ActiveRunExists(RunsError):
     """Starting a run with policy "reject" while the conversation has an active run."""
 
     code = "run_active"
+    http_status = 409
 
     def __init__(self, run_id: str) -> None:
         super().__init__("the conversation already has an active run")
@@ -102,6 +106,7 @@ class RunFinished(RunsError):
     """The run already reached a terminal status: it cannot be cancelled or started."""
 
     code = "run_finished"
+    http_status = 409
 
     def __init__(self, run_id: str, status: str) -> None:
         super().__init__(f"the run is already {status}")
@@ -113,3 +118,4 @@ class RunBusy(RunsError):
     """Another worker holds the run's lease."""
 
     code = "run_busy"
+    http_status = 409

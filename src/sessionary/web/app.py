@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from starlette.responses import Response
@@ -30,14 +31,27 @@ from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
 from sessionary.http.source import StoreSource
 from sessionary.playground import Playground
 from sessionary.reaper import run_forever
+from sessionary.runs import Runs
+from sessionary.runs.http import ApiKeyAuthenticator, runs_router
 from sessionary.store import Namespace, Store
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
 from sessionary.web.settings import Settings
 
 
-def declare(settings: Settings, store: Store) -> tuple[dict[str, Namespace], list[Counters]]:
-    """The namespaces (by name) and counter groups the settings configure on `store`."""
+@dataclass
+class Features:
+    """What the settings configure on a store: namespaces by name (the admin API's and the
+    reaper's), counter groups to sweep, and the runs feature (its lapsed leases are failed
+    by whichever process reaps them, so every reaper must have it)."""
+
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    groups: list[Counters] = field(default_factory=list)
+    runs: Runs | None = None
+
+
+def declare(settings: Settings, store: Store) -> Features:
+    """The features the settings configure on `store`."""
     namespaces = {
         name: store.namespace(
             name,
@@ -54,7 +68,11 @@ def declare(settings: Settings, store: Store) -> tuple[dict[str, Namespace], lis
         name = settings.playground.namespace
         namespaces[name] = store.namespace(name, absolute_ttl=settings.playground.session_ttl)
         groups.append(store.counters(name))
-    return namespaces, groups
+    runs = None
+    if settings.runs.enabled:
+        runs = Runs(store, settings.runs)
+        namespaces.update({ns.name: ns for ns in runs.namespaces})
+    return Features(namespaces, groups, runs)
 
 
 def create_app(
@@ -69,6 +87,7 @@ def create_app(
     metrics = Metrics()
     source = StoreSource(store if store is not None else settings.store, clock=clock)
     namespaces: dict[str, Namespace] = {}
+    features = Features()
     playground = (
         Playground(source, settings.playground, metrics=metrics)
         if settings.playground.enabled
@@ -79,8 +98,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = await source.get()
         metrics.watch(opened)
-        declared, groups = declare(settings, opened)
-        namespaces.update(declared)
+        declared = declare(settings, opened)
+        namespaces.update(declared.namespaces)
+        features.runs = declared.runs
+        groups = declared.groups
         reaper = None
         if settings.reaper.enabled:
             reaper = asyncio.create_task(
@@ -133,6 +154,13 @@ def create_app(
     app.include_router(admin_router(lambda: namespaces, ApiKeys(settings.api_keys)))
     if playground is not None:
         playground.install(app)
+    if settings.runs.enabled:
+
+        def opened_runs() -> Runs:
+            assert features.runs is not None, "the runs feature starts with the application"
+            return features.runs
+
+        app.include_router(runs_router(opened_runs, ApiKeyAuthenticator(settings.runs.users)))
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(Instrumented, metrics=metrics)
     return app

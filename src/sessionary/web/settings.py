@@ -34,6 +34,7 @@ from pydantic_settings import (
 
 from sessionary.http.settings import STRICT, Duration
 from sessionary.playground.settings import PlaygroundSettings
+from sessionary.runs.settings import RunsSettings
 from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL
 
 ENV_PREFIX = "SESSIONARY_"
@@ -94,6 +95,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"web": NamespaceSettings()}
     )
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     #: the largest request body accepted, in bytes
     max_body: int = Field(2 * 1024 * 1024, ge=1024)
