@@ -2,10 +2,13 @@
 
 Each class carries a stable machine-readable `code`, which the HTTP layer turns into the
 `{"error": code}` body, so the wire contract never depends on a message's wording, and the
-HTTP status that fits it (`http_status`), so features' own errors need no mapping table.
+HTTP status that fits it (`http_status`) and the body's other fields (`details()`), so
+features' own errors need no mapping table.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SessionaryError(Exception):
@@ -13,6 +16,10 @@ class SessionaryError(Exception):
 
     code = "sessionary_error"
     http_status = 400
+
+    def details(self) -> dict[str, Any]:
+        """Fields a client can act on, beside the code and the message."""
+        return {}
 
 
 class SessionNotFound(SessionaryError):
@@ -51,6 +58,9 @@ class VersionConflict(SessionaryError):
         self.expected = expected
         self.actual = actual
 
+    def details(self) -> dict[str, Any]:
+        return {"expected_version": self.expected, "current_version": self.actual}
+
 
 class LogClosed(SessionaryError):
     """The session's event log ended (a final event was appended): nothing more can go in."""
@@ -87,6 +97,9 @@ class PayloadTooLarge(SessionaryError):
         super().__init__(f"encoded session payload is {size} bytes; the limit is {limit}")
         self.size = size
         self.limit = limit
+
+    def details(self) -> dict[str, Any]:
+        return {"size": self.size, "limit": self.limit}
 
 
 class StoreUnavailable(SessionaryError):

@@ -54,14 +54,19 @@ store_option = click.option("--store", help=STORE_HELP)
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
 @config_option
 def serve(store: str | None, host: str | None, port: int | None, config: str | None) -> None:
-    """Run the HTTP service: admin API, playground, /healthz, /readyz, /metrics, /docs."""
+    """Run the HTTP service: admin API, playground, runs, /healthz, /readyz, /metrics, /docs."""
     import uvicorn
 
     from sessionary.web.app import create_app
+    from sessionary.web.settings import SettingsError
 
     settings = _settings(config, store=store, host=host, port=port)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        raise click.ClickException(f"bad settings:\n{exc}") from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

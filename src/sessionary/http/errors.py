@@ -14,12 +14,7 @@ from starlette.responses import Response
 
 from sessionary.clock import iso_utc
 from sessionary.counters import CounterReading
-from sessionary.errors import (
-    PayloadTooLarge,
-    SessionaryError,
-    StoreUnavailable,
-    VersionConflict,
-)
+from sessionary.errors import SessionaryError, StoreUnavailable
 
 #: Seconds a client is told to wait when the store is down.
 RETRY_AFTER_UNAVAILABLE = 30
@@ -38,6 +33,7 @@ def error_response(
     status: int,
     code: str,
     message: str,
+    /,
     *,
     headers: Mapping[str, str] | None = None,
     **extra: Any,
@@ -94,9 +90,4 @@ def response_for(exc: SessionaryError) -> JSONResponse:
     """The response for one of sessionary's own errors."""
     if isinstance(exc, StoreUnavailable):
         return unavailable_response("the session store is unavailable; try again shortly")
-    extra: dict[str, Any] = {}
-    if isinstance(exc, VersionConflict):
-        extra = {"expected_version": exc.expected, "current_version": exc.actual}
-    elif isinstance(exc, PayloadTooLarge):
-        extra = {"size": exc.size, "limit": exc.limit}
-    return error_response(exc.http_status, exc.code, str(exc), **extra)
+    return error_response(exc.http_status, exc.code, str(exc), **exc.details())

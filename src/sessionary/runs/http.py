@@ -92,8 +92,16 @@ def _public_status(run: Run) -> str:
     return "completed" if run.status == "completed" else "idle"
 
 
-def runs_router(runs: Callable[[], Runs], authenticate: Authenticator) -> APIRouter:
-    """The routes, over the `Runs` that `runs()` returns (known once the store is open)."""
+def runs_router(
+    runs: Callable[[], Runs],
+    authenticate: Authenticator,
+    on_start: Callable[[Run], object] | None = None,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> APIRouter:
+    """The routes, over the `Runs` that `runs()` returns (known once the store is open).
+    `on_start` is given each run started here (to hand it to a worker); event streams send
+    a heartbeat comment every `heartbeat_s` seconds."""
     router = APIRouter(prefix="/api/v1/conversations", tags=["runs"], route_class=JSONErrorRoute)
 
     async def caller(request: Request) -> str:
@@ -183,6 +191,8 @@ def runs_router(runs: Callable[[], Runs], authenticate: Authenticator) -> APIRou
         run = await runs().start(
             conversation_id, await caller(request), body.multitask, input=body.input
         )
+        if on_start is not None:
+            on_start(run)
         return JSONResponse(run_json(run), 201)
 
     @router.get("/{conversation_id}/runs/{run_id}")
@@ -216,7 +226,7 @@ def runs_router(runs: Callable[[], Runs], authenticate: Authenticator) -> APIRou
             await runs().runs.read(run.id, after=cursor, limit=1)
         return EventSourceResponse(
             _stream(runs(), run.id, cursor),
-            ping=HEARTBEAT_S,
+            ping=heartbeat_s,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 

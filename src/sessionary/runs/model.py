@@ -36,6 +36,7 @@ class Run:
     last_activity_at: int
     finished_at: int | None
     cursor: Cursor | None  # of its last event
+    input: Any = None
     result: Any = None
     error: str | None = None
     version: int = 0
@@ -64,6 +65,7 @@ class Run:
             last_activity_at=max(status_at, last_event_at or 0),
             finished_at=data.get("finished_at"),
             cursor=cursor,
+            input=data.get("input"),
             result=data.get("result"),
             error=data.get("error"),
             version=session.version,
@@ -101,6 +103,9 @@ class ActiveRunExists(RunsError):
         super().__init__("the conversation already has an active run")
         self.run_id = run_id
 
+    def details(self) -> dict[str, Any]:
+        return {"activeRunId": self.run_id}
+
 
 class RunFinished(RunsError):
     """The run already reached a terminal status: it cannot be cancelled or started."""
@@ -112,6 +117,9 @@ class RunFinished(RunsError):
         super().__init__(f"the run is already {status}")
         self.run_id = run_id
         self.status = status
+
+    def details(self) -> dict[str, Any]:
+        return {"runId": self.run_id, "status": self.status}
 
 
 class RunBusy(RunsError):

@@ -388,6 +388,11 @@ class Producer:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def done(self) -> bool:
+        """True once `complete` or `fail` was called."""
+        return self._done
+
+    @property
     def cancelled(self) -> bool:
         """True once the run was cancelled (or ended by someone else, or lost its lease):
         stop producing. Check it between chunks."""
@@ -472,9 +477,13 @@ class Producer:
             return
         if exc is None:
             await self.complete()
-        elif not isinstance(exc, asyncio.CancelledError):
+        elif isinstance(exc, asyncio.CancelledError):
+            # the worker's task was cancelled (its process shutting down, say): say so now
+            # rather than leave readers to the lease; if even that fails, the lease will
+            with contextlib.suppress(StoreUnavailable):
+                await self.fail("the worker was stopped mid-run")
+        else:
             await self.fail(f"{type(exc).__name__}: {exc}")
-        # a cancelled worker task leaves the run to its lease: the reaper errors it
 
     async def _await_turn(self) -> None:
         """Wait until the run is its conversation's active run (or raise if it ended)."""

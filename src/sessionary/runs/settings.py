@@ -36,3 +36,6 @@ class RunsSettings(BaseModel):
     #: the guess of a run's duration before any run of its conversation or namespace ended
     default_duration: Duration = timedelta(seconds=30)
     users: list[RunsUser] = Field(default_factory=list)
+    #: "package.module:function" producing each run started over HTTP in the service's own
+    #: process (see sessionary.runs.worker); None: the application's workers do it
+    handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
