@@ -7,6 +7,7 @@
     /docs                 OpenAPI
     /v1/...               the admin API (API key)
     /api/v1/playground/   anonymous playground sessions with quotas
+    /api/v1/conversations conversations and their runs, with resumable event streams
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from sessionary.playground import Playground
 from sessionary.reaper import run_forever
 from sessionary.runs import Runs
 from sessionary.runs.http import ApiKeyAuthenticator, runs_router
+from sessionary.runs.model import Run
+from sessionary.runs.worker import Worker, load_handler
 from sessionary.store import Namespace, Store
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
-from sessionary.web.settings import Settings
+from sessionary.web.settings import Settings, SettingsError
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Features:
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     groups: list[Counters] = field(default_factory=list)
     runs: Runs | None = None
+    worker: Worker | None = None
 
 
 def declare(settings: Settings, store: Store) -> Features:
@@ -93,6 +97,12 @@ def create_app(
         if settings.playground.enabled
         else None
     )
+    handler = None
+    if settings.runs.enabled and settings.runs.handler:
+        try:
+            handler = load_handler(settings.runs.handler)
+        except ValueError as exc:
+            raise SettingsError(f"runs.handler: {exc}") from exc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +111,8 @@ def create_app(
         declared = declare(settings, opened)
         namespaces.update(declared.namespaces)
         features.runs = declared.runs
+        if declared.runs is not None and handler is not None:
+            features.worker = Worker(declared.runs, handler)
         groups = declared.groups
         reaper = None
         if settings.reaper.enabled:
@@ -116,6 +128,8 @@ def create_app(
         try:
             yield
         finally:
+            if features.worker is not None:
+                await features.worker.close()
             if reaper is not None:
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -129,6 +143,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.sessionary = source
+    app.state.features = features  # the runs feature and its worker, once started
     install_error_handlers(app, metrics)
 
     @app.get("/healthz", tags=["ops"])
@@ -160,7 +175,13 @@ def create_app(
             assert features.runs is not None, "the runs feature starts with the application"
             return features.runs
 
-        app.include_router(runs_router(opened_runs, ApiKeyAuthenticator(settings.runs.users)))
+        def hand_over(run: Run) -> None:
+            if features.worker is not None:
+                features.worker.submit(run)
+
+        app.include_router(
+            runs_router(opened_runs, ApiKeyAuthenticator(settings.runs.users), hand_over)
+        )
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(Instrumented, metrics=metrics)
     return app
