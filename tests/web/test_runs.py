@@ -352,6 +352,27 @@ async def test_a_bad_cursor_is_a_400_and_replays_nothing(
         assert "text/event-stream" not in refused.headers["content-type"]
 
 
+async def test_a_cursor_trimmed_away_gets_a_reset_first(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    app = make_app(runs=runs_settings(log_max_length=5))
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        conversation = await new_conversation(client)
+        run = await start(client, conversation)
+        url = f"{BASE}/{conversation}/runs/{run['runId']}/events"
+        early = run["cursor"]  # of its first event, "queued"
+        await produce(app, run["runId"], 20)
+        resumed = events_in((await client.get(url, headers={**ALICE, "Last-Event-ID": early})).text)
+        kept = (await runs_of(app).runs.read(run["runId"])).events
+        assert len(kept) == 5
+        assert resumed[0]["event"] == "reset"
+        assert "id" not in resumed[0]  # a reset is not a position to resume from
+        assert resumed[0]["data"] == (
+            f'{{"status":"completed","first":"{kept[0].cursor}","last":"{kept[-1].cursor}"}}'
+        )
+        assert [e["id"] for e in resumed[1:]] == [str(e.cursor) for e in kept]
+
+
 async def test_a_live_stream_gets_every_event_once(app: FastAPI, client: httpx.AsyncClient) -> None:
     conversation = await new_conversation(client)
     run = await start(client, conversation)
