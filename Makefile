@@ -32,6 +32,7 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/store_ops.py
 	$(BIN)/python benchmarks/middleware.py
+	$(BIN)/python benchmarks/runs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

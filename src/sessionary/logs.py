@@ -17,10 +17,12 @@ store is asked once for what is new, and the entries are handed to each from mem
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from sessionary.clock import Clock
@@ -33,6 +35,7 @@ _TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 _PRODUCER_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
 
+@functools.lru_cache(maxsize=4096)  # every follower of a log asks for the same cursors
 def _tag(namespace: str, session_id: str, seq: int) -> str:
     return hashlib.blake2b(f"{namespace}\0{session_id}\0{seq}".encode(), digest_size=4).hexdigest()
 
@@ -143,11 +146,26 @@ def check_producer(producer: object, seq: object) -> None:
 _BUFFER = 2048
 
 
+def _newest(buffer: deque[LogEntry], count: int) -> list[LogEntry]:
+    """The last `count` entries of the buffer, oldest first. The buffer holds a contiguous
+    run of seqs ending at the newest seen, so these are exactly the entries after
+    `seen - count`: taken from the newest end, a follower one event behind pays for one
+    entry, not for a scan of the whole buffer (which, with many followers of a busy log,
+    cost more than everything else together)."""
+    newest = list(islice(reversed(buffer), count))
+    newest.reverse()
+    return newest
+
+
 @dataclass(slots=True)
 class _Watch:
     seen: int  # the newest seq the watcher knows of
     buffer: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=_BUFFER))
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # the followers waiting for news, each with its deadline (loop time); a wait is a bare
+    # future, and one timer per watch serves every deadline: an asyncio.timeout per wait
+    # cost more than the rest of handing an event to a follower
+    waiters: dict[asyncio.Future[None], float] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
     followers: int = 0
     gone: bool = False  # the session went away: followers should ask the store and end
     task: asyncio.Task[None] | None = None
@@ -166,52 +184,112 @@ class LogHub:
         """Entries with seq > `after` once the log has any: [] on timeout, None when the
         reader is behind what the hub keeps (it should read the store itself)."""
         key = (ns, session_id)
+        loop = asyncio.get_running_loop()
         watch = self._watches.get(key)
         if watch is None:
             watch = self._watches[key] = _Watch(seen=after)
         watch.followers += 1
         try:
             if watch.task is None or watch.task.done():
-                watch.task = asyncio.get_running_loop().create_task(
+                watch.task = loop.create_task(
                     self._watch(key, watch), name=f"sessionary-log-watch:{ns}"
                 )
+            deadline = loop.time() + timeout_s
             while True:
                 if watch.gone:
                     return []
                 if watch.seen > after:
-                    if not watch.buffer or watch.buffer[0].seq > after + 1:
+                    buffer = watch.buffer
+                    if not buffer or buffer[0].seq > after + 1:
                         return None
-                    return [entry for entry in watch.buffer if entry.seq > after]
-                changed = watch.changed
-                try:  # asyncio.timeout, not wait_for, which can swallow a cancellation on 3.11
-                    async with asyncio.timeout(timeout_s):
-                        await changed.wait()
-                except TimeoutError:
+                    return _newest(buffer, watch.seen - after)
+                if loop.time() >= deadline:
                     return []
+                waiter: asyncio.Future[None] = loop.create_future()
+                watch.waiters[waiter] = deadline
+                if watch.timer is None or deadline < watch.timer.when():
+                    self._arm(watch, deadline)
+                try:
+                    await waiter
+                finally:
+                    watch.waiters.pop(waiter, None)
         finally:
             watch.followers -= 1
-            if watch.followers == 0 and watch.task is not None:
+
+    async def close(self) -> None:
+        """End every watch; followers waiting are woken (to ask the store, and end)."""
+        watches = list(self._watches.values())
+        self._watches.clear()
+        tasks = []
+        for watch in watches:
+            watch.gone = True
+            self._wake(watch)
+            self._stop(watch)
+            if watch.task is not None:
                 watch.task.cancel()
-                del self._watches[key]
+                tasks.append(watch.task)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self, key: tuple[str, str], watch: _Watch) -> None:
+        """Wait on the store for what is new, again and again, while anyone follows. A wait
+        in flight is never cancelled when the last follower leaves (on Redis a cancelled
+        blocking read costs its connection): the watch ends when it returns, so a follower
+        that comes back for more meanwhile (one writing each event to a slow client before
+        asking for the next) finds the wait already there."""
         ns, session_id = key
-        while watch.followers > 0:
+        while True:
             try:
                 entries = await self._backend.wait_log(
                     ns, session_id, watch.seen, self._wait_ms, self._clock.now_ms()
                 )
             except Exception:  # the store is down: followers time out and read for themselves
-                await asyncio.sleep(0.5)
-                continue
+                entries = []
+                if watch.followers > 0:
+                    await asyncio.sleep(0.5)
             if entries is None:
                 watch.gone = True
-                watch.changed.set()
-                return
-            if entries:
+                self._wake(watch)
+            elif entries:
                 if entries[0].seq != watch.seen + 1:
                     watch.buffer.clear()  # a gap (trimmed): never hand out a broken run
                 watch.buffer.extend(entries)
                 watch.seen = entries[-1].seq
-                changed, watch.changed = watch.changed, asyncio.Event()
-                changed.set()
+                self._wake(watch)
+            if watch.gone or watch.followers == 0:
+                self._stop(watch)
+                if self._watches.get(key) is watch:  # a new follower starts a new watch
+                    del self._watches[key]
+                return
+
+    @staticmethod
+    def _wake(watch: _Watch) -> None:
+        waiters, watch.waiters = watch.waiters, {}
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _arm(self, watch: _Watch, when: float) -> None:
+        if watch.timer is not None:
+            watch.timer.cancel()
+        watch.timer = asyncio.get_running_loop().call_at(when, self._expire, watch)
+
+    def _expire(self, watch: _Watch) -> None:
+        """The watch's timer: wake the followers whose wait is over, and wait for the next."""
+        watch.timer = None
+        now = asyncio.get_running_loop().time()
+        following: float | None = None
+        for waiter, deadline in watch.waiters.items():
+            if waiter.done():
+                continue
+            if deadline <= now:
+                waiter.set_result(None)  # it sees its deadline passed, and returns []
+            elif following is None or deadline < following:
+                following = deadline
+        if following is not None:
+            self._arm(watch, following)
+
+    @staticmethod
+    def _stop(watch: _Watch) -> None:
+        if watch.timer is not None:
+            watch.timer.cancel()
+            watch.timer = None

@@ -187,6 +187,7 @@ class Store:
         await self.backend.ping()
 
     async def close(self) -> None:
+        await self._hub.close()
         await self.backend.close()
 
     async def __aenter__(self) -> Store:

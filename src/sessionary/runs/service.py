@@ -369,6 +369,9 @@ class Runs:
                 log.warning("run %s...: its worker vanished (lease expired)", run_id[:12])
 
 
+_WATCH_PAUSE_S = 0.05  # so a producer gone quiet right after an emit hears a cancel this late
+
+
 def _lease_id(run_id: str) -> str:
     return ids.derived(f"runs.lease:{run_id}")
 
@@ -385,6 +388,7 @@ class Producer:
         self._done = False
         self._ended = asyncio.Event()
         self._position: Cursor | None = None
+        self._emitted = 0  # the seq in the log of this producer's latest event
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -441,9 +445,12 @@ class Producer:
     async def _append(self, type: str, data: Any) -> Cursor | None:
         for attempt in range(3):
             try:
-                return await self._runs.runs.append(
+                cursor = await self._runs.runs.append(
                     self.run_id, type, data, producer=self.worker, seq=self._seq
                 )
+                if cursor is not None:
+                    self._emitted = cursor.seq
+                return cursor
             except LogClosed:
                 self._ended.set()
                 current = await self._runs.get(self.run_id)
@@ -515,7 +522,10 @@ class Producer:
                 continue
 
     async def _watch(self) -> None:
-        """Hear the run's end (a cancel) as it happens, to set `cancelled`."""
+        """Hear the run's end (a cancel) as it happens, to set `cancelled`. Caught up with
+        its own events, it pauses before asking again: while the producer emits, an emit
+        hears a cancel itself (`RunFinished`), and a watch woken by every event would cost
+        the store one more read per event."""
         position = self._position
         while True:
             try:
@@ -524,6 +534,8 @@ class Producer:
                         position = event.cursor
                         if event.final:
                             break
+                        if event.cursor.seq == self._emitted:
+                            await asyncio.sleep(_WATCH_PAUSE_S)
                 self._ended.set()  # ended, or gone: either way, nothing more to produce
                 return
             except StoreUnavailable:
