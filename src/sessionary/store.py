@@ -48,6 +48,7 @@ from sessionary.logs import (
     check_type,
 )
 from sessionary.model import ConsumeResult, EventKind, Session, SessionEvent
+from sessionary.sessionize import SessionizeBackend
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "DEFAULT_URL", "Namespace", "Store", "connect"]
 
@@ -155,6 +156,16 @@ class Store:
         if found is None:
             found = self._counters[group] = Counters(self, group)
         return found
+
+    @property
+    def sessionization(self) -> SessionizeBackend:
+        """The analytics storage contract (`sessionary.sessionize`) of this store's backend:
+        the one feature contract beside sessions, counters and logs, for a batch ingest
+        that must decide thousands of events in one atomic step."""
+        backend = self.backend
+        if not isinstance(backend, SessionizeBackend):
+            raise TypeError(f"{backend!r} does not implement sessionary.sessionize")
+        return backend
 
     async def shared_secret(self, name: str, lifetime: timedelta = _SECRETS_LIFETIME) -> str:
         """A random secret (64 hex digits) that every process sharing this store sees the same,

@@ -34,6 +34,16 @@ from sessionary.contract import (
     plan_charges,
 )
 from sessionary.errors import LogClosed, SessionExists, SessionNotFound, VersionConflict
+from sessionary.sessionize import (
+    DeviceState,
+    Hit,
+    IngestOutcome,
+    OutboxEntry,
+    Pointer,
+    Rules,
+    Sessionizing,
+    VacuumReport,
+)
 
 _COMPACT_SLACK = 1024
 
@@ -167,6 +177,39 @@ class _CounterGroup:
         return removed
 
 
+@dataclass(slots=True)
+class _Project:
+    """A project's sessionization state. Devices never map to None; a pointer set to None
+    by the rules is removed after each step."""
+
+    devices: dict[str, DeviceState | None] = field(default_factory=dict)
+    pointers: dict[str, Pointer | None] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # client event id -> when seen
+    watermark: int | None = None
+    outbox: dict[str, OutboxEntry] = field(default_factory=dict)
+    entries: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def step(self, project: str, rules: Rules, now: int) -> Sessionizing:
+        return Sessionizing(
+            project, rules, now, self.devices, self.pointers, self.seen, self.watermark
+        )
+
+    def commit(self, step: Sessionizing, entry: OutboxEntry) -> None:
+        self.watermark = step.watermark
+        for profile in step.dirty_pointers:
+            if self.pointers.get(profile) is None:
+                self.pointers.pop(profile, None)
+        if entry.placements or entry.started or entry.ended:
+            entry.id = f"{next(self.entries):020d}"
+            self.outbox[entry.id] = entry
+
+    def close(self, project: str, rules: Rules, now: int, devices: list[str], cutoff: int) -> int:
+        step = self.step(project, rules, now)
+        closed = sum(step.close_if_idle(device, cutoff) for device in devices)
+        self.commit(step, step.entry("", [], []))
+        return closed
+
+
 def _copy(record: Record) -> Record:
     """What leaves the backend is a snapshot; the stored record goes on changing."""
     return Record(
@@ -189,6 +232,7 @@ class MemoryBackend:
         self._spaces: dict[str, _Space] = {}
         self._counters: dict[str, _CounterGroup] = {}
         self._signals = LogSignals()
+        self._projects: dict[str, _Project] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:
@@ -416,6 +460,94 @@ class MemoryBackend:
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         return self._group(group).sweep(now, limit)
 
+    # -- analytics (SessionizeBackend) ------------------------------------------------------------
+
+    def _project(self, project: str) -> _Project:
+        found = self._projects.get(project)
+        if found is None:
+            found = self._projects[project] = _Project()
+        return found
+
+    async def sessionize(
+        self, project: str, rules: Rules, hits: Sequence[Hit], now: int, nonce: str
+    ) -> IngestOutcome:
+        state = self._project(project)
+        step = state.step(project, rules, now)
+        _, outcome, entry = step.ingest(hits, nonce)
+        state.commit(step, entry)
+        return outcome
+
+    async def close_idle(self, project: str, rules: Rules, now: int, limit: int) -> int:
+        state = self._projects.get(project)
+        if state is None:
+            return 0
+        cutoff = rules.idle_cutoff(state.watermark, now)
+        idle = sorted(
+            (s.session.last, device)
+            for device, s in state.devices.items()
+            if s is not None and s.session is not None and s.session.last < cutoff
+        )[:limit]
+        return state.close(project, rules, now, [device for _, device in idle], cutoff)
+
+    async def vacuum(
+        self, project: str, rules: Rules, now: int, older_than_ms: int, limit: int
+    ) -> VacuumReport:
+        state = self._projects.get(project)
+        report = VacuumReport()
+        if state is None:
+            return report
+        cutoff = now - older_than_ms
+        stuck = [
+            device
+            for device, s in state.devices.items()
+            if s is not None and s.session is not None and s.session.last < cutoff
+        ][:limit]
+        report.closed = state.close(project, rules, now, stuck, cutoff)
+        stale = [
+            device
+            for device, s in state.devices.items()
+            if s is not None and s.session is None and s.touched_at < cutoff
+        ][:limit]
+        for device in stale:
+            del state.devices[device]
+        report.states = len(stale)
+        orphans = [
+            profile
+            for profile, pointer in state.pointers.items()
+            if not _names_open_session(state, pointer)
+        ][:limit]
+        for profile in orphans:
+            del state.pointers[profile]
+        report.pointers = len(orphans)
+        forgotten = [i for i, seen in state.seen.items() if now - seen >= rules.dedup_ms][:limit]
+        for event_id in forgotten:
+            del state.seen[event_id]
+        report.dedup = len(forgotten)
+        return report
+
+    async def outbox(self, project: str, limit: int) -> list[OutboxEntry]:
+        state = self._projects.get(project)
+        return [] if state is None else list(itertools.islice(state.outbox.values(), limit))
+
+    async def ack(self, project: str, entry_ids: Sequence[str]) -> None:
+        state = self._projects.get(project)
+        if state is not None:
+            for entry_id in entry_ids:
+                state.outbox.pop(entry_id, None)
+
+    async def projects(self) -> list[str]:
+        return sorted(self._projects)
+
+    async def open_sessions(self, project: str) -> int:
+        state = self._projects.get(project)
+        if state is None:
+            return 0
+        return sum(1 for s in state.devices.values() if s is not None and s.session is not None)
+
+    async def watermark(self, project: str) -> int | None:
+        state = self._projects.get(project)
+        return None if state is None else state.watermark
+
     async def ping(self) -> None:
         return None
 
@@ -424,3 +556,14 @@ class MemoryBackend:
 
     def __repr__(self) -> str:
         return "MemoryBackend()"
+
+
+def _names_open_session(state: _Project, pointer: Pointer | None) -> bool:
+    if pointer is None:
+        return False
+    device = state.devices.get(pointer.device)
+    return (
+        device is not None
+        and device.session is not None
+        and (device.session.id == pointer.session_id)
+    )

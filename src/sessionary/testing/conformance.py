@@ -34,6 +34,7 @@ from sessionary.store import Namespace, Store, connect
 from sessionary.testing._counters import CounterConformance
 from sessionary.testing._logs import LogConformance
 from sessionary.testing._machine import machine_for
+from sessionary.testing._sessionize import SessionizeConformance
 from sessionary.testing._values import (
     MALFORMED_IDS,
     NOT_JSON,
@@ -45,7 +46,7 @@ from sessionary.testing._values import (
 MS = timedelta(milliseconds=1)
 
 
-class StoreConformance(CounterConformance, LogConformance):
+class StoreConformance(CounterConformance, LogConformance, SessionizeConformance):
     """The behaviour every backend must show. Subclass, and override `store_url` and
     `footprint` (see `sessionary.testing`)."""
 
