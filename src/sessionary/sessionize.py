@@ -449,6 +449,8 @@ class Sessionizing:
             session.last = hit.ts
             session.exit_path = hit.path
         elif fit == _BEFORE:
+            if state.closed_last is not None and hit.ts <= state.closed_last:
+                return Placement(LATE, None, pointer.device)  # never overlapping a closed one
             self._move_start(session, hit)
         elif fit != _INSIDE:
             return Placement(UNATTACHED)  # a server-side event never opens or splits one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,13 +26,21 @@ def client_for(app: FastAPI, ip: str = CLIENT_IP) -> httpx.AsyncClient:
     )
 
 
+PROJECT_KEY = "shop-project-key-0123456789"
+
+
 @pytest.fixture
-def make_app(store_url: str, clock: ManualClock) -> Callable[..., FastAPI]:
+def make_app(store_url: str, clock: ManualClock, tmp_path: Path) -> Callable[..., FastAPI]:
     def build(**overrides: Any) -> FastAPI:
         values: dict[str, Any] = {
             "store": store_url,
             "api_keys": [API_KEY, {"key": "web-only-key-0123456789", "namespaces": ["web"]}],
             "reaper": {"enabled": False},
+            "analytics": {
+                "sink": f"sqlite:///{tmp_path / 'analytics.db'}",
+                "jobs": False,
+                "projects": {"shop": {"key": PROJECT_KEY}},
+            },
         }
         values.update(overrides)
         return create_app(Settings(**values), clock=clock)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from sessionary.backends import sqlite_analytics as analytics
 from sessionary.backends.signals import LogSignals
 from sessionary.contract import (
     KEEP,
@@ -49,6 +50,7 @@ from sessionary.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from sessionary.sessionize import Hit, IngestOutcome, OutboxEntry, Rules, VacuumReport
 
 T = TypeVar("T")
 
@@ -99,6 +101,7 @@ _SCHEMA = (
         UPDATE log_entries SET session_id = new.id
         WHERE namespace = old.namespace AND session_id = old.id;
     END""",
+    *analytics.SCHEMA,
 )
 
 _COLUMNS = "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters"
@@ -668,6 +671,45 @@ class SQLiteBackend:
             return db.execute(_SWEEP_COUNTERS, (group, now, limit)).rowcount
 
         return await self._submit(run, writes=True)
+
+    # -- analytics (SessionizeBackend): each call is one step in `sqlite_analytics` ----------------
+
+    async def sessionize(
+        self, project: str, rules: Rules, hits: Sequence[Hit], now: int, nonce: str
+    ) -> IngestOutcome:
+        hits = list(hits)
+        return await self._submit(
+            lambda db: analytics.sessionize(db, project, rules, hits, now, nonce), writes=True
+        )
+
+    async def close_idle(self, project: str, rules: Rules, now: int, limit: int) -> int:
+        return await self._submit(
+            lambda db: analytics.close_idle(db, project, rules, now, limit), writes=True
+        )
+
+    async def vacuum(
+        self, project: str, rules: Rules, now: int, older_than_ms: int, limit: int
+    ) -> VacuumReport:
+        return await self._submit(
+            lambda db: analytics.vacuum(db, project, rules, now, older_than_ms, limit),
+            writes=True,
+        )
+
+    async def outbox(self, project: str, limit: int) -> list[OutboxEntry]:
+        return await self._submit(lambda db: analytics.outbox(db, project, limit), writes=False)
+
+    async def ack(self, project: str, entry_ids: Sequence[str]) -> None:
+        entry_ids = list(entry_ids)
+        await self._submit(lambda db: analytics.ack(db, project, entry_ids), writes=True)
+
+    async def projects(self) -> list[str]:
+        return await self._submit(analytics.projects, writes=False)
+
+    async def open_sessions(self, project: str) -> int:
+        return await self._submit(lambda db: analytics.open_sessions(db, project), writes=False)
+
+    async def watermark(self, project: str) -> int | None:
+        return await self._submit(lambda db: analytics.watermark(db, project), writes=False)
 
     async def ping(self) -> None:
         def run(db: sqlite3.Connection) -> None:

@@ -1,4 +1,4 @@
-"""The `sessionary` command: `serve`, `reap`, `migrate`, `ping`, `demo`."""
+"""The `sessionary` command: `serve`, `reap`, `vacuum`, `migrate`, `ping`, `demo`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main() -> None:
 def _register() -> None:
     from sessionary.cli import demo, ops
 
-    for command in (ops.serve, ops.reap, ops.migrate, ops.ping, demo.demo):
+    for command in (ops.serve, ops.reap, ops.vacuum, ops.migrate, ops.ping, demo.demo):
         main.add_command(command)
 
 

@@ -26,6 +26,7 @@ from sessionary.reaper import sweep
 from sessionary.store import DEFAULT_URL, Namespace, connect
 
 if TYPE_CHECKING:
+    from sessionary.analytics import VacuumReport
     from sessionary.counters import Counters
     from sessionary.playground.legacy import MigrationReport
     from sessionary.web.settings import Settings
@@ -79,7 +80,12 @@ def serve(store: str | None, host: str | None, port: int | None, config: str | N
 @store_option
 @config_option
 @click.option("--every", help="Keep sweeping at this interval (like '30s'); default: once.")
-def reap(store: str | None, config: str | None, every: str | None) -> None:
+@click.option(
+    "--analytics",
+    is_flag=True,
+    help="Also close idle analytics sessions (emitting session_end) and drain to the sink.",
+)
+def reap(store: str | None, config: str | None, every: str | None, analytics: bool) -> None:
     """Expire due sessions (each exactly once, however many reapers run) and sweep finished
     counters, in every configured namespace."""
     settings = _settings(config, store=store)
@@ -88,19 +94,25 @@ def reap(store: str | None, config: str | None, every: str | None) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--every") from None
     try:
-        asyncio.run(_reap(settings, interval, Console(stderr=True)))
-    except StoreUnavailable as exc:
+        asyncio.run(_reap(settings, interval, analytics, Console(stderr=True)))
+    except (StoreUnavailable, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
 
 
-async def _reap(settings: Settings, every: timedelta | None, console: Console) -> None:
+async def _reap(
+    settings: Settings, every: timedelta | None, analytics: bool, console: Console
+) -> None:
     from sessionary.web.app import declare
 
     store = await connect(settings.store)
+    declared = declare(settings, store)
     try:
-        declared = declare(settings, store)
+        if analytics:
+            if declared.analytics is None:
+                raise click.ClickException("analytics is disabled in the settings")
+            await declared.open_sink(settings)
         namespaces, groups = declared.namespaces, declared.groups
         while True:
             await _sweep_once(
@@ -110,10 +122,56 @@ async def _reap(settings: Settings, every: timedelta | None, console: Console) -
                 console,
                 transient=every is not None,
             )
+            if analytics and declared.analytics is not None:
+                closed = await declared.analytics.reap(settings.reaper.batch)
+                drained = await declared.analytics.drain()
+                console.print(f"analytics: closed {closed} sessions, drained {drained} entries")
             if every is None:
                 return
             await asyncio.sleep(every.total_seconds())
     finally:
+        await declared.close_sink()
+        await store.close()
+
+
+@click.command()
+@store_option
+@config_option
+@click.option("--older-than", default="7d", show_default=True, help="Forget state this old.")
+def vacuum(store: str | None, config: str | None, older_than: str) -> None:
+    """Clean analytics state: close sessions idle longer than --older-than (emitting the
+    session_end owed), forget old device states, orphaned index entries and pointers, and
+    event ids past the duplicate window; then drain to the sink. Prints what it cleaned."""
+    settings = _settings(config, store=store)
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    try:
+        report = asyncio.run(_vacuum(settings, age))
+    except (StoreUnavailable, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"closed {report.closed} sessions, forgot {report.states} device states, "
+        f"{report.index} index entries, {report.pointers} profile pointers, "
+        f"{report.dedup} event ids"
+    )
+
+
+async def _vacuum(settings: Settings, age: timedelta) -> VacuumReport:
+    from sessionary.web.app import declare
+
+    store = await connect(settings.store)
+    declared = declare(settings, store)
+    try:
+        if declared.analytics is None:
+            raise click.ClickException("analytics is disabled in the settings")
+        await declared.open_sink(settings)
+        report = await declared.analytics.vacuum(age)
+        await declared.analytics.drain()
+        return report
+    finally:
+        await declared.close_sink()
         await store.close()
 
 

@@ -8,6 +8,8 @@
     /v1/...               the admin API (API key)
     /api/v1/playground/   anonymous playground sessions with quotas
     /api/v1/conversations conversations and their runs, with resumable event streams
+    /api/v1/track         analytics: tracked events become sessions
+    /api/v1/projects/     analytics: sessions and stats of a project (admin API key)
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from sessionary import __version__
+from sessionary.analytics import AnalyticsMetrics, Sessionizer
+from sessionary.analytics.http import ProjectKeys, analytics_router
+from sessionary.analytics.service import check_project
+from sessionary.analytics.sink import sink_from_url
 from sessionary.clock import Clock
 from sessionary.counters import Counters
-from sessionary.errors import StoreUnavailable
+from sessionary.errors import StoreUnavailable, ValidationError
+from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, unavailable_response
 from sessionary.http.handlers import install_error_handlers
 from sessionary.http.limits import BodyLimit
@@ -45,16 +52,26 @@ from sessionary.web.settings import Settings, SettingsError
 @dataclass
 class Features:
     """What the settings configure on a store: namespaces by name (the admin API's and the
-    reaper's), counter groups to sweep, and the runs feature (its lapsed leases are failed
-    by whichever process reaps them, so every reaper must have it)."""
+    reaper's), counter groups to sweep, the runs feature (its lapsed leases are failed
+    by whichever process reaps them, so every reaper must have it) and analytics (without
+    its sink, which `open_sink` adds)."""
 
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     groups: list[Counters] = field(default_factory=list)
     runs: Runs | None = None
     worker: Worker | None = None
+    analytics: Sessionizer | None = None
+
+    async def open_sink(self, settings: Settings) -> None:
+        if self.analytics is not None:
+            self.analytics.sink = await sink_from_url(settings.analytics.sink)
+
+    async def close_sink(self) -> None:
+        if self.analytics is not None and self.analytics.sink is not None:
+            await self.analytics.sink.close()
 
 
-def declare(settings: Settings, store: Store) -> Features:
+def declare(settings: Settings, store: Store, metrics: AnalyticsMetrics | None = None) -> Features:
     """The features the settings configure on `store`."""
     namespaces = {
         name: store.namespace(
@@ -76,7 +93,16 @@ def declare(settings: Settings, store: Store) -> Features:
     if settings.runs.enabled:
         runs = Runs(store, settings.runs)
         namespaces.update({ns.name: ns for ns in runs.namespaces})
-    return Features(namespaces, groups, runs)
+    analytics = None
+    if settings.analytics.enabled:
+        analytics = Sessionizer(
+            store,
+            settings.analytics.rules(),
+            metrics=metrics,
+            default_rules=settings.analytics.default_rules(),
+        )
+        namespaces.update({ns.name: ns for ns in analytics.namespaces})
+    return Features(namespaces, groups, runs, analytics=analytics)
 
 
 def create_app(
@@ -97,6 +123,13 @@ def create_app(
         if settings.playground.enabled
         else None
     )
+    analytics_metrics = AnalyticsMetrics(metrics.registry)
+    if settings.analytics.enabled:
+        for project in settings.analytics.projects:
+            try:
+                check_project(project)
+            except ValidationError as exc:
+                raise SettingsError(f"analytics.projects.{project}: {exc}") from None
     handler = None
     if settings.runs.enabled and settings.runs.handler:
         try:
@@ -108,11 +141,25 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = await source.get()
         metrics.watch(opened)
-        declared = declare(settings, opened)
+        declared = declare(settings, opened, analytics_metrics)
         namespaces.update(declared.namespaces)
         features.runs = declared.runs
+        features.analytics = declared.analytics
         if declared.runs is not None and handler is not None:
             features.worker = Worker(declared.runs, handler)
+        await features.open_sink(settings)
+        jobs = None
+        if features.analytics is not None and settings.analytics.jobs:
+            a = settings.analytics
+            jobs = asyncio.create_task(
+                features.analytics.run_forever(
+                    reap_every=a.reap_every,
+                    drain_every=a.drain_every,
+                    vacuum_every=a.vacuum_every,
+                    vacuum_age=a.vacuum_age,
+                ),
+                name="sessionary-analytics-jobs",
+            )
         groups = declared.groups
         reaper = None
         if settings.reaper.enabled:
@@ -130,6 +177,11 @@ def create_app(
         finally:
             if features.worker is not None:
                 await features.worker.close()
+            if jobs is not None:
+                jobs.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await jobs
+            await features.close_sink()
             if reaper is not None:
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -181,6 +233,22 @@ def create_app(
 
         app.include_router(
             runs_router(opened_runs, ApiKeyAuthenticator(settings.runs.users), hand_over)
+        )
+    if settings.analytics.enabled:
+        api_keys = ApiKeys(settings.api_keys)
+
+        def opened_analytics() -> Sessionizer:
+            assert features.analytics is not None, "analytics starts with the application"
+            return features.analytics
+
+        app.include_router(
+            analytics_router(
+                opened_analytics,
+                ProjectKeys(settings.analytics.keys()),
+                list(settings.analytics.projects),
+                lambda request: api_keys.require(request, "analytics"),
+                ClientIP(settings.analytics.trusted_proxies),
+            )
         )
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(Instrumented, metrics=metrics)

@@ -12,6 +12,9 @@
     session_limit = 50
     trusted_proxies = ["10.0.0.0/8"]
 
+    [analytics.projects.shop]
+    key = "a-long-random-project-key"
+
 Nested keys come from the environment with a double underscore:
 `SESSIONARY_PLAYGROUND__SESSION_LIMIT=20`; lists as JSON: `SESSIONARY_API_KEYS='["k"]'`.
 An unknown key anywhere, or a bad value, is an error naming the key and what was expected.
@@ -32,6 +35,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sessionary.analytics.settings import AnalyticsSettings
 from sessionary.http.settings import STRICT, Duration
 from sessionary.playground.settings import PlaygroundSettings
 from sessionary.runs.settings import RunsSettings
@@ -96,6 +100,7 @@ class Settings(BaseSettings):
     )
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
     runs: RunsSettings = Field(default_factory=RunsSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     #: the largest request body accepted, in bytes
     max_body: int = Field(2 * 1024 * 1024, ge=1024)

@@ -1,0 +1,201 @@
+"""The analytics API.
+
+    POST /api/v1/track                               202: one event or an array of up to 1,000
+    GET  /api/v1/projects/{project_id}/sessions      sessions, newest first, paged (admin key)
+    GET  /api/v1/projects/{project_id}/stats         sessions, bounce rate, durations (admin key)
+
+`/track` takes a project key (`Authorization: Bearer <key>`). An event without a device_id or a
+profile_id is anonymous web traffic: its device id is hashed from the client's IP (behind
+trusted proxies, as for the playground) and User-Agent. A batch with bad events answers 422
+with the index and reason of each, having accepted the good ones. Times are integer ms (UTC).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from sessionary.analytics.events import BadEvent, TrackEvent
+from sessionary.analytics.service import MAX_BATCH, Sessionizer
+from sessionary.analytics.sink import Sink, Stats
+from sessionary.http.clientip import ClientIP
+from sessionary.http.errors import JSONResponse, ResponseError, error_response
+from sessionary.http.handlers import JSONErrorRoute
+from sessionary.sessionize import SessionRow
+
+From = Annotated[int | None, Query(alias="from", ge=0)]  # ms; `from` is a Python keyword
+
+
+class ProjectKeys:
+    """Project keys, each naming its project, compared in constant time against all."""
+
+    def __init__(self, keys: Mapping[str, str]) -> None:
+        self._keys = [(key.encode(), project) for project, key in keys.items()]
+
+    def project_of(self, request: Request) -> str:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise _unauthorized("send the project key as 'Authorization: Bearer <key>'")
+        candidate = presented.strip().encode()
+        found = None
+        for secret, project in self._keys:
+            if hmac.compare_digest(secret, candidate) and found is None:
+                found = project
+        if found is None:
+            raise _unauthorized("the project key is not valid")
+        return found
+
+
+def session_json(row: SessionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "project_id": row.project_id,
+        "device_id": row.device_id,
+        "profile_id": row.profile_id,
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
+        "duration_ms": row.duration_ms,
+        "event_count": row.event_count,
+        "screen_view_count": row.screen_view_count,
+        "is_bounce": row.is_bounce,
+        "entry_path": row.entry_path,
+        "exit_path": row.exit_path,
+        "referrer": row.referrer,
+        "utm_source": row.utm_source,
+        "utm_medium": row.utm_medium,
+        "utm_campaign": row.utm_campaign,
+        "utm_term": row.utm_term,
+        "utm_content": row.utm_content,
+        "revenue": row.revenue,
+        "version": row.version,
+        "closed": row.closed,
+    }
+
+
+def stats_json(project_id: str, stats: Stats) -> dict[str, Any]:
+    return {
+        "project_id": project_id,
+        "sessions": stats.sessions,
+        "bounce_rate": stats.bounce_rate,
+        "average_duration_ms": stats.average_duration_ms,
+        "events_per_session": stats.events_per_session,
+        "top_entry_paths": [{"path": p, "sessions": n} for p, n in stats.top_entry_paths],
+    }
+
+
+def analytics_router(
+    sessionizer: Callable[[], Sessionizer],
+    keys: ProjectKeys,
+    projects: Sequence[str],
+    authorize_admin: Callable[[Request], object],
+    client_ip: ClientIP,
+) -> APIRouter:
+    """The routes, over the `Sessionizer` that `sessionizer()` returns (known once the store
+    is open). `authorize_admin` raises a `ResponseError` for a request without the admin key."""
+    router = APIRouter(prefix="/api/v1", tags=["analytics"], route_class=JSONErrorRoute)
+    known = frozenset(projects)
+
+    @router.post("/track", status_code=202)
+    async def track(request: Request) -> Response:
+        """Track one event (a JSON object) or a batch (an array of up to 1,000)."""
+        project = keys.project_of(request)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return error_response(400, "invalid_json", "the body is not JSON")
+        raws = body if isinstance(body, list) else [body]
+        if len(raws) > MAX_BATCH:
+            return error_response(
+                400, "batch_too_large", f"a batch holds at most {MAX_BATCH} events"
+            )
+        address = client_ip.of(request.scope)
+        client = (
+            "unknown" if address is None else address.compressed,
+            request.headers.get("user-agent", ""),
+        )
+        events: list[TrackEvent] = []
+        errors: list[dict[str, Any]] = []
+        for index, raw in enumerate(raws):
+            try:
+                events.append(TrackEvent.parse(raw, project_id=project, client=client))
+            except BadEvent as exc:
+                errors.append({"index": index, "reason": str(exc)})
+        outcome = await sessionizer().ingest(project, events)
+        sessionizer().refused(project, len(errors))
+        accepted: dict[str, Any] = {
+            "accepted": len(events),
+            "duplicates": outcome.duplicate,
+            "late": outcome.late,
+        }
+        if errors:
+            return error_response(
+                422 if events or len(raws) > 1 else 400,
+                "invalid_events",
+                f"{len(errors)} of {len(raws)} events are invalid; the others were accepted",
+                errors=errors,
+                **accepted,
+            )
+        return JSONResponse(accepted, 202)
+
+    def project_for_admin(request: Request, project_id: str) -> str:
+        authorize_admin(request)
+        if project_id not in known:
+            raise ResponseError(
+                error_response(404, "project_not_found", f"no project {project_id!r}")
+            )
+        return project_id
+
+    @router.get("/projects/{project_id}/sessions")
+    async def sessions(
+        request: Request,
+        project_id: str,
+        start: From = None,
+        to: Annotated[int | None, Query(ge=0)] = None,
+        device_id: Annotated[str | None, Query(max_length=256)] = None,
+        profile_id: Annotated[str | None, Query(max_length=256)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> Response:
+        """Sessions that started in [from, to), newest first; `next` pages on."""
+        project = project_for_admin(request, project_id)
+        page = await _sink(sessionizer()).sessions(
+            project, start=start, end=to, device_id=device_id, profile_id=profile_id,
+            limit=limit, after=after,
+        )  # fmt: skip
+        return JSONResponse(
+            {"sessions": [session_json(row) for row in page.sessions], "next": page.next}
+        )
+
+    @router.get("/projects/{project_id}/stats")
+    async def stats(
+        request: Request,
+        project_id: str,
+        start: From = None,
+        to: Annotated[int | None, Query(ge=0)] = None,
+    ) -> Response:
+        """Sessions, bounce rate, average duration, events per session and the top entry
+        paths over the sessions that started in [from, to)."""
+        project = project_for_admin(request, project_id)
+        found = await _sink(sessionizer()).stats(project, start=start, end=to)
+        return JSONResponse(stats_json(project, found))
+
+    return router
+
+
+def _sink(sessionizer: Sessionizer) -> Sink:
+    if sessionizer.sink is None:
+        raise ResponseError(
+            error_response(503, "no_sink", "analytics has no sink configured to query")
+        )
+    return sessionizer.sink
+
+
+def _unauthorized(message: str) -> ResponseError:
+    return ResponseError(
+        error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+    )

@@ -1,0 +1,176 @@
+"""`postgresql://...` (or `postgres://...`): the analytics sink on PostgreSQL, with asyncpg.
+
+The tables (times in ms as BIGINT, properties as JSONB) are created if missing. A `write` is
+one transaction: all of its rows are stored, or none.
+
+The URL is asyncpg's DSN, plus an optional `schema` query parameter (a lower-case identifier):
+the tables live in that schema, created if missing (it becomes the connections'
+`search_path`); without it they go where the server's `search_path` puts them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from sessionary.analytics.sink import (
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    SESSION_FIELDS,
+    SessionsPage,
+    Stats,
+    event_values,
+    page_args,
+    page_of,
+    rows_of,
+    session_values,
+    span,
+    stats_of,
+)
+from sessionary.sessionize import OutboxEntry
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analytics_events (
+    project_id   TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    timestamp    BIGINT  NOT NULL,
+    received_at  BIGINT  NOT NULL,
+    session_id   TEXT,
+    device_id    TEXT,
+    profile_id   TEXT,
+    path         TEXT,
+    referrer     TEXT,
+    utm_source   TEXT,
+    utm_medium   TEXT,
+    utm_campaign TEXT,
+    utm_term     TEXT,
+    utm_content  TEXT,
+    revenue      BIGINT  NOT NULL,
+    properties   JSONB   NOT NULL,
+    late         BOOLEAN NOT NULL,
+    PRIMARY KEY (project_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS analytics_sessions (
+    id                TEXT    NOT NULL PRIMARY KEY,
+    project_id        TEXT    NOT NULL,
+    device_id         TEXT    NOT NULL,
+    profile_id        TEXT,
+    started_at        BIGINT  NOT NULL,
+    ended_at          BIGINT  NOT NULL,
+    event_count       BIGINT  NOT NULL,
+    screen_view_count BIGINT  NOT NULL,
+    entry_path        TEXT,
+    exit_path         TEXT,
+    referrer          TEXT,
+    utm_source        TEXT,
+    utm_medium        TEXT,
+    utm_campaign      TEXT,
+    utm_term          TEXT,
+    utm_content       TEXT,
+    revenue           BIGINT  NOT NULL,
+    version           BIGINT  NOT NULL,
+    closed            BOOLEAN NOT NULL,
+    duration_ms       BIGINT  NOT NULL,
+    is_bounce         BOOLEAN NOT NULL
+);
+CREATE INDEX IF NOT EXISTS analytics_sessions_by_start
+    ON analytics_sessions (project_id, started_at, id);
+"""
+_INSERT_EVENT = (
+    f"INSERT INTO analytics_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(EVENT_COLUMNS) + 1))}) "
+    "ON CONFLICT DO NOTHING"
+)
+_UPSERT_SESSION = (
+    f"INSERT INTO analytics_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(SESSION_COLUMNS) + 1))}) "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in SESSION_COLUMNS[1:])
+    + " WHERE excluded.version > analytics_sessions.version"
+)
+# $1 project, started_at >= $2, $3 device or NULL, $4 profile or NULL, below ($5, $6)
+_SESSIONS = (
+    f"SELECT {', '.join(SESSION_FIELDS)} FROM analytics_sessions "
+    "WHERE project_id = $1 AND started_at >= $2 AND (started_at, id) < ($5, $6) "
+    "AND ($3::text IS NULL OR device_id = $3) AND ($4::text IS NULL OR profile_id = $4) "
+    "ORDER BY started_at DESC, id DESC LIMIT $7"
+)
+_SPAN = "FROM analytics_sessions WHERE project_id = $1 AND started_at >= $2 AND started_at < $3"
+_TOTALS = (
+    "SELECT count(*), count(*) FILTER (WHERE is_bounce), "
+    f"coalesce(sum(duration_ms), 0), coalesce(sum(event_count), 0) {_SPAN}"
+)
+_TOP_PATHS = (  # ties by path in code point order, as on SQLite
+    f"SELECT entry_path, count(*) {_SPAN} AND entry_path IS NOT NULL "
+    'GROUP BY entry_path ORDER BY count(*) DESC, entry_path COLLATE "C" LIMIT 10'
+)
+
+
+class PostgresSink:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str) -> PostgresSink:
+        """Connect a pool to the URL (see the module) and create the tables if missing."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        schema = dict(query).get("schema")
+        if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+            raise ValueError(f"schema is a lower-case SQL identifier, not {schema!r}")
+        dsn = urlunsplit(parts._replace(query=urlencode([kv for kv in query if kv[0] != "schema"])))
+        settings = None if schema is None else {"search_path": schema}
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings=settings)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # one creator at a time: concurrent CREATE ... IF NOT EXISTS can collide
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sessionary.analytics'))")
+                if schema is not None:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                await conn.execute(_SCHEMA)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    async def write(self, entries: Sequence[OutboxEntry]) -> None:
+        events, sessions = rows_of(entries)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(_INSERT_EVENT, [event_values(row) for row in events])
+            await conn.executemany(_UPSERT_SESSION, [session_values(row) for row in sessions])
+
+    async def sessions(
+        self,
+        project_id: str,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        device_id: str | None = None,
+        profile_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> SessionsPage:
+        first, below_ts, below_id, fetch = page_args(start, end, after, limit)
+        records = await self._pool.fetch(
+            _SESSIONS, project_id, first, device_id, profile_id, below_ts, below_id, fetch
+        )
+        return page_of(records, limit)
+
+    async def stats(self, project_id: str, *, start: int | None, end: int | None) -> Stats:
+        args = (project_id, *span(start, end))
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
+        ):
+            totals = await conn.fetchrow(_TOTALS, *args)
+            top = await conn.fetch(_TOP_PATHS, *args)
+        assert totals is not None
+        sessions, bounces, duration, events = totals
+        return stats_of(sessions, bounces, duration, events, top)
+
+    async def close(self) -> None:
+        await self._pool.close()

@@ -1,0 +1,222 @@
+"""Analytics sessionization on the store: `Sessionizer`.
+
+    sessionizer = Sessionizer(store, {"shop": Rules(timeout_ms=30 * 60_000)}, sink=sink)
+    await sessionizer.ingest("shop", [TrackEvent.parse(raw) for raw in batch])
+    await sessionizer.reap()      # close idle sessions (any number of reapers may run)
+    await sessionizer.drain()     # hand the outbox to the sink, idempotently
+    await sessionizer.vacuum()    # forget old state, close what is owed
+
+Each ingest batch is one atomic step in the store (`sessionary.sessionize`), which writes what
+it decided (the events' sessions, session rows, session_start and session_end) to an outbox in
+the same step; the drainer moves the outbox to the sink and acknowledges only what the sink
+stored, so a sink outage loses nothing, and the sink's idempotent writes mean a retry
+duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+
+from sessionary.analytics.devices import DeviceIds
+from sessionary.analytics.events import TrackEvent
+from sessionary.analytics.metrics import AnalyticsMetrics
+from sessionary.analytics.sink import Sink
+from sessionary.errors import StoreUnavailable, ValidationError
+from sessionary.sessionize import Hit, IngestOutcome, Rules, VacuumReport
+from sessionary.store import Namespace, Store
+
+log = logging.getLogger("sessionary.analytics")
+
+MAX_SKEW_MS = 60_000  # a timestamp further in the future than this is the receive time
+MAX_BATCH = 1000
+_PROJECT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_project(project: object) -> str:
+    if not isinstance(project, str) or not _PROJECT_RE.fullmatch(project):
+        raise ValidationError("a project id is 1-64 characters of letters, digits and _.-")
+    return project
+
+
+class Sessionizer:
+    """Tracked events in, sessions out. `projects` gives each project's rules (others get
+    `default_rules`); without a `sink`, `drain` is not available (the outbox is kept)."""
+
+    def __init__(
+        self,
+        store: Store,
+        projects: Mapping[str, Rules] | None = None,
+        *,
+        sink: Sink | None = None,
+        metrics: AnalyticsMetrics | None = None,
+        default_rules: Rules | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = store.sessionization
+        self.devices = DeviceIds(store)
+        self.sink = sink
+        self.metrics = metrics or AnalyticsMetrics()
+        self._rules = {check_project(p): rules for p, rules in (projects or {}).items()}
+        self._default = default_rules or Rules()
+
+    @property
+    def namespaces(self) -> list[Namespace]:
+        """What the store's reaper should sweep for this feature (the daily salts)."""
+        return [self.devices.namespace]
+
+    def rules(self, project: str) -> Rules:
+        return self._rules.get(project, self._default)
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    async def ingest(self, project: str, events: Sequence[TrackEvent]) -> IngestOutcome:
+        """Sessionize a batch of up to 1,000 events of one project, in one atomic step."""
+        check_project(project)
+        if len(events) > MAX_BATCH:
+            raise ValidationError(f"a batch holds at most {MAX_BATCH} events, not {len(events)}")
+        if not events:
+            return IngestOutcome()
+        started = time.perf_counter()
+        now = self.store.clock.now_ms()
+        nonce = secrets.token_urlsafe(16)
+        latest = now + MAX_SKEW_MS
+        hits = []
+        for i, event in enumerate(events):
+            ts = event.timestamp
+            if ts is None or ts > latest:
+                ts = now
+            if event.device_id is not None:
+                devices: tuple[str, ...] = (event.device_id,)
+            elif event.ip is not None:
+                devices = await self.devices.candidates(
+                    project, event.ip, event.user_agent or "", ts
+                )
+            else:
+                devices = ()
+            client_id = event.event_id
+            hit = Hit(
+                f"{nonce}.{i}" if client_id is None else client_id,
+                event.name, ts, now, devices, client_id is not None, event.profile_id,
+                event.path, event.referrer, event.utm_source, event.utm_medium,
+                event.utm_campaign, event.utm_term, event.utm_content, event.revenue,
+                event.properties,
+            )  # fmt: skip
+            hits.append(hit)
+        outcome = await self.backend.sessionize(
+            project, self.rules(project), hits, now, f"s_{nonce}"
+        )
+        m = self.metrics
+        m.ingest_latency.labels(project).observe(time.perf_counter() - started)
+        for name in ("joined", "late", "duplicate", "unattached"):
+            count = getattr(outcome, name)
+            if count:
+                m.events.labels(project, name).inc(count)
+        if outcome.started:
+            m.sessions.labels(project, "started").inc(outcome.started)
+        if outcome.ended:
+            m.sessions.labels(project, "ended").inc(outcome.ended)
+        return outcome
+
+    def refused(self, project: str, count: int) -> None:
+        """Count events refused before ingest (malformed, reserved names)."""
+        if count:
+            self.metrics.events.labels(project, "refused").inc(count)
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def reap(self, limit: int = 1000) -> int:
+        """Close every session idle past its project's timeout; returns how many."""
+        self.metrics.jobs.labels("reaper").inc()
+        now = self.store.clock.now_ms()
+        total = 0
+        for project in await self.backend.projects():
+            while True:
+                closed = await self.backend.close_idle(project, self.rules(project), now, limit)
+                total += closed
+                if closed:
+                    self.metrics.sessions.labels(project, "ended").inc(closed)
+                    self.metrics.found.labels("reaper", "closed").inc(closed)
+                if closed < limit:
+                    break
+            self.metrics.active.labels(project).set(await self.backend.open_sessions(project))
+        return total
+
+    async def vacuum(
+        self, older_than: timedelta = timedelta(days=7), limit: int = 10_000
+    ) -> VacuumReport:
+        """Close sessions whose last event is older than `older_than` (emitting the
+        session_end owed), forget device states, index entries, pointers and event ids
+        that are no longer needed. Returns what it cleaned, over all projects."""
+        self.metrics.jobs.labels("vacuum").inc()
+        now = self.store.clock.now_ms()
+        age = int(older_than.total_seconds() * 1000)
+        total = VacuumReport()
+        for project in await self.backend.projects():
+            report = await self.backend.vacuum(project, self.rules(project), now, age, limit)
+            for kind in ("closed", "states", "index", "pointers", "dedup"):
+                count = getattr(report, kind)
+                setattr(total, kind, getattr(total, kind) + count)
+                if count:
+                    self.metrics.found.labels("vacuum", kind).inc(count)
+            if report.closed:
+                self.metrics.sessions.labels(project, "ended").inc(report.closed)
+        return total
+
+    async def drain(self, limit: int = 500) -> int:
+        """Hand the outbox to the sink, oldest first, acknowledging what it stored; returns
+        the entries drained. A sink failure leaves the entries for the next drain (raised)."""
+        if self.sink is None:
+            raise RuntimeError("this Sessionizer has no sink to drain to")
+        self.metrics.jobs.labels("drainer").inc()
+        drained = 0
+        for project in await self.backend.projects():
+            while True:
+                entries = await self.backend.outbox(project, limit)
+                if not entries:
+                    break
+                try:
+                    await self.sink.write(entries)
+                except Exception:
+                    self.metrics.found.labels("drainer", "sink_failures").inc()
+                    raise
+                await self.backend.ack(project, [entry.id for entry in entries])
+                drained += len(entries)
+                self.metrics.found.labels("drainer", "entries").inc(len(entries))
+        return drained
+
+    async def run_forever(
+        self,
+        *,
+        reap_every: timedelta = timedelta(seconds=10),
+        drain_every: timedelta = timedelta(seconds=1),
+        vacuum_every: timedelta = timedelta(hours=1),
+        vacuum_age: timedelta = timedelta(days=7),
+    ) -> None:
+        """The reaper, the drainer and the vacuum, each on its own period, until cancelled.
+        A failing job (the store or the sink down) is logged and tried again next period."""
+        jobs: list[tuple[Callable[[], Awaitable[object]], timedelta]] = [
+            (self.reap, reap_every),
+            (lambda: self.vacuum(vacuum_age), vacuum_every),
+        ]
+        if self.sink is not None:
+            jobs.append((self.drain, drain_every))
+        async with asyncio.TaskGroup() as group:
+            for job, every in jobs:
+                group.create_task(_every(job, every.total_seconds()))
+
+
+async def _every(job: Callable[[], Awaitable[object]], seconds: float) -> None:
+    while True:
+        try:
+            await job()
+        except StoreUnavailable as exc:
+            log.warning("analytics job: the store is unavailable (%s); retrying", exc)
+        except Exception:
+            log.exception("analytics job failed; retrying")
+        await asyncio.sleep(seconds)

@@ -1,0 +1,76 @@
+"""The analytics feature's settings (the `[analytics]` table of sessionary.toml).
+
+[analytics]
+sink = "sqlite:///sessionary-analytics.db"     # or postgresql://user@host/db
+
+[analytics.projects.shop]
+key = "a-long-random-project-key"
+timeout = "30m"
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr
+
+from sessionary.http.settings import STRICT, Duration
+from sessionary.sessionize import Rules
+
+DEFAULT_SINK = "sqlite:///sessionary-analytics.db"
+
+
+def ms(duration: timedelta) -> int:
+    return int(duration.total_seconds() * 1000)
+
+
+class ProjectSettings(BaseModel):
+    model_config = STRICT
+
+    #: the key `POST /api/v1/track` takes for this project (Bearer)
+    key: SecretStr = Field(min_length=16)
+    #: inactivity that ends a session: exactly this much between events still extends it
+    timeout: Duration = timedelta(minutes=30)
+    #: the longest a session runs before the next event rolls to a new one (None: no limit)
+    max_length: Duration | None = timedelta(hours=24)
+    #: how far behind a device's newest event an event may come and still count for sessions
+    lateness: Duration = timedelta(minutes=15)
+
+    def rules(self, settings: AnalyticsSettings) -> Rules:
+        return Rules(
+            timeout_ms=ms(self.timeout),
+            max_length_ms=None if self.max_length is None else ms(self.max_length),
+            lateness_ms=ms(self.lateness),
+            reap_lag_ms=ms(settings.reap_lag),
+        )
+
+
+class AnalyticsSettings(BaseModel):
+    model_config = STRICT
+
+    enabled: bool = True
+    #: where sessions and events go: sqlite:///path.db or postgresql://...
+    sink: str = DEFAULT_SINK
+    projects: dict[str, ProjectSettings] = Field(default_factory=dict)
+    #: proxies whose X-Forwarded-For is believed for /track's client IP (CIDRs)
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: the background jobs `sessionary serve` runs (and `sessionary reap --analytics`)
+    jobs: bool = True
+    reap_every: Duration = timedelta(seconds=10)
+    #: the wall-clock backstop: a session is closed timeout + this after its last event,
+    #: even when no newer event of its project arrives
+    reap_lag: Duration = timedelta(minutes=5)
+    drain_every: Duration = timedelta(seconds=1)
+    vacuum_every: Duration = timedelta(hours=1)
+    #: state older than this is forgotten by the vacuum (open sessions are closed first)
+    vacuum_age: Duration = timedelta(days=7)
+
+    def default_rules(self) -> Rules:
+        """The rules of a project ingested through the Python API but not configured."""
+        return Rules(reap_lag_ms=ms(self.reap_lag))
+
+    def rules(self) -> dict[str, Rules]:
+        return {name: project.rules(self) for name, project in self.projects.items()}
+
+    def keys(self) -> dict[str, str]:
+        return {name: p.key.get_secret_value() for name, p in self.projects.items()}

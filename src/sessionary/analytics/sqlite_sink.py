@@ -1,0 +1,195 @@
+"""`sqlite:///path.db`: the default analytics sink, one SQLite file in WAL mode.
+
+Every statement runs on one connection owned by one worker thread, off the event loop; calls
+queue up for that thread, so they never overlap. A `write` is one `BEGIN IMMEDIATE`
+transaction: all of its rows are stored, or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from sessionary.analytics.sink import (
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    SESSION_FIELDS,
+    EventRow,
+    SessionsPage,
+    Stats,
+    event_values,
+    page_args,
+    page_of,
+    rows_of,
+    session_values,
+    span,
+    stats_of,
+)
+from sessionary.sessionize import OutboxEntry, SessionRow
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analytics_events (
+    project_id   TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    timestamp    INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    session_id   TEXT,
+    device_id    TEXT,
+    profile_id   TEXT,
+    path         TEXT,
+    referrer     TEXT,
+    utm_source   TEXT,
+    utm_medium   TEXT,
+    utm_campaign TEXT,
+    utm_term     TEXT,
+    utm_content  TEXT,
+    revenue      INTEGER NOT NULL,
+    properties   TEXT    NOT NULL,
+    late         INTEGER NOT NULL,
+    PRIMARY KEY (project_id, event_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS analytics_sessions (
+    id                TEXT    NOT NULL PRIMARY KEY,
+    project_id        TEXT    NOT NULL,
+    device_id         TEXT    NOT NULL,
+    profile_id        TEXT,
+    started_at        INTEGER NOT NULL,
+    ended_at          INTEGER NOT NULL,
+    event_count       INTEGER NOT NULL,
+    screen_view_count INTEGER NOT NULL,
+    entry_path        TEXT,
+    exit_path         TEXT,
+    referrer          TEXT,
+    utm_source        TEXT,
+    utm_medium        TEXT,
+    utm_campaign      TEXT,
+    utm_term          TEXT,
+    utm_content       TEXT,
+    revenue           INTEGER NOT NULL,
+    version           INTEGER NOT NULL,
+    closed            INTEGER NOT NULL,
+    duration_ms       INTEGER NOT NULL,
+    is_bounce         INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS analytics_sessions_by_start
+    ON analytics_sessions (project_id, started_at, id);
+"""
+_INSERT_EVENT = (
+    f"INSERT INTO analytics_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
+_UPSERT_SESSION = (
+    f"INSERT INTO analytics_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in SESSION_COLUMNS[1:])
+    + " WHERE excluded.version > analytics_sessions.version"
+)
+# ?1 project, started_at >= ?2, ?3 device or NULL, ?4 profile or NULL, below (?5, ?6)
+_SESSIONS = (
+    f"SELECT {', '.join(SESSION_FIELDS)} FROM analytics_sessions "
+    "WHERE project_id = ?1 AND started_at >= ?2 AND (started_at, id) < (?5, ?6) "
+    "AND (?3 IS NULL OR device_id = ?3) AND (?4 IS NULL OR profile_id = ?4) "
+    "ORDER BY started_at DESC, id DESC LIMIT ?7"
+)
+_SPAN = "FROM analytics_sessions WHERE project_id = ?1 AND started_at >= ?2 AND started_at < ?3"
+_TOTALS = (
+    "SELECT count(*), count(*) FILTER (WHERE is_bounce), "
+    f"coalesce(sum(duration_ms), 0), coalesce(sum(event_count), 0) {_SPAN}"
+)
+_TOP_PATHS = (
+    f"SELECT entry_path, count(*) {_SPAN} AND entry_path IS NOT NULL "
+    "GROUP BY entry_path ORDER BY count(*) DESC, entry_path LIMIT 10"
+)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)  # transactions are explicit
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.executescript(_SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _write(events: list[EventRow], sessions: list[SessionRow], conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_INSERT_EVENT, map(event_values, events))
+        conn.executemany(_UPSERT_SESSION, map(session_values, sessions))
+    except BaseException:
+        if conn.in_transaction:  # some errors roll back by themselves
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _fetch(sql: str, args: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
+    return conn.execute(sql, args).fetchall()
+
+
+def _stats(args: tuple[str, int, int], conn: sqlite3.Connection) -> Stats:
+    conn.execute("BEGIN")  # both queries see one snapshot
+    try:
+        [(sessions, bounces, duration, events)] = conn.execute(_TOTALS, args).fetchall()
+        return stats_of(
+            sessions, bounces, duration, events, conn.execute(_TOP_PATHS, args).fetchall()
+        )
+    finally:
+        conn.execute("COMMIT")
+
+
+class SqliteSink:
+    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+        self._executor = executor  # its one thread uses the connection
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteSink:
+        """Open (creating if missing) the database file at `path` and its tables."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analytics-sqlite")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, conn)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
+
+    async def write(self, entries: Sequence[OutboxEntry]) -> None:
+        events, sessions = rows_of(entries)
+        await self._run(partial(_write, events, sessions))
+
+    async def sessions(
+        self,
+        project_id: str,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        device_id: str | None = None,
+        profile_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> SessionsPage:
+        first, below_ts, below_id, fetch = page_args(start, end, after, limit)
+        args = (project_id, first, device_id, profile_id, below_ts, below_id, fetch)
+        return page_of(await self._run(partial(_fetch, _SESSIONS, args)), limit)
+
+    async def stats(self, project_id: str, *, start: int | None, end: int | None) -> Stats:
+        return await self._run(partial(_stats, (project_id, *span(start, end))))
+
+    async def close(self) -> None:
+        await self._run(sqlite3.Connection.close)
+        self._executor.shutdown()
