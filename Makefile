@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/store_ops.py
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/runs.py
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/analytics_stress.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
