@@ -19,6 +19,13 @@ from tests.servers import RedisClusterNodes, RedisServer
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
 
 
+@pytest.fixture(autouse=True)
+def _in_a_directory_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory: defaults that name files in the working
+    directory (sessionary.db, sessionary-analytics.db) never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest_asyncio.fixture
 async def redis_client() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL, protocol=2)
