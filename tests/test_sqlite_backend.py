@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import signal
 import sqlite3
 import sys
 import textwrap
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sessionary import ManualClock, StoreUnavailable, connect
 from sessionary.backends.sqlite import SCHEMA_VERSION, parse_url
-from sessionary.sessionize import Hit, Rules
 
 HOUR = timedelta(hours=1)
 
@@ -202,90 +198,3 @@ def test_bad_urls_are_refused(url: str) -> None:
 async def test_bad_synchronous_is_refused() -> None:
     with pytest.raises(ValueError):
         await connect("sqlite:///s.db?synchronous=sometimes")
-
-
-SPAWN = multiprocessing.get_context("spawn")
-
-
-def _ingest_in_process(
-    url: str, now: int, worker: int, devices: int, rounds: int, barrier: Any, results: Any
-) -> None:
-    """Sends `rounds` events for each of `devices` devices, in batches, several at once."""
-
-    def hit(r: int, d: int) -> Hit:
-        return Hit(f"w{worker}r{r}d{d}", "screen_view", now + r * 1000 + worker, now, (f"d{d}",))
-
-    async def work() -> int:
-        store = await connect(url, clock=ManualClock(now))
-        try:
-            sz = store.sessionization
-            barrier.wait()
-            joined = 0
-            for r in range(rounds):
-                batches = [
-                    [hit(r, d) for d in range(start, min(start + 25, devices))]
-                    for start in range(0, devices, 25)
-                ]
-                outcomes = await asyncio.gather(
-                    *(
-                        sz.sessionize("mp", Rules(), batch, now, f"w{worker}r{r}b{b}x")
-                        for b, batch in enumerate(batches)
-                    )
-                )
-                joined += sum(o.joined for o in outcomes)
-            return joined
-        finally:
-            await store.close()
-
-    results.put(asyncio.run(work()))
-
-
-async def test_ingests_in_several_processes_open_one_session_per_device(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'mp-analytics.db'}"
-    clock = ManualClock()
-    store = await connect(url, clock=clock)  # creates the schema before the race
-    workers, devices, rounds = 3, 100, 4
-    barrier = SPAWN.Barrier(workers)
-    results = SPAWN.Queue()
-    processes = [
-        SPAWN.Process(
-            target=_ingest_in_process,
-            args=(url, clock.now_ms(), w, devices, rounds, barrier, results),
-            daemon=True,
-        )
-        for w in range(workers)
-    ]
-    try:
-        for process in processes:
-            process.start()
-        joined = [await asyncio.to_thread(results.get, True, 120) for _ in processes]
-        for process in processes:
-            await asyncio.to_thread(process.join, 30)
-        assert [p.exitcode for p in processes] == [0] * workers
-        assert sum(joined) == workers * devices * rounds
-
-        sz = store.sessionization
-        entries = await sz.outbox("mp", 100_000)
-        device_of: dict[str, str] = {}
-        for entry in entries:
-            for placement in entry.placements:
-                assert placement.status == "joined"
-                sid, device = placement.session_id, placement.device
-                assert sid is not None
-                assert device is not None
-                assert device_of.setdefault(sid, device) == device
-        starts = Counter(device_of[sid] for e in entries for sid, _ in e.started)
-        assert starts == Counter({f"d{d}": 1 for d in range(devices)})
-        assert [sid for e in entries for sid, _ in e.ended] == []
-        assert len(device_of) == devices
-        counts: dict[str, int] = {}
-        for entry in entries:
-            for row in entry.sessions:
-                counts[row.id] = max(counts.get(row.id, 0), row.event_count)
-        assert set(counts.values()) == {workers * rounds}
-        assert await sz.open_sessions("mp") == devices
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        await store.close()

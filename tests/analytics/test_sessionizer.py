@@ -237,7 +237,7 @@ async def test_a_sink_that_fails_once_ends_with_exactly_one_row_each(
     store: Store, clock: ManualClock, sink: Sink, project: str
 ) -> None:
     flaky = FlakySink(sink)
-    s = Sessionizer(store, sink=flaky)  # type: ignore[arg-type]
+    s = Sessionizer(store, sink=flaky)
     for i in range(4):
         await s.ingest(project, [event(device_id=f"d{i}", event_id=f"e{i}")])
     with pytest.raises(ConnectionError):

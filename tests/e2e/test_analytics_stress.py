@@ -5,7 +5,6 @@ drainer, on SQLite and on Redis."""
 from __future__ import annotations
 
 import pytest
-
 from benchmarks.analytics_stress import run
 
 
