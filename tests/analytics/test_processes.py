@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from collections import Counter
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from sessionary import ManualClock, connect
 from sessionary.analytics import Sessionizer, TrackEvent
@@ -41,13 +38,6 @@ def _reapers(url: str, now: int, count: int, barrier: Any, results: Any) -> None
             await store.close()
 
     results.put(asyncio.run(reap()))
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return str(request.getfixturevalue("redis_url"))
 
 
 async def test_three_reapers_in_two_processes_end_each_session_once(

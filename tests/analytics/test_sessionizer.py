@@ -161,15 +161,8 @@ async def test_a_session_open_at_2355_continues_past_midnight_and_salts_die_afte
     assert await s.devices.namespace.count() == 1  # yesterday's, still tried for today
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
-async def test_the_salt_is_shared_by_every_process(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> None:
-    if kind == "sqlite":
-        store_url = f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        store_url = str(request.getfixturevalue("redis_url"))
-    one, two = await connect(store_url, clock=clock), await connect(store_url, clock=clock)
+async def test_the_salt_is_shared_by_every_process(shared_url: str, clock: ManualClock) -> None:
+    one, two = await connect(shared_url, clock=clock), await connect(shared_url, clock=clock)
     try:
         a, b = Sessionizer(one), Sessionizer(two)
         now = clock.now_ms()

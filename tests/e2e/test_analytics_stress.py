@@ -4,16 +4,11 @@ drainer, on SQLite and on Redis."""
 
 from __future__ import annotations
 
-import pytest
 from benchmarks.analytics_stress import run
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
-async def test_500_sessions_of_3_events_at_concurrency_25(
-    kind: str, request: pytest.FixtureRequest
-) -> None:
-    store = "sqlite" if kind == "sqlite" else str(request.getfixturevalue("redis_url"))
-    outcome = await run(store, sessions=500, events=3, concurrency=25)
+async def test_500_sessions_of_3_events_at_concurrency_25(shared_url: str) -> None:
+    outcome = await run(shared_url, sessions=500, events=3, concurrency=25)
     assert outcome.problems(500, 3) == []
     assert (outcome.sessions, outcome.starts, outcome.ends) == (500, 500, 500)
     assert (outcome.events, outcome.open_left) == (2500, 0)

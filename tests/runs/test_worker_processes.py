@@ -8,10 +8,8 @@ import asyncio
 import multiprocessing
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 
 from sessionary import ManualClock, Store, connect
@@ -52,13 +50,6 @@ def _worker(url: str, now: int, run_id: str, mode: str, results: Any) -> None:
         return emitted
 
     results.put(asyncio.run(work()))
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return str(request.getfixturevalue("redis_url"))
 
 
 @pytest_asyncio.fixture

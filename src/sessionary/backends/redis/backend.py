@@ -10,6 +10,9 @@ each script declares every key it touches in KEYS:
     <prefix>{web:07}:u        sorted set: "<subject>\\0<id>", read by lex range per subject
     <prefix>{c:<group>}:<key> hash: a counter of a counter group (v value, r resets_at); one
                               tag per group, so a charge of several counters is one script
+    <prefix>{an:<project>}:*  analytics: a project's sessionization state and outbox, one
+                              tag per project, so a batch is one script (see analytics.lua)
+    <prefix>an:projects       set: every project that ever ingested
 
 Every read-modify-write is one Lua script. Every key has a TTL that runs `grace_ms` past the
 latest `expires_at` it serves, so nothing is immortal and a reaper can still read what it
@@ -49,6 +52,7 @@ from redis.exceptions import (
 )
 
 from sessionary import ids
+from sessionary.backends.redis.analytics import RedisAnalytics
 from sessionary.backends.redis.batching import pack
 from sessionary.backends.redis.scripts import Batcher, Client, Script, Scripts
 from sessionary.contract import (
@@ -71,6 +75,7 @@ from sessionary.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from sessionary.sessionize import Hit, IngestOutcome, OutboxEntry, Rules, VacuumReport
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -248,6 +253,7 @@ class RedisBackend:
         self._idle_blocking: list[AbstractConnection] = []
         self._scripts = Scripts()
         self._keys: dict[tuple[str, int], _ShardKeys] = {}
+        self.analytics = RedisAnalytics(self.calls, prefix)
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -640,6 +646,44 @@ class RedisBackend:
 
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         return 0  # every counter key carries a TTL ending with its window: Redis sweeps
+
+    # -- analytics (SessionizeBackend): one hash tag per project, see analytics.py ---------
+
+    @_translate_errors
+    async def sessionize(
+        self, project: str, rules: Rules, hits: Sequence[Hit], now: int, nonce: str
+    ) -> IngestOutcome:
+        return await self.analytics.sessionize(project, rules, hits, now, nonce)
+
+    @_translate_errors
+    async def close_idle(self, project: str, rules: Rules, now: int, limit: int) -> int:
+        return await self.analytics.close_idle(project, rules, now, limit)
+
+    @_translate_errors
+    async def vacuum(
+        self, project: str, rules: Rules, now: int, older_than_ms: int, limit: int
+    ) -> VacuumReport:
+        return await self.analytics.vacuum(project, rules, now, older_than_ms, limit)
+
+    @_translate_errors
+    async def outbox(self, project: str, limit: int) -> list[OutboxEntry]:
+        return await self.analytics.outbox(project, limit)
+
+    @_translate_errors
+    async def ack(self, project: str, entry_ids: Sequence[str]) -> None:
+        await self.analytics.ack(project, entry_ids)
+
+    @_translate_errors
+    async def projects(self) -> list[str]:
+        return await self.analytics.projects()
+
+    @_translate_errors
+    async def open_sessions(self, project: str) -> int:
+        return await self.analytics.open_sessions(project)
+
+    @_translate_errors
+    async def watermark(self, project: str) -> int | None:
+        return await self.analytics.watermark(project)
 
     @_translate_errors
     async def ping(self) -> None:

@@ -1,6 +1,8 @@
 """The Lua scripts of the Redis backend, loaded once and called by SHA.
 
-Each `*.lua` file beside this module is one script, with `common.lua` prepended. Calls go
+Each `*.lua` file beside this module is one script, with `common.lua` prepended (and, for
+scripts that share more, helper files named at load: the analytics scripts share
+`analytics.lua`). Calls go
 out as EVALSHA; a NOSCRIPT answer (after SCRIPT FLUSH, a restart or a failover to a server
 that never saw the script) loads the script and retries that one call. Nothing is ever sent
 as EVAL with the full source on the hot path.
@@ -31,12 +33,11 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> Script:
+    def load(cls, name: str, helpers: Sequence[str] = ()) -> Script:
+        """`common.lua`, then each helper file, then `<name>.lua`, as one script."""
         here = files("sessionary.backends.redis")
-        source = (
-            here.joinpath("common.lua").read_bytes()
-            + b"\n"
-            + here.joinpath(f"{name}.lua").read_bytes()
+        source = b"\n".join(
+            here.joinpath(f"{part}.lua").read_bytes() for part in ("common", *helpers, name)
         )
         return cls(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
 

@@ -1,0 +1,268 @@
+"""Analytics (`sessionary.sessionize`) on Redis: the rules of `Sessionizing` in Lua.
+
+Every read-modify-write is one script call on the keys of one project, which share the hash
+tag `{an:<project>}` (analytics.lua lists them): `sessionize` is one script per batch,
+`close_idle` and `vacuum` one each. The set of projects is a key of its own,
+`<prefix>an:projects`, written with a plain SADD the first time this process ingests for a
+project (a set add is no read-modify-write).
+
+A batch goes to the script as what the rules read, compactly: 7 numbers per hit in one array
+of doubles, naming the batch's distinct strings (each sent once) by index; plus the hits
+encoded whole (flat JSON), which the script stores verbatim in the outbox entry and `outbox`
+decodes back into `Hit`s; the script adds the placements, rows and emissions as JSON. (Lua
+numbers are doubles: times and revenue are exact up to 2**53.)
+
+Footprint: each write refreshes a TTL of max(dedup, 7 days) on every key of the project, so
+the keys of a project that stopped ingesting (and whose reaper stopped) go away then, its
+undrained outbox entries with them. `vacuum` keeps a live project's keys to what it needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from base64 import b64decode, b64encode
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from sessionary.backends.redis.scripts import Arg, Batcher, Script, Scripts
+from sessionary.sessionize import (
+    DUPLICATE,
+    JOINED,
+    LATE,
+    SCREEN_VIEW,
+    UNATTACHED,
+    Hit,
+    IngestOutcome,
+    OutboxEntry,
+    Placement,
+    Rules,
+    SessionRow,
+    Status,
+    VacuumReport,
+)
+
+DAY_MS = 24 * 3_600_000
+MIN_TTL_MS = 7 * DAY_MS
+_HELPERS = ("analytics",)
+_STATUSES: dict[str, Status] = {"1": JOINED, "2": LATE, "3": DUPLICATE, "4": UNATTACHED}
+_KEY_NAMES = ("d", "i", "c", "s", "p", "q", "w", "o")
+_HIT_FIELDS = 16  # values per hit in the outbox's encoding of hits
+_ROW_FIELDS = 18  # values per row in the script's rows
+
+
+def ttl_ms(rules: Rules) -> int:
+    return max(rules.dedup_ms, MIN_TTL_MS)
+
+
+def _properties(raw: bytes) -> str | list[str]:
+    """A hit's properties for the JSON of the outbox: the text, or [base64] if not UTF-8."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return [b64encode(raw).decode()]
+
+
+def _batch(rules: Rules, hits: Sequence[Hit], now: int, nonce: str) -> list[Arg]:
+    """The script's ARGV (see sessionize.lua): what the rules read, as numbers and the
+    batch's distinct strings (a RESP argument costs more to pack than a number in an array);
+    and the hits whole, for the outbox."""
+    strings: dict[str, int] = {}  # string -> its index (from 1)
+    index = strings.setdefault  # index(s, len(strings) + 1): the index of s, new or not
+    numbers: list[int] = []
+    groups: dict[tuple[str | None, ...], int] = {}
+    lists: list[tuple[str, ...]] = []
+    encoded: list[Any] = []  # _HIT_FIELDS per hit
+    for h in hits:
+        devices = h.devices
+        if len(devices) == 1:
+            device = devices[0]
+            d = index(device, len(strings) + 1)
+        elif devices:
+            lists.append(devices)
+            d = -len(lists)
+        else:
+            d = 0
+        profile, path, event_id = h.profile_id, h.path, h.event_id
+        p = 0 if profile is None else index(profile, len(strings) + 1)
+        w = 0 if path is None else index(path, len(strings) + 1)
+        e = index(event_id, len(strings) + 1) if h.dedup else 0
+        referrer, source, medium = h.referrer, h.utm_source, h.utm_medium
+        campaign, term, content = h.utm_campaign, h.utm_term, h.utm_content
+        if (
+            referrer is None
+            and source is None
+            and medium is None
+            and campaign is None
+            and term is None
+            and content is None
+        ):
+            g = 0
+        else:
+            g = groups.setdefault(
+                (referrer, source, medium, campaign, term, content), len(groups) + 1
+            )
+        numbers += (h.ts, 2 * h.revenue + (h.name == SCREEN_VIEW), d, p, w, e, g)
+        encoded += (  # a single device as a string: `_hits` then allocates no list for it
+            event_id, h.name, h.ts, h.received_at, device if d > 0 else devices, h.dedup,
+            profile, path, referrer, source, medium, campaign, term, content, h.revenue,
+            _properties(h.properties),
+        )  # fmt: skip
+    for values in groups:
+        numbers += (0 if value is None else index(value, len(strings) + 1) for value in values)
+    for candidates in lists:
+        numbers.append(len(candidates))
+        numbers += (index(device, len(strings) + 1) for device in candidates)
+    packed = array("d", numbers)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    args: list[Arg] = [
+        now,
+        nonce,
+        rules.timeout_ms,
+        "" if rules.max_length_ms is None else rules.max_length_ms,
+        rules.lateness_ms,
+        rules.dedup_ms,
+        ttl_ms(rules),
+        orjson.dumps(encoded),
+        len(hits),
+        len(groups),
+        len(lists),
+        packed.tobytes(),
+    ]
+    args += strings
+    return args
+
+
+def _hits(flat: list[Any]) -> list[Hit]:
+    """The hits of an outbox entry, from the flat list `_batch` encoded (a single device as
+    a string: no list to allocate, and collect, per hit)."""
+    it = iter(flat)
+    return [
+        Hit(
+            event_id, name, ts, received_at,
+            (devices,) if type(devices) is str else tuple(devices), dedup, profile, path, referrer,
+            source, medium, campaign, term, content, revenue,
+            properties.encode() if type(properties) is str else b64decode(properties[0]),
+        )
+        for (
+            event_id, name, ts, received_at, devices, dedup, profile, path, referrer, source,
+            medium, campaign, term, content, revenue, properties,
+        ) in zip(*[it] * _HIT_FIELDS, strict=True)
+    ]  # fmt: skip
+
+
+def _rows(project: str, base: int, flat: Any) -> list[SessionRow]:
+    """The rows of an outbox entry, from the flat list the script wrote (times as offsets
+    from `base`; an empty Lua table comes as {})."""
+    it = iter(flat)
+    return [
+        SessionRow(
+            sid, project, device, profile, base + int(start), base + int(last), events, views,
+            entry, exit, referrer, source, medium, campaign, term, content, int(revenue),
+            version, closed,
+        )
+        for (
+            sid, device, profile, start, last, events, views, entry, exit, referrer, source,
+            medium, campaign, term, content, revenue, version, closed,
+        ) in zip(*[it] * _ROW_FIELDS, strict=True)
+    ]  # fmt: skip
+
+
+def _times(base: int, flat: Any) -> list[tuple[str, int]]:
+    """A flat [id, offset, id, offset, ...] (an empty Lua table comes as {})."""
+    it = iter(flat)
+    return [(sid, base + int(at)) for sid, at in zip(it, it, strict=True)]
+
+
+def _entry(project: str, raw: Sequence[Any]) -> OutboxEntry:
+    """A stream entry as XRANGE returns it: [id, [field, value, ...]] from the plain client,
+    (id, {field: value}) from the cluster client."""
+    entry_id, fields = raw[0], raw[1]
+    if not isinstance(fields, dict):
+        it = iter(fields)
+        fields = dict(zip(it, it, strict=True))
+    raw_base, statuses, placed, rows, started, ended = orjson.loads(fields[b"e"])
+    base = int(raw_base)  # times come as offsets from it
+    it = iter(placed)
+    hits = fields.get(b"h")
+    return OutboxEntry(
+        entry_id.decode(),
+        project,
+        [] if hits is None else _hits(orjson.loads(hits)),
+        [Placement(_STATUSES[c], s, d) for c, s, d in zip(statuses, it, it, strict=True)],
+        _rows(project, base, rows),
+        _times(base, started),
+        _times(base, ended),
+    )
+
+
+class RedisAnalytics:
+    """The `SessionizeBackend` methods, for `RedisBackend` to delegate to (it holds the
+    connection slots and turns connection errors into `StoreUnavailable`)."""
+
+    def __init__(self, calls: Batcher, prefix: str) -> None:
+        self.calls = calls
+        self.prefix = prefix
+        self.projects_key = f"{prefix}an:projects"
+        self._known: set[str] = set()  # projects this process has added to the set
+        self._keys: dict[str, list[str]] = {}
+        self._sessionize = Script.load("sessionize", _HELPERS)
+        self._close_idle = Script.load("close_idle", _HELPERS)
+        self._vacuum = Script.load("vacuum", _HELPERS)
+
+    def keys(self, project: str) -> list[str]:
+        found = self._keys.get(project)
+        if found is None:
+            tag = f"{self.prefix}{{an:{project}}}:"
+            found = self._keys[project] = [tag + name for name in _KEY_NAMES]
+        return found
+
+    async def sessionize(
+        self, project: str, rules: Rules, hits: Sequence[Hit], now: int, nonce: str
+    ) -> IngestOutcome:
+        if project not in self._known:
+            await self.calls.call("SADD", self.projects_key, project)
+            self._known.add(project)
+        reply = await Scripts.run(
+            self.calls, self._sessionize, self.keys(project), _batch(rules, hits, now, nonce)
+        )
+        return IngestOutcome(*(int(n) for n in reply))
+
+    async def close_idle(self, project: str, rules: Rules, now: int, limit: int) -> int:
+        if limit < 1:
+            return 0
+        args = (now, rules.timeout_ms, rules.reap_lag_ms, limit, ttl_ms(rules))
+        return int(await Scripts.run(self.calls, self._close_idle, self.keys(project), args))
+
+    async def vacuum(
+        self, project: str, rules: Rules, now: int, older_than_ms: int, limit: int
+    ) -> VacuumReport:
+        if limit < 1:
+            return VacuumReport()
+        args = (now, older_than_ms, limit, rules.dedup_ms, ttl_ms(rules))
+        reply = await Scripts.run(self.calls, self._vacuum, self.keys(project), args)
+        return VacuumReport(*(int(n) for n in reply))
+
+    async def outbox(self, project: str, limit: int) -> list[OutboxEntry]:
+        if limit < 1:
+            return []
+        found = await self.calls.call("XRANGE", self.keys(project)[7], "-", "+", "COUNT", limit)
+        return [_entry(project, raw) for raw in found]
+
+    async def ack(self, project: str, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self.calls.call("XDEL", self.keys(project)[7], *entry_ids)
+
+    async def projects(self) -> list[str]:
+        found = await self.calls.call("SMEMBERS", self.projects_key)
+        return sorted(name.decode() for name in found)
+
+    async def open_sessions(self, project: str) -> int:
+        return int(await self.calls.call("ZCARD", self.keys(project)[1]))
+
+    async def watermark(self, project: str) -> int | None:
+        found = await self.calls.call("GET", self.keys(project)[6])
+        return None if found is None else int(found)
