@@ -19,6 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-redis
+	scripts/ensure-postgres
 	$(BIN)/pytest
 
 lint: $(STAMP)
