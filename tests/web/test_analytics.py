@@ -65,6 +65,12 @@ async def test_track_one_event_and_a_batch(
     again = await client.post("/api/v1/track", headers=SHOP, json=batch)
     assert again.json() == {"accepted": 3, "duplicates": 3, "late": 0}
     await settle(app, clock)
+    metrics = (await client.get("/metrics")).text
+    assert 'sessionary_analytics_events_total{outcome="joined",project="shop"} 4.0' in metrics
+    assert 'sessionary_analytics_events_total{outcome="duplicate",project="shop"} 3.0' in metrics
+    assert 'sessionary_analytics_sessions_total{event="started",project="shop"} 2.0' in metrics
+    assert 'sessionary_analytics_sessions_total{event="ended",project="shop"} 2.0' in metrics
+    assert 'sessionary_analytics_active_sessions{project="shop"} 0.0' in metrics
     listed = await client.get("/api/v1/projects/shop/sessions", headers=ADMIN)
     assert listed.status_code == 200
     rows = listed.json()["sessions"]
