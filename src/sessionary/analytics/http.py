@@ -12,8 +12,7 @@ with the index and reason of each, having accepted the good ones. Times are inte
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -23,32 +22,13 @@ from starlette.responses import Response
 from sessionary.analytics.events import BadEvent, TrackEvent
 from sessionary.analytics.service import MAX_BATCH, Sessionizer
 from sessionary.analytics.sink import Sink, Stats
+from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import JSONErrorRoute
 from sessionary.sessionize import SessionRow
 
 From = Annotated[int | None, Query(alias="from", ge=0)]  # ms; `from` is a Python keyword
-
-
-class ProjectKeys:
-    """Project keys, each naming its project, compared in constant time against all."""
-
-    def __init__(self, keys: Mapping[str, str]) -> None:
-        self._keys = [(key.encode(), project) for project, key in keys.items()]
-
-    def project_of(self, request: Request) -> str:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise _unauthorized("send the project key as 'Authorization: Bearer <key>'")
-        candidate = presented.strip().encode()
-        found = None
-        for secret, project in self._keys:
-            if hmac.compare_digest(secret, candidate) and found is None:
-                found = project
-        if found is None:
-            raise _unauthorized("the project key is not valid")
-        return found
 
 
 def session_json(row: SessionRow) -> dict[str, Any]:
@@ -90,7 +70,7 @@ def stats_json(project_id: str, stats: Stats) -> dict[str, Any]:
 
 def analytics_router(
     sessionizer: Callable[[], Sessionizer],
-    keys: ProjectKeys,
+    keys: BearerKeys[str],
     projects: Sequence[str],
     authorize_admin: Callable[[Request], object],
     client_ip: ClientIP,
@@ -103,7 +83,7 @@ def analytics_router(
     @router.post("/track", status_code=202)
     async def track(request: Request) -> Response:
         """Track one event (a JSON object) or a batch (an array of up to 1,000)."""
-        project = keys.project_of(request)
+        project = keys.require(request, "project key")
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
@@ -193,9 +173,3 @@ def _sink(sessionizer: Sessionizer) -> Sink:
             error_response(503, "no_sink", "analytics has no sink configured to query")
         )
     return sessionizer.sink
-
-
-def _unauthorized(message: str) -> ResponseError:
-    return ResponseError(
-        error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
-    )

@@ -18,7 +18,6 @@ closes after `end`; a client going away never cancels the run.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -28,7 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
-from sessionary.http.errors import JSONResponse, ResponseError, error_response
+from sessionary.http.bearer import BearerKeys, unauthorized
+from sessionary.http.errors import JSONResponse
 from sessionary.http.handlers import JSONErrorRoute
 from sessionary.logs import Cursor, LogReset
 from sessionary.runs.model import Run, RunNotFound
@@ -50,18 +50,10 @@ class ApiKeyAuthenticator:
     time against every key)."""
 
     def __init__(self, users: Sequence[RunsUser]) -> None:
-        self._users = [(u.key.get_secret_value().encode(), u.subject) for u in users]
+        self._keys = BearerKeys((u.key.get_secret_value(), u.subject) for u in users)
 
     async def __call__(self, request: Request) -> str | None:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return None
-        candidate = presented.strip().encode()
-        found = None
-        for secret, subject in self._users:
-            if hmac.compare_digest(secret, candidate) and found is None:
-                found = subject
-        return found
+        return self._keys.match(request)
 
 
 class StartIn(BaseModel):
@@ -107,14 +99,7 @@ def runs_router(
     async def caller(request: Request) -> str:
         subject = await authenticate(request)
         if subject is None:
-            raise ResponseError(
-                error_response(
-                    401,
-                    "unauthorized",
-                    "send credentials: Authorization: Bearer <key>",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            )
+            raise unauthorized("send credentials: Authorization: Bearer <key>")
         return subject
 
     async def own_run(request: Request, conversation_id: str, run_id: str) -> Run:

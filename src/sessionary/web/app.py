@@ -25,12 +25,13 @@ from starlette.responses import Response
 
 from sessionary import __version__
 from sessionary.analytics import AnalyticsMetrics, Sessionizer
-from sessionary.analytics.http import ProjectKeys, analytics_router
+from sessionary.analytics.http import analytics_router
 from sessionary.analytics.service import check_project
 from sessionary.analytics.sink import sink_from_url
 from sessionary.clock import Clock
 from sessionary.counters import Counters
 from sessionary.errors import StoreUnavailable, ValidationError
+from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, unavailable_response
 from sessionary.http.handlers import install_error_handlers
@@ -244,7 +245,7 @@ def create_app(
         app.include_router(
             analytics_router(
                 opened_analytics,
-                ProjectKeys(settings.analytics.keys()),
+                BearerKeys((key, project) for project, key in settings.analytics.keys().items()),
                 list(settings.analytics.projects),
                 lambda request: api_keys.require(request, "analytics"),
                 ClientIP(settings.analytics.trusted_proxies),
