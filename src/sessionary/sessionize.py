@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "DeviceState",
@@ -166,9 +166,9 @@ class Pointer:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """What became of one hit: its status, its session (if joined) and device (if any)."""
+class Placement(NamedTuple):
+    """What became of one hit: its status, its session (if joined) and device (if any).
+    (A tuple: one is made per event, and a tuple is made in half the time.)"""
 
     status: Status
     session_id: str | None = None
