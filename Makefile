@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/runs.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/analytics_stress.py
+	$(BIN)/python benchmarks/track_http.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,132 @@
+"""`POST /api/v1/track` under load: `sessionary serve` driven by wrk over loopback.
+
+    python benchmarks/track_http.py [--store sqlite|redis://...] [--duration 8] [--rounds 3]
+
+The service runs as `sessionary serve` (one process, its background reaper and drainer on),
+wrk drives it with 16 connections, each request a batch of random devices among 10,000. Three
+measurements per round, interleaved: `GET /healthz` (the baseline: the same server's cheapest
+route, no store), `/track` with one event per request, and `/track` with 100 per request.
+Prints requests/s and events/s, medians of the rounds. wrk, the server, its store and its sink
+share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from analytics_stress import ADMIN_KEY, KEY, PROJECT, free_port
+from middleware import wrk
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local events = {}
+  for i = 1, %(batch)d do
+    events[i] = string.format(
+      '{"name":"screen_view","device_id":"d%%d","path":"/p%%d"}',
+      math.random(1, 10000), math.random(1, 20))
+  end
+  return wrk.format(nil, nil, nil, "[" .. table.concat(events, ",") .. "]")
+end
+"""
+
+
+def config(directory: Path, store: str, port: int) -> Path:
+    path = directory / "sessionary.toml"
+    path.write_text(
+        f"""store = "{store}"
+port = {port}
+api_keys = ["{ADMIN_KEY}"]
+log_level = "warning"
+
+[reaper]
+enabled = false
+
+[analytics]
+sink = "sqlite:///{directory / "sink.db"}"
+
+[analytics.projects.{PROJECT}]
+key = "{KEY}"
+"""
+    )
+    return path
+
+
+async def serve(config_path: Path, port: int) -> asyncio.subprocess.Process:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sessionary", "serve", "--config", str(config_path)
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    server.kill()
+    raise RuntimeError("sessionary serve did not start")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default="sqlite", help="sqlite, or a Redis URL")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
+    console = Console()
+    found: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        store = f"sqlite:///{directory / 'store.db'}" if args.store == "sqlite" else args.store
+        scripts = {}
+        for batch in (1, 100):
+            scripts[batch] = directory / f"track{batch}.lua"
+            scripts[batch].write_text(LUA % {"key": KEY, "batch": batch})
+        port = free_port()
+        server = await serve(config(directory, store, port), port)
+        try:
+            for round_number in range(args.rounds):
+                for name, path, script in (
+                    ("GET /healthz", "/healthz", None),
+                    ("/track, 1 event", "/api/v1/track", scripts[1]),
+                    ("/track, 100 events", "/api/v1/track", scripts[100]),
+                ):
+                    rate = await asyncio.to_thread(
+                        wrk, port, path, args.duration, args.connections, script
+                    )
+                    found.setdefault(name, []).append(rate)
+                console.print(f"round {round_number + 1} of {args.rounds} done", style="dim")
+        finally:
+            server.terminate()
+            await server.wait()
+    table = Table("route", "requests/s (median)", "events/s", "rounds")
+    for name, rates in found.items():
+        per = 100 if "100" in name else (1 if "track" in name else 0)
+        rate = statistics.median(rates)
+        events = f"{rate * per:,.0f}" if per else ""
+        table.add_row(name, f"{rate:,.0f}", events, ", ".join(f"{r:,.0f}" for r in rates))
+    console.print(f"store {args.store}, {args.connections} connections, {os.cpu_count()} cores")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
