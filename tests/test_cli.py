@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from sessionary import connect
+from sessionary.analytics import Sessionizer, TrackEvent
 from sessionary.cli import main
 from tests.servers import free_port
 
@@ -32,3 +36,34 @@ def test_ping_says_when_the_store_is_down() -> None:
     assert "unavailable" in down.output
     up = CliRunner().invoke(main, ["ping", "--store", "memory://"])
     assert (up.exit_code, up.output.strip()) == (0, "ok: memory://")
+
+
+def test_reap_analytics_and_vacuum(tmp_path: Path) -> None:
+    """Events ingested long ago: `reap --analytics` closes their sessions and drains them to
+    the sink; `vacuum` then reports and forgets the old state."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    sink = tmp_path / "sink.db"
+    config = tmp_path / "sessionary.toml"
+    config.write_text(f'store = "{store_url}"\n[analytics]\nsink = "sqlite:///{sink}"\n')
+
+    async def ingest() -> None:
+        store = await connect(store_url)
+        old = store.clock.now_ms() - 10 * 86_400_000  # ten days ago
+        events = [
+            TrackEvent.parse({"name": "screen_view", "device_id": f"d{i}", "timestamp": old})
+            for i in range(3)
+        ]
+        await Sessionizer(store).ingest("shop", events)
+        await store.close()
+
+    asyncio.run(ingest())
+    reaped = CliRunner().invoke(main, ["reap", "--analytics", "--config", str(config)])
+    assert reaped.exit_code == 0, reaped.output
+    assert "analytics: closed 3 sessions" in reaped.output
+    with sqlite3.connect(sink) as db:
+        assert db.execute("SELECT count(*) FROM analytics_sessions WHERE closed").fetchone() == (3,)
+    vacuumed = CliRunner().invoke(main, ["vacuum", "--config", str(config), "--older-than", "1d"])
+    assert vacuumed.exit_code == 0, vacuumed.output
+    assert "closed 0 sessions, forgot 0 device states" in vacuumed.output  # closed just now
+    bad = CliRunner().invoke(main, ["vacuum", "--config", str(config), "--older-than", "soon"])
+    assert bad.exit_code == 2
