@@ -66,7 +66,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(directory: Path, store: str, port: int) -> Path:
+STRESS_JOBS = 'reap_every = "250ms"\nreap_lag = "1s"\ndrain_every = "250ms"\n'
+
+
+def write_config(
+    directory: Path, store: str, port: int, jobs: str = STRESS_JOBS, timeout: str = "2s"
+) -> Path:
+    """The service's settings: the project, its `timeout`, and `jobs`, TOML lines of the
+    [analytics] table setting the reaper and drainer periods."""
     config = directory / "sessionary.toml"
     config.write_text(
         f"""store = "{store}"
@@ -76,13 +83,10 @@ log_level = "warning"
 
 [analytics]
 sink = "sqlite:///{directory / "sink.db"}"
-reap_every = "250ms"
-reap_lag = "1s"
-drain_every = "250ms"
-
+{jobs}
 [analytics.projects.{PROJECT}]
 key = "{KEY}"
-timeout = "2s"
+timeout = "{timeout}"
 """
     )
     return config

@@ -19,14 +19,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
-from analytics_stress import ADMIN_KEY, KEY, PROJECT, free_port
+from analytics_stress import KEY, free_port, wait_ready, write_config
 from middleware import wrk
 
 LUA = """
@@ -45,42 +44,17 @@ end
 """
 
 
-def config(directory: Path, store: str, port: int) -> Path:
-    path = directory / "sessionary.toml"
-    path.write_text(
-        f"""store = "{store}"
-port = {port}
-api_keys = ["{ADMIN_KEY}"]
-log_level = "warning"
-
-[reaper]
-enabled = false
-
-[analytics]
-sink = "sqlite:///{directory / "sink.db"}"
-
-[analytics.projects.{PROJECT}]
-key = "{KEY}"
-"""
-    )
-    return path
-
-
 async def serve(config_path: Path, port: int) -> asyncio.subprocess.Process:
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sessionary", "serve", "--config", str(config_path)
     )
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    server.kill()
-    raise RuntimeError("sessionary serve did not start")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await wait_ready(client, 30)
+    except RuntimeError:
+        server.kill()
+        raise
+    return server
 
 
 async def main() -> None:
@@ -102,7 +76,8 @@ async def main() -> None:
             scripts[batch] = directory / f"track{batch}.lua"
             scripts[batch].write_text(LUA % {"key": KEY, "batch": batch})
         port = free_port()
-        server = await serve(config(directory, store, port), port)
+        # the service's own jobs at their defaults, the store's reaper on too
+        server = await serve(write_config(directory, store, port, jobs="", timeout="30m"), port)
         try:
             for round_number in range(args.rounds):
                 for name, path, script in (

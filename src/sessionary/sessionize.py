@@ -333,8 +333,6 @@ class Sessionizing:
     dirty_devices: set[str] = field(default_factory=set)
     dirty_pointers: set[str] = field(default_factory=set)
     new_seen: list[str] = field(default_factory=list)
-    opened: set[str] = field(default_factory=set)  # devices whose session opened here
-    closed: list[tuple[str, str]] = field(default_factory=list)  # (device, session id)
     touched: dict[str, str] = field(default_factory=dict)  # session id -> device
     rows: dict[str, SessionRow] = field(default_factory=dict)  # closed here: final rows
     started: list[tuple[str, int]] = field(default_factory=list)
@@ -395,7 +393,7 @@ class Sessionizing:
         if session is None:
             if state.closed_last is not None and ts <= state.closed_last:
                 return Placement(LATE, None, device)  # a closed session never reopens
-            session = self._open(device, state, hit, nonce, index)
+            session = self._open(state, hit, nonce, index)
         else:
             fit = self._fit(session, ts)
             if fit == _AFTER:
@@ -407,7 +405,7 @@ class Sessionizing:
                 self._move_start(session, hit)
             elif fit == _BEYOND:
                 self._close(device, state)
-                session = self._open(device, state, hit, nonce, index)
+                session = self._open(state, hit, nonce, index)
             elif fit == _TOO_EARLY:
                 return Placement(LATE, None, device)
         self._count(device, state, session, hit)
@@ -457,9 +455,7 @@ class Sessionizing:
         self._count(pointer.device, state, session, hit)
         return Placement(JOINED, session.id, pointer.device)
 
-    def _open(
-        self, device: str, state: DeviceState, hit: Hit, nonce: str, index: int
-    ) -> OpenSession:
+    def _open(self, state: DeviceState, hit: Hit, nonce: str, index: int) -> OpenSession:
         session = OpenSession(
             session_id(nonce, index), hit.ts, hit.ts,
             entry_path=hit.path, exit_path=hit.path, referrer=hit.referrer,
@@ -467,7 +463,6 @@ class Sessionizing:
             utm_campaign=hit.utm_campaign, utm_term=hit.utm_term, utm_content=hit.utm_content,
         )  # fmt: skip
         state.session = session
-        self.opened.add(device)
         self.started.append((session.id, hit.ts - 1))
         return session
 
@@ -508,7 +503,6 @@ class Sessionizing:
         session.version += 1
         self.rows[session.id] = SessionRow.of(self.project, device, session, closed=True)
         self.ended.append((session.id, session.last + 1))
-        self.closed.append((device, session.id))
         state.closed_last = session.last
         state.session = None
         state.touched_at = self.now

@@ -105,8 +105,9 @@ def analytics_router(
                 events.append(TrackEvent.parse(raw, project_id=project, client=client))
             except BadEvent as exc:
                 errors.append({"index": index, "reason": str(exc)})
-        outcome = await sessionizer().ingest(project, events)
-        sessionizer().refused(project, len(errors))
+        opened = sessionizer()
+        outcome = await opened.ingest(project, events)
+        opened.refused(project, len(errors))
         accepted: dict[str, Any] = {
             "accepted": len(events),
             "duplicates": outcome.duplicate,

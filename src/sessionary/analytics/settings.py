@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 
+from sessionary.analytics.service import check_project
+from sessionary.errors import ValidationError
 from sessionary.http.settings import STRICT, Duration
 from sessionary.sessionize import Rules
 
@@ -64,6 +66,16 @@ class AnalyticsSettings(BaseModel):
     vacuum_every: Duration = timedelta(hours=1)
     #: state older than this is forgotten by the vacuum (open sessions are closed first)
     vacuum_age: Duration = timedelta(days=7)
+
+    @field_validator("projects")
+    @classmethod
+    def _project_ids(cls, projects: dict[str, ProjectSettings]) -> dict[str, ProjectSettings]:
+        for project in projects:
+            try:
+                check_project(project)
+            except ValidationError as exc:
+                raise ValueError(f"{project!r}: {exc}") from None
+        return projects
 
     def default_rules(self) -> Rules:
         """The rules of a project ingested through the Python API but not configured."""

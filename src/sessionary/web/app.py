@@ -26,11 +26,10 @@ from starlette.responses import Response
 from sessionary import __version__
 from sessionary.analytics import AnalyticsMetrics, Sessionizer
 from sessionary.analytics.http import analytics_router
-from sessionary.analytics.service import check_project
 from sessionary.analytics.sink import sink_from_url
 from sessionary.clock import Clock
 from sessionary.counters import Counters
-from sessionary.errors import StoreUnavailable, ValidationError
+from sessionary.errors import StoreUnavailable
 from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, unavailable_response
@@ -125,12 +124,6 @@ def create_app(
         else None
     )
     analytics_metrics = AnalyticsMetrics(metrics.registry)
-    if settings.analytics.enabled:
-        for project in settings.analytics.projects:
-            try:
-                check_project(project)
-            except ValidationError as exc:
-                raise SettingsError(f"analytics.projects.{project}: {exc}") from None
     handler = None
     if settings.runs.enabled and settings.runs.handler:
         try:

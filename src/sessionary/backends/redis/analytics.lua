@@ -230,6 +230,36 @@ local function close_if_idle(device, cutoff)
   return true
 end
 
+-- close the sessions of `due` (devices the idle index named) idle before `cutoff`, with their
+-- profiles' pointers loaded in one go; an index entry out of step with its state (never, but
+-- heal it) is removed when it names no open session, else moved to the session's last event.
+-- -> the number closed, the number of entries removed
+local function close_due(due, cutoff)
+  load_states(KEYS[1], due)
+  local profiles = {}
+  for k = 1, #due do
+    local s = states[due[k]]
+    if s and s[4] and s[11] then profiles[#profiles + 1] = s[11] end
+  end
+  if #profiles > 0 then load_pointers(KEYS[5], profiles) end
+  local closed, removed = 0, 0
+  for k = 1, #due do
+    local device = due[k]
+    if close_if_idle(device, cutoff) then
+      closed = closed + 1
+    else
+      local s = states[device]
+      if not s or not s[4] then
+        redis.call('ZREM', KEYS[2], device)
+        removed = removed + 1
+      else
+        redis.call('ZADD', KEYS[2], s[6], device)
+      end
+    end
+  end
+  return closed, removed
+end
+
 local function chunked(command, key, args, per)
   local step = 4000 - 4000 % per
   for i = 1, #args, step do

@@ -11,27 +11,7 @@ local report = {0, 0, 0, 0, 0}
 
 local stuck = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. int(cutoff), 'LIMIT', 0, limit)
 if #stuck > 0 then
-  load_states(KEYS[1], stuck)
-  local profiles = {}
-  for k = 1, #stuck do
-    local s = states[stuck[k]]
-    if s and s[4] and s[11] then profiles[#profiles + 1] = s[11] end
-  end
-  if #profiles > 0 then load_pointers(KEYS[5], profiles) end
-  for k = 1, #stuck do
-    local device = stuck[k]
-    if close_if_idle(device, cutoff) then
-      report[1] = report[1] + 1
-    else
-      local s = states[device]
-      if not s or not s[4] then  -- an index entry naming no open session
-        redis.call('ZREM', KEYS[2], device)
-        report[3] = report[3] + 1
-      else
-        redis.call('ZADD', KEYS[2], s[6], device)
-      end
-    end
-  end
+  report[1], report[3] = close_due(stuck, cutoff)
   commit(ttl, false, false, false)
 end
 
