@@ -50,29 +50,36 @@ class ManualClock:
 
 
 def to_ms(delta: timedelta) -> int:
-    """A timedelta as whole milliseconds (floor)."""
-    return delta // timedelta(milliseconds=1)
+    """A timedelta as whole milliseconds (floor), exactly: integer arithmetic on the
+    timedelta's days, seconds and microseconds (going through `total_seconds()`, a float, makes
+    1001 ms into 1000). Every duration in sessionary becomes ms through this."""
+    return delta // _MS
 
 
+_MS = timedelta(milliseconds=1)
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d)")
 
 
 def parse_duration(text: str | int | float | timedelta) -> timedelta:
-    """ "30s", "15m", "1h30m", "500ms", "2d" (or a number of seconds) as a timedelta."""
+    """ "30s", "15m", "1h30m", "500ms", "2d" (or a number of seconds) as a timedelta.
+    Anything else, or a duration too long for a timedelta, is a ValueError."""
     if isinstance(text, timedelta):
         return text
     if isinstance(text, bool):
         raise ValueError("a duration is like '30s', '15m', '1h30m' or a number of seconds")
-    if isinstance(text, int | float):
-        return timedelta(seconds=text)
-    compact = text.replace(" ", "").lower()
-    parts = _DURATION_RE.findall(compact)
-    if not parts or "".join(n + u for n, u in parts) != compact:
-        raise ValueError(
-            f"{text!r} is not a duration: write it like '30s', '15m', '1h30m', '500ms' or '2d'"
-        )
-    return timedelta(milliseconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    try:
+        if isinstance(text, int | float):
+            return timedelta(seconds=text)
+        compact = text.replace(" ", "").lower()
+        parts = _DURATION_RE.findall(compact)
+        if not parts or "".join(n + u for n, u in parts) != compact:
+            raise ValueError(
+                f"{text!r} is not a duration: write it like '30s', '15m', '1h30m', '500ms' or '2d'"
+            )
+        return timedelta(milliseconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def to_datetime(ms: int) -> datetime:

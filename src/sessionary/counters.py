@@ -25,11 +25,17 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sessionary.clock import to_ms
+from sessionary.codec import MAX_SAFE_INT, check_int
 from sessionary.contract import CounterCharge, CounterState
 from sessionary.errors import ValidationError
 
 if TYPE_CHECKING:
     from sessionary.store import Store
+
+#: The most a counter holds, and the largest amount or limit of a charge (either sign for an
+#: amount): what every backend computes exactly (Redis scripts compute in doubles, exact up to
+#: 2^53). An unlimited counter refuses a charge that would take it past this.
+MAX_COUNT = MAX_SAFE_INT
 
 GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _KEY_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,200}")
@@ -40,7 +46,8 @@ class Charge:
     """Charge `amount` to the counter `key`, refused past `limit` (None: unlimited).
 
     Its window is `window` from its first charge, or ends at `until` (ms since the epoch);
-    give exactly one. A negative amount refunds, 0 reads.
+    give exactly one; either way it ends by `codec.MAX_SAFE_INT` ms (the year 287,396), where
+    every backend still computes with it exactly. A negative amount refunds, 0 reads.
     """
 
     key: str
@@ -85,7 +92,7 @@ class Counters:
         if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
             raise ValueError(f"counter group {group!r} must match {GROUP_RE.pattern}")
         self.group = group
-        self._backend = store.backend
+        self._backend = store.guarded
         self._clock = store.clock
 
     async def charge(self, *charges: Charge) -> ChargeResult:
@@ -106,9 +113,7 @@ class Counters:
             refused = next(
                 reading
                 for charge, reading in zip(charges, readings, strict=True)
-                if charge.amount > 0
-                and charge.limit is not None
-                and reading.used + charge.amount > charge.limit
+                if charge.amount > 0 and reading.used + charge.amount > _limit_of(charge.limit)
             )
         return ChargeResult(allowed, readings, refused)
 
@@ -123,14 +128,28 @@ class Counters:
     async def set(self, key: str, value: int, resets_at: int) -> None:
         """Set a counter outright (for migrations: running it twice changes nothing)."""
         _check_key(key)
-        if type(value) is not int or value < 0 or type(resets_at) is not int:
-            raise ValidationError("a counter's value is an int >= 0 and resets_at int ms")
+        check_int("a counter's value", value, 0, MAX_COUNT)
+        check_int("resets_at (ms since the epoch)", resets_at, 0, MAX_SAFE_INT)
         now = self._clock.now_ms()
         await self._backend.set_counters(self.group, [CounterState(key, value, resets_at)], now)
 
     async def sweep(self, limit: int = 1000) -> int:
         """Drop up to `limit` counters whose window has ended (Redis does this by itself)."""
         return await self._backend.sweep_counters(self.group, self._clock.now_ms(), limit)
+
+
+def check_amount(what: str, amount: object) -> int:
+    """A charge's amount: an int within +-`MAX_COUNT`."""
+    return check_int(what, amount, -MAX_COUNT, MAX_COUNT)
+
+
+def check_limit(what: str, limit: object) -> int | None:
+    """A charge's limit: None (unlimited) or an int from 0 to `MAX_COUNT`."""
+    return None if limit is None else check_int(what, limit, 0, MAX_COUNT)
+
+
+def _limit_of(limit: int | None) -> int:
+    return MAX_COUNT if limit is None else limit
 
 
 def _with_amount(charge: Charge, amount: int) -> Charge:
@@ -145,18 +164,19 @@ def _check_key(key: object) -> str:
 
 def _plan(charge: Charge, now: int) -> CounterCharge:
     _check_key(charge.key)
-    if type(charge.amount) is not int:
-        raise ValidationError("a charge's amount is an int")
-    if charge.limit is not None and (type(charge.limit) is not int or charge.limit < 0):
-        raise ValidationError("a charge's limit is None or an int >= 0")
+    check_amount("a charge's amount", charge.amount)
+    check_limit("a charge's limit", charge.limit)
     if (charge.window is None) == (charge.until is None):
         raise ValidationError("a charge has a window or an until, exactly one")
     if charge.window is not None:
         if not isinstance(charge.window, timedelta) or to_ms(charge.window) < 1:
             raise ValidationError("a charge's window is a timedelta of at least 1 ms")
         window_ms = to_ms(charge.window)
+        if now + window_ms > MAX_SAFE_INT:
+            raise ValidationError(f"a charge's window ends by {MAX_SAFE_INT} ms since the epoch")
     else:
-        if type(charge.until) is not int or charge.until <= now:
+        until = check_int("a charge's until (ms since the epoch)", charge.until, 0, MAX_SAFE_INT)
+        if until <= now:
             raise ValidationError("a charge's until is a moment (int ms) still to come")
-        window_ms = charge.until - now
-    return CounterCharge(charge.key, charge.amount, charge.limit, window_ms)
+        window_ms = until - now
+    return CounterCharge(charge.key, charge.amount, _limit_of(charge.limit), window_ms)

@@ -119,6 +119,40 @@ class ValidationError(SessionaryError, ValueError):
     http_status = 422
 
 
+class PayloadTooDeep(ValidationError):
+    """A JSON value nests objects and arrays deeper than `sessionary.codec.MAX_DEPTH`: refused
+    at write time, so that whatever is stored can always be read and answered again."""
+
+    code = "payload_too_deep"
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} nests objects and arrays deeper than {limit} levels")
+        self.limit = limit
+
+    def details(self) -> dict[str, Any]:
+        return {"max_depth": self.limit}
+
+
+# SQLite's result codes that mean we asked something wrong: bugs of ours, raised as they are
+# (a 500 with its traceback). Every other failure is the file's or the machine's state (disk
+# full, I/O error, read-only file, locked past busy_timeout, corrupt, out of memory, cannot
+# open): StoreUnavailable.
+_SQLITE_BUGS = frozenset(
+    {"SQLITE_ERROR", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE", "SQLITE_MISUSE"}
+)
+
+
+def sqlite_unavailable(where: str, exc: Exception) -> StoreUnavailable | None:
+    """`StoreUnavailable` for an `sqlite3.Error` of the file's state, None for a bug of ours
+    (by the primary result code: SQLITE_IOERR_WRITE is an SQLITE_IOERR; an error of the
+    sqlite3 module itself, without a code, is how we called it). The one place the SQLite
+    store and the SQLite analytics sink decide which is which."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if not isinstance(name, str) or "_".join(name.split("_", 2)[:2]) in _SQLITE_BUGS:
+        return None
+    return StoreUnavailable(f"SQLite {where} failed: {exc} ({name})")
+
+
 def _short(session_id: str) -> str:
     """Never print a whole session id: it is a bearer credential."""
     return f"{session_id[:8]}..." if len(session_id) > 8 else "<short id>"

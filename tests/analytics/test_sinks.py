@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 
 from sessionary.analytics.sink import EventRow, Sink, Stats, rows_of, sink_from_url
+from sessionary.errors import InvalidCursor
 from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow
 
 PG_URL = os.environ.get("ANALYTICS_PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -250,7 +251,7 @@ async def test_sessions_pages_newest_first(db: Db) -> None:
     assert await pages(db, 3, start=6000) == [[]]
     first = await db.sink.sessions("p", limit=3)
     assert first.sessions == [ROWS[7], ROWS[6], ROWS[5]]
-    with pytest.raises(ValueError, match="cursor"):
+    with pytest.raises(InvalidCursor):  # a 400 over HTTP
         await db.sink.sessions("p", after="not-a-cursor")
     with pytest.raises(ValueError, match="limit"):
         await db.sink.sessions("p", limit=0)

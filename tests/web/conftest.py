@@ -49,6 +49,13 @@ def make_app(store_url: str, clock: ManualClock, tmp_path: Path) -> Callable[...
 
 
 @pytest_asyncio.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the module's own `app` fixture."""
+    async with client_for(app) as opened:
+        yield opened
+
+
+@pytest_asyncio.fixture
 async def service(make_app: Callable[..., FastAPI]) -> AsyncIterator[httpx.AsyncClient]:
     app = make_app()
     async with app.router.lifespan_context(app), client_for(app) as client:

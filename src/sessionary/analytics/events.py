@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
-
+from sessionary.codec import INT64_MAX, check_text, encode_value
 from sessionary.errors import ValidationError
 
 RESERVED_NAMES = frozenset({"session_start", "session_end"})
@@ -28,6 +27,30 @@ _KNOWN = frozenset(
     {"project_id", "event_id", "name", "timestamp", "device_id", "profile_id", "revenue"}
     | {"properties", *_TEXT_LIMITS, *UTM_FIELDS}
 )
+
+#: An event as JSON Schema, for the OpenAPI document (`parse` is what decides); null is
+#: the same as leaving a field out, but for name and revenue.
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": f"^{_NAME_RE.pattern}$"},
+        "event_id": {"type": ["string", "null"], "pattern": f"^{_ID_RE.pattern}$"},
+        "timestamp": {"type": ["integer", "null"], "minimum": 0, "maximum": INT64_MAX},
+        "revenue": {"type": "integer", "minimum": -MAX_REVENUE, "maximum": MAX_REVENUE},
+        "properties": {"type": ["object", "null"]},
+        "project_id": {"type": ["string", "null"]},
+        **{
+            key: {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": _TEXT_LIMITS.get(key, 256),
+            }
+            for key in ("device_id", "profile_id", *_TEXT_LIMITS, *UTM_FIELDS)
+        },
+    },
+}
 
 
 class BadEvent(ValidationError):
@@ -91,8 +114,12 @@ class TrackEvent:
         ):
             raise BadEvent("event_id is 1-128 characters of letters, digits and _.:-")
         timestamp = raw.get("timestamp")
-        if timestamp is not None and (type(timestamp) is not int or timestamp < 0):
-            raise BadEvent("timestamp is an integer number of ms since the epoch (UTC)")
+        if timestamp is not None and (
+            type(timestamp) is not int or not 0 <= timestamp <= INT64_MAX
+        ):
+            raise BadEvent(
+                f"timestamp is an integer number of ms since the epoch (UTC), 0 to {INT64_MAX}"
+            )
         revenue = raw.get("revenue", 0)
         if type(revenue) is not int or abs(revenue) > MAX_REVENUE:
             raise BadEvent("revenue is an integer in minor units (cents), at most 10^12")
@@ -108,9 +135,9 @@ class TrackEvent:
             if not isinstance(properties, dict):
                 raise BadEvent("properties is a JSON object")
             try:
-                encoded = orjson.dumps(properties)
-            except TypeError as exc:
-                raise BadEvent(f"properties cannot be encoded: {exc}") from None
+                encoded = encode_value(properties, "properties")
+            except ValidationError as exc:
+                raise BadEvent(str(exc)) from None
             if len(encoded) > MAX_PROPERTIES:
                 raise BadEvent(f"properties take {len(encoded)} bytes encoded, over 16 KiB")
         path = text["path"]
@@ -131,7 +158,10 @@ def _text(raw: dict[str, Any], key: str) -> str | None:
     limit = _TEXT_LIMITS.get(key, 256)
     if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise BadEvent(f"{key} is a string of 1-{limit} characters")
-    return value
+    try:
+        return check_text(key, value)
+    except ValidationError as exc:
+        raise BadEvent(str(exc)) from None
 
 
 def _from_url(

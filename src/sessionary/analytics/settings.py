@@ -15,15 +15,12 @@ from datetime import timedelta
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 
 from sessionary.analytics.service import check_project
+from sessionary.clock import to_ms
 from sessionary.errors import ValidationError
 from sessionary.http.settings import STRICT, Duration
 from sessionary.sessionize import Rules
 
 DEFAULT_SINK = "sqlite:///sessionary-analytics.db"
-
-
-def ms(duration: timedelta) -> int:
-    return int(duration.total_seconds() * 1000)
 
 
 class ProjectSettings(BaseModel):
@@ -40,10 +37,10 @@ class ProjectSettings(BaseModel):
 
     def rules(self, settings: AnalyticsSettings) -> Rules:
         return Rules(
-            timeout_ms=ms(self.timeout),
-            max_length_ms=None if self.max_length is None else ms(self.max_length),
-            lateness_ms=ms(self.lateness),
-            reap_lag_ms=ms(settings.reap_lag),
+            timeout_ms=to_ms(self.timeout),
+            max_length_ms=None if self.max_length is None else to_ms(self.max_length),
+            lateness_ms=to_ms(self.lateness),
+            reap_lag_ms=to_ms(settings.reap_lag),
         )
 
 
@@ -56,6 +53,10 @@ class AnalyticsSettings(BaseModel):
     projects: dict[str, ProjectSettings] = Field(default_factory=dict)
     #: proxies whose X-Forwarded-For is believed for /track's client IP (CIDRs)
     trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: /track batches in flight at once, by their bodies' bytes (one always fits); past it
+    #: /track answers 503 `overloaded` with Retry-After. Handling a batch holds about ten
+    #: times its size, so this caps /track's memory near 10 x max_in_flight (80 MiB)
+    max_in_flight: int = Field(8 * 1024 * 1024, ge=64 * 1024)
     #: the background jobs `sessionary serve` runs (and `sessionary reap --analytics`)
     jobs: bool = True
     reap_every: Duration = timedelta(seconds=10)
@@ -79,7 +80,7 @@ class AnalyticsSettings(BaseModel):
 
     def default_rules(self) -> Rules:
         """The rules of a project ingested through the Python API but not configured."""
-        return Rules(reap_lag_ms=ms(self.reap_lag))
+        return Rules(reap_lag_ms=to_ms(self.reap_lag))
 
     def rules(self) -> dict[str, Rules]:
         return {name: project.rules(self) for name, project in self.projects.items()}

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from sessionary.codec import INT64_MAX, INT64_MIN
+from sessionary.errors import InvalidCursor
 from sessionary.sessionize import DUPLICATE, LATE, OutboxEntry, SessionRow
 
 
@@ -157,7 +159,7 @@ async def sink_from_url(url: str) -> Sink:
 EVENT_COLUMNS = tuple(f.name for f in fields(EventRow))
 SESSION_FIELDS = tuple(f.name for f in fields(SessionRow))  # what `session_of` reads back
 SESSION_COLUMNS = (*SESSION_FIELDS, "duration_ms", "is_bounce")
-_FIRST, _LAST = -(2**63), 2**63 - 1
+_FIRST, _LAST = INT64_MIN, INT64_MAX
 
 
 def event_values(row: EventRow) -> tuple[object, ...]:
@@ -185,7 +187,8 @@ def page_args(
 ) -> tuple[int, int, str, int]:
     """A `sessions()` query's bounds, none of them NULL: started_at >= the first; (started_at,
     id) < the next two (the end, or the cursor when it is lower), so an index seeks from there;
-    how many rows to fetch (one more than the page, to know whether another follows)."""
+    how many rows to fetch (one more than the page, to know whether another follows). A
+    cursor this module did not make is an `InvalidCursor` (a 400 over HTTP)."""
     if limit < 1:
         raise ValueError(f"limit is at least 1, not {limit!r}")
     first, last = span(start, end)
@@ -194,9 +197,9 @@ def page_args(
         try:
             ts, sid = orjson.loads(base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)))
         except (binascii.Error, ValueError, TypeError):
-            raise ValueError(f"not a sessions cursor: {after!r}") from None
-        if type(ts) is not int or type(sid) is not str:
-            raise ValueError(f"not a sessions cursor: {after!r}")
+            raise InvalidCursor(f"not a sessions cursor: {after[:40]!r}") from None
+        if type(ts) is not int or not _FIRST <= ts <= _LAST or type(sid) is not str:
+            raise InvalidCursor(f"not a sessions cursor: {after[:40]!r}")
         below = min(below, (ts, sid))
     return first, *below, limit + 1
 

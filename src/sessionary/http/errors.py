@@ -41,6 +41,13 @@ def error_response(
     return JSONResponse({"error": code, "message": message, **extra}, status, dict(headers or {}))
 
 
+def internal_error_response(headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The 500 of a bug (logged where it was caught); it says nothing more to the client."""
+    return error_response(
+        500, "internal_error", "something went wrong on our side", headers=headers
+    )
+
+
 def unavailable_response(message: str, retry_after: int = RETRY_AFTER_UNAVAILABLE) -> JSONResponse:
     return error_response(
         503,

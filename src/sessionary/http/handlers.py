@@ -1,8 +1,11 @@
 """Exception handlers that keep every error JSON with a stable code (never a bare 500 for bad
-input, never FastAPI's `{"detail": ...}`)."""
+input, never FastAPI's `{"detail": ...}`), route classes that answer their own errors and
+check credentials before anything else, and `ServerErrors`, which answers a crash with a JSON
+500 and keeps the client's connection."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -12,9 +15,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary.errors import SessionaryError, StoreUnavailable
-from sessionary.http.errors import ResponseError, error_response, response_for
+from sessionary.http.errors import (
+    ResponseError,
+    error_response,
+    internal_error_response,
+    response_for,
+)
 from sessionary.http.metrics import Metrics
 
 log = logging.getLogger("sessionary.http")
@@ -44,9 +53,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None
     async def on_sessionary_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SessionaryError)
         if isinstance(exc, StoreUnavailable):
-            log.warning(
-                "store unavailable serving %s %s: %s", request.method, request.url.path, exc
-            )
+            # said once per outage by the store itself (`sessionary.outage`), not per request
+            log.debug("store unavailable serving %s %s: %s", request.method, request.url.path, exc)
             if metrics is not None:
                 metrics.store_errors.labels("api").inc()
         return response_for(exc)
@@ -61,15 +69,51 @@ def install_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=exc.headers)
 
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error serving %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "something went wrong on our side")
-
     app.add_exception_handler(ResponseError, on_response_error)
     app.add_exception_handler(SessionaryError, on_sessionary_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_crash)
+    # Outermost of the application's middleware: call this after adding the others.
+    app.add_middleware(ServerErrors)
+
+
+class ServerErrors:
+    """Answers an exception nothing else answered with a JSON 500, logged once, and keeps
+    the connection open.
+
+    Starlette's own last resort answers a 500 and then raises the exception again, for the
+    server to log; uvicorn, seeing an exception after a response has started, closes the
+    connection, so a keep-alive client loses its connection on every 500. Here the exception
+    ends with the response: raised before the response started, it is answered; after the
+    response was sent whole, it is only logged; only a response cut off halfway (its head
+    sent, its body not finished) is raised on, as the connection cannot be used again.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = finished = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception:
+            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+            if started and not finished:
+                raise
+            if not started:
+                await internal_error_response()(scope, receive, send)
 
 
 def validation_response(exc: RequestValidationError) -> Response:
@@ -89,15 +133,24 @@ def validation_response(exc: RequestValidationError) -> Response:
     return error_response(422, "validation_error", _summary(problems), details=problems)
 
 
+Guard = Callable[[Request], object]
+
+
 class JSONErrorRoute(APIRoute):
     """A route answering its own errors as sessionary's JSON, whatever handlers the
-    application around it has (for routers mounted into someone else's app)."""
+    application around it has (for routers mounted into someone else's app). A subclass made
+    by `guarded` checks the request first (its credentials), before the body is read or any
+    parameter validated: a request without a key gets a 401, whatever else is wrong with it."""
+
+    async def check(self, request: Request) -> None:
+        """Refuse the request (raise) before anything else; `guarded` routes do."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def answer(request: Request) -> Response:
             try:
+                await self.check(request)
                 return await handler(request)
             except RequestValidationError as exc:
                 return validation_response(exc)
@@ -107,6 +160,19 @@ class JSONErrorRoute(APIRoute):
                 return response_for(exc)
 
         return answer
+
+
+def guarded(guard: Guard) -> type[JSONErrorRoute]:
+    """A route class whose routes run `guard(request)` (sync or async; it raises to refuse: a
+    `ResponseError`, say) before anything else."""
+
+    class GuardedRoute(JSONErrorRoute):
+        async def check(self, request: Request) -> None:
+            checked = guard(request)
+            if inspect.isawaitable(checked):
+                await checked
+
+    return GuardedRoute
 
 
 def _summary(problems: list[dict[str, Any]]) -> str:

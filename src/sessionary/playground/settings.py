@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr
 
+from sessionary.counters import MAX_COUNT
 from sessionary.http.settings import STRICT, Duration
 
 
@@ -17,15 +18,15 @@ class PlaygroundSettings(BaseModel):
     namespace: str = "playground"
     session_ttl: Duration = timedelta(hours=24)
     #: searches per session, over its whole life
-    session_limit: int = Field(50, ge=0)
+    session_limit: int = Field(50, ge=0, le=MAX_COUNT)
     #: searches per client IP per `ip_window`
-    ip_limit: int = Field(100, ge=0)
+    ip_limit: int = Field(100, ge=0, le=MAX_COUNT)
     ip_window: Duration = timedelta(days=1)
     #: searches in all per `global_window`
-    global_limit: int = Field(10_000, ge=0)
+    global_limit: int = Field(10_000, ge=0, le=MAX_COUNT)
     global_window: Duration = timedelta(hours=1)
     #: new sessions per client IP per `ip_window` (a client dropping its cookie is still held)
-    sessions_per_ip: int = Field(20, ge=0)
+    sessions_per_ip: int = Field(20, ge=0, le=MAX_COUNT)
     #: how long an indexed repository stays in the slot (never past its session)
     repo_ttl: Duration = timedelta(hours=24)
     #: proxies whose X-Forwarded-For is believed (CIDRs)

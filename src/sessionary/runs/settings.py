@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel, Field, SecretStr
 
+from sessionary.codec import MAX_SAFE_INT
 from sessionary.http.settings import STRICT, Duration
 
 
@@ -31,10 +32,13 @@ class RunsSettings(BaseModel):
     #: a worker renews its lease at a third of this; silent longer, its run errors
     lease_ttl: Duration = timedelta(seconds=30)
     #: events kept per run (oldest trimmed first), and their maximum age
-    log_max_length: int = Field(10_000, ge=1)
+    log_max_length: int = Field(10_000, ge=1, le=MAX_SAFE_INT)
     log_max_age: Duration | None = None
     #: the guess of a run's duration before any run of its conversation or namespace ended
     default_duration: Duration = timedelta(seconds=30)
+    #: an event stream whose reader takes nothing for this long is disconnected (it resumes
+    #: with Last-Event-ID); until then it holds at most its socket buffer and one page
+    stream_send_timeout: Duration = timedelta(seconds=30)
     users: list[RunsUser] = Field(default_factory=list)
     #: "package.module:function" producing each run started over HTTP in the service's own
     #: process (see sessionary.runs.worker); None: the application's workers do it

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
+from sessionary.codec import INT64_MAX, INT64_MIN, MAX_DEPTH
+
 
 def exact(value: Any) -> bytes:
     """A value's JSON with types kept (1 and 1.0 differ), for exact round-trip checks."""
@@ -28,6 +30,13 @@ class _Point:
     x: int
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 NOT_JSON: list[Any] = [
     (1, 2),
     {1, 2},
@@ -38,13 +47,15 @@ NOT_JSON: list[Any] = [
     datetime(2026, 1, 1, tzinfo=UTC),
     b"bytes",
     _Color.RED,
-    2**64,
-    -(2**63) - 1,
+    2**64,  # past even the unsigned 64 bits orjson takes
+    INT64_MIN - 1,
     {1: "int key"},
     Decimal("1.5"),
     object(),
     _Point(1),
     defaultdict(list),
+    "lone \udfff surrogate",  # not valid Unicode
+    _nested(MAX_DEPTH),  # nests past MAX_DEPTH wherever it is put
 ]
 
 MALFORMED_IDS: list[Any] = [
@@ -68,7 +79,7 @@ MALFORMED_IDS: list[Any] = [
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )

@@ -21,6 +21,8 @@ from hypothesis.stateful import (
 
 from sessionary import ids
 from sessionary.clock import ManualClock
+from sessionary.codec import INT64_MAX, INT64_MIN, MAX_DEPTH
+from sessionary.counters import MAX_COUNT
 from sessionary.errors import (
     InvalidSessionId,
     PayloadTooLarge,
@@ -119,6 +121,34 @@ class StoreConformance(CounterConformance, LogConformance, SessionizeConformance
         got_bare = await web.get(bare.id)
         assert got_bare is not None
         assert (got_bare.data, got_bare.metadata, got_bare.subject) == ({}, {}, None)
+
+    @pytest.mark.asyncio
+    async def test_values_at_the_stated_edges_round_trip(self, web: Namespace) -> None:
+        """The deepest data the store accepts (`codec.MAX_DEPTH`), the 64-bit integers, any
+        Unicode, and counters up to `counters.MAX_COUNT`, exactly, on every path."""
+        deep: Any = {"edge": [INT64_MIN, INT64_MAX, 2**53 + 1, "\U0010ffff\ufffd"]}
+        for _ in range(MAX_DEPTH - 3):
+            deep = [deep]
+        data = {"deep": deep}  # MAX_DEPTH levels, this object the first
+        made = await web.create(subject="\U0001f600", data=data)
+        await web.append(made.id, "deep", data)
+        rotated = await web.rotate(made.id)
+        for session in (await web.get(rotated.id), await web.touch(rotated.id), rotated):
+            assert session is not None
+            assert exact(session.data) == exact(data)
+        [event] = (await web.read(rotated.id)).events
+        assert exact(event.data) == exact(data)
+        for amount, used in ((MAX_COUNT - 2, MAX_COUNT - 2), (1, MAX_COUNT - 1), (1, MAX_COUNT)):
+            charged = await web.consume(rotated.id, "c", amount)
+            assert (charged.allowed, charged.used) == (True, used)
+        past = await web.consume(rotated.id, "c", 1)  # unlimited stops at the most
+        assert (past.allowed, past.used) == (False, MAX_COUNT)
+        assert (await web.consume(rotated.id, "c", -MAX_COUNT + 1)).used == 1
+        limited = await web.consume(rotated.id, "l", MAX_COUNT, limit=MAX_COUNT)
+        assert (limited.allowed, limited.used, limited.remaining) == (True, MAX_COUNT, 0)
+        stored = await web.get(rotated.id)
+        assert stored is not None
+        assert dict(stored.counters) == {"c": 1, "l": MAX_COUNT}
 
     def test_any_json_object_round_trips(self, store_url: str) -> None:
         with asyncio.Runner() as runner:
@@ -615,6 +645,17 @@ class StoreConformance(CounterConformance, LogConformance, SessionizeConformance
             await web.list_subject(bad)
         with pytest.raises(ValidationError):
             await web.revoke_subject(bad)
+        assert await web.count() == 0
+
+    @pytest.mark.asyncio
+    async def test_a_readiness_ping_proves_a_write_and_leaves_no_session(
+        self, store: Store, web: Namespace
+    ) -> None:
+        """`/readyz` asks `ping(write=True)`: the backend takes a small write (a counter of
+        the group `sessionary.health`), again and again, through the contract alone."""
+        await store.ping()
+        for _ in range(3):
+            await store.ping(write=True)
         assert await web.count() == 0
 
     # -- 10. reaping --------------------------------------------------------------------

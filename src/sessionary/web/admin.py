@@ -1,7 +1,9 @@
 """The admin API under /v1, behind an API key: sessions of the configured namespaces.
 
 Times are integer ms since the epoch (UTC); a session's version travels as its ETag, and a
-PATCH with `If-Match: "<version>"` writes only over that version (412 otherwise).
+PATCH with `If-Match: "<version>"` writes only over that version (412 otherwise). The key is
+checked before anything else of a request (a request without one gets a 401, however malformed
+its body); bodies are strict JSON (an integer is a JSON integer: not a bool, not a string).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 from sessionary.contract import KEEP, Keep
+from sessionary.counters import MAX_COUNT
 from sessionary.errors import SessionNotFound
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
+from sessionary.http.handlers import guarded
 from sessionary.model import Session
 from sessionary.store import Namespace
 from sessionary.web.auth import ApiKeys
@@ -35,8 +39,11 @@ class SessionOut(BaseModel):
     counters: dict[str, int]
 
 
+_STRICT_BODY = ConfigDict(extra="forbid", strict=True)
+
+
 class CreateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_BODY
 
     subject: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
@@ -46,7 +53,7 @@ class CreateIn(BaseModel):
 class PatchIn(BaseModel):
     """Fields left out are kept; `subject: null` clears the subject."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_BODY
 
     data: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
@@ -54,16 +61,16 @@ class PatchIn(BaseModel):
 
 
 class RotateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_BODY
 
     subject: str | None = None
 
 
 class ConsumeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_BODY
 
-    amount: int = 1
-    limit: int | None = Field(None, ge=0)
+    amount: StrictInt = Field(1, ge=-MAX_COUNT, le=MAX_COUNT)
+    limit: StrictInt | None = Field(None, ge=0, le=MAX_COUNT)
 
 
 class ConsumeOut(BaseModel):
@@ -98,10 +105,13 @@ def _session_response(session: Session, status: int = 200) -> JSONResponse:
 def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKeys) -> APIRouter:
     """The /v1 routes over the namespaces `namespaces()` returns (known once the store is
     open)."""
-    router = APIRouter(prefix="/v1", tags=["admin"])
 
-    def resolve(request: Request, name: str) -> Namespace:
-        keys.require(request, name)
+    def key_first(request: Request) -> None:
+        keys.require(request, request.path_params.get("namespace"))
+
+    router = APIRouter(prefix="/v1", tags=["admin"], route_class=guarded(key_first))
+
+    def resolve(name: str) -> Namespace:
         found = namespaces().get(name)
         if found is None:
             raise ResponseError(
@@ -125,19 +135,19 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     @router.post(f"{base}/sessions", status_code=201, response_model=SessionOut)
     async def create(request: Request, namespace: str, body: CreateIn) -> Response:
         """Create a session."""
-        space = resolve(request, namespace)
+        space = resolve(namespace)
         session = await space.create(subject=body.subject, data=body.data, metadata=body.metadata)
         return _session_response(session, 201)
 
     @router.get(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
     async def read(request: Request, namespace: str, session_id: str) -> Response:
         """Read a live session (a peek: it does not extend it)."""
-        return _session_response(await live(resolve(request, namespace), session_id))
+        return _session_response(await live(resolve(namespace), session_id))
 
     @router.post(f"{base}/sessions/{{session_id}}/touch", response_model=SessionOut)
     async def touch(request: Request, namespace: str, session_id: str) -> Response:
         """Record activity: slides the idle expiry, never past the absolute cap."""
-        session = await resolve(request, namespace).touch(session_id)
+        session = await resolve(namespace).touch(session_id)
         if session is None:
             raise SessionNotFound(session_id)
         return _session_response(session)
@@ -146,7 +156,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     async def patch(request: Request, namespace: str, session_id: str, body: PatchIn) -> Response:
         """Replace data and/or metadata, set or clear the subject; with `If-Match`, only over
         that version (412 if it moved on)."""
-        space = resolve(request, namespace)
+        space = resolve(namespace)
         expected = _if_match(request)
         subject: str | Keep | None = body.subject if "subject" in body.model_fields_set else KEEP
         session = await space.update(
@@ -161,7 +171,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     @router.delete(f"{base}/sessions/{{session_id}}", status_code=204)
     async def delete(request: Request, namespace: str, session_id: str) -> Response:
         """Delete a session (404 if there was no live one)."""
-        if not await resolve(request, namespace).delete(session_id):
+        if not await resolve(namespace).delete(session_id):
             raise SessionNotFound(session_id)
         return Response(status_code=204)
 
@@ -170,7 +180,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         request: Request, namespace: str, session_id: str, body: RotateIn | None = None
     ) -> Response:
         """Give the session a new id; the old one stops working at once."""
-        space = resolve(request, namespace)
+        space = resolve(namespace)
         subject: str | Keep | None = KEEP
         if body is not None and "subject" in body.model_fields_set:
             subject = body.subject
@@ -179,13 +189,13 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     @router.get(f"{base}/subjects/{{subject}}/sessions")
     async def list_subject(request: Request, namespace: str, subject: str) -> Response:
         """The live sessions of a subject, newest first."""
-        sessions = await resolve(request, namespace).list_subject(subject)
+        sessions = await resolve(namespace).list_subject(subject)
         return JSONResponse({"sessions": [session_json(s) for s in sessions]})
 
     @router.delete(f"{base}/subjects/{{subject}}/sessions")
     async def revoke_subject(request: Request, namespace: str, subject: str) -> Response:
         """Delete every session of a subject (log out everywhere)."""
-        revoked = await resolve(request, namespace).revoke_subject(subject)
+        revoked = await resolve(namespace).revoke_subject(subject)
         return JSONResponse({"revoked": revoked})
 
     @router.post(
@@ -197,7 +207,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         request: Request, namespace: str, session_id: str, counter: str, body: ConsumeIn
     ) -> Response:
         """Charge a session counter atomically against a limit (a negative amount refunds)."""
-        space = resolve(request, namespace)
+        space = resolve(namespace)
         result = await space.consume(session_id, counter, amount=body.amount, limit=body.limit)
         payload = {
             "allowed": result.allowed,

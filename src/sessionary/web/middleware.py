@@ -39,10 +39,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sessionary.contract import KEEP, Keep
 from sessionary.errors import InvalidSessionId, StoreUnavailable, VersionConflict
 from sessionary.http.cookies import CookieSpec
-from sessionary.http.errors import error_response, unavailable_response
-from sessionary.http.outage import OutageLog
+from sessionary.http.errors import error_response, internal_error_response, unavailable_response
 from sessionary.http.source import StoreSource
 from sessionary.model import Session
+from sessionary.outage import OutageLog
 from sessionary.store import Namespace, Store
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ class SessionMiddleware:
         if presented is None and namespace is not None:  # the common case: nothing to load
             handle = SessionHandle(namespace, None)
             self._expose(scope, handle)
-            await self.app(scope, receive, self._committing(scope, receive, send, handle, False))
+            await self._serve(scope, receive, send, handle, False)
             return
         try:
             namespace = await self._ns()
@@ -306,7 +306,7 @@ class SessionMiddleware:
         handle = SessionHandle(namespace, session)
         self._expose(scope, handle)
         stale = presented is not None and session is None
-        await self.app(scope, receive, self._committing(scope, receive, send, handle, stale))
+        await self._serve(scope, receive, send, handle, stale)
 
     @staticmethod
     def _expose(scope: Scope, handle: SessionHandle) -> None:
@@ -340,6 +340,31 @@ class SessionMiddleware:
         self._outage.failed(error, "requests go on without sessions (fail open)")
         if self.metrics is not None:
             self.metrics.fail_open.labels("middleware").inc()
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, handle: SessionHandle, stale: bool
+    ) -> None:
+        """Run the app, writing the session back as its response starts. If the app fails
+        before it answers, having rotated the session (the old id is dead already), the 500
+        still carries the new id: a failed response never hides a completed write."""
+        committing = self._committing(scope, receive, send, handle, stale)
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await committing(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            session = handle._session
+            if not started and handle._reissue and session is not None and scope["type"] == "http":
+                name, value = self._issuing(session)
+                await internal_error_response({name.decode("latin-1"): value.decode("latin-1")})(
+                    scope, receive, send
+                )
+            raise
 
     def _committing(
         self, scope: Scope, receive: Receive, send: Send, handle: SessionHandle, stale: bool

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     #: the largest request body accepted, in bytes
     max_body: int = Field(2 * 1024 * 1024, ge=1024)
+    #: request heads: the largest header (name and value), the largest head (request line and
+    #: headers), the most headers; past any, 431 and the connection is closed
+    max_header_bytes: int = Field(8 * 1024, ge=1024)
+    max_head_bytes: int = Field(64 * 1024, ge=4096)
+    max_headers: int = Field(100, ge=16)
+    #: each connection's kernel send buffer, in bytes (0: the kernel's own, autotuned): what a
+    #: client that stops reading can hold of the machine's memory
+    send_buffer_bytes: int = Field(128 * 1024, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("api_keys", mode="before")
