@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sessionary.counters import Counters
-from sessionary.errors import StoreUnavailable
+from sessionary.outage import Backoff, OutageLog, repeat
 from sessionary.store import Namespace
 
 log = logging.getLogger("sessionary.reaper")
@@ -70,20 +70,22 @@ async def run_forever(
     every: timedelta,
     batch: int = 1000,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    backoff: Backoff | None = None,
 ) -> None:
-    """Sweep every `every` until cancelled; an unreachable store is logged and retried."""
+    """Sweep every `every` until cancelled. While the store is unavailable, try again later
+    and later (`backoff`: by default doubling from `every` up to a minute, jittered), with a
+    warning when it fails and an info line when it works again, not one per try."""
     namespaces, groups = list(namespaces), list(groups)
-    down = False
-    while True:
-        try:
-            found = await sweep(namespaces, groups, batch=batch)
-            if down:
-                log.info("reaper: the store is back")
-                down = False
-            if found.total:
-                log.info("reaper: expired %s, swept counters %s", found.expired, found.counters)
-        except StoreUnavailable as exc:
-            if not down:
-                log.warning("reaper: the store is unavailable (%s); retrying every %s", exc, every)
-                down = True
-        await sleep(every.total_seconds())
+
+    async def once() -> None:
+        found = await sweep(namespaces, groups, batch=batch)
+        if found.total:
+            log.info("reaper: expired %s, swept counters %s", found.expired, found.counters)
+
+    await repeat(
+        once,
+        every.total_seconds(),
+        OutageLog(log, "reaper", settle=0),
+        backoff=backoff,
+        sleep=sleep,
+    )

@@ -321,7 +321,11 @@ async def test_fail_open_goes_on_without_a_session_and_says_so_once(
                 for _ in range(5):
                     reading = await client.get("/read")
                     assert (reading.status_code, reading.json()["new"]) == (200, True)
-            warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+            warnings = [
+                r
+                for r in caplog.records
+                if r.name == "sessionary.middleware" and "unavailable" in r.getMessage()
+            ]
             assert len(warnings) == 1
             text = metrics.render().decode()
             assert 'sessionary_fail_open_total{where="middleware"} 5.0' in text

@@ -11,7 +11,8 @@ the tables live in that schema, created if missing (it becomes the connections'
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -30,6 +31,7 @@ from sessionary.analytics.sink import (
     span,
     stats_of,
 )
+from sessionary.errors import StoreUnavailable
 from sessionary.sessionize import OutboxEntry
 
 _SCHEMA = """
@@ -110,6 +112,28 @@ _TOP_PATHS = (  # ties by path in code point order, as on SQLite
 )
 
 
+# SQLSTATE classes that mean we asked something wrong: bugs of ours, raised as they are (a 500
+# with its traceback). Every other failure is the server's state (connection lost or refused,
+# read-only standby, disk full, too many connections, shutting down, serialization failure,
+# no privilege): StoreUnavailable, so the drainer backs off and the routes answer 503.
+_OUR_BUGS = frozenset({"0A", "21", "22", "23", "42"})
+_STATE_AMONG_BUGS = frozenset({"42501"})  # insufficient privilege: how the server is set up
+
+
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    """The one place this sink decides what is a failure of the server (see `_OUR_BUGS`)."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        state = exc.sqlstate or ""
+        if state[:2] in _OUR_BUGS and state not in _STATE_AMONG_BUGS:
+            raise
+        raise StoreUnavailable(f"the PostgreSQL analytics sink failed: {exc} ({state})") from exc
+    except (OSError, asyncpg.InterfaceError) as exc:  # refused, lost, timed out, pool closing
+        raise StoreUnavailable(f"the PostgreSQL analytics sink is unreachable: {exc}") from exc
+
+
 class PostgresSink:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -139,9 +163,10 @@ class PostgresSink:
 
     async def write(self, entries: Sequence[OutboxEntry]) -> None:
         events, sessions = rows_of(entries)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(_INSERT_EVENT, [event_values(row) for row in events])
-            await conn.executemany(_UPSERT_SESSION, [session_values(row) for row in sessions])
+        with _unavailable_on_failure():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.executemany(_INSERT_EVENT, [event_values(row) for row in events])
+                await conn.executemany(_UPSERT_SESSION, [session_values(row) for row in sessions])
 
     async def sessions(
         self,
@@ -155,19 +180,21 @@ class PostgresSink:
         after: str | None = None,
     ) -> SessionsPage:
         first, below_ts, below_id, fetch = page_args(start, end, after, limit)
-        records = await self._pool.fetch(
-            _SESSIONS, project_id, first, device_id, profile_id, below_ts, below_id, fetch
-        )
+        with _unavailable_on_failure():
+            records = await self._pool.fetch(
+                _SESSIONS, project_id, first, device_id, profile_id, below_ts, below_id, fetch
+            )
         return page_of(records, limit)
 
     async def stats(self, project_id: str, *, start: int | None, end: int | None) -> Stats:
         args = (project_id, *span(start, end))
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
-        ):
-            totals = await conn.fetchrow(_TOTALS, *args)
-            top = await conn.fetch(_TOP_PATHS, *args)
+        with _unavailable_on_failure():
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
+            ):
+                totals = await conn.fetchrow(_TOTALS, *args)
+                top = await conn.fetch(_TOP_PATHS, *args)
         assert totals is not None
         sessions, bounces, duration, events = totals
         return stats_of(sessions, bounces, duration, events, top)

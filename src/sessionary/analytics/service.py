@@ -27,7 +27,9 @@ from sessionary.analytics.devices import DeviceIds
 from sessionary.analytics.events import TrackEvent
 from sessionary.analytics.metrics import AnalyticsMetrics
 from sessionary.analytics.sink import Sink
-from sessionary.errors import StoreUnavailable, ValidationError
+from sessionary.clock import to_ms
+from sessionary.errors import ValidationError
+from sessionary.outage import OutageLog, repeat
 from sessionary.sessionize import Hit, IngestOutcome, Rules, VacuumReport
 from sessionary.store import Namespace, Store
 
@@ -72,6 +74,12 @@ class Sessionizer:
 
     def rules(self, project: str) -> Rules:
         return self._rules.get(project, self._default)
+
+    async def projects(self) -> list[str]:
+        """The projects the jobs work on: the configured ones, and every one the store has
+        seen ingest (each batch names its project there again, so after the store lost its
+        data a project's first batch makes it known again)."""
+        return sorted(self._rules.keys() | set(await self.backend.projects()))
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -135,7 +143,7 @@ class Sessionizer:
         self.metrics.jobs.labels("reaper").inc()
         now = self.store.clock.now_ms()
         total = 0
-        for project in await self.backend.projects():
+        for project in await self.projects():
             while True:
                 closed = await self.backend.close_idle(project, self.rules(project), now, limit)
                 total += closed
@@ -155,9 +163,9 @@ class Sessionizer:
         that are no longer needed. Returns what it cleaned, over all projects."""
         self.metrics.jobs.labels("vacuum").inc()
         now = self.store.clock.now_ms()
-        age = int(older_than.total_seconds() * 1000)
+        age = to_ms(older_than)
         total = VacuumReport()
-        for project in await self.backend.projects():
+        for project in await self.projects():
             report = await self.backend.vacuum(project, self.rules(project), now, age, limit)
             for kind in ("closed", "states", "index", "pointers", "dedup"):
                 count = getattr(report, kind)
@@ -175,7 +183,7 @@ class Sessionizer:
             raise RuntimeError("this Sessionizer has no sink to drain to")
         self.metrics.jobs.labels("drainer").inc()
         drained = 0
-        for project in await self.backend.projects():
+        for project in await self.projects():
             while True:
                 entries = await self.backend.outbox(project, limit)
                 if not entries:
@@ -197,26 +205,22 @@ class Sessionizer:
         drain_every: timedelta = timedelta(seconds=1),
         vacuum_every: timedelta = timedelta(hours=1),
         vacuum_age: timedelta = timedelta(days=7),
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        """The reaper, the drainer and the vacuum, each on its own period, until cancelled.
-        A failing job (the store or the sink down) is logged and tried again next period."""
-        jobs: list[tuple[Callable[[], Awaitable[object]], timedelta]] = [
-            (self.reap, reap_every),
-            (lambda: self.vacuum(vacuum_age), vacuum_every),
+        """The reaper, the drainer and the vacuum, each on its own period (in tasks named
+        `sessionary-analytics-<job>`), until cancelled. While the store or the sink is
+        down, a job tries again later and later (doubling from its period up to a minute,
+        jittered), with a warning when it fails and an info line when it works again."""
+        jobs: list[tuple[str, Callable[[], Awaitable[object]], timedelta]] = [
+            ("reaper", self.reap, reap_every),
+            ("vacuum", lambda: self.vacuum(vacuum_age), vacuum_every),
         ]
         if self.sink is not None:
-            jobs.append((self.drain, drain_every))
+            jobs.append(("drainer", self.drain, drain_every))
         async with asyncio.TaskGroup() as group:
-            for job, every in jobs:
-                group.create_task(_every(job, every.total_seconds()))
-
-
-async def _every(job: Callable[[], Awaitable[object]], seconds: float) -> None:
-    while True:
-        try:
-            await job()
-        except StoreUnavailable as exc:
-            log.warning("analytics job: the store is unavailable (%s); retrying", exc)
-        except Exception:
-            log.exception("analytics job failed; retrying")
-        await asyncio.sleep(seconds)
+            for name, job, every in jobs:
+                outage = OutageLog(log, f"analytics {name}", settle=0)
+                group.create_task(
+                    repeat(job, every.total_seconds(), outage, sleep=sleep),
+                    name=f"sessionary-analytics-{name}",
+                )

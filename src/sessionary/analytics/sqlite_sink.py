@@ -29,6 +29,7 @@ from sessionary.analytics.sink import (
     span,
     stats_of,
 )
+from sessionary.errors import sqlite_unavailable
 from sessionary.sessionize import OutboxEntry, SessionRow
 
 T = TypeVar("T")
@@ -166,7 +167,12 @@ class SqliteSink:
         return cls(executor, conn)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
+        except sqlite3.Error as exc:  # disk full, I/O error, locked: StoreUnavailable
+            if (failure := sqlite_unavailable("analytics sink", exc)) is None:
+                raise
+            raise failure from exc
 
     async def write(self, entries: Sequence[OutboxEntry]) -> None:
         events, sessions = rows_of(entries)

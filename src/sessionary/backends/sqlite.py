@@ -31,6 +31,7 @@ from sessionary.backends.signals import LogSignals
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
+    WAIT_MAX_BYTES,
     CounterCharge,
     CounterState,
     Lifetime,
@@ -42,6 +43,7 @@ from sessionary.contract import (
     SubjectChange,
     plan_append,
     plan_charges,
+    within_bytes,
 )
 from sessionary.errors import (
     LogClosed,
@@ -49,6 +51,7 @@ from sessionary.errors import (
     SessionNotFound,
     StoreUnavailable,
     VersionConflict,
+    sqlite_unavailable,
 )
 from sessionary.sessionize import Hit, IngestOutcome, OutboxEntry, Rules, VacuumReport
 
@@ -348,25 +351,36 @@ class _Writer(threading.Thread):
     def _run_batch(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         transaction = len(batch) > 1 or batch[0].writes
+        culprit = None
         try:
             if transaction:
                 connection.execute(
                     "BEGIN IMMEDIATE" if any(job.writes for job in batch) else "BEGIN"
                 )
-            for job in batch:
+            for culprit, job in enumerate(batch):  # noqa: B007 (read in the handler)
                 try:
                     outcomes.append((job.future, job.run(connection), None))
                 except sqlite3.Error:
-                    raise  # the store failed: the whole batch fails with it
+                    raise  # the whole batch fails with it
                 except Exception as exc:  # the job's own answer (e.g. SessionExists)
                     outcomes.append((job.future, None, exc))
+            culprit = None
             if transaction:
                 connection.execute("COMMIT")
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
-            failure = StoreUnavailable(f"SQLite store {self.path!r} failed: {exc}")
+            failure = sqlite_unavailable(f"store {self.path!r}", exc)
+            if failure is None and culprit is not None:
+                # a bug of one job's: that job hears it; the others, rolled back with it,
+                # run again without it (their outcome is known: nothing was applied)
+                self._deliver([batch[culprit]], [(batch[culprit].future, None, exc)])
+                rest = batch[:culprit] + batch[culprit + 1 :]
+                if rest:
+                    self._run_batch(connection, rest)
+                return
+            failure = failure or StoreUnavailable(f"SQLite store {self.path!r} failed: {exc}")
             outcomes = [(job.future, None, failure) for job in batch]
         self._deliver(batch, outcomes)
 
@@ -615,16 +629,19 @@ class SQLiteBackend:
         return seqs
 
     async def read_log(
-        self, ns: str, session_id: str, after: int, limit: int, now: int
+        self, ns: str, session_id: str, after: int, limit: int, now: int, max_bytes: int = 0
     ) -> LogSlice | None:
         def run(db: sqlite3.Connection) -> LogSlice | None:
             head = db.execute(_LOG_HEAD, (ns, session_id, now)).fetchone()
             if head is None:
                 return None
-            entries = [
-                LogEntry(row[0], row[1], row[2], row[3], bool(row[4]))
-                for row in db.execute(_LOG_READ, (ns, session_id, after, limit))
-            ]
+            entries = within_bytes(
+                (
+                    LogEntry(row[0], row[1], row[2], row[3], bool(row[4]))
+                    for row in db.execute(_LOG_READ, (ns, session_id, after, limit))
+                ),
+                max_bytes,
+            )
             first = entries[0].seq if entries else head[0] + 1
             return LogSlice(entries, first, head[0], bool(head[1]), head[2])
 
@@ -636,7 +653,7 @@ class SQLiteBackend:
         # appends from this process wake followers at once; others' within 50 ms (polling)
         return await self._signals.wait_log(
             (ns, session_id),
-            lambda: self.read_log(ns, session_id, after, 1000, now),
+            lambda: self.read_log(ns, session_id, after, 1000, now, WAIT_MAX_BYTES),
             timeout_ms,
             poll_s=0.05,
         )

@@ -233,9 +233,14 @@ def _atomic(db: sqlite3.Connection, run: Callable[[], T]) -> T:
     db.execute("SAVEPOINT sz_step")
     try:
         result = run()
-    except BaseException:
-        db.execute("ROLLBACK TO sz_step")
-        db.execute("RELEASE sz_step")
+    except BaseException as exc:
+        if db.in_transaction:  # SQLite rolls back on its own after some errors (disk full)
+            try:
+                db.execute("ROLLBACK TO sz_step")
+                db.execute("RELEASE sz_step")
+            except sqlite3.Error:
+                if not isinstance(exc, sqlite3.Error):
+                    raise  # the batch's transaction fails as a whole
         raise
     db.execute("RELEASE sz_step")
     return result

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +24,11 @@ from rich.progress import (
 from sessionary.cli import STORE_HELP
 from sessionary.clock import parse_duration
 from sessionary.errors import SessionaryError, StoreUnavailable
+from sessionary.outage import OutageLog, repeat
 from sessionary.reaper import sweep
 from sessionary.store import DEFAULT_URL, Namespace, connect
+
+log = logging.getLogger("sessionary.cli")
 
 if TYPE_CHECKING:
     from sessionary.analytics import VacuumReport
@@ -59,6 +64,7 @@ def serve(store: str | None, host: str | None, port: int | None, config: str | N
     import uvicorn
 
     from sessionary.web.app import create_app
+    from sessionary.web.server import uvicorn_config
     from sessionary.web.settings import SettingsError
 
     settings = _settings(config, store=store, host=host, port=port)
@@ -66,14 +72,10 @@ def serve(store: str | None, host: str | None, port: int | None, config: str | N
         app = create_app(settings)
     except SettingsError as exc:
         raise click.ClickException(f"bad settings:\n{exc}") from None
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,  # the client IP is resolved against our own trusted proxies
-        server_header=False,
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    server.run()
+    if not server.started:  # it could not start (say, the port is taken): as uvicorn.run
+        raise SystemExit(3)
 
 
 @click.command()
@@ -102,8 +104,14 @@ def reap(store: str | None, config: str | None, every: str | None, analytics: bo
 
 
 async def _reap(
-    settings: Settings, every: timedelta | None, analytics: bool, console: Console
+    settings: Settings,
+    every: timedelta | None,
+    analytics: bool,
+    console: Console,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> None:
+    """Once, or (with `every`) until interrupted, riding out store outages as the service's
+    reaper does (backing off, saying so once per outage)."""
     from sessionary.web.app import declare
 
     store = await connect(settings.store)
@@ -114,7 +122,8 @@ async def _reap(
                 raise click.ClickException("analytics is disabled in the settings")
             await declared.open_sink(settings)
         namespaces, groups = declared.namespaces, declared.groups
-        while True:
+
+        async def once() -> None:
             await _sweep_once(
                 list(namespaces.values()),
                 groups,
@@ -126,9 +135,12 @@ async def _reap(
                 closed = await declared.analytics.reap(settings.reaper.batch)
                 drained = await declared.analytics.drain()
                 console.print(f"analytics: closed {closed} sessions, drained {drained} entries")
-            if every is None:
-                return
-            await asyncio.sleep(every.total_seconds())
+
+        if every is None:
+            await once()
+        else:
+            outage = OutageLog(log, "sessionary reap", settle=0)
+            await repeat(once, every.total_seconds(), outage, sleep=sleep)
     finally:
         await declared.close_sink()
         await store.close()

@@ -24,7 +24,8 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sessionary.clock import iso_utc
+from sessionary.clock import iso_utc, to_ms
+from sessionary.codec import INT64_MAX
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.errors import InvalidSessionId, StoreUnavailable, VersionConflict
 from sessionary.http.clientip import ClientIP, ip_hash
@@ -38,9 +39,9 @@ from sessionary.http.errors import (
 )
 from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.metrics import Metrics
-from sessionary.http.outage import OutageLog
 from sessionary.http.source import StoreSource
 from sessionary.model import Session
+from sessionary.outage import OutageLog
 from sessionary.playground.settings import PlaygroundSettings
 from sessionary.store import Namespace, Store
 
@@ -56,11 +57,11 @@ _REPO = "indexed_repo"
 class RepoIn(BaseModel):
     """The repository a visitor indexes into their one slot."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     github_url: str = Field(pattern=r"^https://github\.com/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/?$")
     name: str = Field(min_length=1, max_length=200)
-    file_count: int = Field(0, ge=0)
+    file_count: int = Field(0, ge=0, le=INT64_MAX)
     repo_id: str | None = Field(None, min_length=1, max_length=100)
 
 
@@ -133,9 +134,10 @@ class Playground:
         return store, namespace, store.counters(self.settings.namespace)
 
     async def _ip_key(self, store: Store, scope: Scope) -> str:
-        if self._ip_secret is None:
-            self._ip_secret = await store.shared_secret("playground.ip-hash")
-        return ip_hash(self.client_ip.of(scope), self._ip_secret)
+        # the store's secret is asked each time: it re-reads it every few seconds, so every
+        # process follows it should the store lose it (`SharedSecrets`)
+        secret = self._ip_secret or await store.shared_secret("playground.ip-hash")
+        return ip_hash(self.client_ip.of(scope), secret)
 
     def _session_charge(self, session: Session) -> Charge:
         return Charge(
@@ -283,7 +285,7 @@ class Playground:
                     "file_count": repo.file_count,
                     "indexed_at": now,
                     "expires_at": min(
-                        now + int(self.settings.repo_ttl.total_seconds() * 1000),
+                        now + to_ms(self.settings.repo_ttl),
                         session.expires_at,
                     ),
                 }

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from sessionary import ids
+from sessionary.clock import to_ms
 from sessionary.errors import (
     LogClosed,
     SessionExists,
@@ -32,6 +33,7 @@ from sessionary.errors import (
 )
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
 from sessionary.model import Session, SessionEvent
+from sessionary.outage import Backoff
 from sessionary.runs.model import (
     ACTIVE,
     TERMINAL,
@@ -53,10 +55,6 @@ log = logging.getLogger("sessionary.runs")
 
 _RECENT = 20
 _ATTEMPTS = 50
-
-
-def _ms(delta: timedelta) -> int:
-    return int(delta.total_seconds() * 1000)
 
 
 class Runs:
@@ -201,9 +199,8 @@ class Runs:
         if not durations:
             stats = await self.stats.get(ids.derived("runs.durations"))
             durations = [] if stats is None else list(stats.data.get("durations", []))
-        typical = (
-            int(statistics.median(durations)) if durations else _ms(self.settings.default_duration)
-        )
+        default = to_ms(self.settings.default_duration)
+        typical = int(statistics.median(durations)) if durations else default
         begun = run.started_at if run.started_at is not None else self.store.clock.now_ms()
         return begun + typical
 
@@ -295,7 +292,7 @@ class Runs:
             frm=ACTIVE,
             extra={"finished_at": now, "result": result, "error": error},
             event=Event("end", body, final=True),
-            expires_at=now + _ms(self.settings.retention),
+            expires_at=now + to_ms(self.settings.retention),
         )
         if finished is None:
             return False
@@ -527,6 +524,8 @@ class Producer:
         hears a cancel itself (`RunFinished`), and a watch woken by every event would cost
         the store one more read per event."""
         position = self._position
+        # while the store is down: again after 1 s, 2 s, 4 s... up to the lease's renewal period
+        backoff = Backoff(1.0, self._runs.settings.lease_ttl.total_seconds() / 3)
         while True:
             try:
                 async for event in self._runs.runs.follow(self.run_id, position):
@@ -539,7 +538,7 @@ class Producer:
                 self._ended.set()  # ended, or gone: either way, nothing more to produce
                 return
             except StoreUnavailable:
-                await asyncio.sleep(1)
+                await asyncio.sleep(backoff.next())
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:

@@ -1,0 +1,276 @@
+"""What the store and its users do while the backend is down: fail fast, say so once, back off.
+
+* `Breaker`: the store calls its backend through one (`Store.guarded`), so every backend,
+  built in or a third party's, fails fast the same way. After a call failed with
+  `StoreUnavailable` having waited for it (`SLOW_FAILURE_S` or more: a timeout, a lock
+  waited out, a full connection pool), the calls that follow within `window` raise
+  `StoreUnavailable` at once instead of each waiting out a timeout of its own. The first
+  call after the window is let through as a probe (the others still fail fast while it
+  runs); its answer closes the circuit, or opens it for another window. Any answer closes
+  it, and so does a quick refusal (read-only, out of memory, disk full, connection
+  refused): failing fast would save no time, and reads may still work. Long waits
+  (`wait_log`) are never the probe, and their length opens nothing. Checking the circuit is
+  an attribute read: no round trip is added.
+
+  Why in the store layer and not in each backend: the rule ("it made us wait for nothing,
+  so do not wait again for a moment") does not depend on how a backend talks to its
+  server, and a third party's backend gets it for nothing. Its limit: the circuit is the
+  whole store's, so on a Redis Cluster with one node down, calls to the healthy nodes fail
+  fast too while the circuit is open (for `window` at a time).
+* `OutageLog`: a warning when a store first fails, an info line when it works again, nothing
+  in between, so a thousand failing requests or a job retrying make two lines. Recovery is
+  declared only after `settle` seconds without a failure, so a store that refuses writes but
+  serves reads (read-only, out of memory) is one outage, not one per write.
+* `Backoff` and `repeat`: background jobs (the reaper, the analytics jobs) run on a period;
+  while the store is down they wait longer and longer between tries (doubling, capped, with
+  jitter, so many processes do not retry in step) and log once per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, NoReturn, ParamSpec, TypeVar, cast
+
+from sessionary.contract import Backend
+from sessionary.errors import StoreUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: How long the calls after one that waited for nothing fail fast (`fail_fast_ms` URL option).
+DEFAULT_FAIL_FAST = timedelta(seconds=1)
+#: How long a store must go without failing before an outage is said to be over.
+DEFAULT_SETTLE_S = 5.0
+#: A failure that took this long (seconds) was a wait for nothing (a timeout, a lock waited
+#: out): the breaker opens. A quicker one (a refusal: read-only, disk full, connection
+#: refused) does not. Well under the timeouts worth failing fast for (the defaults are 2 to
+#: 5 s), well over what a refusal takes even on a loaded machine (under a millisecond).
+SLOW_FAILURE_S = 0.25
+#: The longest a background job waits between tries while the store is down.
+DEFAULT_BACKOFF_CAP_S = 60.0
+
+_UNGUARDED = frozenset({"close"})  # always runs: releasing resources needs no store
+_WAITS = frozenset({"wait_log"})  # long waits: not a probe (others would fail meanwhile)
+
+
+class OutageLog:
+    """Logs a warning when `where` first fails and an info line when it works again (after
+    `settle` seconds without a failure)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        where: str,
+        *,
+        settle: float = DEFAULT_SETTLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.where = where
+        self.settle = settle
+        self.clock = clock
+        self.down = False
+        self.failures = 0
+        self.error: BaseException | None = None  # the latest failure
+        self._since = 0.0
+        self._last = 0.0
+
+    def failed(self, error: BaseException, consequence: str) -> None:
+        now = self.clock()
+        self._last = now
+        self.error = error
+        self.failures += 1
+        if not self.down:
+            self.down = True
+            self._since = now
+            self.failures = 1
+            self.logger.warning(
+                "%s: the store is unavailable (%s); %s", self.where, error, consequence
+            )
+
+    def recovered(self) -> None:
+        if self.down and self.clock() - self._last >= self.settle:
+            self.down = False
+            self.logger.info(
+                "%s: the store is back (%d failures over %.1f s)",
+                self.where,
+                self.failures,
+                self._last - self._since,
+            )
+
+
+class Breaker:
+    """Fails calls fast for `window` after one failed slowly (see the module)."""
+
+    def __init__(
+        self,
+        window: timedelta = DEFAULT_FAIL_FAST,
+        outage: OutageLog | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window < timedelta(0):
+            raise ValueError("the fail-fast window is >= 0 (0 turns failing fast off)")
+        self.window = window.total_seconds()
+        self.outage = outage
+        self.clock = clock
+        self.open = False
+        self._retry_at = 0.0
+        self._probing = False
+        self._failure: StoreUnavailable | None = None
+        self._failed_at = 0.0
+
+    def admit(self, waits: bool = False) -> bool:
+        """Before a call while the circuit is open: raise `StoreUnavailable` at once, or
+        return True if this call is the probe."""
+        now = self.clock()
+        if self._probing or waits or now < self._retry_at:
+            raise StoreUnavailable(
+                f"failing fast: a call to the store failed after waiting "
+                f"{now - self._failed_at:.1f} s ago ({self._failure}); "
+                f"the next try is within {self.window:g} s"
+            )
+        self._probing = True
+        return True
+
+    def answered(self, probe: bool) -> None:
+        """The store answered a call (a result, or an error of its own such as not found)."""
+        self.open = False
+        if probe:
+            self._probing = False
+
+    def failed(self, error: StoreUnavailable, probe: bool, waited: float, waits: bool) -> None:
+        """A call failed with `error` after `waited` seconds."""
+        if probe:
+            self._probing = False
+        if self.outage is not None:
+            self.outage.failed(error, "calls fail with StoreUnavailable")
+        if waits:  # a long wait's length says nothing of the store's
+            return
+        if waited < SLOW_FAILURE_S:  # a quick refusal: the next call is quick as well
+            self.open = False
+            return
+        now = self.clock()
+        self.open = self.window > 0
+        self._failure = error
+        self._failed_at = now
+        self._retry_at = now + self.window
+
+    def abandoned(self, probe: bool) -> None:
+        """The call was cancelled: if it was the probe, the next call probes."""
+        if probe:
+            self._probing = False
+
+    def wrap(
+        self, method: Callable[P, Awaitable[R]], *, waits: bool = False
+    ) -> Callable[P, Awaitable[R]]:
+        """`method`, called through the breaker."""
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            probe = self.admit(waits) if self.open else False
+            clock = self.clock
+            started = clock()
+            try:
+                result = await method(*args, **kwargs)
+            except StoreUnavailable as exc:
+                self.failed(exc, probe, clock() - started, waits)
+                raise
+            except Exception:
+                self.answered(probe)  # SessionNotFound and the like: the store answered
+                raise
+            except BaseException:
+                self.abandoned(probe)
+                raise
+            if self.open or probe:
+                self.answered(probe)
+            outage = self.outage
+            if outage is not None and outage.down:
+                outage.recovered()
+            return result
+
+        return call
+
+
+class _Guarded:
+    """A backend whose coroutine methods go through a `Breaker`, each wrapped once (on first
+    use), whatever methods the backend has: the contract's, the analytics contract's, or
+    more of a third party's."""
+
+    def __init__(self, backend: Backend, breaker: Breaker) -> None:
+        self._inner = backend
+        self._breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if name in _UNGUARDED or not inspect.iscoroutinefunction(found):
+            return found
+        wrapped = self._breaker.wrap(found, waits=name in _WAITS)
+        self.__dict__[name] = wrapped  # the next lookup is a plain attribute
+        return wrapped
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+
+def guard(backend: Backend, breaker: Breaker) -> Backend:
+    """`backend` with every call going through `breaker`."""
+    return cast(Backend, _Guarded(backend, breaker))
+
+
+class Backoff:
+    """Delays between tries while the store is down: `first`, then doubling up to `cap`,
+    each drawn between half and all of that (jitter); `reset` when it works again."""
+
+    def __init__(
+        self,
+        first: float,
+        cap: float = DEFAULT_BACKOFF_CAP_S,
+        *,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.first = first
+        self.cap = max(cap, first)
+        self.rand = rand
+        self.tries = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2.0**self.tries)
+        self.tries = min(self.tries + 1, 64)
+        return delay * (0.5 + self.rand() / 2)
+
+    def reset(self) -> None:
+        self.tries = 0
+
+
+async def repeat(
+    job: Callable[[], Awaitable[object]],
+    every: float,
+    outage: OutageLog,
+    *,
+    backoff: Backoff | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> NoReturn:
+    """Run `job` every `every` seconds until cancelled. While it raises `StoreUnavailable`,
+    wait as `backoff` says (by default from `every` up to a minute, jittered) and log once
+    per outage; any other error is logged with its traceback (a bug) and backed off too."""
+    backoff = backoff or Backoff(every, max(every, DEFAULT_BACKOFF_CAP_S))
+    while True:
+        try:
+            await job()
+        except StoreUnavailable as exc:
+            outage.failed(exc, "backing off")
+            delay = backoff.next()
+        except Exception:
+            outage.logger.exception("%s failed", outage.where)
+            delay = backoff.next()
+        else:
+            outage.recovered()
+            backoff.reset()
+            delay = every
+        await sleep(delay)
