@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -136,3 +138,114 @@ class RedisClusterNodes:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class RedisSentinelSet:
+    """A primary, its replicas and three sentinels watching it as `service`, each a process
+    of the test's own on a free port, quick to fail over (down after `down_after_ms`)."""
+
+    service = "mymaster"
+
+    def __init__(self, directory: Path, replicas: int = 1, down_after_ms: int = 500) -> None:
+        self.directory = directory
+        self.down_after_ms = down_after_ms
+        quick = ("--repl-diskless-sync-delay", "0")  # a replica syncs at once, not in 5 s
+        self.servers = [RedisServer(self._mkdir("primary"), None, *quick)]
+        primary = str(self.servers[0].port)
+        self.servers += [
+            RedisServer(
+                self._mkdir(f"replica{n}"), None, *quick, "--replicaof", "127.0.0.1", primary
+            )
+            for n in range(replicas)
+        ]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.sentinel_ports = [free_port() for _ in range(3)]
+
+    def _mkdir(self, name: str) -> Path:
+        path = self.directory / name
+        path.mkdir()
+        return path
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        # each sentinel is told of the replicas and the other sentinels (as it would write
+        # into its own file once it found them), which saves the seconds of finding them
+        ids = [os.urandom(20).hex() for _ in self.sentinel_ports]
+        for n, port in enumerate(self.sentinel_ports):
+            config = self._mkdir(f"sentinel{n}") / "sentinel.conf"
+            lines = [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {config.parent}",
+                f"sentinel myid {ids[n]}",
+                f"sentinel monitor {self.service} 127.0.0.1 {self.servers[0].port} 2",
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.service} 2000",
+                f"sentinel parallel-syncs {self.service} {len(self.servers)}",
+                *(
+                    f"sentinel known-replica {self.service} 127.0.0.1 {replica.port}"
+                    for replica in self.servers[1:]
+                ),
+                *(
+                    f"sentinel known-sentinel {self.service} 127.0.0.1 {other} {ids[m]}"
+                    for m, other in enumerate(self.sentinel_ports)
+                    if m != n
+                ),
+            ]
+            config.write_text("\n".join(lines) + "\n")
+            self.sentinels.append(
+                subprocess.Popen(
+                    ["redis-server", str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        # ready when every sentinel sees the primary, every replica and the two others (they
+        # find each other through the primary, every 2 s), so a failover can be voted
+        self.wait_until(lambda: all(self._ready(port) for port in self.sentinel_ports), 20)
+
+    def _ready(self, port: int) -> bool:
+        client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+        try:
+            state = client.sentinel_master(self.service)
+            replicas = client.sentinel_slaves(self.service)
+        except (redis.ConnectionError, redis.ResponseError):
+            return False
+        finally:
+            client.close()
+        up = [r for r in replicas if not (r["is_sdown"] or r["is_odown"])]
+        return (
+            int(state["num-other-sentinels"]) == 2
+            and len(up) == len(self.servers) - 1
+            and all(r["master-link-status"] == "ok" for r in up)
+        )
+
+    def primary(self) -> RedisServer:
+        """The server the sentinels name as the primary now."""
+        client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=1)
+        try:
+            _, port = client.sentinel_get_master_addr_by_name(self.service)
+        finally:
+            client.close()
+        return next(server for server in self.servers if server.port == int(port))
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sentinel set did not get there in time")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.kill()
+            sentinel.wait(timeout=10)
+        self.sentinels.clear()
+        for server in self.servers:
+            server.stop()

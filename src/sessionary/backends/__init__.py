@@ -1,7 +1,8 @@
 """Backends: where sessions are stored. `open_backend(url)` picks one by the URL's scheme.
 
 Built in: `memory://`, `sqlite:///path` (the default) and `redis://` / `rediss://` / `unix://`
-(Redis 7+ and Valkey; `redis+cluster://` and `rediss+cluster://` for a Redis Cluster). A
+(Redis 7+ and Valkey; `redis+cluster://` and `rediss+cluster://` for a Redis Cluster,
+`redis+sentinel://` and `rediss+sentinel://` for a primary that Redis Sentinel names). A
 third party adds a scheme with an entry point in the group
 `sessionary.backends` naming an async callable `(url: str) -> Backend`.
 """
@@ -14,7 +15,17 @@ from typing import cast
 
 from sessionary.contract import Backend
 
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
+_REDIS_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    }
+)
 
 
 async def open_backend(url: str) -> Backend:

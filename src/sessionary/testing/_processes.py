@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from sessionary import ids
 from sessionary.clock import ManualClock
 from sessionary.counters import Charge
-from sessionary.store import Store, connect
+from sessionary.store import SECRET_RECHECK, Store, connect
 
 
 def _consume_in_process(
@@ -201,6 +202,21 @@ class MultiProcessConformance:
         for n in range(4):
             mine = [e.data[1] for e in events if e.data and e.data[0] == f"p{n}"]
             assert mine == list(range(1, 51))  # each producer's events in its order, once
+
+    @pytest.mark.asyncio
+    async def test_a_shared_secret_the_store_lost_is_written_back_not_replaced(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        known = await store.shared_secret("mp-secret")
+        keep = store.namespace("sessionary.secrets", absolute_ttl=timedelta(days=3650))
+        assert await keep.delete(ids.derived("mp-secret"))  # the store lost it
+        clock.advance(SECRET_RECHECK)  # this process reads it again: and writes it back
+        assert await store.shared_secret("mp-secret") == known
+        later = await connect(store_url, clock=clock)  # a process started after the loss
+        try:
+            assert await later.shared_secret("mp-secret") == known
+        finally:
+            await later.close()
 
 
 async def _follow(ns: Any, session_id: str) -> list[Any]:

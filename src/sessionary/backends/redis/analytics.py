@@ -3,8 +3,9 @@
 Every read-modify-write is one script call on the keys of one project, which share the hash
 tag `{an:<project>}` (analytics.lua lists them): `sessionize` is one script per batch,
 `close_idle` and `vacuum` one each. The set of projects is a key of its own,
-`<prefix>an:projects`, written with a plain SADD the first time this process ingests for a
-project (a set add is no read-modify-write).
+`<prefix>an:projects` (outside the project's slot, so not the script's to write): every batch
+sends a SADD beside its script, in the same round trip, so the set never rests on what a
+process remembers. After Redis lost its data, a project's first batch names it again.
 
 A batch goes to the script as what the rules read, compactly: 7 numbers per hit in one array
 of doubles, naming the batch's distinct strings (each sent once) by index; plus the hits
@@ -19,6 +20,7 @@ undrained outbox entries with them. `vacuum` keeps a live project's keys to what
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from array import array
 from base64 import b64decode, b64encode
@@ -207,7 +209,6 @@ class RedisAnalytics:
         self.calls = calls
         self.prefix = prefix
         self.projects_key = f"{prefix}an:projects"
-        self._known: set[str] = set()  # projects this process has added to the set
         self._keys: dict[str, list[str]] = {}
         self._sessionize = Script.load("sessionize", _HELPERS)
         self._close_idle = Script.load("close_idle", _HELPERS)
@@ -223,11 +224,11 @@ class RedisAnalytics:
     async def sessionize(
         self, project: str, rules: Rules, hits: Sequence[Hit], now: int, nonce: str
     ) -> IngestOutcome:
-        if project not in self._known:
-            await self.calls.call("SADD", self.projects_key, project)
-            self._known.add(project)
-        reply = await Scripts.run(
-            self.calls, self._sessionize, self.keys(project), _batch(rules, hits, now, nonce)
+        _, reply = await asyncio.gather(
+            self.calls.call("SADD", self.projects_key, project),
+            Scripts.run(
+                self.calls, self._sessionize, self.keys(project), _batch(rules, hits, now, nonce)
+            ),
         )
         return IngestOutcome(*(int(n) for n in reply))
 

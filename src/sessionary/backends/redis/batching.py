@@ -13,13 +13,20 @@ with hiredis, but its per-command machinery (argument encoding, retries, callbac
 observability) cost more CPU than the round trip itself. Replies are raw RESP2: HGETALL is a
 flat list. On a Redis Cluster, where pipelines cannot carry scripts and routing is redis-py's,
 every command goes through redis-py's cluster client as it is.
+
+Acknowledged replication (`Replication`, the URL's `wait_replicas`): a batch holding a write
+ends with `WAIT <replicas> <timeout>` on its own connection, which covers every write sent on
+that connection before it (a script cannot call WAIT itself). When fewer replicas acknowledged
+in time, each write of the batch answers `StoreUnavailable` (it happened on the primary, but
+might not survive a failover); reads answer as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -28,8 +35,44 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionary.errors import StoreUnavailable
+
 Client = Redis | RedisCluster
 Command = tuple[Any, ...]
+# what needs no WAIT: the commands the backend sends that write no data (a script is a write
+# unless named read-only; CLIENT UNBLOCK wakes a connection of ours)
+_READS = frozenset(
+    {"CLIENT", "GET", "HGET", "HGETALL", "PING", "SMEMBERS", "XRANGE", "XREAD", "ZCARD", "ZCOUNT"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """Writes count as done once `replicas` replicas acknowledged them, within `timeout_ms`
+    (Redis WAIT); `read_only` names the scripts (by SHA) that write nothing."""
+
+    replicas: int
+    timeout_ms: int
+    read_only: Collection[str] = ()
+
+    def writes(self, command: Command) -> bool:
+        name = command[0]
+        if name == "EVALSHA":
+            return command[1] not in self.read_only
+        return name not in _READS
+
+    def check(self, commands: Sequence[Command], replies: list[Any], acknowledged: int) -> None:
+        """Turn the replies of the writes into `StoreUnavailable` if too few replicas
+        acknowledged them."""
+        if acknowledged >= self.replicas:
+            return
+        refused = StoreUnavailable(
+            f"the write reached {acknowledged} of the {self.replicas} replica(s) it waits for "
+            f"within {self.timeout_ms} ms: it may not survive a failover"
+        )
+        for index, command in enumerate(commands):
+            if self.writes(command) and not isinstance(replies[index], Exception):
+                replies[index] = refused
 
 
 def pack(command: Command) -> bytes:
@@ -47,8 +90,11 @@ def pack(command: Command) -> bytes:
 
 
 class Batcher:
-    def __init__(self, client: Client, depth: int = 2) -> None:
+    def __init__(
+        self, client: Client, depth: int = 2, replication: Replication | None = None
+    ) -> None:
         self.client = client
+        self.replication = replication
         self.depth = 0 if isinstance(client, RedisCluster) else max(1, depth)
         kwargs = (
             {} if isinstance(client, RedisCluster) else client.connection_pool.connection_kwargs
@@ -116,15 +162,24 @@ class Batcher:
             if connection.is_connected and await connection.can_read():
                 await connection.disconnect()  # stale (the server went away): start afresh
             replies: list[Any] = []
-            async with asyncio.timeout(self.timeout):
-                await connection.send_packed_command(
-                    b"".join(pack(command) for command in commands), check_health=False
-                )
+            packed = b"".join(pack(command) for command in commands)
+            replication = self.replication
+            if replication is not None and any(replication.writes(c) for c in commands):
+                packed += pack(("WAIT", replication.replicas, replication.timeout_ms))
+            else:
+                replication = None
+            timeout = self.timeout
+            if replication is not None and timeout is not None:
+                timeout += replication.timeout_ms / 1000  # the exchange holds a WAIT
+            async with asyncio.timeout(timeout):
+                await connection.send_packed_command(packed, check_health=False)
                 for _ in commands:
                     try:
                         replies.append(await connection.read_response())
                     except ResponseError as exc:
                         replies.append(exc)
+                if replication is not None:
+                    replication.check(commands, replies, int(await connection.read_response()))
         except TimeoutError as exc:
             await connection.disconnect()  # mid-exchange: never reuse it as it is
             raise RedisTimeoutError(f"no reply within {self.timeout} s") from exc
@@ -134,10 +189,6 @@ class Batcher:
         finally:
             self._idle.append(connection)
         return replies
-
-    def open(self) -> AbstractConnection:
-        """A connection of our own (no per-reply timer: callers time whole exchanges)."""
-        return self._open()
 
     def _open(self) -> AbstractConnection:
         assert isinstance(self.client, Redis)

@@ -20,10 +20,10 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from sessionary.backends.redis.batching import Batcher, Client
+from sessionary.backends.redis.batching import Batcher, Client, Replication
 
 Arg = str | bytes | int
-__all__ = ["Arg", "Batcher", "Client", "Script", "Scripts"]
+__all__ = ["Arg", "Batcher", "Client", "Replication", "Script", "Scripts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +80,19 @@ class Scripts:
             return list(
                 await asyncio.gather(*(cls.run(batcher, s, keys, args) for s, keys, args in calls))
             )
+        replication = batcher.replication
         async with client.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if replication is not None:  # see batching.py: one WAIT after the writes
+                pipe.execute_command("WAIT", replication.replicas, replication.timeout_ms)
             results = await pipe.execute(raise_on_error=False)
+        if replication is not None:
+            acknowledged = results.pop()
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
+            commands = [("EVALSHA", script.sha) for script, _, _ in calls]
+            replication.check(commands, results, int(acknowledged))
         for index, result in enumerate(results):
             if isinstance(result, NoScriptError):
                 script, keys, args = calls[index]
