@@ -21,7 +21,7 @@ Rules every backend keeps (the conformance suite checks each):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Literal, Protocol
@@ -139,6 +139,23 @@ class LogSlice:
     last: int
     closed: bool
     last_ts: int | None = None
+
+
+#: the most event data one `wait_log` hands back at once (at least one entry), where the
+#: backend can bound it
+WAIT_MAX_BYTES = 1 << 20
+
+
+def within_bytes(entries: Iterable[LogEntry], max_bytes: int) -> list[LogEntry]:
+    """The leading entries whose data fits in `max_bytes` (0: all), and always the first."""
+    chosen: list[LogEntry] = []
+    total = 0
+    for entry in entries:
+        total += len(entry.data)
+        if max_bytes and chosen and total > max_bytes:
+            break
+        chosen.append(entry)
+    return chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +291,11 @@ class Backend(Protocol):
         ...
 
     async def read_log(
-        self, ns: str, session_id: str, after: int, limit: int, now: int
+        self, ns: str, session_id: str, after: int, limit: int, now: int, max_bytes: int = 0
     ) -> LogSlice | None:
-        """Up to `limit` entries with seq > `after`, oldest first; None if no live session."""
+        """Up to `limit` entries with seq > `after`, oldest first; None if no live session.
+        With `max_bytes`, the entries end before the one that would take their data past it
+        (the first is always there), so a page of large events stays small in memory."""
         ...
 
     async def wait_log(

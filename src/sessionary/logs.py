@@ -11,7 +11,9 @@ never issued, or a malformed one raises `InvalidCursor`, and nothing is replayed
 position was trimmed away gets a `LogReset` first, never a silent jump.
 
 Followers in one process share one wait per log (`LogHub`): however many follow a log, the
-store is asked once for what is new, and the entries are handed to each from memory.
+store is asked once for what is new, and the entries are handed to each from memory. The hub
+keeps a bounded tail of each log (2,048 entries and 1 MiB of data); a follower further behind
+reads the store, a page of at most `store.FOLLOW_PAGE_BYTES` at a time.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from itertools import islice
 from typing import Any
 
 from sessionary.clock import Clock
-from sessionary.codec import decode_value
+from sessionary.codec import MAX_SAFE_INT, check_int, decode_value
 from sessionary.contract import Backend, LogEntry
 from sessionary.errors import InvalidCursor, ValidationError
 
@@ -137,13 +139,16 @@ def check_producer(producer: object, seq: object) -> None:
         not isinstance(producer, str) or not _PRODUCER_RE.fullmatch(producer)
     ):
         raise ValidationError(f"a producer must match {_PRODUCER_RE.pattern}")
-    if seq is not None and (type(seq) is not int or seq < 1):
-        raise ValidationError("a producer's seq is an int >= 1")
+    if seq is not None:  # compared in Redis's Lua doubles: exact up to MAX_SAFE_INT
+        check_int("a producer's seq", seq, 1, MAX_SAFE_INT)
 
 
 # -- the hub: one wait per log per process ------------------------------------------------------
 
+#: what the hub keeps of a log for its followers: the newest entries, at most this many and
+#: this much data (a follower behind them reads the store itself)
 _BUFFER = 2048
+_BUFFER_BYTES = 1 << 20
 
 
 def _newest(buffer: deque[LogEntry], count: int) -> list[LogEntry]:
@@ -160,7 +165,8 @@ def _newest(buffer: deque[LogEntry], count: int) -> list[LogEntry]:
 @dataclass(slots=True)
 class _Watch:
     seen: int  # the newest seq the watcher knows of
-    buffer: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=_BUFFER))
+    buffer: deque[LogEntry] = field(default_factory=deque)
+    size: int = 0  # the bytes of data the buffer holds
     # the followers waiting for news, each with its deadline (loop time); a wait is a bare
     # future, and one timer per watch serves every deadline: an asyncio.timeout per wait
     # cost more than the rest of handing an event to a follower
@@ -169,6 +175,17 @@ class _Watch:
     followers: int = 0
     gone: bool = False  # the session went away: followers should ask the store and end
     task: asyncio.Task[None] | None = None
+
+
+def _keep(watch: _Watch, entries: list[LogEntry]) -> None:
+    """Add `entries` (the next after `watch.seen`) to the buffer, dropping its oldest past
+    `_BUFFER` entries or `_BUFFER_BYTES` of data (the newest entry always stays)."""
+    buffer = watch.buffer
+    buffer.extend(entries)
+    watch.size += sum(len(entry.data) for entry in entries)
+    while len(buffer) > 1 and (len(buffer) > _BUFFER or watch.size > _BUFFER_BYTES):
+        watch.size -= len(buffer.popleft().data)
+    watch.seen = entries[-1].seq
 
 
 class LogHub:
@@ -252,8 +269,8 @@ class LogHub:
             elif entries:
                 if entries[0].seq != watch.seen + 1:
                     watch.buffer.clear()  # a gap (trimmed): never hand out a broken run
-                watch.buffer.extend(entries)
-                watch.seen = entries[-1].seq
+                    watch.size = 0
+                _keep(watch, entries)
                 self._wake(watch)
             if watch.gone or watch.followers == 0:
                 self._stop(watch)

@@ -91,7 +91,7 @@ from mcp.server.streamable_http import (
 )
 from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
 from pydantic import ValidationError as PydanticValidationError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -105,8 +105,9 @@ from sessionary.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from sessionary.http.sse import BoundedEventStream
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
-from sessionary.store import Store
+from sessionary.store import FOLLOW_PAGE_BYTES, Store
 
 __all__ = ["StoreEventStore"]
 
@@ -344,7 +345,9 @@ class StoreEventStore(EventStore):
         after = opened.cursor
         while True:
             try:
-                page = await self._ns.read(opened.log_id, after=after, limit=_PAGE)
+                page = await self._ns.read(
+                    opened.log_id, after=after, limit=_PAGE, max_bytes=FOLLOW_PAGE_BYTES
+                )
             except (InvalidCursor, SessionNotFound, StoreUnavailable) as exc:
                 _refuse(last_event_id, f"its log cannot be read ({exc})")
                 return None
@@ -374,14 +377,16 @@ class StoreEventStore(EventStore):
         if opened is None:
             return False
         try:
-            page = await self._ns.read(opened.log_id, after=opened.cursor, limit=_PAGE)
+            page = await self._ns.read(
+                opened.log_id, after=opened.cursor, limit=_PAGE, max_bytes=FOLLOW_PAGE_BYTES
+            )
         except (InvalidCursor, SessionNotFound, StoreUnavailable) as exc:
             _refuse(last_event_id, f"its log cannot be read ({exc})")
             return False
         if page.reset is not None:
             _refuse(last_event_id, "events after it were trimmed away")
             return False
-        response = EventSourceResponse(
+        response = BoundedEventStream(
             self._tail(opened, page.events),
             headers={MCP_SESSION_ID_HEADER: session_id, "Cache-Control": "no-cache, no-transform"},
         )

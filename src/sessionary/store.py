@@ -7,27 +7,38 @@ store bytes and keep their indexes (see `sessionary.contract`).
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from sessionary import ids
 from sessionary.backends import open_backend
 from sessionary.clock import SYSTEM_CLOCK, Clock, to_ms
-from sessionary.codec import EMPTY_OBJECT, encode_data, encode_metadata, encode_value
+from sessionary.codec import (
+    EMPTY_OBJECT,
+    check_int,
+    check_text,
+    encode_data,
+    encode_metadata,
+    encode_value,
+)
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
     Backend,
+    CounterState,
     Keep,
     Lifetime,
     LogItem,
     LogLimits,
     Record,
 )
-from sessionary.counters import Counters
+from sessionary.counters import MAX_COUNT, Counters, check_amount, check_limit
 from sessionary.errors import (
     InvalidCursor,
     PayloadTooLarge,
@@ -48,14 +59,30 @@ from sessionary.logs import (
     check_type,
 )
 from sessionary.model import ConsumeResult, EventKind, Session, SessionEvent
+from sessionary.outage import DEFAULT_FAIL_FAST, Breaker, OutageLog, guard
 from sessionary.sessionize import SessionizeBackend
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "DEFAULT_URL", "Namespace", "Store", "connect"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_URL",
+    "SECRET_RECHECK",
+    "Namespace",
+    "SharedSecrets",
+    "Store",
+    "connect",
+]
 
+_log = logging.getLogger("sessionary.store")
 OnUnavailable = Literal["fail_closed", "fail_open"]
 _FOLLOW_PAGE = 1000
+#: a follower replays a log a page at a time, each page at most this much event data (or one
+#: event), so a reader of a long log holds one page, never the log
+FOLLOW_PAGE_BYTES = 64 * 1024
+_HEALTH_GROUP = "sessionary.health"
+_HEALTH_WINDOW_MS = 60_000
 _SECRETS_NAMESPACE = "sessionary.secrets"
 _SECRETS_LIFETIME = timedelta(days=3650)
+SECRET_RECHECK = timedelta(seconds=5)
 
 DEFAULT_URL = "sqlite:///sessionary.db"
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, encoded
@@ -71,19 +98,47 @@ async def connect(
     *,
     clock: Clock | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    fail_fast: timedelta | None = None,
 ) -> Store:
     """Open a store.
 
     `url` is "sqlite:///relative.db", "sqlite:////absolute.db", "memory://",
     "redis://host:6379/0" or "rediss://..." (options as query parameters, see the README), or
     a `Backend` object of your own. The default is an SQLite file `sessionary.db` in the
-    working directory.
+    working directory. Every URL takes `fail_fast_ms` (see `Store`), which the store reads
+    and the backend never sees; `fail_fast` overrides it.
     """
     if url is None or isinstance(url, str):
-        backend = await open_backend(url or DEFAULT_URL)
+        url, window = _fail_fast_option(url or DEFAULT_URL)
+        backend = await open_backend(url)
     else:
-        backend = url
-    return Store(backend, clock=clock, max_payload=max_payload)
+        backend, window = url, None
+    window = fail_fast if fail_fast is not None else window
+    return Store(
+        backend,
+        clock=clock,
+        max_payload=max_payload,
+        fail_fast=DEFAULT_FAIL_FAST if window is None else window,
+    )
+
+
+def _fail_fast_option(url: str) -> tuple[str, timedelta | None]:
+    """The URL without its `fail_fast_ms` option, and that option's window."""
+    base, _, query = url.partition("?")
+    if "fail_fast_ms" not in query:
+        return url, None
+    options = parse_qsl(query, keep_blank_values=True)
+    found = [value for key, value in options if key == "fail_fast_ms"]
+    if not found:
+        return url, None
+    try:
+        window = timedelta(milliseconds=int(found[-1]))
+    except ValueError:
+        raise ValueError(f"fail_fast_ms is an int of ms, not {found[-1]!r}") from None
+    if window < timedelta(0):
+        raise ValueError("fail_fast_ms is >= 0 (0 turns failing fast off)")
+    rest = urlencode([(key, value) for key, value in options if key != "fail_fast_ms"])
+    return f"{base}?{rest}" if rest else base, window
 
 
 class Store:
@@ -95,16 +150,26 @@ class Store:
         *,
         clock: Clock | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        fail_fast: timedelta = DEFAULT_FAIL_FAST,
     ) -> None:
+        """`fail_fast`: after a call the backend could not get answered (a timeout, the
+        server unreachable), the calls within this window fail at once with
+        `StoreUnavailable` instead of each waiting its own timeout; then one call probes
+        (see `sessionary.outage.Breaker`). `timedelta(0)` turns it off."""
         if max_payload <= 0:
             raise ValueError("max_payload is a positive number of bytes")
+        #: the backend as opened (for inspection); the store calls it through `guarded`
         self.backend = backend
+        self.breaker = Breaker(fail_fast, OutageLog(_log, f"store {backend!r}"))
+        #: the backend behind the breaker: what namespaces, counters and features call
+        self.guarded = guard(backend, self.breaker)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.max_payload = max_payload
         self._events = EventBus()
         self._namespaces: dict[str, Namespace] = {}
         self._counters: dict[str, Counters] = {}
-        self._hub = LogHub(backend, self.clock)
+        self._hub = LogHub(self.guarded, self.clock)
+        self._secrets: SharedSecrets | None = None
 
     def namespace(
         self,
@@ -162,30 +227,21 @@ class Store:
         """The analytics storage contract (`sessionary.sessionize`) of this store's backend:
         the one feature contract beside sessions, counters and logs, for a batch ingest
         that must decide thousands of events in one atomic step."""
-        backend = self.backend
+        backend = self.guarded
         if not isinstance(backend, SessionizeBackend):
             raise TypeError(f"{backend!r} does not implement sessionary.sessionize")
         return backend
 
     async def shared_secret(self, name: str, lifetime: timedelta = _SECRETS_LIFETIME) -> str:
         """A random secret (64 hex digits) that every process sharing this store sees the same,
-        created by whichever asks first; a new one once `lifetime` has passed."""
-        keep = self.namespace(_SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
-        session_id = ids.derived(name)
-        for _ in range(3):
-            found = await keep.get(session_id)
-            if found is not None:
-                return str(found.data["secret"])
-            expires_at = self.clock.now_ms() + to_ms(min(lifetime, _SECRETS_LIFETIME))
-            try:
-                created = await keep.create(
-                    id=session_id, data={"secret": secrets.token_hex(32)}, expires_at=expires_at
-                )
-                return str(created.data["secret"])
-            except SessionExists:
-                if await keep.get(session_id) is None:  # an expired one not yet reaped
-                    await keep.delete(session_id)
-        raise StoreUnavailable(f"could not settle the shared secret {name!r}")
+        created by whichever asks first; a new one once `lifetime` has passed. Read from the
+        store again at most `SECRET_RECHECK` after this process last did (see
+        `SharedSecrets`)."""
+        if self._secrets is None:
+            keep = self.namespace(_SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
+            self._secrets = SharedSecrets(keep, "secret")
+        expires_at = self.clock.now_ms() + to_ms(min(lifetime, _SECRETS_LIFETIME))
+        return await self._secrets.get(name, expires_at=expires_at)
 
     def on(self, kind: EventKind, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` (sync or async) after each `kind` change this process makes:
@@ -193,9 +249,21 @@ class Store:
         function."""
         return self._events.on(kind, listener)
 
-    async def ping(self) -> None:
-        """Raise `StoreUnavailable` unless the backend answers."""
-        await self.backend.ping()
+    async def ping(self, *, write: bool = False) -> None:
+        """Raise `StoreUnavailable` unless the backend answers. With `write`, as a readiness
+        check wants (a read-only replica, a Redis out of memory or a full disk still answer
+        a plain ping), also unless it takes a write (a counter of the reserved group
+        `sessionary.health`, set with a one-minute window) and no call failed lately (within
+        `OutageLog.settle`): a small write may still fit on a disk too full for the next
+        session."""
+        await self.guarded.ping()
+        if write:
+            now = self.clock.now_ms()
+            state = CounterState("write", 1, now + _HEALTH_WINDOW_MS)
+            await self.guarded.set_counters(_HEALTH_GROUP, [state], now)
+            outage = self.breaker.outage
+            if outage is not None and outage.down:
+                raise StoreUnavailable(f"calls to the store failed lately: {outage.error}")
 
     async def close(self) -> None:
         await self._hub.close()
@@ -209,6 +277,69 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.backend!r})"
+
+
+@dataclass(slots=True)
+class _Known:
+    value: str
+    expires_at: int
+    read_at: int  # when this process last read it from the store
+
+
+class SharedSecrets:
+    """Secrets that every process sharing a store agrees on: each one a session of
+    `namespace` (its id derived from the secret's name) whose data holds it under `field`,
+    created by whichever process asks first (a create with a fixed id: exactly one wins, the
+    others read the winner's).
+
+    A process keeps what it read for at most `recheck` (by the store's clock), then reads
+    the store again: a secret the store holds is never out of step in two processes for
+    longer than that. When the store lost one (Redis flushed, restarted without persistence,
+    failed over to an empty replica), a process that knew it writes *that* value back, with
+    its expiry, rather than a new one: so processes that knew it keep agreeing, and those
+    starting later take it too. Only a process that never knew it (one started during the
+    loss, before any other wrote it back) makes a new one, which the others take within
+    `recheck`.
+    """
+
+    def __init__(
+        self, namespace: Namespace, field: str, recheck: timedelta = SECRET_RECHECK
+    ) -> None:
+        self.namespace = namespace
+        self.field = field
+        self.recheck_ms = to_ms(recheck)
+        self._known: dict[str, _Known] = {}
+
+    async def get(self, name: str, *, expires_at: int, created_at: int | None = None) -> str:
+        """The secret `name`; if it must be made, it lives until `expires_at` (back-dated to
+        `created_at` for the namespace's absolute lifetime)."""
+        now = self.namespace.store.clock.now_ms()
+        known = self._known.get(name)
+        if known is not None and known.expires_at <= now:
+            known = None  # its time is over: a new one, not this one written back
+        if known is not None and now < known.read_at + self.recheck_ms:
+            return known.value
+        session_id = ids.derived(name)
+        for _ in range(3):
+            found = await self.namespace.get(session_id)
+            if found is not None:
+                value, until = str(found.data[self.field]), found.expires_at
+                break
+            value = secrets.token_hex(32) if known is None else known.value
+            until = expires_at if known is None else known.expires_at
+            try:
+                await self.namespace.create(
+                    id=session_id, data={self.field: value}, created_at=created_at, expires_at=until
+                )
+                break
+            except SessionExists:
+                if await self.namespace.get(session_id) is None:  # an expired one not yet reaped
+                    await self.namespace.delete(session_id)
+        else:
+            raise StoreUnavailable(f"could not settle the shared secret {name!r}")
+        self._known = {k: v for k, v in self._known.items() if v.expires_at > now}
+        self._known[name] = _Known(value, until, now)
+        return value
 
 
 def _ttl_ms(what: str, ttl: timedelta | None) -> int | None:
@@ -242,7 +373,7 @@ class Namespace:
         self.max_payload = max_payload
         self.on_unavailable = on_unavailable
         self.log_limits = log_limits
-        self._backend = store.backend
+        self._backend = store.guarded
         self._clock = store.clock
         self._events = store._events
 
@@ -355,10 +486,8 @@ class Namespace:
         encoded_data = None if data is None else self._encode_data(data)
         encoded_metadata = None if metadata is None else self._encode_metadata(metadata)
         new_subject = subject if subject is KEEP else _check_subject(subject)
-        if expected_version is not None and (
-            type(expected_version) is not int or expected_version < 1
-        ):
-            raise ValidationError("expected_version is a positive int")
+        if expected_version is not None:
+            check_int("expected_version", expected_version, 1)
         if expires_at is not None:
             _check_ms("expires_at", expires_at)
         items = self._log_items(append)
@@ -412,17 +541,24 @@ class Namespace:
         return [None if seq is None else Cursor.of(self.name, session_id, seq) for seq in seqs]
 
     async def read(
-        self, session_id: str, after: Cursor | str | None = None, limit: int = 1000
+        self,
+        session_id: str,
+        after: Cursor | str | None = None,
+        limit: int = 1000,
+        *,
+        max_bytes: int = 0,
     ) -> LogPage:
         """Up to `limit` events after `after` (exclusive; None: from the start), oldest
-        first. `SessionNotFound` if the session is gone; `InvalidCursor` for a cursor of
-        another log, from its future, or malformed."""
+        first; with `max_bytes`, only as many as fit in that many bytes of encoded data (at
+        least one). `SessionNotFound` if the session is gone; `InvalidCursor` for a cursor
+        of another log, from its future, or malformed."""
         session_id = self._check_id(session_id)
         position = self._position(session_id, after)
-        if type(limit) is not int or limit < 1:
-            raise ValidationError("limit is a positive int")
+        check_int("limit", limit, 1)
+        if type(max_bytes) is not int or max_bytes < 0:
+            raise ValidationError("max_bytes is an int >= 0")
         found = await self._backend.read_log(
-            self.name, session_id, position, limit, self._clock.now_ms()
+            self.name, session_id, position, limit, self._clock.now_ms(), max_bytes
         )
         if found is None:
             raise SessionNotFound(session_id)
@@ -452,7 +588,9 @@ class Namespace:
         the session goes away meanwhile; `SessionNotFound` if it is gone from the start.
         Every `idle_s` without news the store is checked (the session may have ended)."""
         position = self._position(session_id, after)
-        page: LogPage | None = await self.read(session_id, after, _FOLLOW_PAGE)
+        page: LogPage | None = await self.read(
+            session_id, after, _FOLLOW_PAGE, max_bytes=FOLLOW_PAGE_BYTES
+        )
         while True:
             if page is not None:
                 if page.reset is not None:
@@ -485,7 +623,12 @@ class Namespace:
                 return
 
     async def _page_after(self, session_id: str, position: int) -> LogPage:
-        return await self.read(session_id, self._cursor(session_id, position), _FOLLOW_PAGE)
+        return await self.read(
+            session_id,
+            self._cursor(session_id, position),
+            _FOLLOW_PAGE,
+            max_bytes=FOLLOW_PAGE_BYTES,
+        )
 
     def _log_items(self, events: Sequence[Event]) -> list[LogItem]:
         items = []
@@ -516,19 +659,23 @@ class Namespace:
 
         With a `limit`, a charge that would take the counter past it is refused and not
         counted (`allowed` is False). A negative amount refunds, never below 0; 0 reads.
-        Does not extend the session's life.
+        Amounts, limits and counters stay within +-`MAX_COUNT` (an unlimited counter refuses
+        a charge past it). Does not extend the session's life.
         """
         session_id = self._check_id(session_id)
         if type(counter) is not str or not _COUNTER_RE.fullmatch(counter):
             raise ValidationError(
                 f"counter name {counter!r} must match [A-Za-z0-9_][A-Za-z0-9_.:-]{{0,63}}"
             )
-        if type(amount) is not int:
-            raise ValidationError(f"amount is an int, not {type(amount).__name__}")
-        if limit is not None and (type(limit) is not int or limit < 0):
-            raise ValidationError("limit is None (unlimited) or an int >= 0")
+        check_amount("amount", amount)
+        check_limit("limit", limit)
         allowed, used = await self._backend.consume(
-            self.name, session_id, self._clock.now_ms(), counter, amount, limit
+            self.name,
+            session_id,
+            self._clock.now_ms(),
+            counter,
+            amount,
+            MAX_COUNT if limit is None else limit,  # an unlimited counter stops at the most
         )
         return ConsumeResult(allowed=allowed, used=used, limit=limit)
 
@@ -583,8 +730,7 @@ class Namespace:
         session is claimed by exactly one of them. Returns what this call claimed; run it
         until it returns fewer than `limit` to drain a backlog.
         """
-        if type(limit) is not int or limit < 1:
-            raise ValidationError("limit is a positive int")
+        check_int("limit", limit, 1)
         now = self._clock.now_ms()
         due = await self._backend.due(self.name, now, limit)
         if not due:
@@ -624,9 +770,7 @@ class Namespace:
 
 
 def _check_ms(what: str, value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise ValidationError(f"{what} is an int of ms since the epoch")
-    return value
+    return check_int(f"{what} (ms since the epoch)", value, 0)
 
 
 def _check_subject(subject: object) -> str | None:
@@ -640,4 +784,4 @@ def _require_subject(subject: object) -> str:
         raise ValidationError(
             f"subject is 1 to {MAX_SUBJECT_LENGTH} characters without control characters"
         )
-    return subject
+    return check_text("subject", subject)

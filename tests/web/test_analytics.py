@@ -28,12 +28,6 @@ async def app(make_app: Callable[..., FastAPI]) -> AsyncIterator[FastAPI]:
         yield built
 
 
-@pytest_asyncio.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app) as opened:
-        yield opened
-
-
 def sessionizer(app: FastAPI) -> Sessionizer:
     found = app.state.features.analytics
     assert isinstance(found, Sessionizer)

@@ -5,7 +5,6 @@ resume, live, heartbeats, a client going away), cancel and stop, the store going
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from sessionary.runs import Runs, RunsSettings
 from sessionary.runs.http import ApiKeyAuthenticator, runs_router
 from sessionary.web.settings import SettingsError
 from tests.servers import RedisServer, free_port
+from tests.service import serving
 from tests.web.conftest import client_for
 
 ALICE_KEY = "alice-key-0123456789"
@@ -41,12 +41,6 @@ async def app(make_app: Callable[..., FastAPI]) -> AsyncIterator[FastAPI]:
     built = make_app(runs=runs_settings())
     async with built.router.lifespan_context(built):
         yield built
-
-
-@pytest_asyncio.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app) as opened:
-        yield opened
 
 
 def runs_of(app: FastAPI) -> Runs:
@@ -390,22 +384,10 @@ async def test_a_live_stream_gets_every_event_once(app: FastAPI, client: httpx.A
 # -- over a real connection: heartbeats, a client going away ---------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """`app` on a real socket (uvicorn, in this event loop); yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+def on_a_port(app: FastAPI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning"
     )
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-            await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_heartbeats_and_a_client_going_away(store_url: str, clock: ManualClock) -> None:
@@ -420,7 +402,7 @@ async def test_heartbeats_and_a_client_going_away(store_url: str, clock: ManualC
         conversation = await runs.create_conversation("alice")
         run = await runs.start(conversation.id, "alice")
         url = f"{BASE}/{conversation.id}/runs/{run.id}/events"
-        async with serving(app) as base, runs.producer(run.id) as producer:
+        async with serving(on_a_port(app)) as base, runs.producer(run.id) as producer:
             async with (
                 httpx.AsyncClient(base_url=base) as http,
                 http.stream("GET", url, headers=ALICE) as response,

@@ -19,16 +19,36 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from sessionary.analytics.events import BadEvent, TrackEvent
+from sessionary.analytics.events import EVENT_SCHEMA, BadEvent, TrackEvent
 from sessionary.analytics.service import MAX_BATCH, Sessionizer
 from sessionary.analytics.sink import Sink, Stats
+from sessionary.codec import INT64_MAX
 from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
-from sessionary.http.handlers import JSONErrorRoute
+from sessionary.http.handlers import JSONErrorRoute, guarded
+from sessionary.http.limits import ByteBudget
 from sessionary.sessionize import SessionRow
 
-From = Annotated[int | None, Query(alias="from", ge=0)]  # ms; `from` is a Python keyword
+# ms since the epoch, as a backend stores them; `from` is a Python keyword
+From = Annotated[int | None, Query(alias="from", ge=0, le=INT64_MAX)]
+To = Annotated[int | None, Query(ge=0, le=INT64_MAX)]
+
+
+# /track reads its body itself (a bad event of a batch is reported, the others kept)
+TRACK_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    EVENT_SCHEMA,
+                    {"type": "array", "items": EVENT_SCHEMA, "maxItems": MAX_BATCH},
+                ]
+            }
+        }
+    },
+}
 
 
 def session_json(row: SessionRow) -> dict[str, Any]:
@@ -74,16 +94,25 @@ def analytics_router(
     projects: Sequence[str],
     authorize_admin: Callable[[Request], object],
     client_ip: ClientIP,
+    budget: ByteBudget,
 ) -> APIRouter:
     """The routes, over the `Sessionizer` that `sessionizer()` returns (known once the store
-    is open). `authorize_admin` raises a `ResponseError` for a request without the admin key."""
+    is open). `budget` bounds the bytes of /track batches in flight. `authorize_admin`
+    raises a `ResponseError` for a request without the admin key; the project routes call it
+    before they look at anything else of the request."""
     router = APIRouter(prefix="/api/v1", tags=["analytics"], route_class=JSONErrorRoute)
+    project_routes = APIRouter(route_class=guarded(authorize_admin))
     known = frozenset(projects)
 
-    @router.post("/track", status_code=202)
+    @router.post("/track", status_code=202, openapi_extra={"requestBody": TRACK_BODY})
     async def track(request: Request) -> Response:
-        """Track one event (a JSON object) or a batch (an array of up to 1,000)."""
+        """Track one event (a JSON object) or a batch (an array of up to 1,000). 503
+        `overloaded` with Retry-After while the batches in flight fill the server's budget."""
         project = keys.require(request, "project key")
+        with budget.hold(request.scope):
+            return await ingest(request, project)
+
+    async def ingest(request: Request, project: str) -> Response:
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
@@ -123,27 +152,25 @@ def analytics_router(
             )
         return JSONResponse(accepted, 202)
 
-    def project_for_admin(request: Request, project_id: str) -> str:
-        authorize_admin(request)
+    def project_for_admin(project_id: str) -> str:
         if project_id not in known:
             raise ResponseError(
                 error_response(404, "project_not_found", f"no project {project_id!r}")
             )
         return project_id
 
-    @router.get("/projects/{project_id}/sessions")
+    @project_routes.get("/projects/{project_id}/sessions")
     async def sessions(
-        request: Request,
         project_id: str,
         start: From = None,
-        to: Annotated[int | None, Query(ge=0)] = None,
+        to: To = None,
         device_id: Annotated[str | None, Query(max_length=256)] = None,
         profile_id: Annotated[str | None, Query(max_length=256)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         after: Annotated[str | None, Query(max_length=512)] = None,
     ) -> Response:
         """Sessions that started in [from, to), newest first; `next` pages on."""
-        project = project_for_admin(request, project_id)
+        project = project_for_admin(project_id)
         page = await _sink(sessionizer()).sessions(
             project, start=start, end=to, device_id=device_id, profile_id=profile_id,
             limit=limit, after=after,
@@ -152,19 +179,19 @@ def analytics_router(
             {"sessions": [session_json(row) for row in page.sessions], "next": page.next}
         )
 
-    @router.get("/projects/{project_id}/stats")
+    @project_routes.get("/projects/{project_id}/stats")
     async def stats(
-        request: Request,
         project_id: str,
         start: From = None,
-        to: Annotated[int | None, Query(ge=0)] = None,
+        to: To = None,
     ) -> Response:
         """Sessions, bounce rate, average duration, events per session and the top entry
         paths over the sessions that started in [from, to)."""
-        project = project_for_admin(request, project_id)
+        project = project_for_admin(project_id)
         found = await _sink(sessionizer()).stats(project, start=start, end=to)
         return JSONResponse(stats_json(project, found))
 
+    router.include_router(project_routes)
     return router
 
 

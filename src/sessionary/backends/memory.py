@@ -21,6 +21,7 @@ from sessionary.backends.signals import LogSignals
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
+    WAIT_MAX_BYTES,
     CounterCharge,
     CounterState,
     Lifetime,
@@ -32,6 +33,7 @@ from sessionary.contract import (
     SubjectChange,
     plan_append,
     plan_charges,
+    within_bytes,
 )
 from sessionary.errors import LogClosed, SessionExists, SessionNotFound, VersionConflict
 from sessionary.sessionize import (
@@ -73,10 +75,10 @@ class _Log:
                 self.entries.popleft()
         return plan.seqs
 
-    def after(self, after: int, limit: int) -> LogSlice:
+    def after(self, after: int, limit: int, max_bytes: int = 0) -> LogSlice:
         first = self.entries[0].seq if self.entries else self.last + 1
         start = max(0, after + 1 - first)
-        chosen = list(itertools.islice(self.entries, start, start + limit))
+        chosen = within_bytes(itertools.islice(self.entries, start, start + limit), max_bytes)
         return LogSlice(
             chosen,
             chosen[0].seq if chosen else self.last + 1,
@@ -421,18 +423,20 @@ class MemoryBackend:
         return seqs
 
     async def read_log(
-        self, ns: str, session_id: str, after: int, limit: int, now: int
+        self, ns: str, session_id: str, after: int, limit: int, now: int, max_bytes: int = 0
     ) -> LogSlice | None:
         space = self._space(ns)
         if space.live(session_id, now) is None:
             return None
-        return space.log(session_id).after(after, limit)
+        return space.log(session_id).after(after, limit, max_bytes)
 
     async def wait_log(
         self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
     ) -> list[LogEntry] | None:
         return await self._signals.wait_log(
-            (ns, session_id), lambda: self.read_log(ns, session_id, after, 1000, now), timeout_ms
+            (ns, session_id),
+            lambda: self.read_log(ns, session_id, after, 1000, now, WAIT_MAX_BYTES),
+            timeout_ms,
         )
 
     def _group(self, group: str) -> _CounterGroup:

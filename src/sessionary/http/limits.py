@@ -1,10 +1,18 @@
-"""Refuse request bodies larger than a limit with 413 JSON, before the handler reads them."""
+"""Limits on requests: bodies larger than a limit are refused with 413 JSON before the handler
+reads them (`BodyLimit`); the bytes of work in flight on a route are bounded (`ByteBudget`),
+so past it a request is answered 503 `overloaded` with Retry-After instead of being held."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sessionary.http.errors import error_response
+from sessionary.http.errors import JSONResponse, ResponseError, error_response
+
+#: seconds an overloaded route tells a client to wait
+RETRY_AFTER_OVERLOADED = 1
 
 
 class _TooLarge(Exception):
@@ -57,3 +65,41 @@ class BodyLimit:
             limit=self.max_body,
         )
         await response(scope, receive, send)
+
+
+class ByteBudget:
+    """Requests in flight on a route, counted by their bodies' declared size (Content-Length,
+    else `unknown`: the largest body `BodyLimit` lets through): at most `capacity` bytes at a
+    time, except that one request alone always fits. The memory a route's requests hold is
+    then their bodies' size in flight times what handling a byte costs, whatever the load."""
+
+    def __init__(self, capacity: int, unknown: int) -> None:
+        self.capacity = capacity
+        self.unknown = unknown
+        self.used = 0
+
+    @contextmanager
+    def hold(self, scope: Scope) -> Iterator[None]:
+        """Reserve the request's size for the block, or raise a `ResponseError` with 503
+        `overloaded` and Retry-After when the budget is spent."""
+        cost = self.unknown
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit():
+                cost = min(int(value), self.unknown)
+        if self.used and self.used + cost > self.capacity:
+            raise ResponseError(overloaded(f"over {self.capacity} bytes of requests in flight"))
+        self.used += cost
+        try:
+            yield
+        finally:
+            self.used -= cost
+
+
+def overloaded(message: str) -> JSONResponse:
+    return error_response(
+        503,
+        "overloaded",
+        f"{message}; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_OVERLOADED)},
+        retry_after=RETRY_AFTER_OVERLOADED,
+    )

@@ -13,7 +13,10 @@ Every route checks the caller owns the conversation (401 without credentials, 40
 else's, 404 for an unknown one, 503 with Retry-After when the store is down). Times are integer
 ms since the epoch (UTC). The event stream carries each event's cursor as its SSE `id`, resumes
 exclusively after `Last-Event-ID` (or `?after=`), sends a heartbeat comment every 15 s, and
-closes after `end`; a client going away never cancels the run.
+closes after `end`; a client going away never cancels the run. If the store stops answering,
+an `event: error` with `{"error": "store_unavailable", "last": <cursor>}` ends the stream (the
+client resumes with `Last-Event-ID`); a reader that takes nothing for the send timeout is
+disconnected.
 """
 
 from __future__ import annotations
@@ -24,18 +27,31 @@ from typing import Any, Literal, Protocol
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.responses import Response
 
+from sessionary.errors import StoreUnavailable
 from sessionary.http.bearer import BearerKeys, unauthorized
 from sessionary.http.errors import JSONResponse
-from sessionary.http.handlers import JSONErrorRoute
+from sessionary.http.handlers import guarded
+from sessionary.http.sse import SEND_TIMEOUT_S, BoundedEventStream, unavailable_event
 from sessionary.logs import Cursor, LogReset
 from sessionary.runs.model import Run, RunNotFound
 from sessionary.runs.service import Runs
 from sessionary.runs.settings import RunsUser
 
 HEARTBEAT_S = 15
+# one event of the stream, as the OpenAPI document describes it
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "the event's cursor"},
+        "event": {"type": "string", "description": "its type: status, chunk, end, reset..."},
+        "data": {"type": "string", "description": "its JSON data"},
+        "retry": {"type": "integer"},
+    },
+}
+_CALLER = "sessionary_runs_caller"
 RETRY_MS = 3000
 
 
@@ -57,7 +73,7 @@ class ApiKeyAuthenticator:
 
 
 class StartIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     multitask: Literal["reject", "enqueue", "interrupt"] = "reject"
     input: Any = None
@@ -90,17 +106,25 @@ def runs_router(
     on_start: Callable[[Run], object] | None = None,
     *,
     heartbeat_s: float = HEARTBEAT_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> APIRouter:
     """The routes, over the `Runs` that `runs()` returns (known once the store is open).
     `on_start` is given each run started here (to hand it to a worker); event streams send
-    a heartbeat comment every `heartbeat_s` seconds."""
-    router = APIRouter(prefix="/api/v1/conversations", tags=["runs"], route_class=JSONErrorRoute)
+    a heartbeat comment every `heartbeat_s` seconds, and disconnect a reader that takes
+    nothing for `send_timeout_s` (see `sessionary.http.sse`)."""
 
     async def caller(request: Request) -> str:
-        subject = await authenticate(request)
+        """Who calls: authenticated once per request, before the body or a parameter is
+        looked at (the routes' guard), then remembered for the handler."""
+        subject = getattr(request.state, _CALLER, None)
         if subject is None:
-            raise unauthorized("send credentials: Authorization: Bearer <key>")
-        return subject
+            subject = await authenticate(request)
+            if subject is None:
+                raise unauthorized("send credentials: Authorization: Bearer <key>")
+            setattr(request.state, _CALLER, subject)
+        return str(subject)
+
+    router = APIRouter(prefix="/api/v1/conversations", tags=["runs"], route_class=guarded(caller))
 
     async def own_run(request: Request, conversation_id: str, run_id: str) -> Run:
         subject = await caller(request)
@@ -197,7 +221,10 @@ def runs_router(
         stopped = await runs().stop(conversation_id, await caller(request))
         return JSONResponse({"runId": stopped.id, "status": stopped.status}, 202)
 
-    @router.get("/{conversation_id}/runs/{run_id}/events")
+    @router.get(
+        "/{conversation_id}/runs/{run_id}/events",
+        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}},
+    )
     async def events(
         request: Request, conversation_id: str, run_id: str, after: str | None = None
     ) -> Response:
@@ -209,9 +236,10 @@ def runs_router(
         if position:  # checked before the stream starts: a bad cursor is a 400, not a stream
             cursor = Cursor.parse(position, runs().runs.name, run.id)
             await runs().runs.read(run.id, after=cursor, limit=1)
-        return EventSourceResponse(
+        return BoundedEventStream(
             _stream(runs(), run.id, cursor),
             ping=heartbeat_s,
+            send_timeout_s=send_timeout_s,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
@@ -219,17 +247,24 @@ def runs_router(
 
 
 async def _stream(runs: Runs, run_id: str, after: Cursor | None) -> AsyncIterator[ServerSentEvent]:
+    """The run's events; if the store stops answering, an `error` event saying so (with the
+    cursor to resume after) ends the stream."""
     yield ServerSentEvent(comment="stream", retry=RETRY_MS)
-    async for item in runs.events(run_id, after):
-        if isinstance(item, LogReset):
-            run = await runs.get(run_id)
-            payload = {
-                "status": run.status,
-                "first": None if item.first is None else str(item.first),
-                "last": None if item.last is None else str(item.last),
-            }
-            yield ServerSentEvent(event="reset", data=orjson.dumps(payload).decode())
-            continue
-        yield ServerSentEvent(
-            id=str(item.cursor), event=item.type, data=orjson.dumps(item.data).decode()
-        )
+    last = after
+    try:
+        async for item in runs.events(run_id, after):
+            if isinstance(item, LogReset):
+                run = await runs.get(run_id)
+                payload = {
+                    "status": run.status,
+                    "first": None if item.first is None else str(item.first),
+                    "last": None if item.last is None else str(item.last),
+                }
+                yield ServerSentEvent(event="reset", data=orjson.dumps(payload).decode())
+                continue
+            yield ServerSentEvent(
+                id=str(item.cursor), event=item.type, data=orjson.dumps(item.data).decode()
+            )
+            last = item.cursor
+    except StoreUnavailable as exc:
+        yield unavailable_event(exc, last)

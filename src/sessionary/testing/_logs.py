@@ -219,6 +219,32 @@ class LogConformance:
         assert await collect(runs, session.id, after=results[0][-1].cursor) == []
 
     @pytest.mark.asyncio
+    async def test_a_read_bounded_in_bytes_stops_before_the_event_past_the_bound(
+        self, store: Store
+    ) -> None:
+        runs = store.namespace("log-bytes", idle_ttl=HOUR)
+        session = await runs.create()
+        texts = ["x" * 98, "y" * 98, "z" * 98, "w" * 2000, "v"]  # 100, 100, 100, 2002, 3 bytes
+        await runs.extend(session.id, [Event("e", t) for t in texts])
+        page = await runs.read(session.id, max_bytes=250)
+        assert [e.data for e in page.events] == texts[:2]
+        assert page.last is not None
+        assert page.last.seq == 5
+        page = await runs.read(session.id, after=page.events[-1].cursor, max_bytes=250)
+        assert [e.data for e in page.events] == texts[2:3]
+        page = await runs.read(session.id, after=page.events[-1].cursor, max_bytes=1)
+        assert [e.data for e in page.events] == texts[3:4]  # one event, even past the bound
+        whole = await runs.read(session.id, max_bytes=0)
+        assert [e.data for e in whole.events] == texts
+        with pytest.raises(ValidationError):
+            await runs.read(session.id, max_bytes=-1)
+        # a follower pages through a log larger than its page bound, with no gap
+        big = "b" * 60_000
+        await runs.extend(session.id, [Event("e", big) for _ in range(10)])
+        await runs.append(session.id, "end", None, final=True)
+        assert [e.data for e in await collect(runs, session.id)] == [*texts, *[big] * 10, None]
+
+    @pytest.mark.asyncio
     async def test_follow_of_an_unknown_session_raises(self, store: Store) -> None:
         from sessionary import ids
 

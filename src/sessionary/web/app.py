@@ -2,7 +2,7 @@
 `sessionary serve` runs.
 
     /healthz              the process is up
-    /readyz               the store answers (200) or not (503)
+    /readyz               the store answers and takes a write (200), or not (503)
     /metrics              Prometheus
     /docs                 OpenAPI
     /v1/...               the admin API (API key)
@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from sessionary import __version__
 from sessionary.analytics import AnalyticsMetrics, Sessionizer
@@ -34,7 +34,7 @@ from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, unavailable_response
 from sessionary.http.handlers import install_error_handlers
-from sessionary.http.limits import BodyLimit
+from sessionary.http.limits import BodyLimit, ByteBudget
 from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
 from sessionary.http.source import StoreSource
 from sessionary.playground import Playground
@@ -190,7 +190,6 @@ def create_app(
     )
     app.state.sessionary = source
     app.state.features = features  # the runs feature and its worker, once started
-    install_error_handlers(app, metrics)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
@@ -199,15 +198,15 @@ def create_app(
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> Response:
-        """The store answers: 200, or 503 with Retry-After."""
+        """The store answers and takes a write: 200, or 503 with Retry-After."""
         try:
-            await (await source.get()).ping()
+            await (await source.get()).ping(write=True)
         except StoreUnavailable as exc:
             metrics.store_errors.labels("readyz").inc()
             return unavailable_response(f"the store does not answer: {exc}")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -226,7 +225,12 @@ def create_app(
                 features.worker.submit(run)
 
         app.include_router(
-            runs_router(opened_runs, ApiKeyAuthenticator(settings.runs.users), hand_over)
+            runs_router(
+                opened_runs,
+                ApiKeyAuthenticator(settings.runs.users),
+                hand_over,
+                send_timeout_s=settings.runs.stream_send_timeout.total_seconds(),
+            )
         )
     if settings.analytics.enabled:
         api_keys = ApiKeys(settings.api_keys)
@@ -242,8 +246,10 @@ def create_app(
                 list(settings.analytics.projects),
                 lambda request: api_keys.require(request, "analytics"),
                 ClientIP(settings.analytics.trusted_proxies),
+                ByteBudget(settings.analytics.max_in_flight, settings.max_body),
             )
         )
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(Instrumented, metrics=metrics)
+    install_error_handlers(app, metrics)  # last: its 500 guard wraps every middleware
     return app

@@ -1,4 +1,6 @@
-"""`redis://`, `rediss://`, `unix://`: Redis 7+ and Valkey, through redis-py's asyncio client.
+"""`redis://`, `rediss://`, `unix://`: Redis 7+ and Valkey, through redis-py's asyncio client
+(`redis+cluster://` for a Redis Cluster, `redis+sentinel://` for a primary Sentinel names: see
+`sentinel.py`).
 
 Layout. A namespace is split into 16 shards; a session's shard is carried by its id (see
 `sessionary.ids`). All keys of one shard share the hash tag `{<namespace>:<shard>}`, so a
@@ -21,31 +23,35 @@ indexes when they are next read.
 
 URL options (query parameters): `prefix` (default "sessionary:"), `grace_ms` (default one
 hour), `max_connections` (default 64), `pool_timeout` (how long a call waits for a free
-connection when all are busy, default 5 s), and redis-py's own, such as
-`socket_connect_timeout` (default 2 s) and `socket_timeout` (default 5 s). Commands are
-not retried on their own: a write whose outcome is unknown raises `StoreUnavailable`; it
-never runs twice.
+connection when all are busy, default 5 s), `wait_connections` (the connections followers of
+event logs block on, shared by all of them, default 4; see waits.py), and redis-py's own, such as
+`socket_connect_timeout` (default 2 s) and `socket_timeout` (default 5 s); `wait_replicas`
+(default 0) and `wait_timeout_ms` (default 1000): a write answers only once that many replicas
+acknowledged it, else `StoreUnavailable` (see batching.py). Commands are not retried on their
+own: a write whose outcome is unknown raises `StoreUnavailable`; it never runs twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+import zlib
+from collections.abc import Callable, Coroutine, Hashable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
-    OutOfMemoryError,
-    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
@@ -53,8 +59,9 @@ from redis.exceptions import (
 
 from sessionary import ids
 from sessionary.backends.redis.analytics import RedisAnalytics
-from sessionary.backends.redis.batching import pack
-from sessionary.backends.redis.scripts import Batcher, Client, Script, Scripts
+from sessionary.backends.redis.scripts import Batcher, Client, Replication, Script, Scripts
+from sessionary.backends.redis.sentinel import sentinel_client
+from sessionary.backends.redis.waits import StreamWaits
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
@@ -83,11 +90,46 @@ N = TypeVar("N", int, float)
 
 DEFAULT_PREFIX = "sessionary:"
 DEFAULT_GRACE_MS = 3_600_000
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
-_OWN_OPTIONS = {"prefix", "grace_ms", "max_connections", "pool_timeout", "autopipeline"}
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    ResponseError,
+    OSError,
+)
+# The error replies that mean we sent something wrong: bugs of ours, raised as they are (a 500
+# with its traceback). By the reply's code, and for ERR by its text. Every other error reply
+# is the server's state, whatever its wording: READONLY, OOM, LOADING, NOPERM, MASTERDOWN,
+# BUSY, CLUSTERDOWN, TRYAGAIN, "ERR DB index is out of range"... (NOSCRIPT is handled where
+# the scripts run.)
+_OUR_BUG_CODES = frozenset({"WRONGTYPE", "CROSSSLOT", "EXECABORT"})
+_OUR_BUG_ERRS = (
+    "wrong number of arguments",
+    "syntax error",
+    "value is not",
+    "unknown command",
+    "unknown subcommand",
+    "user_script:",
+    "Error running script",
+    "Lua redis lib",
+    "The ID specified in XADD",
+    "Invalid stream ID",
+)
+_OWN_OPTIONS = {
+    "prefix",
+    "grace_ms",
+    "max_connections",
+    "pool_timeout",
+    "autopipeline",
+    "wait_connections",
+    "wait_replicas",
+    "wait_timeout_ms",
+}
 DEFAULT_AUTOPIPELINE = 2
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_POOL_TIMEOUT = 5.0
+DEFAULT_WAIT_CONNECTIONS = 4
+DEFAULT_WAIT_TIMEOUT_MS = 1000
 _CLIENT_DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 
 
@@ -120,11 +162,36 @@ def _translate_errors(
                 await self.initialize()
             return await method(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+            if (failure := _unavailable(self.where, exc)) is None:
+                raise
+            raise failure from exc
         finally:
             slots.release()
 
     return wrapper
+
+
+def _unavailable(where: str, exc: Exception) -> StoreUnavailable | None:
+    """What a failed call raises: `StoreUnavailable` for the server's state or an unreachable
+    server; None for a bug of ours, raised as it is. The one place this backend decides
+    which is which."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        code = code or text.partition(" ")[0]
+        if code in _OUR_BUG_CODES or (code == "ERR" and any(e in text for e in _OUR_BUG_ERRS)):
+            return None
+    reply = f"{code} {exc}" if code and not str(exc).startswith(code) else str(exc)
+    return StoreUnavailable(f"Redis at {where} is unavailable: {reply}")
+
+
+def _raise_first(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, or the first error among them as the server sent it (redis-py's
+    own raise rewrites the message, which would hide the reply's code)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _number(options: dict[str, str], name: str, default: N, kind: type[N]) -> N:
@@ -222,6 +289,54 @@ class _ShardKeys:
         self.log = f"{tag}:l:"
 
 
+class _StandaloneLinks:
+    """A standalone server's wait lanes: `lanes` connections of their own, a key's lane
+    picked by its hash; interrupts go over the batcher."""
+
+    def __init__(self, client: Redis, calls: Batcher, lanes: int) -> None:
+        self._pool = client.connection_pool
+        self._calls = calls
+        self._lanes = lanes
+
+    def lane(self, key: str) -> Hashable:
+        return zlib.crc32(key.encode()) % self._lanes
+
+    def open(self, key: str) -> AbstractConnection:
+        return cast(AbstractConnection, self._pool.make_connection())  # type: ignore[no-untyped-call]
+
+    async def close(self, key: str, connection: AbstractConnection) -> None:
+        await connection.disconnect()
+
+    async def unblock(self, key: str, client_id: int) -> None:
+        await self._calls.call("CLIENT", "UNBLOCK", client_id)
+
+
+class _ClusterLinks:
+    """A cluster's wait lanes: one per hash slot (a command names keys of one slot only), on
+    a connection taken from the slot's node."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+
+    def lane(self, key: str) -> Hashable:
+        return self._client.keyslot(key)
+
+    def open(self, key: str) -> AbstractConnection:
+        node = self._client.get_node_from_key(key)
+        assert node is not None
+        return node.acquire_connection()
+
+    async def close(self, key: str, connection: AbstractConnection) -> None:
+        await connection.disconnect()
+        node = self._client.get_node_from_key(key)
+        if node is not None and connection in node._connections:
+            node.release(cast(Any, connection))
+
+    async def unblock(self, key: str, client_id: int) -> None:
+        node = self._client.get_node_from_key(key)
+        await self._client.execute_command("CLIENT", "UNBLOCK", client_id, target_nodes=node)
+
+
 class RedisBackend:
     """Sessions in Redis or Valkey (see the module docstring)."""
 
@@ -234,6 +349,10 @@ class RedisBackend:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         autopipeline: int = DEFAULT_AUTOPIPELINE,
+        wait_connections: int = DEFAULT_WAIT_CONNECTIONS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
+        sentinel: Sentinel | None = None,
         where: str = "redis",
     ) -> None:
         if "{" in prefix or "}" in prefix:
@@ -249,9 +368,26 @@ class RedisBackend:
         self.where = where
         self.pool_timeout = pool_timeout
         self._slots = asyncio.Semaphore(max_connections)
-        self.calls = Batcher(client, autopipeline)
-        self._idle_blocking: list[AbstractConnection] = []
         self._scripts = Scripts()
+        if wait_replicas and self.cluster:
+            raise ValueError("wait_replicas is for one primary (redis://, redis+sentinel://)")
+        if wait_replicas < 0 or wait_timeout_ms < 1:
+            raise ValueError("wait_replicas >= 0 and wait_timeout_ms >= 1")
+        replication = (
+            Replication(wait_replicas, wait_timeout_ms, {self._scripts.read_log.sha})
+            if wait_replicas
+            else None
+        )
+        self.sentinel = sentinel
+        self.calls = Batcher(client, autopipeline, replication)
+        if replication is not None and wait_timeout_ms >= 1000 * (self.calls.timeout or 0):
+            raise ValueError("wait_timeout_ms is below socket_timeout (which bounds a reply)")
+        self.waits = StreamWaits(
+            _ClusterLinks(client)
+            if isinstance(client, RedisCluster)
+            else _StandaloneLinks(client, self.calls, wait_connections),
+            self.calls.timeout,
+        )
         self._keys: dict[tuple[str, int], _ShardKeys] = {}
         self.analytics = RedisAnalytics(self.calls, prefix)
 
@@ -271,12 +407,13 @@ class RedisBackend:
         max_connections = _number(own, "max_connections", DEFAULT_MAX_CONNECTIONS, int)
         pool_timeout = _number(own, "pool_timeout", DEFAULT_POOL_TIMEOUT, float)
         autopipeline = _number(own, "autopipeline", DEFAULT_AUTOPIPELINE, int)
+        wait_connections = _number(own, "wait_connections", DEFAULT_WAIT_CONNECTIONS, int)
+        wait_replicas = _number(own, "wait_replicas", 0, int)
+        wait_timeout_ms = _number(own, "wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS, int)
+        if wait_connections < 1:
+            raise ValueError("wait_connections >= 1")
         if max_connections < 1 or pool_timeout <= 0 or autopipeline < 0:
             raise ValueError("max_connections >= 1, pool_timeout > 0 and autopipeline >= 0")
-        cluster = parts.scheme.endswith("+cluster")
-        client_url = urlunsplit(
-            parts._replace(scheme=parts.scheme.removesuffix("+cluster"), query=urlencode(passed))
-        )
         settings: dict[str, Any] = {
             **_CLIENT_DEFAULTS,
             "max_connections": max_connections,
@@ -284,11 +421,23 @@ class RedisBackend:
             "retry": Retry(NoBackoff(), 0),  # MOVED/ASK redirects still follow
             "decode_responses": False,
         }
-        client: Client = (
-            RedisCluster.from_url(client_url, **settings)
-            if cluster
-            else Redis.from_pool(ConnectionPool.from_url(client_url, **settings))
-        )
+        client: Client
+        sentinel = None
+        if parts.scheme.endswith("+sentinel"):
+            client, sentinel, where = sentinel_client(parts, passed, settings)
+        else:
+            where = f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":")
+            cluster = parts.scheme.endswith("+cluster")
+            client_url = urlunsplit(
+                parts._replace(
+                    scheme=parts.scheme.removesuffix("+cluster"), query=urlencode(passed)
+                )
+            )
+            client = (
+                RedisCluster.from_url(client_url, **settings)
+                if cluster
+                else Redis.from_pool(ConnectionPool.from_url(client_url, **settings))
+            )
         return cls(
             client,
             prefix=own.get("prefix", DEFAULT_PREFIX),
@@ -296,7 +445,11 @@ class RedisBackend:
             max_connections=max_connections,
             pool_timeout=pool_timeout,
             autopipeline=autopipeline,
-            where=f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":"),
+            wait_connections=wait_connections,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            sentinel=sentinel,
+            where=where,
         )
 
     async def initialize(self) -> None:
@@ -458,7 +611,7 @@ class RedisBackend:
         async with self.client.pipeline(transaction=False) as pipe:
             for shard in range(ids.SHARDS):
                 build(pipe, self.shard_keys(ns, shard))
-            return list(await pipe.execute())
+            return _raise_first(await pipe.execute(raise_on_error=False))
 
     async def _subject_ids(self, ns: str, subject: str) -> list[list[str]]:
         """Per shard, the ids the subject index names for `subject`."""
@@ -476,7 +629,7 @@ class RedisBackend:
         async with self.client.pipeline(transaction=False) as pipe:
             for shard, session_id in named:
                 pipe.hgetall(self.shard_keys(ns, shard).session + session_id)
-            states = await pipe.execute()
+            states = _raise_first(await pipe.execute(raise_on_error=False))
         records, dangling = [], []
         for (shard, session_id), fields in zip(named, states, strict=True):
             if not fields:
@@ -487,7 +640,7 @@ class RedisBackend:
             async with self.client.pipeline(transaction=False) as pipe:
                 for shard, session_id in dangling:
                     pipe.zrem(self.shard_keys(ns, shard).subjects, f"{subject}\x00{session_id}")
-                await pipe.execute()
+                _raise_first(await pipe.execute(raise_on_error=False))
         return records
 
     async def _per_shard(
@@ -554,11 +707,11 @@ class RedisBackend:
 
     @_translate_errors
     async def read_log(
-        self, ns: str, session_id: str, after: int, limit: int, now: int
+        self, ns: str, session_id: str, after: int, limit: int, now: int, max_bytes: int = 0
     ) -> LogSlice | None:
         session, _, _, log = self._session_keys(ns, session_id)
         reply = await self._scripts.run(
-            self.calls, self._scripts.read_log, (session, log), (now, after, limit)
+            self.calls, self._scripts.read_log, (session, log), (now, after, limit, max_bytes)
         )
         if reply is None:
             return None
@@ -570,42 +723,22 @@ class RedisBackend:
     async def wait_log(
         self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
     ) -> list[LogEntry] | None:
-        """XREAD BLOCK on a connection of its own (a blocked connection serves nobody else;
-        the hub above keeps it to one per log per process)."""
+        """XREAD BLOCK, shared: the waits of every followed log go out together over at most
+        `wait_connections` connections (on a cluster, one per hash slot followed); see
+        `waits.py`. The hub above keeps it to one wait per log per process."""
         session, _, _, log = self._session_keys(ns, session_id)
         try:
-            reply = await self._blocking(
-                timeout_ms,
-                "XREAD",
-                "COUNT",
-                1000,
-                "BLOCK",
-                timeout_ms,
-                "STREAMS",
-                log,
-                f"{after}-0",
-            )
-            if reply:
-                return [_entry(raw) for raw in reply[0][1]]
+            if not self.ready:
+                await self.initialize()
+            found = await self.waits.wait(log, after, timeout_ms)
+            if found:
+                return [_entry(raw) for raw in found]
             state = await self.calls.call("HGET", session, "e")
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+            if (failure := _unavailable(self.where, exc)) is None:
+                raise
+            raise failure from exc
         return None if state is None or int(state) <= now else []
-
-    async def _blocking(self, timeout_ms: int, *command: Any) -> Any:
-        if self.cluster:
-            return await self.client.execute_command(*command)
-        connection = self._idle_blocking.pop() if self._idle_blocking else self.calls.open()
-        try:
-            async with asyncio.timeout(timeout_ms / 1000 + 5):
-                await connection.send_packed_command(pack(command), check_health=False)
-                reply = await connection.read_response()
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            self._idle_blocking.append(connection)
-        return reply
 
     # -- counter groups: one hash tag per group ------------------------------------------
 
@@ -690,8 +823,11 @@ class RedisBackend:
         await self.client.ping()
 
     async def close(self) -> None:
+        await self.waits.close()
         await self.calls.close()
         await self.client.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.where!r}, prefix={self.prefix!r})"

@@ -1,0 +1,142 @@
+"""How `sessionary serve` runs the app: uvicorn, with bounds on request heads and send buffers.
+
+uvicorn reads a request's line and headers before the application sees anything, and its
+httptools protocol keeps whatever arrives until the head ends: a client sending an endless
+header makes the process hold all of it. `LimitedHttpTools` counts a head's bytes as they
+arrive and answers 431 Request Header Fields Too Large (JSON, `{"error": "headers_too_large"}`)
+and closes the connection as soon as one header (name and value) passes `max_header_bytes`,
+the head passes `max_head_bytes`, or the request has more than `max_headers` headers. So a
+connection holds at most `max_head_bytes` of head (plus one network read) before the app runs.
+
+It also sets each connection's kernel send buffer to `send_buffer_bytes` (Linux doubles it),
+instead of letting it grow to `tcp_wmem`'s 4 MiB: a client that stops reading then holds that
+much of the kernel's memory, and costs the process only that much work, before its writes
+wait (see `sessionary.http.sse` for what the process itself holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, ClassVar, NamedTuple
+
+import orjson
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sessionary.web.settings import Settings
+
+
+class ConnectionLimits(NamedTuple):
+    """The settings of the same names (see `Settings`)."""
+
+    max_header_bytes: int
+    max_head_bytes: int
+    max_headers: int
+    send_buffer_bytes: int  # 0: the kernel's (autotuned, up to tcp_wmem)
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class LimitedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing heads past `limits` (see the module docstring).
+    `limited(limits)` makes the class for given limits."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0  # of the head being read
+        self._in_body = False
+        self._heads = 0  # heads read on this connection
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.limits.send_buffer_bytes:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer_bytes)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_body:
+            super().data_received(data)
+            return
+        room = self.limits.max_head_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            super().data_received(data)
+            return
+        heads = self._heads
+        self._head_bytes = self.limits.max_head_bytes
+        super().data_received(data[:room])
+        if self._refused or self.transport.is_closing():
+            return
+        if self._heads != heads:  # the head ended within the bound: the rest is what follows
+            self.data_received(data[room:])
+        else:
+            self._refuse(f"the request head is over {self.limits.max_head_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > self.limits.max_header_bytes:
+            self._refuse(f"a header is over {self.limits.max_header_bytes} bytes")
+        elif len(self.headers) >= self.limits.max_headers:
+            self._refuse(f"a request has at most {self.limits.max_headers} headers")
+        if self._refused:
+            raise _HeadTooLarge  # stops the parser; uvicorn then calls send_400_response
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._heads += 1
+        self._head_bytes = 0
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # the 431 went out already
+            super().send_400_response(msg)
+
+    def _refuse(self, message: str) -> None:
+        self._refused = True
+        body = orjson.dumps({"error": "headers_too_large", "message": message})
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
+    @classmethod
+    def limited(cls, limits: ConnectionLimits) -> type[LimitedHttpTools]:
+        return type("LimitedHttpTools", (cls,), {"limits": limits})
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration `sessionary serve` runs `app` with (`overrides`: more
+    uvicorn options, or other values for these)."""
+    limits = ConnectionLimits(
+        settings.max_header_bytes,
+        settings.max_head_bytes,
+        settings.max_headers,
+        settings.send_buffer_bytes,
+    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": False,  # the client IP is resolved against our own trusted proxies
+        "server_header": False,
+        "http": LimitedHttpTools.limited(limits),
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
