@@ -1,12 +1,13 @@
 # `make run`: set up and serve sessionary on the embedded SQLite default (http://127.0.0.1:8000).
-# `make test`: set up and run the whole test suite (starts a local Redis if none answers).
+# `make test`: set up and run the whole test suite (starts a local Redis if none answers),
+# every benchmark at its smoke size included. `make bench`: the benchmarks at full size.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := src tests benchmarks
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +31,19 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/ensure-redis
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	scripts/ensure-wrk
 	$(BIN)/python benchmarks/store_ops.py
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/runs.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/analytics_stress.py
 	$(BIN)/python benchmarks/track_http.py
+	$(BIN)/python benchmarks/edge.py
+
+# every benchmark at its smoke size (`--smoke`, seconds each), as `make test` runs them
+bench-smoke: $(STAMP)
+	scripts/ensure-redis
+	$(BIN)/pytest -q tests/test_benchmarks_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

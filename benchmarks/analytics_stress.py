@@ -1,7 +1,7 @@
 """End to end: `sessionary serve` sessionizes tracked events over HTTP, under concurrency.
 
     python benchmarks/analytics_stress.py [--store sqlite] [--sessions 500] [--events 3]
-                                          [--concurrency 25]
+                                          [--concurrency 25] [--smoke]
 
 Starts `sessionary serve` (a subprocess, its own port, a 2 s session timeout, its reaper and
 drainer running every 250 ms), sends `--sessions` devices x `--events` screen views over
@@ -182,7 +182,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--events", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=25)
+    parser.add_argument(
+        "--smoke", action="store_true", help="CI size, seconds: 20 sessions of 2 events, 5 clients"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.sessions, args.events, args.concurrency = 20, 2, 5
     outcome = asyncio.run(run(args.store, args.sessions, args.events, args.concurrency))
     print(
         f"{outcome.sessions} sessions, {outcome.starts} session_start, {outcome.ends} "

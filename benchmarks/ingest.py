@@ -3,6 +3,7 @@ naive per-event sessionizer on the same Redis in the same run.
 
     python benchmarks/ingest.py [--devices 10000] [--events 200000] [--batch 1000]
                                 [--in-flight 1,4] [--rounds 3] [--backends memory,sqlite,redis]
+                                [--smoke]
 
 The traffic: `--events` screen views spread over `--devices` devices (round robin), each device's
 events a few seconds apart, so every batch extends open sessions and opens new ones at first.
@@ -126,7 +127,16 @@ async def main() -> None:
     parser.add_argument("--naive-events", type=int, default=20_000, help="events for the baseline")
     parser.add_argument("--backends", default="memory,sqlite,redis")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI size, seconds: 3,000 events over 300 devices in batches of 100, one round",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.devices, args.events, args.batch, args.naive_events, args.rounds = (
+            300, 3000, 100, 500, 1,
+        )  # fmt: skip
     flights = [int(x) for x in args.in_flight.split(",")]
     backends = args.backends.split(",")
     console = Console()

@@ -1,6 +1,6 @@
 """Requests/s through the session middleware, against starsessions and against nothing.
 
-    python benchmarks/middleware.py [--duration 10] [--connections 16]
+    python benchmarks/middleware.py [--duration 10] [--connections 16] [--rounds 3] [--smoke]
 
 Each application (benchmarks/middleware_apps.py) runs alone under uvicorn (one worker,
 uvloop, httptools) while wrk drives it over loopback from one thread per connection, each
@@ -119,7 +119,8 @@ def wrk(port: int, path: str, seconds: int, connections: int, script: Path | Non
 
 def measure(factory: str, path: str, seconds: int, connections: int, script: Path | None) -> float:
     with Server(factory) as server:
-        wrk(server.port, path, 2, connections, script)  # warm up: connections, sessions, JIT
+        # warm up: connections, sessions, JIT
+        wrk(server.port, path, min(seconds, 2), connections, script)
         return wrk(server.port, path, seconds, connections, script)
 
 
@@ -133,7 +134,12 @@ def main() -> None:
         default=3,
         help="interleaved rounds; each rate is the median (the VM is noisy)",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="CI size, seconds: 1 s per measurement, one round"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.rounds = 1, 1
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
     console = Console()

@@ -2,6 +2,7 @@
 
     python benchmarks/runs.py [--events 10000] [--tasks 1,32] [--rate 1000] [--seconds 4]
                               [--readers 100] [--rounds 3] [--url redis://127.0.0.1:6379/9]
+                              [--smoke]
 
 Two measurements, each the median of interleaved rounds (`--rounds`, default 3; this VM's
 speed drifts), with the raw redis-py baseline measured in the same round on the same server:
@@ -395,7 +396,16 @@ async def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; each number is the median"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI size, seconds: 300 appends, tasks 1,4, 10 readers at 200/s for 0.5 s, one round",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.events, args.tasks, args.rate, args.seconds, args.readers, args.rounds = (
+            300, "1,4", 200.0, 0.5, 10, 1,
+        )  # fmt: skip
     concurrencies = [int(c) for c in args.tasks.split(",")]
     console = Console()
     console.print(

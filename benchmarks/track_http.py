@@ -1,6 +1,7 @@
 """`POST /api/v1/track` under load: `sessionary serve` driven by wrk over loopback.
 
     python benchmarks/track_http.py [--store sqlite|redis://...] [--duration 8] [--rounds 3]
+                                    [--smoke]
 
 The service runs as `sessionary serve` (one process, its background reaper and drainer on),
 wrk drives it with 16 connections, each request a batch of random devices among 10,000. Three
@@ -63,7 +64,12 @@ async def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--smoke", action="store_true", help="CI size, seconds: 1 s per measurement, one round"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.rounds = 1, 1
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
     console = Console()

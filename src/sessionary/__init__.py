@@ -11,6 +11,7 @@ from sessionary.contract import KEEP, Backend, Lifetime, Record
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.errors import (
     InvalidSessionId,
+    PayloadTooDeep,
     PayloadTooLarge,
     SessionaryError,
     SessionExists,
@@ -37,6 +38,7 @@ __all__ = [
     "Lifetime",
     "ManualClock",
     "Namespace",
+    "PayloadTooDeep",
     "PayloadTooLarge",
     "Record",
     "Session",

@@ -1,0 +1,102 @@
+"""Every benchmark script runs at its smoke size so none can rot unnoticed.
+
+Each `benchmarks/*.py` (but the helper modules in HELPERS) is run as a subprocess with
+`--smoke` (seconds, not minutes) against the shared test Redis and must exit 0 and print its
+result lines. A new benchmark is picked up by the glob: it must accept `--smoke` and declare
+the lines it prints in RESULTS, or this test fails and says so. wrk is found or installed by
+`scripts/ensure-wrk`, the same step `make bench` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+HELPERS = {"middleware_apps.py"}  # the applications middleware.py serves: not a benchmark
+NUMBER = r"[\d,.]+"
+
+# For each benchmark, patterns its output must match: one result row or line each.
+RESULTS: dict[str, list[str]] = {
+    "store_ops.py": [
+        rf"memory\s*│\s*touch\s*│\s*8\s*│\s*{NUMBER}",
+        rf"sqlite\s*│\s*update\s*│\s*1\s*│\s*{NUMBER}",
+        rf"redis\s*│\s*consume\s*│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # touch against its bare script
+    ],
+    "ingest.py": [
+        rf"sessionary on redis\s*│\s*4 batches\s*│\s*{NUMBER}",
+        rf"naive GET\+SET per event\s*│\s*32 events\s*│\s*{NUMBER}",
+        rf"TrackEvent.parse alone: {NUMBER} events/s",
+    ],
+    "runs.py": [
+        rf"Producer.emit\s*│\s*per task\s*│\s*4\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
+        rf"sessionary Runs.events\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}"
+        r"\s*│\s*10/10",
+    ],
+    "middleware.py": [
+        rf"sessionary /rw\s*│\s*{NUMBER}",
+        rf"no middleware /plain\s*│\s*{NUMBER}",
+        rf"sessionary / starsessions = {NUMBER}x",
+    ],
+    "track_http.py": [
+        rf"GET /healthz\s*│\s*{NUMBER}",
+        rf"/track, 100 events\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
+    ],
+    "analytics_stress.py": [r"20 sessions, 20 session_start, 20 session_end, 80 event rows"],
+    "edge.py": [
+        rf"sqlite\s*│\s*header flood\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
+        rf"sqlite\s*│\s*readers, one replayed log\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
+        rf"redis\s*│\s*readers, live logs\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│"
+        r"\s*\d+ of \d+\s*│\s*\d+\s*│\s*\d+\s*│",  # RSS, p99, probes, Redis connections
+        rf"redis\s*│\s*/track batches\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
+    ],
+}
+
+
+def benchmarks() -> list[str]:
+    return sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name not in HELPERS)
+
+
+@pytest.fixture(scope="module")
+def wrk() -> None:
+    subprocess.run([ROOT / "scripts" / "ensure-wrk"], check=True, timeout=300)
+
+
+def test_every_benchmark_is_declared() -> None:
+    assert set(benchmarks()) == set(RESULTS), "declare each benchmark's result lines in RESULTS"
+
+
+@pytest.mark.parametrize("name", benchmarks())
+def test_benchmark_runs_at_smoke_size(name: str, wrk: None) -> None:
+    env = {
+        **os.environ,
+        "REDIS_BENCH_URL": REDIS_URL,
+        "BENCH_REDIS_URL": REDIS_URL,
+        "COLUMNS": "200",  # rich wraps tables to the terminal: keep each row on one line
+        "PYTHONUNBUFFERED": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=100,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    missing = [
+        pattern
+        for pattern in RESULTS.get(name, ["(no RESULTS entry)"])
+        if not re.search(pattern, done.stdout)
+    ]
+    assert not missing, f"{name} did not print {missing}:\n{output}"
