@@ -161,3 +161,21 @@ async def test_openapi_describes_the_api(service: httpx.AsyncClient) -> None:
     assert f"{WEB.replace('web', '{namespace}')}/sessions/{{session_id}}" in spec["paths"]
     assert "/api/v1/playground/session" in spec["paths"]
     assert (await service.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        (f"{WEB}/sessions/{ids.new_id()}", "DELETE, GET, PATCH"),
+        (f"{WEB}/subjects/alice/sessions", "DELETE, GET"),
+        ("/api/v1/playground/session/indexed-repo", "DELETE, PUT"),
+    ],
+)
+async def test_a_405_names_every_method_of_every_route_at_its_path(
+    service: httpx.AsyncClient, path: str, allowed: str
+) -> None:
+    """Starlette names the methods of the first route whose path matched; several share one."""
+    response = await service.request("OPTIONS", path, headers=ADMIN)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"] == "method_not_allowed"

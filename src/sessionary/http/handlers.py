@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary.errors import SessionaryError, StoreUnavailable
@@ -67,7 +68,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, code, message, headers=headers)
 
     app.add_exception_handler(ResponseError, on_response_error)
     app.add_exception_handler(SessionaryError, on_sessionary_error)
@@ -75,6 +79,24 @@ def install_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     # Outermost of the application's middleware: call this after adding the others.
     app.add_middleware(ServerErrors)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405 names the
+    methods of the first route whose path matched, though several routes may share a path
+    (GET, PATCH and DELETE of one session, say). Asked of each route by `matches` (public,
+    and it sees into included routers), only when answering a 405."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches(dict(request.scope, method=method))[0] == Match.FULL for route in routes
+        )
+    ]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 class ServerErrors:
