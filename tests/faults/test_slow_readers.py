@@ -142,6 +142,11 @@ async def test_200_stalled_readers_of_an_8_mb_run_are_bounded_and_cut(
         for sock in stalled:
             sock.close()
     assert peak.grown < 120, f"grew by {peak.grown:.0f} MiB from {peak.before:.0f}"
+    # an expected cut: one warning per reader, no error of the server's
+    log = service.log.read_text()
+    assert log.count("reader took nothing for 2.0 s: disconnected") == 200
+    assert "ASGI callable" not in log
+    assert "ERROR" not in log, log[:2000]
 
 
 async def test_the_hub_keeps_a_bounded_tail_and_a_follower_far_behind_reads_the_store() -> None:

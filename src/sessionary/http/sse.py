@@ -6,6 +6,15 @@ reader that stops reading holds at most that buffer, the one event being written
 its stream is replaying (`sessionary.store.FOLLOW_PAGE_BYTES`). If a write (an event or a
 heartbeat) makes no progress for `send_timeout_s`, the reader is disconnected; it resumes with
 `Last-Event-ID` like after any cut.
+
+That cut is expected, so it is logged once, as a warning. An ASGI app has no way of its own to
+drop a connection, and a stream returning before its response ended makes uvicorn log an error
+("ASGI callable returned without completing response") and then close the connection
+gracefully, still holding what it had not sent. So a server may offer the scope extension
+`ABORT_EXTENSION`, `{"abort": f}`: `f()` drops the connection at once, unsent output
+included, and the server takes the client as gone, as after its own disconnect
+(`sessionary serve` offers it: see `sessionary.web.server`). Without it (another server)
+the stream just returns, and that server says what it says.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from sessionary.errors import StoreUnavailable
 
 #: seconds a stream's write may wait for its reader before the reader is disconnected
 SEND_TIMEOUT_S = 30.0
+#: the ASGI scope extension through which a server lets a response drop its connection
+ABORT_EXTENSION = "sessionary.abort"
 
 log = logging.getLogger("sessionary.http")
 
@@ -45,11 +56,12 @@ class BoundedEventStream(EventSourceResponse):
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
-            # uvicorn closes the connection, since the response did not complete (and logs
-            # "ASGI callable returned without completing response")
             log.warning(
                 "an event stream's reader took nothing for %s s: disconnected", self.send_timeout
             )
+            abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
+            if abort is not None:
+                abort()
 
 
 def unavailable_event(exc: StoreUnavailable, last: object) -> ServerSentEvent:

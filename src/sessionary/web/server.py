@@ -12,19 +12,26 @@ It also sets each connection's kernel send buffer to `send_buffer_bytes` (Linux 
 instead of letting it grow to `tcp_wmem`'s 4 MiB: a client that stops reading then holds that
 much of the kernel's memory, and costs the process only that much work, before its writes
 wait (see `sessionary.http.sse` for what the process itself holds).
+
+Each request's scope offers `sessionary.http.sse.ABORT_EXTENSION`: an event stream whose
+reader stalled past its send timeout drops the connection through it, at once and without an
+error in uvicorn's log (it takes the client as gone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import orjson
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from sessionary.http.sse import ABORT_EXTENSION
 from sessionary.web.settings import Settings
 
 
@@ -95,7 +102,11 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._heads += 1
         self._head_bytes = 0
         self._in_body = True
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:  # a request for the app, not yet run
+            self.scope["extensions"] = {ABORT_EXTENSION: {"abort": _aborter(cycle)}}
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -119,6 +130,20 @@ class LimitedHttpTools(HttpToolsProtocol):
     @classmethod
     def limited(cls, limits: ConnectionLimits) -> type[LimitedHttpTools]:
         return type("LimitedHttpTools", (cls,), {"limits": limits})
+
+
+def _aborter(cycle: RequestResponseCycle) -> Callable[[], None]:
+    """What drops the request's connection, unsent output included: the cycle takes the
+    client as gone (as uvicorn's `connection_lost` will say), so its app may return early.
+    It holds the cycle weakly, since the cycle's scope holds it."""
+    ref = weakref.ref(cycle)
+
+    def abort() -> None:
+        if (found := ref()) is not None:
+            found.disconnected = True
+            found.transport.abort()
+
+    return abort
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:

@@ -4,8 +4,9 @@ Every read-modify-write is one script call on the keys of one project, which sha
 tag `{an:<project>}` (analytics.lua lists them): `sessionize` is one script per batch,
 `close_idle` and `vacuum` one each. The set of projects is a key of its own,
 `<prefix>an:projects` (outside the project's slot, so not the script's to write): every batch
-sends a SADD beside its script, in the same round trip, so the set never rests on what a
-process remembers. After Redis lost its data, a project's first batch names it again.
+sends a SADD beside its script, in the same round trip (on a cluster just before it), so the
+set never rests on what a process remembers. After Redis lost its data, a project's first
+batch names it again.
 
 A batch goes to the script as what the rules read, compactly: 7 numbers per hit in one array
 of doubles, naming the batch's distinct strings (each sent once) by index; plus the hits
@@ -205,8 +206,9 @@ class RedisAnalytics:
     """The `SessionizeBackend` methods, for `RedisBackend` to delegate to (it holds the
     connection slots and turns connection errors into `StoreUnavailable`)."""
 
-    def __init__(self, calls: Batcher, prefix: str) -> None:
+    def __init__(self, calls: Batcher, scripts: Scripts, prefix: str) -> None:
         self.calls = calls
+        self.scripts = scripts  # the backend's: one load in flight per script
         self.prefix = prefix
         self.projects_key = f"{prefix}an:projects"
         self._keys: dict[str, list[str]] = {}
@@ -224,19 +226,22 @@ class RedisAnalytics:
     async def sessionize(
         self, project: str, rules: Rules, hits: Sequence[Hit], now: int, nonce: str
     ) -> IngestOutcome:
-        _, reply = await asyncio.gather(
-            self.calls.call("SADD", self.projects_key, project),
-            Scripts.run(
-                self.calls, self._sessionize, self.keys(project), _batch(rules, hits, now, nonce)
-            ),
-        )
+        keys, args = self.keys(project), _batch(rules, hits, now, nonce)
+        register = self.calls.call("SADD", self.projects_key, project)
+        if self.calls.depth:  # one round trip through the auto-pipeline
+            _, reply = await asyncio.gather(
+                register, self.scripts.run(self.calls, self._sessionize, keys, args)
+            )
+        else:  # a cluster: one connection at a time, as `Scripts.run_many` (the SADD first)
+            await register
+            reply = await self.scripts.run(self.calls, self._sessionize, keys, args)
         return IngestOutcome(*(int(n) for n in reply))
 
     async def close_idle(self, project: str, rules: Rules, now: int, limit: int) -> int:
         if limit < 1:
             return 0
         args = (now, rules.timeout_ms, rules.reap_lag_ms, limit, ttl_ms(rules))
-        return int(await Scripts.run(self.calls, self._close_idle, self.keys(project), args))
+        return int(await self.scripts.run(self.calls, self._close_idle, self.keys(project), args))
 
     async def vacuum(
         self, project: str, rules: Rules, now: int, older_than_ms: int, limit: int
@@ -244,7 +249,7 @@ class RedisAnalytics:
         if limit < 1:
             return VacuumReport()
         args = (now, older_than_ms, limit, rules.dedup_ms, ttl_ms(rules))
-        reply = await Scripts.run(self.calls, self._vacuum, self.keys(project), args)
+        reply = await self.scripts.run(self.calls, self._vacuum, self.keys(project), args)
         return VacuumReport(*(int(n) for n in reply))
 
     async def outbox(self, project: str, limit: int) -> list[OutboxEntry]:

@@ -181,7 +181,9 @@ def _unavailable(where: str, exc: Exception) -> StoreUnavailable | None:
         code = code or text.partition(" ")[0]
         if code in _OUR_BUG_CODES or (code == "ERR" and any(e in text for e in _OUR_BUG_ERRS)):
             return None
-    reply = f"{code} {exc}" if code and not str(exc).startswith(code) else str(exc)
+    # some errors carry no text (redis-py's MaxConnectionsError, a full connection pool)
+    text = str(exc) or type(exc).__name__
+    reply = f"{code} {text}" if code and not text.startswith(code) else text
     return StoreUnavailable(f"Redis at {where} is unavailable: {reply}")
 
 
@@ -389,7 +391,7 @@ class RedisBackend:
             self.calls.timeout,
         )
         self._keys: dict[tuple[str, int], _ShardKeys] = {}
-        self.analytics = RedisAnalytics(self.calls, prefix)
+        self.analytics = RedisAnalytics(self.calls, self._scripts, prefix)
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:

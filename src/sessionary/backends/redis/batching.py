@@ -40,9 +40,12 @@ from sessionary.errors import StoreUnavailable
 Client = Redis | RedisCluster
 Command = tuple[Any, ...]
 # what needs no WAIT: the commands the backend sends that write no data (a script is a write
-# unless named read-only; CLIENT UNBLOCK wakes a connection of ours)
+# unless named read-only; CLIENT UNBLOCK wakes a connection of ours; SCRIPT LOAD caches code)
 _READS = frozenset(
-    {"CLIENT", "GET", "HGET", "HGETALL", "PING", "SMEMBERS", "XRANGE", "XREAD", "ZCARD", "ZCOUNT"}
+    {
+        *("CLIENT", "GET", "HGET", "HGETALL", "PING", "SCRIPT", "SMEMBERS"),
+        *("XRANGE", "XREAD", "ZCARD", "ZCOUNT"),
+    }
 )
 
 

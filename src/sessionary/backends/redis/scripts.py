@@ -4,8 +4,16 @@ Each `*.lua` file beside this module is one script, with `common.lua` prepended 
 scripts that share more, helper files named at load: the analytics scripts share
 `analytics.lua`). Calls go
 out as EVALSHA; a NOSCRIPT answer (after SCRIPT FLUSH, a restart or a failover to a server
-that never saw the script) loads the script and retries that one call. Nothing is ever sent
-as EVAL with the full source on the hot path.
+that never saw the script) loads the script and runs that call again: NOSCRIPT means the
+script did not run, so running it again is safe (no other failure is ever retried). Nothing is
+ever sent as EVAL with the full source on the hot path.
+
+Loading is single-flight, per script and per server (per node on a cluster): the callers that
+find a script missing at once (a cold start, a burst after a flush) wait for one SCRIPT LOAD
+instead of each sending its own. On a single server the load goes through the auto-pipeline's
+connections like any call; on a cluster, to the node that owns the call's first key. A caller
+runs its script at most `_ATTEMPTS` times: a server flushed again and again answers NOSCRIPT
+in the end (`StoreUnavailable`), never an endless loop.
 """
 
 from __future__ import annotations
@@ -17,13 +25,16 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
 from sessionary.backends.redis.batching import Batcher, Client, Replication
 
 Arg = str | bytes | int
 __all__ = ["Arg", "Batcher", "Client", "Replication", "Script", "Scripts"]
+# how many times one call may find its script missing (each time it did not run)
+_ATTEMPTS = 3
+_Where = tuple[str, str | None]  # a script's SHA, and the cluster node's name (or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +54,14 @@ class Script:
 
 
 class Scripts:
-    """The backend's scripts, and how to run them alone or many in one round trip."""
+    """The backend's scripts, and how to run them alone or many in one round trip (those of
+    `RedisAnalytics` too: one `Scripts` per backend, so one load in flight per script)."""
 
     def __init__(self) -> None:
+        # per (script, node; None on a single server): its load in flight, and how many
+        # loads of it ended (a NOSCRIPT to a call sent before the last one ended is stale)
+        self._loads: dict[_Where, asyncio.Task[None]] = {}
+        self._loaded: dict[_Where, int] = {}
         self.create = Script.load("create")
         self.touch = Script.load("touch")
         self.update = Script.load("update")
@@ -59,27 +75,53 @@ class Scripts:
         self.read_log = Script.load("read_log")
         self.set_counters = Script.load("set_counters")
 
-    @staticmethod
-    async def run(calls: Batcher, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        try:
-            return await calls.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await calls.client.script_load(script.source)
-            return await calls.call("EVALSHA", script.sha, len(keys), *keys, *args)
+    async def run(
+        self, calls: Batcher, script: Script, keys: Sequence[str], args: Sequence[Arg]
+    ) -> Any:
+        client = calls.client
+        node = client.get_node_from_key(keys[0]) if isinstance(client, RedisCluster) else None
+        where = (script.sha, None if node is None else node.name)
+        attempt = 1
+        while True:
+            loaded = self._loaded.get(where, 0)
+            try:
+                return await calls.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                if attempt == _ATTEMPTS:
+                    raise
+            attempt += 1
+            if self._loaded.get(where, 0) == loaded:  # else a load ended since: just run
+                await self._load(calls, script, where, node)
 
-    @classmethod
+    async def _load(
+        self, calls: Batcher, script: Script, where: _Where, node: ClusterNode | None
+    ) -> None:
+        """Load `script` on the server or node, or wait for the load in flight there."""
+        loading = self._loads.get(where)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(_send_load(calls, script, node))
+            self._loads[where] = loading
+            loading.add_done_callback(lambda _: self._ended(where))
+        # shielded: a caller that gives up does not cancel the load the others wait for
+        await asyncio.shield(loading)
+
+    def _ended(self, where: _Where) -> None:
+        del self._loads[where]
+        self._loaded[where] = self._loaded.get(where, 0) + 1
+
     async def run_many(
-        cls, batcher: Batcher, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
+        self, batcher: Batcher, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
         """Run several scripts at once: in one pipeline on a single server (no MULTI: each
-        script is atomic alone), side by side on a cluster, whose pipelines refuse scripts."""
+        script is atomic alone); on a cluster, whose pipelines refuse scripts, the nodes side
+        by side, one script at a time on each (see `_per_node`)."""
         if not calls:
             return []
         client = batcher.client
-        if len(calls) == 1 or isinstance(client, RedisCluster):
-            return list(
-                await asyncio.gather(*(cls.run(batcher, s, keys, args) for s, keys, args in calls))
-            )
+        if len(calls) == 1:
+            return [await self.run(batcher, *calls[0])]
+        if isinstance(client, RedisCluster):
+            return await self._per_node(batcher, client, calls)
         replication = batcher.replication
         async with client.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
@@ -96,7 +138,36 @@ class Scripts:
         for index, result in enumerate(results):
             if isinstance(result, NoScriptError):
                 script, keys, args = calls[index]
-                results[index] = await cls.run(batcher, script, keys, args)
+                results[index] = await self.run(batcher, script, keys, args)
             elif isinstance(result, Exception):
                 raise result
         return results
+
+    async def _per_node(
+        self,
+        batcher: Batcher,
+        client: RedisCluster,
+        calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]],
+    ) -> list[Any]:
+        """The calls, the nodes side by side, one at a time on each: a caller holds at most
+        one connection of a node's pool (which has `max_connections`, like the backend's
+        slots), so callers within the slots never find a pool empty (MaxConnectionsError)."""
+        by_node: dict[str, list[int]] = {}
+        for index, (_, keys, _) in enumerate(calls):
+            node = client.get_node_from_key(keys[0])
+            by_node.setdefault("" if node is None else node.name, []).append(index)
+        results: list[Any] = [None] * len(calls)
+
+        async def run_on_node(indexes: list[int]) -> None:
+            for index in indexes:
+                results[index] = await self.run(batcher, *calls[index])
+
+        await asyncio.gather(*(run_on_node(indexes) for indexes in by_node.values()))
+        return results
+
+
+async def _send_load(calls: Batcher, script: Script, node: ClusterNode | None) -> None:
+    if node is None:
+        await calls.call("SCRIPT", "LOAD", script.source)
+    else:
+        await calls.client.execute_command("SCRIPT", "LOAD", script.source, target_nodes=node)
