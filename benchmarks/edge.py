@@ -6,11 +6,12 @@
 Each scenario runs against a fresh `sessionary serve` (a subprocess on a free port, the admin
 API, runs and analytics on) on each store: SQLite (a fresh file), Redis (a private
 redis-server on a free port, so that its CLIENT LIST holds this run's connections only; the
-service's store URL sets `max_connections` to `--redis-cap`). While the load is on, threads of
-this process sample the server's RSS (VmRSS of it and its children, every 20 ms) and time
-`GET /healthz` on a keep-alive connection of their own every 20 ms; on Redis, CLIENT LIST is
-read every 250 ms and the service's connections counted (this process's own are named
-`edge-bench` and left out), and read once more 3 s after the readers left.
+service's store URL sets `max_connections` to `--redis-cap`). While the load is on, a thread
+of this process samples the server's RSS (VmRSS of it and its children, every 20 ms) and a
+process of its own times `GET /healthz` on a keep-alive connection every 20 ms (apart, so that
+this process's load on its own loop and GIL does not count as the server's latency); on Redis,
+CLIENT LIST is read every 250 ms and the service's connections counted (this process's own are
+named `edge-bench` and left out), and read once more 3 s after the readers left.
 
 * header flood: 10 connections each send 5 MB of request header (50 MB in all), never ending
   the request, then hold the connection for `--hold` s: five send one endless header, five
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import os
 import socket
 import statistics
@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import httpx
 import orjson
@@ -136,20 +137,54 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+# The /healthz probe runs in a process of its own, so that what it measures is the server, not
+# this process's event loop and GIL (busy driving hundreds of sockets). It times one request
+# every 20 ms on a keep-alive connection and prints each latency in ms (prefixed "x" when the
+# request failed) until its stdin closes.
+PROBE = """
+import http.client, select, sys, time
+port, timeout = int(sys.argv[1]), float(sys.argv[2])
+connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+while True:
+    started = time.perf_counter()
+    failed = ""
+    try:
+        connection.request("GET", "/healthz")
+        answer = connection.getresponse()
+        answer.read()
+        failed = "" if answer.status == 200 else "x"
+    except (OSError, http.client.HTTPException):
+        failed = "x"
+        connection.close()
+    print(f"{failed}{(time.perf_counter() - started) * 1000:.3f}", flush=True)
+    if select.select([sys.stdin], [], [], 0.02)[0]:  # stdin closed: stop
+        break
+"""
+
+
 class Watch:
-    """Samples the server's RSS and times /healthz, each from a thread of its own, while
-    the `with` block runs."""
+    """Samples the server's RSS (a thread of this process) and times /healthz (a process of
+    its own, see PROBE) while the `with` block runs."""
 
     def __init__(self, pid: int, port: int, into: Measured) -> None:
         self.pid, self.port, self.into = pid, port, into
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._rss), threading.Thread(target=self._probe)]
+        self.stopping, self.probing = threading.Event(), threading.Event()
+        self.threads = [threading.Thread(target=self._rss)]
+        self.probe: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Watch:
         self.into.rss_before_mb = rss_mb(self.pid)
         self.into.rss_peak_mb = self.into.rss_before_mb
+        self.probe = subprocess.Popen(
+            [sys.executable, "-c", PROBE, str(self.port), str(PROBE_TIMEOUT_S)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.threads.append(threading.Thread(target=self._read, args=(self.probe.stdout,)))
         for thread in self.threads:
             thread.start()
+        if not self.probing.wait(10):  # the load starts once the probe does
+            self.probe.kill()
+            raise RuntimeError("the /healthz probe did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -157,6 +192,10 @@ class Watch:
         while len(self.into.latencies_ms) < 10 and time.monotonic() < deadline:
             time.sleep(0.02)
         self.stopping.set()
+        if self.probe is not None:
+            assert self.probe.stdin is not None
+            self.probe.stdin.close()  # it stops
+            self.probe.wait(PROBE_TIMEOUT_S + 5)
         for thread in self.threads:
             thread.join()
 
@@ -164,23 +203,12 @@ class Watch:
         while not self.stopping.wait(0.02):
             self.into.rss_peak_mb = max(self.into.rss_peak_mb, rss_mb(self.pid))
 
-    def _probe(self) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=PROBE_TIMEOUT_S)
-        while not self.stopping.is_set():
-            started = time.perf_counter()
-            try:
-                connection.request("GET", "/healthz")
-                answer = connection.getresponse()
-                answer.read()
-                if answer.status != 200:
-                    raise OSError(f"/healthz answered {answer.status}")
-                self.into.latencies_ms.append((time.perf_counter() - started) * 1000)
-            except (OSError, http.client.HTTPException):
+    def _read(self, probe: IO[str]) -> None:
+        for line in probe:
+            if line.startswith("x"):
                 self.into.probe_failures += 1
-                self.into.latencies_ms.append((time.perf_counter() - started) * 1000)
-                connection.close()
-            self.stopping.wait(0.02)
-        connection.close()
+            self.into.latencies_ms.append(float(line.lstrip("x")))
+            self.probing.set()
 
 
 class PrivateRedis:

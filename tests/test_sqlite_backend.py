@@ -7,6 +7,8 @@ import signal
 import sqlite3
 import sys
 import textwrap
+import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -198,3 +200,101 @@ def test_bad_urls_are_refused(url: str) -> None:
 async def test_bad_synchronous_is_refused() -> None:
     with pytest.raises(ValueError):
         await connect("sqlite:///s.db?synchronous=sometimes")
+
+
+@pytest.mark.parametrize(("step_s", "most", "turns"), [(0.001, 32, (8, 200)), (0.0, 200, (1, 8))])
+async def test_a_batchs_results_are_handed_out_a_turns_worth_at_a_time(
+    tmp_path: Path, step_s: float, most: int, turns: tuple[int, int]
+) -> None:
+    """The results of one group commit are handed out in groups, one per turn of the loop,
+    sized by what the woken tasks' next steps cost: heavy steps (1 ms of work each) a few per
+    turn, so that other work (a request arriving) is not stuck behind all of them; cheap ones
+    in a few turns, so they cost nothing."""
+    store = await connect(f"sqlite:///{tmp_path / 'turns.db'}")
+    web = store.namespace("web", idle_ttl=HOUR)
+    session = await web.create()
+    loop = asyncio.get_running_loop()
+    turns_seen = 0
+
+    def tick() -> None:  # runs once per turn of the loop
+        nonlocal turns_seen
+        turns_seen += 1
+        ticking[0] = loop.call_soon(tick)
+
+    async def woken_at() -> int:
+        assert await web.get(session.id) is not None
+        woken = turns_seen
+        deadline = time.perf_counter() + step_s
+        while time.perf_counter() < deadline:  # the woken task's next step: work, no await
+            pass
+        return woken
+
+    await asyncio.gather(*(woken_at() for _ in range(200)))  # learn the workload
+    ticking = [loop.call_soon(tick)]
+    try:
+        woken = Counter(await asyncio.gather(*(woken_at() for _ in range(200))))
+    finally:
+        ticking[0].cancel()
+        await store.close()
+    assert sum(woken.values()) == 200
+    assert max(woken.values()) <= most
+    assert turns[0] <= len(woken) <= turns[1]
+
+
+APPENDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from datetime import timedelta
+    import sessionary
+
+    async def main():
+        store = await sessionary.connect(sys.argv[1])
+        web = store.namespace("web", idle_ttl=timedelta(hours=1))
+        for line in sys.stdin:   # one append per line asked for, acknowledged once committed
+            await web.append(sys.argv[2], "chunk", int(line))
+            print("appended", flush=True)
+        await store.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_another_processs_appends_reach_followers_within_a_bound(tmp_path: Path) -> None:
+    """Followers of several logs here, appends to one of them from another process: each
+    append reaches its follower within a bound (the one poller of the file), and the
+    followers of the other logs see nothing."""
+    url = f"sqlite:///{tmp_path / 'follow.db'}"
+    store = await connect(url)
+    web = store.namespace("web", idle_ttl=HOUR)
+    followed, *others = [(await web.create()).id for _ in range(3)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", APPENDER, url, followed,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    seen: asyncio.Queue[object] = asyncio.Queue()
+
+    async def follow(session_id: str) -> None:
+        async for event in web.follow(session_id):
+            await seen.put((session_id, getattr(event, "data", event)))
+
+    followers = [asyncio.create_task(follow(s)) for s in (followed, *others)]
+    try:
+        for n in range(5):
+            process.stdin.write(b"%d\n" % n)
+            async with asyncio.timeout(30):  # the other process starting up, then appending
+                assert await process.stdout.readline() == b"appended\n"
+            async with asyncio.timeout(1):  # polled every 50 ms
+                assert await seen.get() == (followed, n)
+        assert seen.empty()
+        assert not any(task.done() for task in followers)
+    finally:
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        process.stdin.close()
+        async with asyncio.timeout(30):
+            await process.wait()
+        await store.close()

@@ -1,7 +1,8 @@
 """In-process wake-ups for followers of an event log (memory and SQLite backends).
 
 A follower takes the log's current signal *before* it reads, so an append landing between
-its read and its wait still wakes it.
+its read and its wait still wakes it. `notify_all` wakes every follower (to read again): the
+SQLite backend's one poller calls it when another process changed the file.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ class LogSignals:
         if event is not None:
             event.set()
 
+    def notify_all(self) -> None:
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
     async def wait_log(
-        self,
-        key: Hashable,
-        read: Callable[[], Awaitable[LogSlice | None]],
-        timeout_ms: int,
-        poll_s: float | None = None,
+        self, key: Hashable, read: Callable[[], Awaitable[LogSlice | None]], timeout_ms: int
     ) -> list[LogEntry] | None:
-        """Read until there are entries, waking on `notify(key)` (and every `poll_s`, for
-        appends made by other processes), or give up with [] after `timeout_ms`."""
+        """Read until there are entries, waking on `notify(key)` or `notify_all()`, or give
+        up with [] after `timeout_ms`."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             event = self.signal(key)
@@ -47,9 +49,8 @@ class LogSignals:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            pause = remaining if poll_s is None else min(remaining, poll_s)
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
             # arrives as the event is set, and a cancelled follower would then wait on.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
+                async with asyncio.timeout(remaining):
                     await event.wait()

@@ -3,10 +3,12 @@
 All statements run on one connection owned by one thread, off the event loop. Operations
 queue up for that thread, which runs everything waiting in one transaction (group commit)
 and hands the results back to the loop in one wake-up, so a burst of requests shares one
-commit. A session operation is a single SQL statement that decides for itself (`UPDATE ...
-WHERE guard RETURNING`); a counter charge reads, decides and writes, which is atomic because a
-writing transaction is `BEGIN IMMEDIATE`: it holds the write lock from its first statement, and
-several processes on one file take turns instead of deadlocking.
+commit; the loop then resumes the waiting tasks in groups (`sessionary.backends.handoff`),
+so that other work (a new request) takes turns with them. A session operation is a single SQL
+statement that decides for itself (`UPDATE ... WHERE guard RETURNING`); a counter charge reads,
+decides and writes, which is atomic because a writing transaction is `BEGIN IMMEDIATE`: it
+holds the write lock from its first statement, and several processes on one file take turns
+instead of deadlocking.
 
 URL: `sqlite:///relative.db`, `sqlite:////absolute/path.db` or `sqlite:///:memory:`, with
 optional query parameters `synchronous` (OFF, NORMAL (default), FULL, EXTRA) and
@@ -27,6 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from sessionary.backends import sqlite_analytics as analytics
+from sessionary.backends.handoff import Outcome, settle
 from sessionary.backends.signals import LogSignals
 from sessionary.contract import (
     KEEP,
@@ -196,6 +199,14 @@ _SWEEP_COUNTERS = (
 
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _MAX_BATCH = 512
+#: how often, while anyone follows a log, the backend asks whether another process wrote
+_OTHERS_POLL_S = 0.05
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    """Changes whenever another connection (of this process or another) commits to the file;
+    never for this connection's own commits."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _log_state(
@@ -269,16 +280,6 @@ class _Job(NamedTuple):
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        if future.cancelled():
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-
 class _Writer(threading.Thread):
     """The one thread that owns the connection and runs queued jobs in group commits."""
 
@@ -349,7 +350,7 @@ class _Writer(threading.Thread):
         return connection
 
     def _run_batch(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         transaction = len(batch) > 1 or batch[0].writes
         culprit = None
         try:
@@ -385,15 +386,13 @@ class _Writer(threading.Thread):
         self._deliver(batch, outcomes)
 
     @staticmethod
-    def _deliver(
-        batch: list[_Job], outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
-    ) -> None:
+    def _deliver(batch: list[_Job], outcomes: list[Outcome]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for job, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(job.loop, []).append(outcome)
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, settled)
+                loop.call_soon_threadsafe(settle, settled)
 
     def _fail_pending(self) -> None:
         closed = StoreUnavailable("the SQLite store is closed")
@@ -420,6 +419,9 @@ class SQLiteBackend:
         self._writer = _Writer(path, synchronous.upper(), busy_timeout_ms)
         self._closed = False
         self._signals = LogSignals()
+        self._waiting = 0  # wait_log calls under way
+        self._data_version: int | None = None  # as the poller last read it
+        self._poller: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str) -> SQLiteBackend:
@@ -650,13 +652,37 @@ class SQLiteBackend:
     async def wait_log(
         self, ns: str, session_id: str, after: int, timeout_ms: int, now: int
     ) -> list[LogEntry] | None:
-        # appends from this process wake followers at once; others' within 50 ms (polling)
-        return await self._signals.wait_log(
-            (ns, session_id),
-            lambda: self.read_log(ns, session_id, after, 1000, now, WAIT_MAX_BYTES),
-            timeout_ms,
-            poll_s=0.05,
-        )
+        # appends from this process wake followers at once; other processes' within
+        # _OTHERS_POLL_S, by one poller for all the logs waited on (see _poll_others)
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
+                self._poller = loop.create_task(self._poll_others(), name="sessionary-sqlite-poll")
+            return await self._signals.wait_log(
+                (ns, session_id),
+                lambda: self.read_log(ns, session_id, after, 1000, now, WAIT_MAX_BYTES),
+                timeout_ms,
+            )
+        finally:
+            self._waiting -= 1
+
+    async def _poll_others(self) -> None:
+        """While anyone waits on a log: every _OTHERS_POLL_S one statement (`PRAGMA
+        data_version`) tells whether another process committed to the file, and if one did,
+        every waiter reads its log again. One statement per tick however many logs are
+        followed (a poll per log cost 20 reads a second each). A waiter takes its signal
+        before it reads and the version is read on the same thread after that read, so a
+        commit its read missed changes the version from the poller's previous reading."""
+        while self._waiting and not self._closed:
+            await asyncio.sleep(_OTHERS_POLL_S)
+            try:
+                version: int | None = await self._submit(_data_version, writes=False)
+            except StoreUnavailable:  # the waiters' own reads meet it; all read once it is back
+                version = None
+            changed, self._data_version = version != self._data_version, version
+            if changed and version is not None:
+                self._signals.notify_all()
 
     async def charge_counters(
         self, group: str, charges: Sequence[CounterCharge], now: int
@@ -738,6 +764,8 @@ class SQLiteBackend:
         if self._closed:
             return
         self._closed = True
+        if self._poller is not None and self._poller.get_loop() is asyncio.get_running_loop():
+            self._poller.cancel()
         self._writer.jobs.put(None)
         await asyncio.to_thread(self._writer.join)
 

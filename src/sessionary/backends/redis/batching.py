@@ -35,6 +35,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionary.backends.handoff import settle
 from sessionary.errors import StoreUnavailable
 
 Client = Redis | RedisCluster
@@ -153,9 +154,8 @@ class Batcher:
         finally:
             self._in_flight -= 1
             self._flush_queued()
-        for (_, waiting), reply in zip(batch, replies, strict=True):
-            if not waiting.done():
-                waiting.set_result(reply)
+        # a turn's worth of callers at a time (see `sessionary.backends.handoff`)
+        settle((waiting, reply, None) for (_, waiting), reply in zip(batch, replies, strict=True))
 
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
         """Write the commands at once on a free connection and read every reply; a reply
