@@ -31,6 +31,7 @@ from sessionary.clock import Clock
 from sessionary.codec import MAX_SAFE_INT, check_int, decode_value
 from sessionary.contract import Backend, LogEntry
 from sessionary.errors import InvalidCursor, ValidationError
+from sessionary.outage import unless_cancelled
 
 _CURSOR_RE = re.compile(r"(\d{1,18})-([0-9a-f]{8})")
 _TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
@@ -260,6 +261,7 @@ class LogHub:
                     ns, session_id, watch.seen, self._wait_ms, self._clock.now_ms()
                 )
             except Exception:  # the store is down: followers time out and read for themselves
+                unless_cancelled()
                 entries = []
                 if watch.followers > 0:
                     await asyncio.sleep(0.5)

@@ -248,6 +248,16 @@ class Backoff:
         self.tries = 0
 
 
+def unless_cancelled() -> None:
+    """Raise `CancelledError` if the running task is being cancelled. For a loop that goes
+    on after an error: a cancellation that reached it as that error (a library that turned
+    it into a timeout or a connection error) must still end it, or the task never ends and
+    whoever awaits its cancellation (an application's shutdown) waits forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def repeat(
     job: Callable[[], Awaitable[object]],
     every: float,
@@ -273,4 +283,5 @@ async def repeat(
             outage.recovered()
             backoff.reset()
             delay = every
+        unless_cancelled()  # however the job ended, a cancelled loop goes no further
         await sleep(delay)

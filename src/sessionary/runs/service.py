@@ -33,7 +33,7 @@ from sessionary.errors import (
 )
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
 from sessionary.model import Session, SessionEvent
-from sessionary.outage import Backoff
+from sessionary.outage import Backoff, unless_cancelled
 from sessionary.runs.model import (
     ACTIVE,
     TERMINAL,
@@ -516,6 +516,7 @@ class Producer:
                     self._ended.set()  # the lease lapsed: the run is lost to this worker
                     return
             except StoreUnavailable:
+                unless_cancelled()
                 continue
 
     async def _watch(self) -> None:
@@ -538,6 +539,7 @@ class Producer:
                 self._ended.set()  # ended, or gone: either way, nothing more to produce
                 return
             except StoreUnavailable:
+                unless_cancelled()
                 await asyncio.sleep(backoff.next())
 
     async def _stop_tasks(self) -> None:
