@@ -250,9 +250,12 @@ class Backoff:
 
 def unless_cancelled() -> None:
     """Raise `CancelledError` if the running task is being cancelled. For a loop that goes
-    on after an error: a cancellation that reached it as that error (a library that turned
-    it into a timeout or a connection error) must still end it, or the task never ends and
-    whoever awaits its cancellation (an application's shutdown) waits forever."""
+    on after a step: a cancellation that the step swallowed must still end it, or the task
+    never ends and whoever awaits its cancellation (an application's shutdown) waits
+    forever. Python 3.11's `asyncio.wait_for` swallows a cancellation that arrives as its
+    future completes (CPython gh-86296, fixed in 3.12), and redis-py sends every command of
+    a connection with a `socket_timeout` through it: seen in the fault suite as a reaper's
+    sweep returning normally from a cancelled task."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
