@@ -1,6 +1,6 @@
 # `make run`: set up and serve sessionary on the embedded SQLite default (http://127.0.0.1:8000).
-# `make test`: set up and run the whole test suite (starts a local Redis if none answers),
-# every benchmark at its smoke size included. `make bench`: the benchmarks at full size.
+# `make test`: set up and run the whole test suite (starts a local Redis if none answers).
+# `make bench`: the benchmarks at full size; `make bench-smoke`: each at a CI size (seconds).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -40,10 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/track_http.py
 	$(BIN)/python benchmarks/edge.py
 
-# every benchmark at its smoke size (`--smoke`, seconds each), as `make test` runs them
+# every benchmark at its smoke size (`--smoke`, seconds each), as CI runs them
 bench-smoke: $(STAMP)
 	scripts/ensure-redis
-	$(BIN)/pytest -q tests/test_benchmarks_smoke.py
+	$(BIN)/pytest benchmarks/test_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
