@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/analytics_stress.py
 	$(BIN)/python benchmarks/track_http.py
 	$(BIN)/python benchmarks/edge.py
+	$(BIN)/python benchmarks/handoff.py
 
 # every benchmark at its smoke size (`--smoke`, seconds each), as CI runs them
 bench-smoke: $(STAMP)

@@ -51,6 +51,10 @@ RESULTS: dict[str, list[str]] = {
         rf"GET /healthz\s*│\s*{NUMBER}",
         rf"/track, 100 events\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
     ],
+    "handoff.py": [
+        rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
     "analytics_stress.py": [r"20 sessions, 20 session_start, 20 session_end, 80 event rows"],
     "edge.py": [
         rf"sqlite\s*│\s*header flood\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
