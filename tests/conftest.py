@@ -13,7 +13,8 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from sessionary import ManualClock
+from sessionary import ManualClock, Store, connect
+from sessionary.analytics.sink import Sink, sink_from_url
 from tests.servers import RedisClusterNodes, RedisServer
 
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
@@ -57,6 +58,26 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest_asyncio.fixture
+async def store(store_url: str, clock: ManualClock) -> AsyncIterator[Store]:
+    """A store on each backend in turn, on the test's clock."""
+    opened = await connect(store_url, clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest_asyncio.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[Sink]:
+    """An analytics sink of the test's own (SQLite, in its directory)."""
+    opened = await sink_from_url(f"sqlite:///{tmp_path / 'analytics.db'}")
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
-"""Throwaway redis-server processes for tests that stop, pause or cluster a server."""
+"""Throwaway redis-server processes for tests that stop, pause, flush or cluster a server, and
+`eventually`, the bounded wait for what such a server (or a job) gets to in its own time."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis
@@ -79,6 +82,24 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+    def flushall(self) -> None:
+        """FLUSHALL: the data is gone, the server (and its loaded scripts) stays."""
+        with redis.Redis(port=self.port) as client:
+            client.flushall()
+
+    def restart_empty(self) -> None:
+        """kill -9, then start again on the same port: no persistence, so nothing comes back
+        (not even the scripts)."""
+        self.stop()
+        self.start()
+
+    def clients(self, command: str | None = None) -> int:
+        """Clients of the server (those whose last command was `command`), not counting the
+        one asking."""
+        with redis.Redis(port=self.port) as client:
+            found = client.client_list()
+        return len([c for c in found if command is None or c["cmd"] == command]) - (command is None)
 
 
 class RedisClusterNodes:
@@ -249,3 +270,22 @@ class RedisSentinelSet:
         self.sentinels.clear()
         for server in self.servers:
             server.stop()
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]],
+    within: float,
+    what: str = "not within the time bound",
+    every: float = 0.05,
+) -> None:
+    """Wait until `check()` (a function or a coroutine function) is true, asking every
+    `every` s; fail the test with `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        done = check()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(every)

@@ -1,6 +1,6 @@
 """A server of the test's own: `sessionary serve` as a process (`Service`), to measure it from
 outside (its RSS, its sockets) or to abuse it with raw sockets; or an app on a real socket in the
-test's event loop (`serving`)."""
+test's event loop (`serving`). And what a client reads of an event stream (`parse_sse`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,6 +72,34 @@ class Service:
             self.process = None
 
 
+class PeakRss:
+    """The service's largest RSS while the block runs (sampled by a thread every 20 ms), and
+    how much it grew over what it was before."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.before = self.peak = service.rss_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.service.rss_mb())
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def grown(self) -> float:
+        return self.peak - self.before
+
+
 @contextlib.asynccontextmanager
 async def serving(config: uvicorn.Config) -> AsyncIterator[str]:
     """The app of `config` on a real socket (uvicorn, in this event loop); yields its base URL."""
@@ -84,3 +113,24 @@ async def serving(config: uvicorn.Config) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+def parse_sse(text: str) -> list[dict[str, str]]:
+    """Each SSE message as its fields (a comment's text under "")."""
+    messages = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if not line:
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = f"{fields[name]}\n{value}" if name in fields else value
+        if fields:
+            messages.append(fields)
+    return messages
+
+
+def events_in(text: str) -> list[dict[str, str]]:
+    """The messages that are events (not a comment, a heartbeat or a bare retry)."""
+    return [m for m in parse_sse(text) if "event" in m]

@@ -4,15 +4,13 @@ past what Redis computes exactly) is refused before any I/O, with nothing change
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 
-from sessionary import ManualClock, Store, connect
+from sessionary import ManualClock, Store
 from sessionary.codec import INT64_MAX, INT64_MIN, MAX_DEPTH, MAX_SAFE_INT
 from sessionary.counters import MAX_COUNT, Charge
 from sessionary.errors import PayloadTooDeep, ValidationError
@@ -28,15 +26,6 @@ def nested(depth: int, inner: Any = 1) -> Any:
     for _ in range(depth - 1):
         value = [value]
     return {"deep": value}
-
-
-@pytest_asyncio.fixture
-async def store(store_url: str, clock: ManualClock) -> AsyncIterator[Store]:
-    opened = await connect(store_url, clock=clock)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

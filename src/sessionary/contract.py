@@ -141,6 +141,8 @@ class LogSlice:
     last_ts: int | None = None
 
 
+#: the most entries one `wait_log` hands back at once
+WAIT_MAX_ENTRIES = 1000
 #: the most event data one `wait_log` hands back at once (at least one entry), where the
 #: backend can bound it
 WAIT_MAX_BYTES = 1 << 20

@@ -555,8 +555,7 @@ class Namespace:
         session_id = self._check_id(session_id)
         position = self._position(session_id, after)
         check_int("limit", limit, 1)
-        if type(max_bytes) is not int or max_bytes < 0:
-            raise ValidationError("max_bytes is an int >= 0")
+        check_int("max_bytes", max_bytes, 0)
         found = await self._backend.read_log(
             self.name, session_id, position, limit, self._clock.now_ms(), max_bytes
         )

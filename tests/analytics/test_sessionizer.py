@@ -4,18 +4,16 @@ daily salts, the jobs (reap, vacuum, drain) and a sink that fails."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from sessionary import ManualClock, Store, connect, ids
 from sessionary.analytics import BadEvent, Rules, Sessionizer, TrackEvent
 from sessionary.analytics.devices import DAY_MS, day_of
-from sessionary.analytics.sink import Sink, sink_from_url
+from sessionary.analytics.sink import Sink
 from sessionary.errors import ValidationError
 from sessionary.sessionize import OutboxEntry
 
@@ -25,20 +23,6 @@ _ids = itertools.count()
 
 def event(**fields: Any) -> TrackEvent:
     return TrackEvent.parse({"name": "screen_view", **fields})
-
-
-@pytest_asyncio.fixture
-async def store(store_url: str, clock: ManualClock) -> AsyncIterator[Store]:
-    opened = await connect(store_url, clock=clock)
-    yield opened
-    await opened.close()
-
-
-@pytest_asyncio.fixture
-async def sink(tmp_path: Path) -> AsyncIterator[Sink]:
-    opened = await sink_from_url(f"sqlite:///{tmp_path / 'analytics.db'}")
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

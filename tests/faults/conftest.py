@@ -1,12 +1,15 @@
-"""Fixtures of the fault suite."""
+"""Fixtures and helpers of the fault suite."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from sessionary import Namespace
 
 
 @pytest.fixture
@@ -17,3 +20,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+async def collect(ns: Namespace, session_id: str) -> list[Any]:
+    """The data of every event of a log, followed until its final event."""
+    return [event.data async for event in ns.follow(session_id)]

@@ -8,7 +8,7 @@ import asyncio
 import io
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,6 +42,25 @@ def said(caplog: pytest.LogCaptureFixture, logger: str) -> list[tuple[str, str]]
     return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == logger]
 
 
+def outage_between(
+    server: RedisServer, delays: list[float], *, stop: int, start: int, end: int
+) -> Callable[[float], Awaitable[None]]:
+    """A `sleep` for a job's loop that sleeps not at all: it notes each delay asked for in
+    `delays`, stops `server` at the `stop`-th, starts it again at the `start`-th and ends
+    the loop (CancelledError) at the `end`-th."""
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == stop:
+            server.stop()
+        elif len(delays) == start:
+            server.start()
+        elif len(delays) == end:
+            raise asyncio.CancelledError
+
+    return sleep
+
+
 @given(
     first=st.floats(0.01, 100),
     cap=st.floats(0.01, 1000),
@@ -65,15 +84,7 @@ async def test_the_reaper_backs_off_while_the_store_is_down_and_says_so_twice(
     web = store.namespace("web", idle_ttl=HOUR)
     await web.create()
     delays: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        delays.append(seconds)
-        if len(delays) == 1:
-            private_redis.stop()
-        elif len(delays) == 7:
-            private_redis.start()
-        elif len(delays) == 9:
-            raise asyncio.CancelledError
+    sleep = outage_between(private_redis, delays, stop=1, start=7, end=9)
 
     backoff = Backoff(2, 30, rand=lambda: 1.0)  # no jitter: the schedule is exact
     with (
@@ -147,15 +158,7 @@ async def test_sessionary_reap_every_rides_out_an_outage(
     goes on, like the service's reaper."""
     settings = Settings(store=f"{private_redis.url}?socket_connect_timeout=0.5")
     delays: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        delays.append(seconds)
-        if len(delays) == 1:
-            private_redis.stop()
-        elif len(delays) == 4:
-            private_redis.start()
-        elif len(delays) == 6:
-            raise asyncio.CancelledError
+    sleep = outage_between(private_redis, delays, stop=1, start=4, end=6)
 
     quiet = Console(file=io.StringIO())
     with (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from fastapi import Depends, FastAPI
 
 from sessionary import ManualClock, Store, connect
 from sessionary.analytics import Rules, Sessionizer, TrackEvent
-from sessionary.analytics.sink import Sink, sink_from_url
+from sessionary.analytics.sink import Sink
 from sessionary.counters import Charge
 from sessionary.playground import Playground, PlaygroundSettings
 from sessionary.store import SECRET_RECHECK
@@ -35,28 +34,6 @@ LAG = 5 * 60_000  # the default reap lag
 
 def event(**fields: Any) -> TrackEvent:
     return TrackEvent.parse({"name": "screen_view", **fields})
-
-
-def flushall(server: RedisServer) -> None:
-    client = redis.Redis(port=server.port)
-    try:
-        client.flushall()
-    finally:
-        client.close()
-
-
-def restart_empty(server: RedisServer) -> None:
-    """kill -9, then start again on the same port: no persistence, so nothing comes back
-    (not even the scripts)."""
-    server.stop()
-    server.start()
-
-
-@pytest_asyncio.fixture
-async def sink(tmp_path: Path) -> AsyncIterator[Sink]:
-    opened = await sink_from_url(f"sqlite:///{tmp_path / 'analytics.db'}")
-    yield opened
-    await opened.close()
 
 
 @pytest_asyncio.fixture
@@ -77,7 +54,7 @@ async def _devices(sink: Sink, project: str) -> dict[str, bool]:
     return {row.device_id: row.closed for row in rows}
 
 
-@pytest.mark.parametrize("loss", [flushall, restart_empty])
+@pytest.mark.parametrize("loss", [RedisServer.flushall, RedisServer.restart_empty])
 async def test_analytics_jobs_find_every_project_again_after_the_store_lost_its_data(
     private_redis: RedisServer,
     stores: tuple[Store, Store],
@@ -143,7 +120,7 @@ async def test_every_process_keeps_the_days_salt_after_the_store_lost_it(
     visitor = ("shop", "192.0.2.1", "UA")
     before = await a.devices.candidates(*visitor, clock.now_ms())
     assert await b.devices.candidates(*visitor, clock.now_ms()) == before
-    await asyncio.to_thread(restart_empty, private_redis)
+    await asyncio.to_thread(private_redis.restart_empty)
     clock.advance(SECRET_RECHECK)
     assert await b.devices.candidates(*visitor, clock.now_ms()) == before
     later = await connect(private_redis.url, clock=clock)
@@ -177,7 +154,7 @@ async def test_scripts_are_loaded_again_after_a_restart_without_persistence(
         clock.advance(timedelta(minutes=2))
         assert len(await ns.reap()) == 1
         assert await ns.delete(rotated.id) is False
-        await asyncio.to_thread(restart_empty, private_redis)
+        await asyncio.to_thread(private_redis.restart_empty)
 
 
 # -- the keyed hash of client IPs: one key for every process ------------------------------------
@@ -227,13 +204,13 @@ async def test_every_process_hashes_client_ips_with_one_key_after_the_store_lost
         a, b = await process(one), await process(two)
         assert await _searches_until_refused([a, b], limit + 1) == limit
 
-        await asyncio.to_thread(flushall, private_redis)
+        await asyncio.to_thread(private_redis.flushall)
         clock.advance(SECRET_RECHECK)
         assert (await a.get("/api/search")).status_code == 200  # a writes its key back
         c = await process()  # a process started after the loss
         assert await _searches_until_refused([b, c, a], limit + 1) == limit - 1
 
-        await asyncio.to_thread(flushall, private_redis)
+        await asyncio.to_thread(private_redis.flushall)
         d = await process()  # first after the loss: a new key (a, b, c still know the old)
         assert (await d.get("/api/search")).status_code == 200
         clock.advance(SECRET_RECHECK)  # everybody reads the store again: d's key

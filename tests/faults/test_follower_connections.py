@@ -8,35 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
-from typing import Any
 
-import redis
-
-from sessionary import Namespace, connect
+from sessionary import connect
 from sessionary.logs import Event
-from tests.servers import RedisClusterNodes, RedisServer
+from tests.faults.conftest import collect
+from tests.servers import RedisClusterNodes, RedisServer, eventually
 
 HOUR = timedelta(hours=1)
 LOGS = 200
-
-
-def connections(server: RedisServer, command: str | None = None) -> int:
-    """Clients of the server (those whose last command was `command`), not counting the
-    one asking."""
-    with redis.Redis(port=server.port) as client:
-        found = client.client_list()
-    return len([c for c in found if command is None or c["cmd"] == command]) - (command is None)
-
-
-async def collect(ns: Namespace, session_id: str) -> list[Any]:
-    return [event.data async for event in ns.follow(session_id)]
-
-
-async def eventually(check: Any, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the time bound"
-        await asyncio.sleep(0.05)
 
 
 async def test_200_followed_logs_share_the_wait_connections_and_release_them(
@@ -56,18 +35,18 @@ async def test_200_followed_logs_share_the_wait_connections_and_release_them(
         ]  # two followers per log: one wait per log in the hub, shared
         await asyncio.sleep(0.3)  # every follower waits now
         # 4 waiting, 2 of the auto-pipeline, at most 1 of redis-py's pool
-        assert connections(private_redis, "xread") == 4
-        assert connections(private_redis) <= 4 + 2 + 1
+        assert private_redis.clients("xread") == 4
+        assert private_redis.clients() <= 4 + 2 + 1
         for n in range(5):
             await asyncio.gather(*(runs.append(s.id, "e", n) for s in sessions))
             await asyncio.sleep(0)
-            assert connections(private_redis) <= 4 + 2 + 1
+            assert private_redis.clients() <= 4 + 2 + 1
         await asyncio.gather(*(runs.append(s.id, "end", None, final=True) for s in sessions))
         results = await asyncio.wait_for(asyncio.gather(*followers), 10)
         assert all(got == [0, 1, 2, 3, 4, None] for got in results)
         # the waits still in flight end by their timeout (5 s): then the lanes close
-        await eventually(lambda: connections(private_redis, "xread") == 0, 10)
-        assert connections(private_redis) <= 2 + 1
+        await eventually(lambda: private_redis.clients("xread") == 0, 10)
+        assert private_redis.clients() <= 2 + 1
     finally:
         await store.close()
 
@@ -97,7 +76,7 @@ async def test_on_a_cluster_followers_wait_one_connection_per_hash_slot(
     redis_cluster: RedisClusterNodes, redis_cluster_url: str
 ) -> None:
     def waiting() -> int:
-        return sum(connections(node, "xread") for node in redis_cluster.nodes)
+        return sum(node.clients("xread") for node in redis_cluster.nodes)
 
     store = await connect(redis_cluster_url)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,8 +25,7 @@ from fastapi import FastAPI
 from sessionary import ManualClock
 from sessionary.web.app import create_app
 from sessionary.web.settings import Settings
-from tests.faults.test_data_loss import flushall, restart_empty
-from tests.servers import RedisServer
+from tests.servers import RedisServer, eventually
 from tests.web.conftest import API_KEY, client_for
 
 PROJECT_KEY = "shop-project-key-0123456789"
@@ -36,6 +34,7 @@ ADMIN = {"Authorization": f"Bearer {API_KEY}"}
 T = 30 * 60_000  # the default session timeout
 LAG = 5 * 60_000  # the default reap lag
 DEVICES = 12
+JOBS_LATE = "the background jobs did not get there in time"  # they run on real periods
 
 
 @pytest_asyncio.fixture
@@ -79,14 +78,6 @@ def sink_sessions(tmp_path: Path) -> dict[str, bool]:
         return {device: bool(closed) for device, closed in rows}
 
 
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait (bounded) for the service's jobs, which run on their real periods."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the background jobs did not get there in time"
-        await asyncio.sleep(0.05)
-
-
 async def track(client: httpx.AsyncClient, device: str, n: int) -> httpx.Response:
     return await client.post(
         "/api/v1/track",
@@ -101,7 +92,7 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert int(response.headers["retry-after"]) > 0
 
 
-@pytest.mark.parametrize("loss", [flushall, restart_empty])
+@pytest.mark.parametrize("loss", [RedisServer.flushall, RedisServer.restart_empty])
 async def test_ingest_rides_out_a_redis_that_loses_its_data_mid_load(
     app: FastAPI,
     private_redis: RedisServer,
@@ -142,17 +133,19 @@ async def test_ingest_rides_out_a_redis_that_loses_its_data_mid_load(
         assert set(seen) <= {202, 503}, seen
         assert sum(after.values()) > 0, "no event was acknowledged after the loss"
         # what was acknowledged after the loss is all in the sink, exactly once each
-        await eventually(lambda: all(sink_events(tmp_path)[d] >= after[d] for d in after))
+        await eventually(
+            lambda: all(sink_events(tmp_path)[d] >= after[d] for d in after), 10, JOBS_LATE
+        )
         held = sink_events(tmp_path)
         assert all(held[d] == after[d] for d in after), (held, after)  # never twice
         assert all(held[d] <= 40 for d in held), held
         # the jobs found the project again by themselves: the sessions are closed when due
         clock.advance(T + LAG + 1000)
-        await eventually(lambda: all(sink_sessions(tmp_path).get(d) for d in after))
+        await eventually(lambda: all(sink_sessions(tmp_path).get(d) for d in after), 10, JOBS_LATE)
         # and the service goes on: a new event opens a new session, delivered too
         response = await track(client, "late", 0)
         assert response.status_code == 202
-        await eventually(lambda: sink_events(tmp_path)["late"] == 1)
+        await eventually(lambda: sink_events(tmp_path)["late"] == 1, 10, JOBS_LATE)
 
 
 async def test_sessions_and_quotas_across_a_redis_killed_and_restarted(
@@ -178,10 +171,7 @@ async def test_sessions_and_quotas_across_a_redis_killed_and_restarted(
             response = await client.post(web, headers=ADMIN, json={})
             return response.status_code == 201
 
-        deadline = time.monotonic() + 10
-        while not await recovered():
-            assert time.monotonic() < deadline, "the service did not see Redis come back"
-            await asyncio.sleep(0.1)
+        await eventually(recovered, 10, "the service did not see Redis come back", every=0.1)
         session = (await client.post(web, headers=ADMIN, json={})).json()["id"]
         charges: list[Any] = await asyncio.gather(
             *(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -24,7 +23,7 @@ from sessionary import connect
 from sessionary.runs import Runs
 from sessionary.runs.settings import RunsSettings, RunsUser
 from tests.servers import RedisServer
-from tests.service import Service
+from tests.service import PeakRss, Service
 
 KEY = "alice-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -89,38 +88,11 @@ def drain(sock: socket.socket, seconds: float) -> tuple[int, bool]:
     return total, True
 
 
-class Peak:
-    """The service's largest RSS while the block runs."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.before = self.peak = service.rss_mb()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch)
-
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, self.service.rss_mb())
-            time.sleep(0.02)
-
-    def __enter__(self) -> Peak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    @property
-    def grown(self) -> float:
-        return self.peak - self.before
-
-
 async def test_200_stalled_readers_of_an_8_mb_run_are_bounded_and_cut(
     service: Service, runs: Runs
 ) -> None:
     path = await finished_run(service, runs)
-    with Peak(service) as peak:
+    with PeakRss(service) as peak:
         stalled = [stalled_reader(service, path) for _ in range(200)]
         started = time.monotonic()
         # meanwhile a reader that reads gets the whole run, promptly

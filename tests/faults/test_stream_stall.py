@@ -17,22 +17,11 @@ from sessionary.web.app import create_app
 from sessionary.web.server import uvicorn_config
 from sessionary.web.settings import Settings
 from tests.servers import RedisServer, free_port
-from tests.service import serving
+from tests.service import events_in, serving
 
 KEY = "alice-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BASE = "/api/v1/conversations"
-
-
-def events_of(text: str) -> list[dict[str, str]]:
-    found = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
-        )
-        if "event" in fields:
-            found.append(fields)
-    return found
 
 
 async def test_a_stalled_store_ends_the_stream_with_an_error_event(
@@ -68,7 +57,7 @@ async def test_a_stalled_store_ends_the_stream_with_an_error_event(
             ended_after = time.monotonic() - (stopped_at or 0)
         finally:
             private_redis.process.send_signal(signal.SIGCONT)
-        events = events_of(seen)
+        events = events_in(seen)
         assert [e["event"] for e in events] == ["status", "chunk", "chunk", "chunk", "error"]
         error = orjson.loads(events[-1]["data"])
         assert error["error"] == "store_unavailable"
@@ -85,4 +74,4 @@ async def test_a_stalled_store_ends_the_stream_with_an_error_event(
                 await asyncio.sleep(0.2)
         await runs.runs.append(run, "end", None, final=True)
         resumed = await client.get(url, headers={"Last-Event-ID": error["last"]})
-        assert [e["data"] for e in events_of(resumed.text)] == ['{"n":3}', "null"]
+        assert [e["data"] for e in events_in(resumed.text)] == ['{"n":3}', "null"]

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from sessionary.web.app import create_app
 from sessionary.web.settings import Settings
-from tests.service import Service
+from tests.service import PeakRss, Service
 
 KEY = "shop-project-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -98,16 +96,7 @@ def test_100_concurrent_large_batches_keep_the_process_under_its_ceiling(
 ) -> None:
     bodies = [batch(f"b{n}") for n in range(100)]
     assert all(1.8 * MIB < len(b) < 2 * MIB for b in bodies)
-    before = service.rss_mb()
     statuses: list[int] = []
-    peak = before
-    done = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, service.rss_mb())
-            time.sleep(0.02)
 
     async def send_all() -> None:
         limits = httpx.Limits(max_connections=100)
@@ -121,14 +110,9 @@ def test_100_concurrent_large_batches_keep_the_process_under_its_ceiling(
                 assert answer.json()["error"] == "overloaded"
                 assert answer.headers["Retry-After"] == "1"
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with PeakRss(service) as peak:
         asyncio.run(send_all())
-    finally:
-        done.set()
-        watcher.join()
     assert set(statuses) <= {202, 503}
     assert statuses.count(202) >= 4  # 8 MiB of 1.9 MB batches at a time, at the least
     # the ceiling: about 10 x max_in_flight (80 MiB); without the budget, 1.3 GiB
-    assert peak - before < 120, f"grew by {peak - before:.0f} MiB (from {before:.0f})"
+    assert peak.grown < 120, f"grew by {peak.grown:.0f} MiB (from {peak.before:.0f})"

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from sessionary import ManualClock, Store, connect
+from sessionary import ManualClock, Store
 from sessionary.logs import LogEvent
 from sessionary.runs import (
     ActiveRunExists,
@@ -22,13 +20,6 @@ from sessionary.runs import (
     Runs,
     RunsSettings,
 )
-
-
-@pytest_asyncio.fixture
-async def store(store_url: str, clock: ManualClock) -> AsyncIterator[Store]:
-    opened = await connect(store_url, clock=clock)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
@@ -53,13 +52,6 @@ def plant(client: httpx.AsyncClient, token: str) -> None:
     """Replace the visitor's cookie with `token`, as a forger would."""
     client.cookies.clear()
     client.cookies.set("pg_session", token, domain="testserver.local")
-
-
-@pytest_asyncio.fixture
-async def store(store_url: str, clock: ManualClock) -> AsyncIterator[Store]:
-    opened = await connect(store_url, clock=clock)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

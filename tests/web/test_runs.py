@@ -21,7 +21,7 @@ from sessionary.runs import Runs, RunsSettings
 from sessionary.runs.http import ApiKeyAuthenticator, runs_router
 from sessionary.web.settings import SettingsError
 from tests.servers import RedisServer, free_port
-from tests.service import serving
+from tests.service import events_in, parse_sse, serving
 from tests.web.conftest import client_for
 
 ALICE_KEY = "alice-key-0123456789"
@@ -59,26 +59,6 @@ async def start(client: httpx.AsyncClient, conversation: str, **body: Any) -> di
     started = await client.post(f"{BASE}/{conversation}/runs", headers=ALICE, json=body or None)
     assert started.status_code == 201, started.text
     return dict(started.json())
-
-
-def parse_sse(text: str) -> list[dict[str, str]]:
-    """Each SSE message as its fields (a comment under ":")."""
-    messages = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.split("\n"):
-            if not line:
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            fields[name] = f"{fields[name]}\n{value}" if name in fields else value
-        if fields:
-            messages.append(fields)
-    return messages
-
-
-def events_in(text: str) -> list[dict[str, str]]:
-    return [m for m in parse_sse(text) if "event" in m]
 
 
 # -- auth and ownership ---------------------------------------------------------------------

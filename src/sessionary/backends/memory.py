@@ -22,6 +22,7 @@ from sessionary.contract import (
     KEEP,
     NO_LIMITS,
     WAIT_MAX_BYTES,
+    WAIT_MAX_ENTRIES,
     CounterCharge,
     CounterState,
     Lifetime,
@@ -435,7 +436,7 @@ class MemoryBackend:
     ) -> list[LogEntry] | None:
         return await self._signals.wait_log(
             (ns, session_id),
-            lambda: self.read_log(ns, session_id, after, 1000, now, WAIT_MAX_BYTES),
+            lambda: self.read_log(ns, session_id, after, WAIT_MAX_ENTRIES, now, WAIT_MAX_BYTES),
             timeout_ms,
         )
 

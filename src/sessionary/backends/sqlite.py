@@ -35,6 +35,7 @@ from sessionary.contract import (
     KEEP,
     NO_LIMITS,
     WAIT_MAX_BYTES,
+    WAIT_MAX_ENTRIES,
     CounterCharge,
     CounterState,
     Lifetime,
@@ -661,7 +662,7 @@ class SQLiteBackend:
                 self._poller = loop.create_task(self._poll_others(), name="sessionary-sqlite-poll")
             return await self._signals.wait_log(
                 (ns, session_id),
-                lambda: self.read_log(ns, session_id, after, 1000, now, WAIT_MAX_BYTES),
+                lambda: self.read_log(ns, session_id, after, WAIT_MAX_ENTRIES, now, WAIT_MAX_BYTES),
                 timeout_ms,
             )
         finally:

@@ -133,19 +133,19 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     base = "/namespaces/{namespace}"
 
     @router.post(f"{base}/sessions", status_code=201, response_model=SessionOut)
-    async def create(request: Request, namespace: str, body: CreateIn) -> Response:
+    async def create(namespace: str, body: CreateIn) -> Response:
         """Create a session."""
         space = resolve(namespace)
         session = await space.create(subject=body.subject, data=body.data, metadata=body.metadata)
         return _session_response(session, 201)
 
     @router.get(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
-    async def read(request: Request, namespace: str, session_id: str) -> Response:
+    async def read(namespace: str, session_id: str) -> Response:
         """Read a live session (a peek: it does not extend it)."""
         return _session_response(await live(resolve(namespace), session_id))
 
     @router.post(f"{base}/sessions/{{session_id}}/touch", response_model=SessionOut)
-    async def touch(request: Request, namespace: str, session_id: str) -> Response:
+    async def touch(namespace: str, session_id: str) -> Response:
         """Record activity: slides the idle expiry, never past the absolute cap."""
         session = await resolve(namespace).touch(session_id)
         if session is None:
@@ -169,16 +169,14 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         return _session_response(session)
 
     @router.delete(f"{base}/sessions/{{session_id}}", status_code=204)
-    async def delete(request: Request, namespace: str, session_id: str) -> Response:
+    async def delete(namespace: str, session_id: str) -> Response:
         """Delete a session (404 if there was no live one)."""
         if not await resolve(namespace).delete(session_id):
             raise SessionNotFound(session_id)
         return Response(status_code=204)
 
     @router.post(f"{base}/sessions/{{session_id}}/rotate", response_model=SessionOut)
-    async def rotate(
-        request: Request, namespace: str, session_id: str, body: RotateIn | None = None
-    ) -> Response:
+    async def rotate(namespace: str, session_id: str, body: RotateIn | None = None) -> Response:
         """Give the session a new id; the old one stops working at once."""
         space = resolve(namespace)
         subject: str | Keep | None = KEEP
@@ -187,13 +185,13 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         return _session_response(await space.rotate(session_id, subject=subject))
 
     @router.get(f"{base}/subjects/{{subject}}/sessions")
-    async def list_subject(request: Request, namespace: str, subject: str) -> Response:
+    async def list_subject(namespace: str, subject: str) -> Response:
         """The live sessions of a subject, newest first."""
         sessions = await resolve(namespace).list_subject(subject)
         return JSONResponse({"sessions": [session_json(s) for s in sessions]})
 
     @router.delete(f"{base}/subjects/{{subject}}/sessions")
-    async def revoke_subject(request: Request, namespace: str, subject: str) -> Response:
+    async def revoke_subject(namespace: str, subject: str) -> Response:
         """Delete every session of a subject (log out everywhere)."""
         revoked = await resolve(namespace).revoke_subject(subject)
         return JSONResponse({"revoked": revoked})
@@ -203,9 +201,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         response_model=ConsumeOut,
         responses={429: {"description": "the charge would pass the limit; nothing was charged"}},
     )
-    async def consume(
-        request: Request, namespace: str, session_id: str, counter: str, body: ConsumeIn
-    ) -> Response:
+    async def consume(namespace: str, session_id: str, counter: str, body: ConsumeIn) -> Response:
         """Charge a session counter atomically against a limit (a negative amount refunds)."""
         space = resolve(namespace)
         result = await space.consume(session_id, counter, amount=body.amount, limit=body.limit)

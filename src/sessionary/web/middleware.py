@@ -347,35 +347,17 @@ class SessionMiddleware:
         """Run the app, writing the session back as its response starts. If the app fails
         before it answers, having rotated the session (the old id is dead already), the 500
         still carries the new id: a failed response never hides a completed write."""
-        committing = self._committing(scope, receive, send, handle, stale)
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await committing(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception:
-            session = handle._session
-            if not started and handle._reissue and session is not None and scope["type"] == "http":
-                name, value = self._issuing(session)
-                await internal_error_response({name.decode("latin-1"): value.decode("latin-1")})(
-                    scope, receive, send
-                )
-            raise
-
-    def _committing(
-        self, scope: Scope, receive: Receive, send: Send, handle: SessionHandle, stale: bool
-    ) -> Send:
-        replaced = False
+        started = replaced = False
 
         async def send_committed(message: Message) -> None:
-            nonlocal replaced
+            nonlocal started, replaced
             if replaced:
                 return  # we answered instead of the handler: drop what it still sends
-            if message["type"] != "http.response.start" or (handle.untouched and not stale):
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            started = True
+            if handle.untouched and not stale:
                 await send(message)
                 return
             try:
@@ -403,7 +385,16 @@ class SessionMiddleware:
                 headers.add_vary_header("Cookie")
             await send(message)
 
-        return send_committed
+        try:
+            await self.app(scope, receive, send_committed)
+        except Exception:
+            session = handle._session
+            if not started and handle._reissue and session is not None and scope["type"] == "http":
+                name, value = self._issuing(session)
+                await internal_error_response({name.decode("latin-1"): value.decode("latin-1")})(
+                    scope, receive, send
+                )
+            raise
 
     async def _commit(self, handle: SessionHandle, stale: bool) -> list[tuple[bytes, bytes]]:
         """Write the session back if it changed; the headers that tell the client."""

@@ -161,6 +161,7 @@ class Batcher:
         """Write the commands at once on a free connection and read every reply; a reply
         that is an error comes back as the exception, in its place."""
         connection = self._idle.pop() if self._idle else self._open()
+        timeout = self.timeout
         try:
             if connection.is_connected and await connection.can_read():
                 await connection.disconnect()  # stale (the server went away): start afresh
@@ -171,7 +172,6 @@ class Batcher:
                 packed += pack(("WAIT", replication.replicas, replication.timeout_ms))
             else:
                 replication = None
-            timeout = self.timeout
             if replication is not None and timeout is not None:
                 timeout += replication.timeout_ms / 1000  # the exchange holds a WAIT
             async with asyncio.timeout(timeout):
@@ -185,7 +185,7 @@ class Batcher:
                     replication.check(commands, replies, int(await connection.read_response()))
         except TimeoutError as exc:
             await connection.disconnect()  # mid-exchange: never reuse it as it is
-            raise RedisTimeoutError(f"no reply within {self.timeout} s") from exc
+            raise RedisTimeoutError(f"no reply within {timeout} s") from exc
         except BaseException:
             await connection.disconnect()
             raise

@@ -58,10 +58,12 @@ class Scripts:
     `RedisAnalytics` too: one `Scripts` per backend, so one load in flight per script)."""
 
     def __init__(self) -> None:
-        # per (script, node; None on a single server): its load in flight, and how many
-        # loads of it ended (a NOSCRIPT to a call sent before the last one ended is stale)
+        # per (script, node; None on a single server): its load in flight, and when (counted
+        # in loads ended, `_ends`) its last load ended: a NOSCRIPT to a call sent before
+        # then is stale
         self._loads: dict[_Where, asyncio.Task[None]] = {}
-        self._loaded: dict[_Where, int] = {}
+        self._ends = 0
+        self._ended_at: dict[_Where, int] = {}
         self.create = Script.load("create")
         self.touch = Script.load("touch")
         self.update = Script.load("update")
@@ -78,19 +80,20 @@ class Scripts:
     async def run(
         self, calls: Batcher, script: Script, keys: Sequence[str], args: Sequence[Arg]
     ) -> Any:
-        client = calls.client
-        node = client.get_node_from_key(keys[0]) if isinstance(client, RedisCluster) else None
-        where = (script.sha, None if node is None else node.name)
         attempt = 1
         while True:
-            loaded = self._loaded.get(where, 0)
+            sent = self._ends  # the loads ended before this call went out
             try:
                 return await calls.call("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 if attempt == _ATTEMPTS:
                     raise
             attempt += 1
-            if self._loaded.get(where, 0) == loaded:  # else a load ended since: just run
+            # only now (a miss is rare) which server: the hot path pays no node lookup
+            client = calls.client
+            node = client.get_node_from_key(keys[0]) if isinstance(client, RedisCluster) else None
+            where = (script.sha, None if node is None else node.name)
+            if self._ended_at.get(where, 0) <= sent:  # else a load ended since: just run
                 await self._load(calls, script, where, node)
 
     async def _load(
@@ -107,7 +110,8 @@ class Scripts:
 
     def _ended(self, where: _Where) -> None:
         del self._loads[where]
-        self._loaded[where] = self._loaded.get(where, 0) + 1
+        self._ends += 1
+        self._ended_at[where] = self._ends
 
     async def run_many(
         self, batcher: Batcher, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]

@@ -24,9 +24,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionary.backends.redis.batching import pack
+from sessionary.contract import WAIT_MAX_ENTRIES
 
-#: entries one read takes per stream
-_COUNT = 1000
 #: how many times an interrupt is retried while the read it targets has not blocked yet
 _UNBLOCK_TRIES = 100
 
@@ -171,7 +170,7 @@ class StreamWaits:
                     reply = await self._exchange(
                         connection,
                         block_ms,
-                        "XREAD", "COUNT", _COUNT, "BLOCK", block_ms, "STREAMS",
+                        "XREAD", "COUNT", WAIT_MAX_ENTRIES, "BLOCK", block_ms, "STREAMS",
                         *reading, *(f"{after}-0" for after in reading.values()),
                     )  # fmt: skip
                 finally:
@@ -179,8 +178,6 @@ class StreamWaits:
                 for raw_key, entries in reply or ():
                     self._deliver(lane, raw_key.decode(), reading, entries)
         except BaseException as exc:
-            if connection is not None:
-                await connection.disconnect()
             failure = exc if isinstance(exc, Exception) else None
             for waits in lane.waits.values():
                 for wait in waits:
