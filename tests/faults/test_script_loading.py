@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis
 from redis.asyncio import Redis
 
-from sessionary import Namespace, StoreUnavailable, connect
+from sessionary import StoreUnavailable, connect
 from sessionary.backends.redis.scripts import Script
+from tests.faults.conftest import collect
 from tests.servers import RedisClusterNodes, RedisServer
 
 HOUR = timedelta(hours=1)
@@ -97,10 +97,6 @@ async def test_a_script_flush_in_the_middle_of_a_burst_fails_no_call(
         await store.close()
 
 
-async def collect(ns: Namespace, session_id: str) -> list[Any]:
-    return [event.data async for event in ns.follow(session_id)]
-
-
 async def flush_scripts(cluster: RedisClusterNodes) -> None:
     for node in cluster.nodes:
         client = Redis(port=node.port)
@@ -147,18 +143,20 @@ async def test_on_a_cluster_concurrent_calls_over_several_shards_raise_nothing(
 async def test_a_full_connection_pool_is_store_unavailable(
     redis_cluster: RedisClusterNodes, redis_cluster_url: str
 ) -> None:
-    """One connection per node: a follower's wait takes it, so a call to the same node finds
-    the pool empty (redis-py's MaxConnectionsError, which carries no message)."""
+    """One connection per node, held by someone else: a call finds its node's pool empty
+    (redis-py's MaxConnectionsError, which carries no message)."""
     store = await connect(f"{redis_cluster_url}&max_connections=1")
     try:
         runs = store.namespace("runs", idle_ttl=HOUR)
-        followed, other = await runs.create(), await runs.create()
-        await runs.append(other.id, "e", 0)  # the scripts are loaded: only the pool is short
-        following = asyncio.create_task(collect(runs, followed.id))
-        await asyncio.sleep(0.3)  # the follower's wait holds the node's one connection
-        with pytest.raises(StoreUnavailable, match="MaxConnectionsError"):
-            # the same shard, so the same slot and node as the follower's wait
-            await runs.append(followed.id, "e", 1)
-        following.cancel()
+        session = await runs.create()
+        await runs.append(session.id, "e", 0)  # the scripts are loaded: only the pool is short
+        client = store.backend.client  # type: ignore[attr-defined]
+        held = [(node, node.acquire_connection()) for node in client.get_nodes()]
+        try:
+            with pytest.raises(StoreUnavailable, match="MaxConnectionsError"):
+                await runs.append(session.id, "e", 1)
+        finally:
+            for node, connection in held:
+                node.release(connection)
     finally:
         await store.close()

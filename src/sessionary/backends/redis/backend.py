@@ -61,7 +61,7 @@ from sessionary import ids
 from sessionary.backends.redis.analytics import RedisAnalytics
 from sessionary.backends.redis.scripts import Batcher, Client, Replication, Script, Scripts
 from sessionary.backends.redis.sentinel import sentinel_client
-from sessionary.backends.redis.waits import StreamWaits
+from sessionary.backends.redis.waits import StreamWaits, seq_of
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
@@ -234,7 +234,7 @@ def _entry(raw: Sequence[Any]) -> LogEntry:
     """A stream entry [b"<seq>-0", [field, value, ...]] as a LogEntry."""
     fields = _fields(raw[1])
     return LogEntry(
-        int(raw[0].split(b"-", 1)[0]),
+        seq_of(raw),
         int(fields[b"ts"]),
         fields[b"t"].decode(),
         fields[b"d"],
@@ -315,7 +315,8 @@ class _StandaloneLinks:
 
 class _ClusterLinks:
     """A cluster's wait lanes: one per hash slot (a command names keys of one slot only), on
-    a connection taken from the slot's node."""
+    a connection of its own to the slot's node, made as the node makes its pool's, outside
+    that pool: waits never take a connection the node's commands need."""
 
     def __init__(self, client: RedisCluster) -> None:
         self._client = client
@@ -326,13 +327,13 @@ class _ClusterLinks:
     def open(self, key: str) -> AbstractConnection:
         node = self._client.get_node_from_key(key)
         assert node is not None
-        return node.acquire_connection()
+        retry = Retry(NoBackoff(), 0)  # as the node's own: nothing is retried blindly
+        return cast(
+            AbstractConnection, node.connection_class(**node.connection_kwargs, retry=retry)
+        )
 
     async def close(self, key: str, connection: AbstractConnection) -> None:
         await connection.disconnect()
-        node = self._client.get_node_from_key(key)
-        if node is not None and connection in node._connections:
-            node.release(cast(Any, connection))
 
     async def unblock(self, key: str, client_id: int) -> None:
         node = self._client.get_node_from_key(key)
