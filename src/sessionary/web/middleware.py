@@ -19,30 +19,29 @@ the handler stores something (no session fixation). `await session.rotate(subjec
 login, `await session.delete()` on logout. When the store is down the namespace's policy
 decides: fail closed (503 JSON, the default) or fail open (no session, logged once per outage
 and counted).
+
+These rules are `sessionary.session_request`'s, shared with every other framework's
+integration; this module only adapts them to ASGI: where the id comes from (cookie or header),
+where the session goes (`request.state.session`, `request.session`), which header answers the
+core's `Outcome`, and what the response is when the store fails. It needs Starlette only; the
+FastAPI dependency (`CurrentSession`) is in `sessionary.web.fastapi`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from collections.abc import Iterator, MutableMapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import orjson
-from fastapi import Depends
 from starlette.datastructures import MutableHeaders
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sessionary.contract import KEEP, Keep
-from sessionary.errors import InvalidSessionId, StoreUnavailable, VersionConflict
+from sessionary.errors import StoreUnavailable, VersionConflict
 from sessionary.http.cookies import CookieSpec
 from sessionary.http.errors import error_response, internal_error_response, unavailable_response
 from sessionary.http.source import StoreSource
-from sessionary.model import Session
 from sessionary.outage import OutageLog
+from sessionary.session_request import Outcome, RequestSession
 from sessionary.store import Namespace, Store
 
 if TYPE_CHECKING:
@@ -51,165 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sessionary.middleware")
 
 STATE_KEY = "session"
-# Writers racing on one session win one per round, so n racers need n rounds; the jittered
-# pause between rounds spreads them out. (A user's own parallel requests are a handful.)
-_MERGE_ATTEMPTS = 16
-_MERGE_PAUSE = 0.002
 
-
-def _fingerprint(data: dict[str, Any]) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
-
-
-_EMPTY = _fingerprint({})
-
-
-class SessionHandle(MutableMapping[str, Any]):
-    """The current request's session: a mutable mapping over its data, plus its identity.
-
-    Reading or writing it costs nothing; the middleware writes it back after the handler, if
-    it changed.
-    """
-
-    def __init__(self, namespace: Namespace, session: Session | None) -> None:
-        self._namespace = namespace
-        self._session = session
-        self._data: dict[str, Any] = session.data if session is not None else {}
-        self._original = _EMPTY if session is None else _fingerprint(self._data)
-        self._subject: str | Keep | None = KEEP
-        self._reissue = False
-        self._deleted = False
-        self.accessed = False
-
-    # -- identity ---------------------------------------------------------------------------
-
-    @property
-    def id(self) -> str | None:
-        """The stored session's id; None until one is stored."""
-        self.accessed = True
-        return None if self._session is None else self._session.id
-
-    @property
-    def is_new(self) -> bool:
-        """No stored session yet (one is created if the handler stores something)."""
-        self.accessed = True
-        return self._session is None
-
-    @property
-    def session(self) -> Session | None:
-        """The stored session as it was loaded (or after `rotate`)."""
-        self.accessed = True
-        return self._session
-
-    @property
-    def subject(self) -> str | None:
-        self.accessed = True
-        if self._subject is not KEEP:
-            return self._subject
-        return None if self._session is None else self._session.subject
-
-    @property
-    def data(self) -> dict[str, Any]:
-        self.accessed = True
-        return self._data
-
-    async def rotate(self, *, subject: str | Keep | None = KEEP) -> None:
-        """Give the session a new id now, optionally setting its subject: call it on login.
-        A session not stored yet is created with the subject when the response goes out."""
-        self.accessed = True
-        if self._session is None:
-            self._subject = subject
-            return
-        self._session = await self._namespace.rotate(self._session.id, subject=subject)
-        self._reissue = True
-
-    async def delete(self) -> None:
-        """Delete the session now and clear the client's cookie: call it on logout."""
-        self.accessed = True
-        if self._session is not None:
-            await self._namespace.delete(self._session.id)
-        self._session = None
-        self._data = {}
-        self._original = _fingerprint(self._data)
-        self._deleted = True
-
-    # -- mapping over data ------------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.data[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __repr__(self) -> str:
-        short = "new" if self._session is None else f"{self._session.id[:8]}..."
-        return f"SessionHandle({short}, keys={list(self._data)})"
-
-    # -- for the middleware -----------------------------------------------------------------
-
-    def changed(self) -> bool:
-        if self._subject is not KEEP:
-            return True
-        if self._session is None and self._original is _EMPTY:
-            return bool(self._data)  # nothing stored yet: any data at all is a change
-        return _fingerprint(self._data) != self._original
-
-    @property
-    def untouched(self) -> bool:
-        """A request that neither had a session nor did anything with one."""
-        return (
-            not self.accessed
-            and self._session is None
-            and not self._data
-            and self._subject is KEEP
-            and not self._deleted
-        )
-
-    def _merged_onto(self, latest: dict[str, Any]) -> dict[str, Any]:
-        """This request's changes, key by key, applied over what another request stored."""
-        base = orjson.loads(self._original)  # as loaded (the live data may share its lists)
-        merged = {k: v for k, v in latest.items() if k in self._data or k not in base}
-        for key, value in self._data.items():
-            if key not in base or _fingerprint({key: value}) != _fingerprint({key: base[key]}):
-                merged[key] = value
-        return merged
-
-    async def save(self) -> Session | None:
-        """Write the data back: versioned, merging key by key with a concurrent writer."""
-        namespace = self._namespace
-        if self._session is None:
-            if not self._data and self._subject in (KEEP, None):
-                return None
-            subject = None if self._subject is KEEP else self._subject
-            self._session = await namespace.create(data=self._data, subject=subject)
-            self._reissue = True
-            return self._session
-        data, version = self._data, self._session.version
-        for attempt in range(_MERGE_ATTEMPTS):
-            try:
-                self._session = await namespace.update(
-                    self._session.id, data=data, subject=self._subject, expected_version=version
-                )
-                return self._session
-            except VersionConflict:
-                latest = await namespace.get(self._session.id)
-                if latest is None:  # deleted meanwhile (logged out elsewhere): stay deleted
-                    self._session = None
-                    self._deleted = True
-                    return None
-                data = self._merged_onto(latest.data)
-                version = latest.version
-                await asyncio.sleep(random.uniform(0, _MERGE_PAUSE * attempt))
-        raise VersionConflict(self._session.id, version, -1)
+#: The name the request's session had before the rules moved to `sessionary.session_request`.
+SessionHandle = RequestSession
 
 
 class SessionMiddleware:
@@ -281,13 +124,13 @@ class SessionMiddleware:
         presented = self._presented(scope)
         namespace = self._namespace
         if presented is None and namespace is not None:  # the common case: nothing to load
-            handle = SessionHandle(namespace, None)
+            handle = RequestSession.fresh(namespace)
             self._expose(scope, handle)
-            await self._serve(scope, receive, send, handle, False)
+            await self._serve(scope, receive, send, handle)
             return
         try:
             namespace = await self._ns()
-            session = await self._load(namespace, presented)
+            handle = await RequestSession.load(namespace, presented)
         except StoreUnavailable as exc:
             if self._fails_closed():
                 self._count_outage()
@@ -299,17 +142,17 @@ class SessionMiddleware:
                     )
                 return
             self._fail_open(exc)
-            handle = SessionHandle(await self._ns(), None)
+            handle = RequestSession.fresh(await self._ns())
             self._expose(scope, handle)
             await self.app(scope, receive, send)  # nothing is written while the store is down
             return
-        handle = SessionHandle(namespace, session)
+        if handle.looked_up:
+            self._outage.recovered()
         self._expose(scope, handle)
-        stale = presented is not None and session is None
-        await self._serve(scope, receive, send, handle, stale)
+        await self._serve(scope, receive, send, handle)
 
     @staticmethod
-    def _expose(scope: Scope, handle: SessionHandle) -> None:
+    def _expose(scope: Scope, handle: RequestSession) -> None:
         """As `request.state.session`, and as `request.session`, where Starlette's own
         SessionMiddleware puts it: code written for that one works unchanged."""
         state = scope.get("state")
@@ -317,16 +160,6 @@ class SessionMiddleware:
             scope["state"] = state = {}
         state[STATE_KEY] = handle
         scope["session"] = handle
-
-    async def _load(self, namespace: Namespace, presented: str | None) -> Session | None:
-        if presented is None:
-            return None
-        try:
-            session = await namespace.touch(presented)
-        except InvalidSessionId:
-            return None  # a forged or mangled id: no session, and no store call
-        self._outage.recovered()
-        return session
 
     def _fails_closed(self) -> bool:
         return self._namespace is None or self._namespace.on_unavailable == "fail_closed"
@@ -342,7 +175,7 @@ class SessionMiddleware:
             self.metrics.fail_open.labels("middleware").inc()
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, handle: SessionHandle, stale: bool
+        self, scope: Scope, receive: Receive, send: Send, handle: RequestSession
     ) -> None:
         """Run the app, writing the session back as its response starts. If the app fails
         before it answers, having rotated the session (the old id is dead already), the 500
@@ -357,11 +190,11 @@ class SessionMiddleware:
                 await send(message)
                 return
             started = True
-            if handle.untouched and not stale:
+            if handle.untouched and not handle.stale:  # the fast path: nothing to decide
                 await send(message)
                 return
             try:
-                extra = await self._commit(handle, stale)
+                outcome = await handle.commit()
             except StoreUnavailable as exc:
                 if self._fails_closed():
                     self._count_outage()
@@ -371,52 +204,48 @@ class SessionMiddleware:
                     )
                     return
                 self._fail_open(exc)
-                extra = []
+                outcome = Outcome.NOTHING
             except VersionConflict:
                 replaced = True
                 await error_response(
                     409, "session_conflict", "the session changed too often meanwhile; retry"
                 )(scope, receive, send)
                 return
+            varies = handle.accessed  # read before the id below marks it accessed
             headers = MutableHeaders(scope=message)
-            for name, value in extra:
+            telling = self._telling(outcome, handle)
+            if telling is not None:
+                name, value = telling
                 headers.append(name.decode("latin-1"), value.decode("latin-1"))
-            if handle.accessed and self.transport == "cookie":
+            if varies and self.transport == "cookie":
                 headers.add_vary_header("Cookie")
             await send(message)
 
         try:
             await self.app(scope, receive, send_committed)
         except Exception:
-            session = handle._session
-            if not started and handle._reissue and session is not None and scope["type"] == "http":
-                name, value = self._issuing(session)
-                await internal_error_response({name.decode("latin-1"): value.decode("latin-1")})(
-                    scope, receive, send
-                )
+            if not started and scope["type"] == "http":
+                telling = self._telling(handle.outcome_after_failure(), handle)
+                if telling is not None:
+                    name, value = telling
+                    await internal_error_response(
+                        {name.decode("latin-1"): value.decode("latin-1")}
+                    )(scope, receive, send)
             raise
 
-    async def _commit(self, handle: SessionHandle, stale: bool) -> list[tuple[bytes, bytes]]:
-        """Write the session back if it changed; the headers that tell the client."""
-        if handle.changed():
-            await handle.save()  # creates, updates, or finds it deleted meanwhile
-        if handle._deleted and handle._session is None:
-            return [self._clearing()]
-        if handle._reissue and handle._session is not None:
-            return [self._issuing(handle._session)]
-        if stale:
-            return [self._clearing()]  # the id it sent is dead: stop sending it
-        return []
-
-    def _issuing(self, session: Session) -> tuple[bytes, bytes]:
+    def _telling(self, outcome: Outcome, handle: RequestSession) -> tuple[bytes, bytes] | None:
+        """The header that carries `outcome` to the client (None for NOTHING)."""
+        if outcome is Outcome.NOTHING:
+            return None
+        if outcome is Outcome.CLEAR:
+            if self.transport == "cookie":
+                return self.cookie.clearing_header()
+            return self.header, b""
+        session_id = handle.id
+        assert session_id is not None, "the core issues only a stored session's id"
         if self.transport == "cookie":
-            return self.cookie.header(session.id)
-        return self.header, session.id.encode("latin-1")
-
-    def _clearing(self) -> tuple[bytes, bytes]:
-        if self.transport == "cookie":
-            return self.cookie.clearing_header()
-        return self.header, b""
+            return self.cookie.header(session_id)
+        return self.header, session_id.encode("latin-1")
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
@@ -425,18 +254,3 @@ class SessionMiddleware:
             await send(message)
 
         return send_and_close
-
-
-async def current_session(request: Request) -> SessionHandle:
-    """A FastAPI dependency: the current request's session (needs `SessionMiddleware`).
-
-    A coroutine on purpose: FastAPI runs a plain function dependency in a worker thread,
-    which costs a thread hand-off on every request."""
-    handle = request.scope.get("state", {}).get(STATE_KEY)
-    if not isinstance(handle, SessionHandle):
-        raise RuntimeError("current_session needs SessionMiddleware on the application")
-    return handle
-
-
-#: A handler's parameter `session: CurrentSession` receives the request's session.
-CurrentSession = Annotated[SessionHandle, Depends(current_session)]

@@ -1,0 +1,281 @@
+"""The session of one request, and what the response must tell the client: framework-free.
+
+Every web integration (the ASGI middleware, Django, Flask, Litestar) follows the same rules,
+and they are security rules, so they live here once:
+
+* a request without an id costs no store call; a request with one costs one round trip (the
+  touch, which also slides the idle expiry);
+* an unknown, expired, malformed or forged id is never adopted (a malformed one is refused
+  before any store call), and a fresh id is issued only when the request stores something:
+  an attacker cannot plant an id (no session fixation);
+* the session is written back only when it changed, nested changes included (the data is
+  compared encoded), with optimistic concurrency: when another request wrote meanwhile, this
+  request's changes are merged onto the other's key by key, so two requests adding different
+  keys both keep theirs;
+* a session deleted meanwhile (logged out elsewhere) stays deleted: it is never resurrected;
+* `rotate` (on login) gives a new id at once, killing the old one; `delete` (on logout)
+  deletes at once.
+
+An integration calls `RequestSession.load` with the id the client presented, hands the
+object to the application, then calls `commit` and sends the cookie the `Outcome` asks for
+(`outcome_after_failure` if the application crashed before answering). The object is a
+mutable mapping over the session's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import orjson
+
+from sessionary.contract import KEEP, Keep
+from sessionary.errors import InvalidSessionId, SessionNotFound, VersionConflict
+from sessionary.model import Session
+from sessionary.store import Namespace
+
+# Writers racing on one session win one per round, so n racers need n rounds; the jittered
+# pause between rounds spreads them out. (A user's own parallel requests are a handful.)
+MERGE_ATTEMPTS = 16
+MERGE_PAUSE_S = 0.002
+
+
+class Outcome(enum.Enum):
+    """What the response must tell the client about its session id."""
+
+    NOTHING = "nothing"  # send no cookie
+    ISSUE = "issue"  # send the cookie carrying the session's (new) id: `RequestSession.id`
+    CLEAR = "clear"  # clear the client's cookie (logged out, or the id it sent is dead)
+
+
+def _fingerprint(data: dict[str, Any]) -> bytes:
+    """The data encoded canonically: equal fingerprints, equal data (nested values too)."""
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+_EMPTY = _fingerprint({})
+
+
+class RequestSession(MutableMapping[str, Any]):
+    """The current request's session: a mutable mapping over its data, plus its identity.
+
+    Reading or writing it costs nothing; `commit` writes it back, if it changed. Reading
+    anything of it marks it `accessed` (a response that depends on the session varies with
+    the cookie).
+    """
+
+    def __init__(
+        self, namespace: Namespace, session: Session | None = None, *, stale: bool = False
+    ) -> None:
+        self._namespace = namespace
+        self._session = session
+        self._data: dict[str, Any] = session.data if session is not None else {}
+        self._original = _EMPTY if session is None else _fingerprint(self._data)
+        self._subject: str | Keep | None = KEEP
+        self._reissue = False
+        self._deleted = False
+        self.accessed = False
+        #: The client presented an id that is not (or no longer) a live session.
+        self.stale = stale
+        #: The presented id was well-formed, so the store was asked for it.
+        self.looked_up = False
+        #: `save` found the session deleted by another request: it stays deleted.
+        self.deleted_meanwhile = False
+
+    @classmethod
+    def fresh(cls, namespace: Namespace) -> RequestSession:
+        """A request that presented no id: no store call."""
+        return cls(namespace)
+
+    @classmethod
+    async def load(cls, namespace: Namespace, presented: str | None) -> RequestSession:
+        """The session of the id the client presented, touched (one round trip, sliding its
+        idle expiry). No id, or a malformed one: no store call. An unknown, expired or
+        malformed id gives a fresh session marked `stale`. `StoreUnavailable` propagates:
+        the integration decides between failing closed and open."""
+        if presented is None:
+            return cls(namespace)
+        try:
+            session = await namespace.touch(presented)
+        except InvalidSessionId:
+            return cls(namespace, stale=True)  # forged or mangled: never reaches the store
+        loaded = cls(namespace, session, stale=session is None)
+        loaded.looked_up = True
+        return loaded
+
+    # -- identity ---------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str | None:
+        """The stored session's id; None until one is stored."""
+        self.accessed = True
+        return None if self._session is None else self._session.id
+
+    @property
+    def is_new(self) -> bool:
+        """No stored session yet (one is created if the request stores something)."""
+        self.accessed = True
+        return self._session is None
+
+    @property
+    def session(self) -> Session | None:
+        """The stored session as it was loaded (or after `rotate`, or `save`)."""
+        self.accessed = True
+        return self._session
+
+    @property
+    def subject(self) -> str | None:
+        self.accessed = True
+        if self._subject is not KEEP:
+            return self._subject
+        return None if self._session is None else self._session.subject
+
+    @property
+    def data(self) -> dict[str, Any]:
+        self.accessed = True
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        """Replace the whole mapping (compared with what was loaded, like any change)."""
+        self.accessed = True
+        self._data = value
+
+    async def rotate(self, *, subject: str | Keep | None = KEEP) -> None:
+        """Give the session a new id now, optionally setting its subject: call it on login.
+        The old id is dead in the same step. A session not stored yet is created with the
+        subject at `commit`."""
+        self.accessed = True
+        if self._session is None:
+            self._subject = subject
+            return
+        self._session = await self._namespace.rotate(self._session.id, subject=subject)
+        self._reissue = True
+
+    async def delete(self) -> None:
+        """Delete the session now; `commit` then clears the client's cookie: call it on
+        logout."""
+        self.accessed = True
+        if self._session is not None:
+            await self._namespace.delete(self._session.id)
+        self._forget()
+        self._deleted = True
+
+    def _forget(self) -> None:
+        self._session = None
+        self._data = {}
+        self._original = _EMPTY
+
+    # -- mapping over data ------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:  # never print a whole id: it is a bearer credential
+        short = "new" if self._session is None else f"{self._session.id[:8]}..."
+        return f"{type(self).__name__}({short}, keys={list(self._data)})"
+
+    # -- writing back -----------------------------------------------------------------------
+
+    def changed(self) -> bool:
+        """Whether `save` has anything to write: a subject to set, or data that differs
+        (encoded) from what was loaded. Nothing stored yet: any data at all is a change."""
+        if self._subject is not KEEP:
+            return True
+        if self._session is None:
+            return bool(self._data)
+        return _fingerprint(self._data) != self._original
+
+    @property
+    def untouched(self) -> bool:
+        """A request that neither had a session nor did anything with one."""
+        return (
+            not self.accessed
+            and self._session is None
+            and not self._data
+            and self._subject is KEEP
+            and not self._deleted
+        )
+
+    def _merged_onto(self, latest: dict[str, Any]) -> dict[str, Any]:
+        """This request's changes, key by key, applied over what another request stored."""
+        base = orjson.loads(self._original)  # as loaded (the live data may share its lists)
+        merged = {k: v for k, v in latest.items() if k in self._data or k not in base}
+        for key, value in self._data.items():
+            if key not in base or _fingerprint({key: value}) != _fingerprint({key: base[key]}):
+                merged[key] = value
+        return merged
+
+    async def save(self) -> Session | None:
+        """Write the data back. Nothing stored yet: create it, with a fresh id (never the one
+        presented). Else a versioned update; when another request wrote meanwhile, merge key
+        by key onto its data and retry (`VersionConflict` after `MERGE_ATTEMPTS` rounds).
+        Deleted meanwhile: it stays deleted, `deleted_meanwhile` is set, None is returned."""
+        namespace = self._namespace
+        if self._session is None:
+            if not self._data and self._subject in (KEEP, None):
+                return None
+            subject = None if self._subject is KEEP else self._subject
+            self._session = await namespace.create(data=self._data, subject=subject)
+            self._reissue = True
+            return self._session
+        data, version = self._data, self._session.version
+        for attempt in range(MERGE_ATTEMPTS):
+            try:
+                self._session = await namespace.update(
+                    self._session.id, data=data, subject=self._subject, expected_version=version
+                )
+                return self._session
+            except SessionNotFound:  # deleted (logged out elsewhere) or expired meanwhile
+                self._deleted_meanwhile()
+                return None
+            except VersionConflict:
+                latest = await namespace.get(self._session.id)
+                if latest is None:  # deleted between the conflict and this read
+                    self._deleted_meanwhile()
+                    return None
+                data = self._merged_onto(latest.data)
+                version = latest.version
+                await asyncio.sleep(random.uniform(0, MERGE_PAUSE_S * attempt))
+        raise VersionConflict(self._session.id, version, -1)
+
+    def _deleted_meanwhile(self) -> None:
+        """Another request deleted the session: it stays deleted (never resurrected)."""
+        self._forget()
+        self._deleted = self.deleted_meanwhile = True
+
+    async def commit(self) -> Outcome:
+        """Save if changed, then what the response must tell the client. Store errors
+        (`StoreUnavailable`, `VersionConflict`) propagate for the integration to answer."""
+        if self.changed():
+            await self.save()  # creates, updates, or finds it deleted meanwhile
+        if self._deleted and self._session is None:
+            return Outcome.CLEAR
+        if self._reissue and self._session is not None:
+            return Outcome.ISSUE
+        if self.stale:
+            return Outcome.CLEAR  # the id it sent is dead: stop sending it
+        return Outcome.NOTHING
+
+    def outcome_after_failure(self) -> Outcome:
+        """The application failed before answering: if the session got a new id meanwhile
+        (the old one is dead already), the error response must still carry it (ISSUE): a
+        failed response never hides a completed write. Else NOTHING."""
+        if self._reissue and self._session is not None:
+            return Outcome.ISSUE
+        return Outcome.NOTHING
