@@ -1,5 +1,24 @@
-"""`python -m sessionary` is the `sessionary` command."""
+"""`python -m sessionary`, and the `sessionary` console script: the command, or, where an
+extra it needs is not installed (a core-only `pip install sessionary`, or a `redis://` store
+without the `redis` extra), the one line that says what to install, on stderr, exit status 2,
+instead of a traceback."""
 
-from sessionary.cli import main
+from __future__ import annotations
 
-main()
+import sys
+
+from sessionary.extras import MissingExtra
+
+
+def main() -> None:
+    try:
+        from sessionary.cli import main as command
+
+        command()
+    except MissingExtra as missing:
+        print(missing, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -79,21 +79,24 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from mcp.server.streamable_http import (
-    GET_STREAM_KEY,
-    LAST_EVENT_ID_HEADER,
-    MCP_SESSION_ID_HEADER,
-    EventCallback,
-    EventId,
-    EventMessage,
-    EventStore,
-    StreamId,
-)
-from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
-from pydantic import ValidationError as PydanticValidationError
-from sse_starlette import ServerSentEvent
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from sessionary.extras import needs
+
+with needs("mcp", "sessionary.mcp"):
+    from mcp.server.streamable_http import (
+        GET_STREAM_KEY,
+        LAST_EVENT_ID_HEADER,
+        MCP_SESSION_ID_HEADER,
+        EventCallback,
+        EventId,
+        EventMessage,
+        EventStore,
+        StreamId,
+    )
+    from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
+    from pydantic import ValidationError as PydanticValidationError
+    from sse_starlette import ServerSentEvent
+    from starlette.datastructures import Headers
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary import ids
 from sessionary.errors import (

@@ -5,10 +5,13 @@ sessionizer = Sessionizer(store, sink=await sink_from_url("sqlite:///analytics.d
 await sessionizer.ingest("shop", [TrackEvent.parse({"name": "screen_view", ...})])
 """
 
-from sessionary.analytics.events import BadEvent, TrackEvent
-from sessionary.analytics.metrics import AnalyticsMetrics
-from sessionary.analytics.service import Sessionizer
-from sessionary.sessionize import IngestOutcome, Rules, SessionRow, VacuumReport
+from sessionary.extras import needs
+
+with needs("server", "sessionary.analytics"):
+    from sessionary.analytics.events import BadEvent, TrackEvent
+    from sessionary.analytics.metrics import AnalyticsMetrics
+    from sessionary.analytics.service import Sessionizer
+    from sessionary.sessionize import IngestOutcome, Rules, SessionRow, VacuumReport
 
 __all__ = [
     "AnalyticsMetrics",

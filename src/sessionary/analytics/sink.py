@@ -29,6 +29,7 @@ import orjson
 
 from sessionary.codec import INT64_MAX, INT64_MIN
 from sessionary.errors import InvalidCursor
+from sessionary.extras import require
 from sessionary.sessionize import DUPLICATE, LATE, OutboxEntry, SessionRow
 
 
@@ -148,6 +149,7 @@ async def sink_from_url(url: str) -> Sink:
 
         return await SqliteSink.open(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
+        require("asyncpg", "postgres", "a PostgreSQL analytics sink")
         from sessionary.analytics.postgres_sink import PostgresSink
 
         return await PostgresSink.connect(url)

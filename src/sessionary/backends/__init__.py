@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from typing import cast
 
 from sessionary.contract import Backend
+from sessionary.extras import require
 
 _REDIS_SCHEMES = frozenset(
     {
@@ -41,6 +42,7 @@ async def open_backend(url: str) -> Backend:
 
         return await SQLiteBackend.open(url)
     if scheme in _REDIS_SCHEMES:
+        require("redis", "redis", f"a {scheme}:// store")
         from sessionary.backends.redis import RedisBackend
 
         return RedisBackend.from_url(url)

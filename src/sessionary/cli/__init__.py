@@ -1,10 +1,18 @@
-"""The `sessionary` command: `serve`, `reap`, `vacuum`, `migrate`, `ping`, `demo`."""
+"""The `sessionary` command: `serve`, `reap`, `vacuum`, `migrate`, `ping`, `demo`.
+
+It needs the `server` extra; `sessionary.__main__` (the console script) turns its absence into
+one line instead of this module's import error.
+"""
 
 from __future__ import annotations
 
-import click
-
 from sessionary import __version__
+from sessionary.extras import needs
+
+_WHAT = "the sessionary command"
+
+with needs("server", _WHAT):
+    import click
 
 STORE_HELP = (
     "Store URL: sqlite:///file.db (default: sessionary.db here), memory://, redis://host:6379/0"
@@ -18,7 +26,8 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sessionary.cli import demo, ops
+    with needs("server", _WHAT):
+        from sessionary.cli import demo, ops
 
     for command in (ops.serve, ops.reap, ops.vacuum, ops.migrate, ops.ping, demo.demo):
         main.add_command(command)

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,6 +23,7 @@ from rich.progress import (
 from sessionary.cli import STORE_HELP
 from sessionary.clock import parse_duration
 from sessionary.errors import SessionaryError, StoreUnavailable
+from sessionary.extras import needs
 from sessionary.outage import OutageLog, repeat
 from sessionary.reaper import sweep
 from sessionary.store import DEFAULT_URL, Namespace, connect
@@ -233,6 +233,9 @@ def migrate(
     """Bring the original product's playground sessions into the playground namespace,
     keeping tokens, creation times, remaining TTLs, used searches and indexed repos.
     Running it twice changes nothing."""
+    with needs("redis", "sessionary migrate"):  # the legacy sessions are in a Redis
+        from redis.exceptions import RedisError
+
     settings = _settings(config, store=store)
     try:
         report = asyncio.run(_migrate(settings, legacy, pattern, delete_legacy))

@@ -20,9 +20,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from sessionary.extras import needs
+
+with needs("server", "sessionary.playground"):
+    from fastapi import APIRouter, FastAPI, Request, Response
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary.clock import iso_utc, to_ms
 from sessionary.codec import INT64_MAX

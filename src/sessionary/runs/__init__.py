@@ -13,18 +13,21 @@ async for event in runs.events(run.id, after=last_seen_cursor):  # in a reader: 
     ...
 """
 
-from sessionary.runs.model import (
-    ActiveRunExists,
-    Conversation,
-    ConversationNotFound,
-    NotOwner,
-    Run,
-    RunBusy,
-    RunFinished,
-    RunNotFound,
-)
-from sessionary.runs.service import Producer, Runs
-from sessionary.runs.settings import RunsSettings
+from sessionary.extras import needs
+
+with needs("server", "sessionary.runs"):
+    from sessionary.runs.model import (
+        ActiveRunExists,
+        Conversation,
+        ConversationNotFound,
+        NotOwner,
+        Run,
+        RunBusy,
+        RunFinished,
+        RunNotFound,
+    )
+    from sessionary.runs.service import Producer, Runs
+    from sessionary.runs.settings import RunsSettings
 
 __all__ = [
     "ActiveRunExists",

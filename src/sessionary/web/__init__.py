@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sessionary.web.middleware import SessionHandle, SessionMiddleware
+from sessionary.extras import needs
+
+with needs("starlette", "sessionary.web"):
+    from sessionary.web.middleware import SessionHandle, SessionMiddleware
 
 if TYPE_CHECKING:
     from sessionary.web.fastapi import CurrentSession, current_session

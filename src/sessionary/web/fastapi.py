@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from sessionary.extras import needs
+
+with needs("server", "sessionary.web.CurrentSession"):
+    from fastapi import Depends, Request
 
 from sessionary.session_request import RequestSession
 from sessionary.web.middleware import STATE_KEY
