@@ -21,6 +21,7 @@ from sessionary.backends import open_backend
 from sessionary.clock import SYSTEM_CLOCK, Clock, to_ms
 from sessionary.codec import (
     EMPTY_OBJECT,
+    MAX_SAFE_INT,
     check_int,
     check_text,
     encode_data,
@@ -414,9 +415,11 @@ class Namespace:
     ) -> Session:
         """A new session with a fresh id.
 
-        For migrations and well-known records: `id` names the id (`SessionExists` if taken),
-        `created_at` back-dates the creation (the absolute cap runs from it), and `expires_at`
-        ends the session sooner than the policy would (it never extends it).
+        For migrations and well-known records: `id` names the id (`SessionExists` if a live
+        session holds it; an expired one not reaped yet is claimed first, in the reaper's own
+        exactly-once step, and reported `expired`), `created_at` back-dates the creation (the
+        absolute cap runs from it), and `expires_at` ends the session sooner than the policy
+        would (it never extends it).
         """
         session_id = ids.new_id(self.id_prefix) if id is None else self._check_id(id)
         subject = _check_subject(subject)
@@ -442,7 +445,16 @@ class Namespace:
             metadata=encoded_metadata,
             counters={},
         )
-        await self._backend.create(self.name, record)
+        try:
+            await self._backend.create(self.name, record)
+        except SessionExists:
+            if id is None:
+                raise
+            expired = await self._backend.claim(self.name, [session_id], now)
+            if not expired:
+                raise  # a live session holds it
+            await self._ended(expired, "expired")
+            await self._backend.create(self.name, record)
         session = Session.from_record(self.name, record)
         if self._events.wants("created"):
             await self._events.emit(SessionEvent("created", session))
@@ -740,6 +752,22 @@ class Namespace:
             for session in sessions:
                 await self._events.emit(SessionEvent("expired", session))
         return sessions
+
+    async def clear(self, batch: int = 1000) -> int:
+        """Delete every session of the namespace, `batch` at a time through the expiry index
+        (no scan of keys); returns how many live ones there were. Each emits `deleted` (or
+        `expired`, for one already past its time). Not one atomic step: a session created
+        meanwhile may survive."""
+        check_int("batch", batch, 1)
+        removed = 0
+        while due := await self._backend.due(self.name, MAX_SAFE_INT, batch):
+            records = await self._backend.claim(self.name, due, MAX_SAFE_INT)
+            now = self._clock.now_ms()
+            live = [r for r in records if r.expires_at > now]
+            await self._ended(live, "deleted")
+            await self._ended([r for r in records if r.expires_at <= now], "expired")
+            removed += len(live)
+        return removed
 
     async def count(self) -> int:
         """How many live sessions the namespace holds."""

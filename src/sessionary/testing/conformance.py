@@ -220,13 +220,50 @@ class StoreConformance(CounterConformance, LogConformance, SessionizeConformance
         session = await web.create(data={"first": True})
         with pytest.raises(SessionExists):
             await web.create(id=session.id, data={"second": True})
-        clock.advance(1000)  # expired but not yet reaped: the id is still taken
-        with pytest.raises(SessionExists):
-            await web.create(id=session.id)
-        clock.set(session.created_at)
         kept = await web.get(session.id)
         assert kept is not None
         assert kept.data == {"first": True}
+
+    @pytest.mark.asyncio
+    async def test_create_with_the_id_of_an_expired_unreaped_session_takes_it(
+        self, store: Store, web: Namespace, clock: ManualClock
+    ) -> None:
+        ended: list[SessionEvent] = []
+        store.on("expired", ended.append)
+        old = await web.create(data={"first": True})
+        clock.advance(1000)  # expired, not reaped yet: the old one is claimed and reported once
+        new = await web.create(id=old.id, data={"second": True})
+        assert [(e.kind, e.session.id, e.session.data) for e in ended] == [
+            ("expired", old.id, {"first": True})
+        ]
+        assert await web.reap() == []  # nothing left for the reaper: reported exactly once
+        got = await web.get(old.id)
+        assert got is not None
+        assert (got.data, got.version, got.created_at) == ({"second": True}, 1, new.created_at)
+
+    @pytest.mark.asyncio
+    async def test_clear_deletes_every_session_and_reports_each_once(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        ns = store.namespace("clear", idle_ttl=100 * MS)
+        other = store.namespace("kept", idle_ttl=100 * MS)
+        ended: list[SessionEvent] = []
+        store.on("deleted", ended.append)
+        store.on("expired", ended.append)
+        stale = [await ns.create(data={"n": i}) for i in range(3)]
+        clock.advance(150)
+        live = [await ns.create(subject="u", data={"n": i}) for i in range(7)]
+        survivor = await other.create()
+        assert await ns.clear(batch=2) == 7
+        assert await ns.count() == 0
+        assert await ns.list_subject("u") == []
+        assert await ns.reap() == []
+        kinds = Counter((e.kind, e.session.id) for e in ended)
+        assert kinds == Counter(
+            [("expired", s.id) for s in stale] + [("deleted", s.id) for s in live]
+        )
+        assert await other.get(survivor.id) is not None
+        assert await ns.clear() == 0
 
     @pytest.mark.asyncio
     async def test_concurrent_creates_of_one_id_exactly_one_wins(self, web: Namespace) -> None:
