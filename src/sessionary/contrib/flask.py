@@ -1,0 +1,270 @@
+"""Server-side sessions for Flask 3, in one line::
+
+    from sessionary.contrib.flask import SessionInterface
+
+    app.session_interface = SessionInterface("redis://localhost:6379/0")
+
+`flask.session` then works as it always did (`flash` too), but the data lives in the store and
+the cookie carries only the session's id. On login, `session.regenerate(subject=user_id)`
+gives the session a new id (the old one is dead at once); on logout, `session.clear()` deletes
+it and clears the cookie.
+
+What Flask's settings mean here:
+
+- `PERMANENT_SESSION_LIFETIME` is the store's idle expiry: a session not used for that long
+  is gone (each request that presents the cookie slides it). `absolute_ttl` (an argument)
+  caps a session's whole life, however active.
+- `session.permanent = True` gives the cookie an Expires of now + that lifetime; otherwise
+  it is a browser-session cookie. `SESSION_REFRESH_EACH_REQUEST` re-sends a permanent
+  session's cookie on every request, as Flask does, so its Expires keeps sliding too.
+- `SESSION_COOKIE_NAME`, `_DOMAIN`, `_PATH` (or `APPLICATION_ROOT`), `_HTTPONLY`, `_SECURE`,
+  `_SAMESITE` and `_PARTITIONED` shape the cookie exactly as for Flask's own sessions.
+- Values round-trip as with Flask's cookie sessions (tuples, bytes, `Markup`, `UUID`,
+  `datetime`): each top-level value is stored tagged with Flask's `TaggedJSONSerializer`.
+
+The rules of the session itself are `sessionary.session_request`'s, shared with every other
+integration: no store call without a cookie, one (the touch) with one; an unknown, expired or
+forged id is never adopted (the cookie is cleared) and a fresh id is minted only when a
+request stores something (no session fixation); the session is written only when its data
+changed (compared encoded, nested changes included), versioned, merging key by key onto a
+concurrent request's write, so parallel requests of one user never lose each other's keys.
+
+Why the cookie is not signed, and no `SECRET_KEY` is needed: the id is 256 random bits from
+`secrets`, so guessing a live one is hopeless, and an id that is not a live session is refused
+whatever it looks like (a malformed one never even reaches the store). A signature would only
+prove that the server minted the value, which the store already knows; it would make a
+hopeless guess no more hopeless, and it would cost something: rotating `SECRET_KEY` would log
+everybody out. (Flask's own cookie sessions need the signature because there the cookie *is*
+the data.)
+
+The interface is blocking (Flask's is); async views (`flask[async]`) work the same, since
+Flask opens and saves the session outside the view. One `SyncStore` per store URL serves the
+whole process (its own loop thread and connections, re-opened in a forked worker).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sessionary.extras import require
+
+require("flask", "flask", "sessionary.contrib.flask")
+
+from flask.json.tag import TaggedJSONSerializer  # noqa: E402
+from flask.sessions import SessionInterface as FlaskSessionInterface  # noqa: E402
+from flask.sessions import SessionMixin  # noqa: E402
+from werkzeug.datastructures import CallbackDict  # noqa: E402
+
+from sessionary.contract import KEEP, Keep  # noqa: E402
+from sessionary.session_request import Outcome, RequestSession  # noqa: E402
+from sessionary.store import DEFAULT_URL, Namespace  # noqa: E402
+from sessionary.sync import SyncNamespace, SyncStore, connect_sync  # noqa: E402
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.wrappers import Request, Response
+
+__all__ = ["ServerSession", "SessionInterface", "shared_store"]
+
+_TAGGER = TaggedJSONSerializer()
+
+_SHARED: dict[str, SyncStore] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_store(url: str | None = None) -> SyncStore:
+    """The process's one `SyncStore` for `url` (default: the SQLite file `sessionary.db`):
+    however many apps or interfaces name the same store, they share one loop thread and one
+    set of connections."""
+    url = url or DEFAULT_URL
+    with _SHARED_LOCK:
+        found = _SHARED.get(url)
+        if found is None:
+            found = _SHARED[url] = connect_sync(url)
+        return found
+
+
+def _tagged(value: Any) -> Any:
+    return _TAGGER.tag(value)
+
+
+def _untagged(value: Any) -> Any:
+    """Undo `_tagged`, innermost first (as Flask's `TaggedJSONSerializer.loads` does while
+    parsing): a tagged value may hold tagged values."""
+    if isinstance(value, dict):
+        return _TAGGER.untag({key: _untagged(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [_untagged(item) for item in value]
+    return value
+
+
+class ServerSession(CallbackDict[str, Any], SessionMixin):
+    """`flask.session`: a dict of the session's data (values as the application set them),
+    plus its identity.
+
+    `modified` is set by any change to the dict itself (Flask uses it to re-send the cookie);
+    `accessed` is set by Flask whenever `flask.session` is used (it adds `Vary: Cookie`).
+    Neither decides whether the store is written: the data is compared with what was loaded,
+    so a change deep inside a nested value is saved without `modified = True`.
+    """
+
+    modified = False
+    accessed = False
+
+    def __init__(
+        self, namespace: SyncNamespace, state: RequestSession | None, data: dict[str, Any]
+    ) -> None:
+        def on_update(session: ServerSession) -> None:
+            session.modified = True
+
+        super().__init__(data, on_update)
+        self._namespace = namespace
+        #: the framework-free session; None while nothing was presented (created on the
+        #: store's loop when something needs it, so a request without one costs no hand-off)
+        self._state = state
+        self._regenerated = False
+        self.new = state is None or state.session is None
+
+    @property
+    def id(self) -> str | None:
+        """The session's id (what the cookie carries); None until it is stored."""
+        return None if self._state is None else self._state.id
+
+    @property
+    def subject(self) -> str | None:
+        """Who the session belongs to (set on login with `regenerate(subject=...)`)."""
+        return None if self._state is None else self._state.subject
+
+    def regenerate(self, *, subject: str | Keep | None = KEEP) -> None:
+        """Give the session a new id now, killing the old one, and optionally set its
+        subject: call it on login (and on any change of privilege). The data stays; the
+        response carries the new id. A session not stored yet gets its id when it is."""
+
+        async def rotate(namespace: Namespace) -> None:
+            await self._state_on(namespace).rotate(subject=subject)
+
+        self._namespace.run(rotate)
+        self.accessed = True
+        self._regenerated = True
+
+    def _state_on(self, namespace: Namespace) -> RequestSession:
+        if self._state is None:
+            self._state = RequestSession.fresh(namespace)
+        return self._state
+
+    def _commit(self, namespace: SyncNamespace) -> Outcome:
+        """Write the session back if it changed, and what the cookie must do. Only work that
+        needs the store is handed to its loop (in one hand-off): a request that left its
+        session as it found it costs nothing here."""
+        used = self.accessed or self.modified or self._regenerated
+        if not used and (self._state is None or not self._state.stale):
+            return Outcome.NOTHING  # never used, so unchanged, and no dead id to clear
+        emptied = not self and self.modified and not self._regenerated
+        data = {key: _tagged(value) for key, value in self.items()}
+        state = self._state
+        if not emptied and state is None and not data:
+            return Outcome.NOTHING  # nothing presented, nothing to store
+        if not emptied and state is not None:
+            state.data = data
+            if not (state.changed() or state.stale or self._regenerated):
+                return Outcome.NOTHING  # compared encoded, nested values too: no write
+
+        async def commit(on: Namespace) -> Outcome:
+            current = self._state_on(on)
+            if emptied:  # as Flask drops an emptied cookie session: the session ends
+                await current.delete()
+            else:
+                current.data = data
+            return await current.commit()
+
+        return namespace.run(commit)
+
+    def __repr__(self) -> str:
+        return f"ServerSession({self._state!r})"
+
+
+class SessionInterface(FlaskSessionInterface):
+    """Flask's session interface over a sessionary store; see the module docstring.
+
+    `store` is a store URL (default: the SQLite file `sessionary.db`), served by the process's
+    one `SyncStore` for it, or a `SyncStore` of your own. `namespace` names the space of
+    sessions in the store; `absolute_ttl` caps a session's life however active (None: only
+    the idle expiry, `PERMANENT_SESSION_LIFETIME`, ends it).
+    """
+
+    def __init__(
+        self,
+        store: str | SyncStore | None = None,
+        *,
+        namespace: str = "flask",
+        absolute_ttl: timedelta | None = None,
+    ) -> None:
+        self.store = store if isinstance(store, SyncStore) else shared_store(store)
+        self.namespace_name = namespace
+        self.absolute_ttl = absolute_ttl
+        self._namespace: SyncNamespace | None = None
+
+    def namespace(self, app: Flask) -> SyncNamespace:
+        """The store namespace, its idle expiry the app's `PERMANENT_SESSION_LIFETIME`
+        (opened on the first request; a lifetime changed later is an error, not ignored)."""
+        found = self._namespace
+        if found is None or found.idle_ttl != app.permanent_session_lifetime:
+            found = self._namespace = self.store.namespace(
+                self.namespace_name,
+                idle_ttl=app.permanent_session_lifetime,
+                absolute_ttl=self.absolute_ttl,
+            )
+        return found
+
+    def open_session(self, app: Flask, request: Request) -> ServerSession:
+        namespace = self.namespace(app)
+        presented = request.cookies.get(self.get_cookie_name(app)) or None
+        if presented is None:
+            return ServerSession(namespace, None, {})
+        state = namespace.run(lambda ns: RequestSession.load(ns, presented))
+        data = {key: _untagged(value) for key, value in state.data.items()}
+        return ServerSession(namespace, state, data)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, ServerSession):
+            raise TypeError(f"{type(self).__name__} saves only the sessions it opened")
+        if session.accessed:
+            response.vary.add("Cookie")
+        outcome = session._commit(self.namespace(app))
+        session_id = session.id
+        if outcome is Outcome.CLEAR:
+            self._clear_cookie(app, response)
+        elif session_id is not None and (
+            outcome is Outcome.ISSUE or self.should_set_cookie(app, session)
+        ):
+            self._set_cookie(app, session, session_id, response)
+
+    def _set_cookie(
+        self, app: Flask, session: ServerSession, session_id: str, response: Response
+    ) -> None:
+        response.set_cookie(
+            self.get_cookie_name(app),
+            session_id,
+            expires=self.get_expiration_time(app, session),
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            partitioned=self.get_cookie_partitioned(app),
+            samesite=self.get_cookie_samesite(app),
+        )
+        response.vary.add("Cookie")
+
+    def _clear_cookie(self, app: Flask, response: Response) -> None:
+        response.delete_cookie(
+            self.get_cookie_name(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            partitioned=self.get_cookie_partitioned(app),
+            samesite=self.get_cookie_samesite(app),
+            httponly=self.get_cookie_httponly(app),
+        )
+        response.vary.add("Cookie")
