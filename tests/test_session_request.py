@@ -261,3 +261,39 @@ async def test_after_a_failure_a_rotated_id_is_still_issued(web: Namespace) -> N
     fresh["cart"] = ["pen"]
     assert fresh.outcome_after_failure() is Outcome.NOTHING
     assert await web.count() == 1
+
+
+async def test_after_a_save_the_object_holds_what_is_stored_and_saves_only_later_changes(
+    web: Namespace,
+) -> None:
+    session = await web.create(data={"a": 1})
+    mine = await RequestSession.load(web, session.id)
+    other = await RequestSession.load(web, session.id)
+    other["b"] = 2
+    await other.commit()
+    mine["c"] = 3
+    await mine.commit()  # merged onto the other's write
+    assert dict(mine) == {"a": 1, "b": 2, "c": 3}
+    version = mine.session.version if mine.session else 0
+    assert not mine.changed()
+    await mine.commit()  # nothing new: no write
+    stored = await web.get(session.id)
+    assert stored is not None
+    assert stored.version == version
+    del mine["b"]  # a later change is compared with what is stored now, not with the load
+    await mine.commit()
+    stored = await web.get(session.id)
+    assert stored is not None
+    assert stored.data == {"a": 1, "c": 3}
+
+
+async def test_set_subject_records_an_owner_without_a_new_id(web: Namespace) -> None:
+    session = await web.create(data={"a": 1})
+    state = await RequestSession.load(web, session.id)
+    state.set_subject("user-9")
+    assert state.changed()
+    assert await state.commit() is Outcome.NOTHING  # same id: no new cookie
+    assert [s.id for s in await web.list_subject("user-9")] == [session.id]
+    state.set_subject(None)
+    await state.commit()
+    assert await web.list_subject("user-9") == []

@@ -155,6 +155,13 @@ class RequestSession(MutableMapping[str, Any]):
         self._session = await self._namespace.rotate(self._session.id, subject=subject)
         self._reissue = True
 
+    def set_subject(self, subject: str | None) -> None:
+        """Record `subject` (or None: no one) as the session's owner at the next save, keeping
+        its id. On login prefer `rotate(subject=...)`: only a new id makes a planted one
+        worthless; this is for recording an owner on a session already rotated."""
+        self.accessed = True
+        self._subject = subject
+
     async def delete(self) -> None:
         """Delete the session now; `commit` then clears the client's cookie: call it on
         logout."""
@@ -231,14 +238,16 @@ class RequestSession(MutableMapping[str, Any]):
             if not self._data and self._subject in (KEEP, None):
                 return None
             subject = None if self._subject is KEEP else self._subject
-            self._session = await namespace.create(data=self._data, subject=subject)
+            self._saved(await namespace.create(data=self._data, subject=subject))
             self._reissue = True
             return self._session
         data, version = self._data, self._session.version
         for attempt in range(MERGE_ATTEMPTS):
             try:
-                self._session = await namespace.update(
-                    self._session.id, data=data, subject=self._subject, expected_version=version
+                self._saved(
+                    await namespace.update(
+                        self._session.id, data=data, subject=self._subject, expected_version=version
+                    )
                 )
                 return self._session
             except SessionNotFound:  # deleted (logged out elsewhere) or expired meanwhile
@@ -253,6 +262,14 @@ class RequestSession(MutableMapping[str, Any]):
                 version = latest.version
                 await asyncio.sleep(random.uniform(0, MERGE_PAUSE_S * attempt))
         raise VersionConflict(self._session.id, version, -1)
+
+    def _saved(self, session: Session) -> None:
+        """What is stored now (merged with a concurrent writer's keys, if any) is what this
+        object holds and compares against: a later save writes only later changes."""
+        self._session = session
+        self._data = session.data
+        self._original = _fingerprint(self._data)
+        self._subject = KEEP
 
     def _deleted_meanwhile(self) -> None:
         """Another request deleted the session: it stays deleted (never resurrected)."""
