@@ -1,0 +1,41 @@
+"""Django sessions in a sessionary store, in two settings::
+
+    SESSION_ENGINE = "sessionary.contrib.django"
+    SESSIONARY = {"store": "redis://localhost:6379/0", "namespace": "django"}
+
+`request.session` works as it always did (auth's login and logout, messages, `set_expiry`,
+`manage.py clearsessions`); the data lives in the store, the cookie carries only the id. The
+idle lifetime is `SESSION_COOKIE_AGE`, `SESSIONARY["absolute_ttl"]` (seconds, default 30
+days, None for none) caps a session's whole life; the default store is `sessionary.db` in
+`BASE_DIR` (see `config`).
+
+Login records the user as the session's subject, so::
+
+    request.session.revoke_others()   # "log out my other sessions"
+    sessions_of(user.pk)              # the user's live sessions
+    revoke_user(user.pk)              # log the user out everywhere
+
+Values go through Django's `SESSION_SERIALIZER` (JSON), as with Django's own backends.
+"""
+
+from sessionary.extras import require
+
+require("django", "django", "sessionary.contrib.django")
+
+from sessionary.contrib.django.config import close_stores  # noqa: E402
+from sessionary.contrib.django.session_store import SessionStore  # noqa: E402
+from sessionary.contrib.django.users import (  # noqa: E402
+    arevoke_user,
+    asessions_of,
+    revoke_user,
+    sessions_of,
+)
+
+__all__ = [
+    "SessionStore",
+    "arevoke_user",
+    "asessions_of",
+    "close_stores",
+    "revoke_user",
+    "sessions_of",
+]

@@ -1,0 +1,252 @@
+"""`SessionStore`: Django's session backend interface over a sessionary namespace.
+
+Django's middleware keeps deciding the cookie (from `modified`, `accessed`, `is_empty()`), and
+Django keeps the session's dict (`_session_cache`) as its own; this class only loads and
+writes it, and every rule of *how* lives in `sessionary.session_request.RequestSession`, the
+one place each integration shares: the touch on load (sliding the idle expiry), an unknown,
+expired or malformed id never adopted (a malformed one costs no store call), the versioned
+write that merges key by key onto a concurrent request's write, and a session deleted
+meanwhile staying deleted. What is Django's:
+
+* `create()` lets the store mint the id (256 random bits), never Django's
+  `_get_new_session_key`; `save(must_create=True)` does the same;
+* `save()` on a session deleted meanwhile (logged out in another request) raises Django's
+  `UpdateError` (the middleware answers 400, `SessionInterrupted`), never re-creating it;
+* `cycle_key()` (Django calls it on login) is one atomic `rotate`: the old key is dead in the
+  same step;
+* the logged-in user (`_auth_user_id`) is the session's subject: a save that finds the user
+  changed gives the session a new id with the new subject, so `sessions_of`/`revoke_user`
+  and `revoke_others` find a user's sessions; logout (`flush()`) deletes the session;
+* `set_expiry()` is honoured on load (see `payload`); a custom expiry longer than the
+  namespace's lifetimes (idle: `SESSION_COOKIE_AGE`, absolute: `SESSIONARY["absolute_ttl"]`)
+  is capped by them;
+* `clear_expired()` (`manage.py clearsessions`) reaps the namespace until nothing expired is
+  left (each expired session is claimed once however many reapers run). A session past its
+  own `set_expiry` deadline but within the namespace's lifetimes is removed when next loaded,
+  or when the namespace's lifetimes end.
+
+Sync methods block on the process's `SyncStore` (its own loop thread); the `a*` methods
+await it from the caller's loop without blocking it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeGuard
+
+from django.contrib.sessions.backends.base import (  # type: ignore[import-untyped]
+    SessionBase,
+    UpdateError,
+)
+
+from sessionary import ids
+from sessionary.contract import KEEP
+from sessionary.contrib.django import payload
+from sessionary.contrib.django.config import namespace
+from sessionary.errors import InvalidSessionId, SessionNotFound
+from sessionary.session_request import RequestSession
+from sessionary.store import Namespace
+
+#: how many expired sessions one reap call claims (clear_expired calls until fewer come back)
+REAP_BATCH = 1000
+
+
+class SessionStore(SessionBase):  # type: ignore[misc]
+    """Django sessions in a sessionary store: `SESSION_ENGINE = "sessionary.contrib.django"`."""
+
+    def __init__(self, session_key: str | None = None) -> None:
+        super().__init__(session_key)
+        #: the stored session of `session_key`, once loaded or written (None: nothing held)
+        self._stored: RequestSession | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        return namespace().run(self._load)
+
+    async def aload(self) -> dict[str, Any]:
+        return await namespace().arun(self._load)
+
+    async def _load(self, n: Namespace) -> dict[str, Any]:
+        state = await self._fetch(n)
+        return {} if state is None else payload.to_django(state.data)
+
+    def exists(self, session_key: str | None) -> bool:
+        if not _well_formed(session_key):
+            return False
+        return namespace().run(lambda n: n.get(session_key)) is not None
+
+    async def aexists(self, session_key: str | None) -> bool:
+        if not _well_formed(session_key):
+            return False
+        return await namespace().arun(lambda n: n.get(session_key)) is not None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        session = self._get_session(no_load=True)
+        namespace().run(lambda n: self._create(n, session))
+
+    async def acreate(self) -> None:
+        session = await self._aget_session(no_load=True)
+        await namespace().arun(lambda n: self._create(n, session))
+
+    def save(self, must_create: bool = False) -> None:
+        if must_create or self.session_key is None:
+            self.create()  # a fresh id, minted by the store
+            return
+        session = self._get_session()
+        namespace().run(lambda n: self._save(n, session))
+
+    async def asave(self, must_create: bool = False) -> None:
+        if must_create or self.session_key is None:
+            await self.acreate()
+            return
+        session = await self._aget_session()
+        await namespace().arun(lambda n: self._save(n, session))
+
+    def cycle_key(self) -> None:
+        session = self._session
+        namespace().run(lambda n: self._cycle(n, session))
+
+    async def acycle_key(self) -> None:
+        session = await self._aget_session()
+        await namespace().arun(lambda n: self._cycle(n, session))
+
+    def delete(self, session_key: str | None = None) -> None:
+        key = self.session_key if session_key is None else session_key
+        if _well_formed(key):
+            namespace().run(lambda n: self._delete(n, key))
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        key = self.session_key if session_key is None else session_key
+        if _well_formed(key):
+            await namespace().arun(lambda n: self._delete(n, key))
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        namespace().run(_reap_all)
+
+    @classmethod
+    async def aclear_expired(cls) -> None:
+        await namespace().arun(_reap_all)
+
+    # -- the user's other sessions ----------------------------------------------------------
+
+    def revoke_others(self) -> int:
+        """Log the user out of every other session ("log out my other sessions"): delete
+        each session of this session's user but this one; how many there were. 0 when
+        nobody is logged in."""
+        user = payload.subject_of(self._session)
+        if user is None:
+            return 0
+        return namespace().run(lambda n: self._revoke_others(n, user))
+
+    async def arevoke_others(self) -> int:
+        """See `revoke_others`."""
+        user = payload.subject_of(await self._aget_session())
+        if user is None:
+            return 0
+        return await namespace().arun(lambda n: self._revoke_others(n, user))
+
+    # -- on the store's loop ----------------------------------------------------------------
+
+    async def _fetch(self, n: Namespace) -> RequestSession | None:
+        """The stored session of `session_key`, touched, now held; None (and no key any
+        more) if there is none: unknown, expired, malformed (no store call), or past its own
+        `set_expiry` deadline (deleted now)."""
+        state = await RequestSession.load(n, self.session_key)
+        if state.session is not None and payload.past_deadline(state.data, _now(n)):
+            await state.delete()
+        self._hold(state)
+        return self._stored
+
+    async def _held(self, n: Namespace) -> RequestSession | None:
+        """The stored session this object holds; fetched first if it has a key but never
+        loaded (Django's `clear()` replaces the dict without reading it)."""
+        if self._stored is None and self.session_key is not None:
+            return await self._fetch(n)
+        return self._stored
+
+    async def _create(self, n: Namespace, session: dict[str, Any]) -> None:
+        created = await n.create(
+            data=payload.to_stored(session, self.serializer(), _now(n)),
+            subject=payload.subject_of(session),
+        )
+        self._hold(RequestSession(n, created))
+        self.modified = True
+
+    async def _save(self, n: Namespace, session: dict[str, Any]) -> None:
+        state = await self._held(n)
+        if state is None:  # its key was dead before anything was read: a fresh session
+            await self._create(n, session)
+            return
+        stored = payload.to_stored(session, self.serializer(), _now(n))
+        state.data = stored
+        user = payload.subject_of(session)
+        try:
+            if user != state.subject:  # logged in (or out) since: a new id for the new user
+                await state.rotate(subject=user)
+            saved = await state.save()
+        except SessionNotFound:  # ended before this write could start
+            saved = None
+        if saved is None:  # logged out meanwhile: it stays deleted
+            self._stored = None
+            raise UpdateError("the session was deleted before this request could save it")
+        self._hold(RequestSession(n, saved))
+        if saved.data != stored:  # merged onto a concurrent write: show Django the result
+            self._session_cache = payload.to_django(saved.data)
+
+    async def _cycle(self, n: Namespace, session: dict[str, Any]) -> None:
+        state = await self._held(n)
+        if state is None:  # nothing stored yet: storing it is what gives it a key
+            await self._create(n, session)
+            return
+        user = payload.subject_of(session)
+        try:
+            await state.rotate(subject=KEEP if user == state.subject else user)
+        except SessionNotFound:
+            self._stored = None
+            raise UpdateError("the session was deleted before its key could change") from None
+        self._hold(state)
+        self.modified = True
+
+    async def _delete(self, n: Namespace, key: str) -> None:
+        await n.delete(key)
+        if key == self.session_key:
+            self._stored = None
+
+    async def _revoke_others(self, n: Namespace, user: str) -> int:
+        ended = 0
+        for other in await n.list_subject(user):
+            if other.id != self.session_key and await n.delete(other.id):
+                ended += 1
+        return ended
+
+    def _hold(self, state: RequestSession) -> None:
+        session = state.session
+        self._stored = None if session is None else state
+        self._session_key = None if session is None else session.id
+
+
+async def _reap_all(n: Namespace) -> int:
+    """Reap until a call comes back short: the backlog is drained."""
+    reaped = 0
+    while True:
+        batch = len(await n.reap(REAP_BATCH))
+        reaped += batch
+        if batch < REAP_BATCH:
+            return reaped
+
+
+def _now(n: Namespace) -> int:
+    return n.store.clock.now_ms()
+
+
+def _well_formed(key: object) -> TypeGuard[str]:
+    """Whether `key` could be a session id at all: anything else is unknown without asking
+    the store."""
+    try:
+        ids.validate(key)
+    except InvalidSessionId:
+        return False
+    return True
