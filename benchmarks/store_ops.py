@@ -9,7 +9,10 @@ time (concurrency 1: the latency-bound case) and with many tasks in flight (how 
 under load drives the store). For Redis it also runs the baseline: raw redis-py issuing the
 same commands a sessionary touch (or update, consume) issues, in one non-transactional
 pipeline per operation, without the atomic checks, on an identically configured client;
-the ratio sessionary/raw says what correctness costs.
+the ratio sessionary/raw says what correctness costs. Last, the blocking API
+(`sessionary.connect_sync`) against the async one: touch at one caller, each from a caller of
+its own kind (a coroutine; a plain thread), and the ratio sync/async says what the hand-off to
+the store's loop thread costs.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 import sessionary
-from sessionary import Namespace, Store, ids
+from sessionary import Namespace, Store, connect_sync, ids
 from sessionary.backends.redis import RedisBackend
 from sessionary.backends.redis.scripts import Scripts
 
@@ -197,6 +200,42 @@ async def bench_touch_overhead(n: int, concurrencies: list[int]) -> dict[int, tu
         await store.close()
 
 
+async def bench_sync_touch(url: str, n: int) -> tuple[float, float]:
+    """ops/s of touch at one caller: the async API from a coroutine, then the blocking API
+    from a thread of its own (as a WSGI worker calls it), each on its own store."""
+    policy = {"idle_ttl": timedelta(minutes=30), "absolute_ttl": timedelta(hours=12)}
+    store = await sessionary.connect(url)
+    try:
+        web = store.namespace("bench-sync", **policy)
+        pool = [(await web.create(data={"user": 42})).id for _ in range(100)]
+
+        async def touch(i: int) -> None:
+            await web.touch(pool[i % len(pool)])
+
+        await timed(touch, min(n // 10, 1000), 1)
+        async_ops = await timed(touch, n, 1)
+        for session_id in pool:
+            await web.delete(session_id)
+    finally:
+        await store.close()
+
+    def blocking() -> float:
+        with connect_sync(url) as sync_store:
+            sync_web = sync_store.namespace("bench-sync", **policy)
+            sync_pool = [sync_web.create(data={"user": 42}).id for _ in range(100)]
+            for i in range(min(n // 10, 1000)):
+                sync_web.touch(sync_pool[i % len(sync_pool)])
+            started = time.perf_counter()
+            for i in range(n):
+                sync_web.touch(sync_pool[i % len(sync_pool)])
+            ops = n / (time.perf_counter() - started)
+            for session_id in sync_pool:
+                sync_web.delete(session_id)
+            return ops
+
+    return async_ops, await asyncio.to_thread(blocking)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", type=int, default=20_000, help="operations per measurement")
@@ -221,6 +260,7 @@ async def main() -> None:
 
     rounds: list[list[Result]] = []
     raw_rounds: list[dict[tuple[str, int], float]] = []
+    sync_rounds: list[dict[str, tuple[float, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_number in range(args.rounds):  # interleaved: the VM's speed drifts
             urls = {
@@ -238,6 +278,9 @@ async def main() -> None:
             rounds.append(found)
             if "redis" in backends:
                 raw_rounds.append(await bench_raw_redis(args.ops, concurrencies))
+            sync_rounds.append(
+                {name: await bench_sync_touch(urls[name], args.ops) for name in backends}
+            )
     results = [
         Result(
             first.backend,
@@ -274,6 +317,18 @@ async def main() -> None:
             "(the store adds validation and decoding; its batching saves redis-py's overhead):"
         )
         console.print(overhead)
+    blocking = Table("backend", "async touch ops/s", "sync touch ops/s", "sync/async")
+    for name in backends:
+        async_ops = statistics.median(r[name][0] for r in sync_rounds)
+        sync_ops = statistics.median(r[name][1] for r in sync_rounds)
+        blocking.add_row(
+            name, f"{async_ops:,.0f}", f"{sync_ops:,.0f}", f"{sync_ops / async_ops:.2f}x"
+        )
+    console.print(
+        "The blocking API (connect_sync) against the async one, touch at one caller "
+        "(each call a hand-off to the store's loop thread and back):"
+    )
+    console.print(blocking)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ RESULTS: dict[str, list[str]] = {
         rf"sqlite\s*│\s*update\s*│\s*1\s*│\s*{NUMBER}",
         rf"redis\s*│\s*consume\s*│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
         rf"│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # touch against its bare script
+        rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # the blocking API's touch
+        rf"redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
     ],
     "ingest.py": [
         rf"sessionary on redis\s*│\s*4 batches\s*│\s*{NUMBER}",

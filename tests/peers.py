@@ -37,8 +37,19 @@ def _download(dist: str, version: str) -> Path:
     downloads = ROOT / "downloads"
     downloads.mkdir(exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         "--dest", str(downloads), f"{dist}=={version}"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(downloads),
+            f"{dist}=={version}",
+        ],
         check=True,
     )
     wanted = {f"{dist.lower().replace('-', '_')}-{version}.tar.gz", f"{dist}-{version}.tar.gz"}

@@ -22,6 +22,7 @@ from sessionary.errors import (
 )
 from sessionary.model import ConsumeResult, Session, SessionEvent
 from sessionary.store import Namespace, Store, connect
+from sessionary.sync import SyncCounters, SyncNamespace, SyncStore, connect_sync
 
 __version__ = "0.1.0"
 
@@ -48,11 +49,15 @@ __all__ = [
     "SessionaryError",
     "Store",
     "StoreUnavailable",
+    "SyncCounters",
+    "SyncNamespace",
+    "SyncStore",
     "SystemClock",
     "ValidationError",
     "VersionConflict",
     "__version__",
     "clock",
     "connect",
+    "connect_sync",
     "errors",
 ]

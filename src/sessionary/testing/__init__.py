@@ -13,9 +13,11 @@ Use it from a test module (needs the `testing` extra: pytest, pytest-asyncio, hy
             return ...
 
 `MultiProcessConformance` is for backends shared between processes (not `memory://`).
+`SyncStoreConformance` runs the same suite through the blocking API (`sessionary.sync`).
 """
 
 from sessionary.testing._processes import MultiProcessConformance
+from sessionary.testing._sync import SyncBackedStore, SyncStoreConformance
 from sessionary.testing.conformance import StoreConformance
 
-__all__ = ["MultiProcessConformance", "StoreConformance"]
+__all__ = ["MultiProcessConformance", "StoreConformance", "SyncBackedStore", "SyncStoreConformance"]
