@@ -37,10 +37,13 @@ from sessionary.errors import InvalidSessionId, SessionNotFound, VersionConflict
 from sessionary.model import Session
 from sessionary.store import Namespace
 
-# Writers racing on one session win one per round, so n racers need n rounds; the jittered
-# pause between rounds spreads them out. (A user's own parallel requests are a handful.)
-MERGE_ATTEMPTS = 16
+# Writers racing on one session win one per round, so n racers need up to n rounds: a writer
+# keeps merging for up to MERGE_BUDGET_S, not a fixed number of rounds (which would refuse
+# the n-th of n racers however quick each round is), pausing a jittered while that grows with
+# the rounds (up to MERGE_PAUSE_MAX_S) to spread the racers out.
+MERGE_BUDGET_S = 2.0
 MERGE_PAUSE_S = 0.002
+MERGE_PAUSE_MAX_S = 0.05
 
 
 class Outcome(enum.Enum):
@@ -231,7 +234,7 @@ class RequestSession(MutableMapping[str, Any]):
     async def save(self) -> Session | None:
         """Write the data back. Nothing stored yet: create it, with a fresh id (never the one
         presented). Else a versioned update; when another request wrote meanwhile, merge key
-        by key onto its data and retry (`VersionConflict` after `MERGE_ATTEMPTS` rounds).
+        by key onto its data and retry (`VersionConflict` after `MERGE_BUDGET_S`).
         Deleted meanwhile: it stays deleted, `deleted_meanwhile` is set, None is returned."""
         namespace = self._namespace
         if self._session is None:
@@ -242,7 +245,10 @@ class RequestSession(MutableMapping[str, Any]):
             self._reissue = True
             return self._session
         data, version = self._data, self._session.version
-        for attempt in range(MERGE_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MERGE_BUDGET_S
+        attempt = 0
+        while True:
             try:
                 self._saved(
                     await namespace.update(
@@ -258,10 +264,14 @@ class RequestSession(MutableMapping[str, Any]):
                 if latest is None:  # deleted between the conflict and this read
                     self._deleted_meanwhile()
                     return None
+                if loop.time() >= deadline:
+                    raise VersionConflict(self._session.id, version, latest.version) from None
                 data = self._merged_onto(latest.data)
                 version = latest.version
-                await asyncio.sleep(random.uniform(0, MERGE_PAUSE_S * attempt))
-        raise VersionConflict(self._session.id, version, -1)
+                attempt += 1
+                await asyncio.sleep(
+                    random.uniform(0, min(MERGE_PAUSE_S * attempt, MERGE_PAUSE_MAX_S))
+                )
 
     def _saved(self, session: Session) -> None:
         """What is stored now (merged with a concurrent writer's keys, if any) is what this
