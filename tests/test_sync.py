@@ -32,6 +32,7 @@ from sessionary import (
     VersionConflict,
     connect_sync,
 )
+from sessionary.sync import shared
 
 THREADS = 32
 
@@ -271,3 +272,33 @@ def test_the_repr_hides_a_password() -> None:
     assert repr(connect_sync("redis://user:secret@localhost:6379/0")) == (
         "SyncStore('redis://user:***@localhost:6379/0')"
     )
+
+
+def test_shared_gives_one_store_per_url_across_threads_and_a_new_one_after_close(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    start = threading.Barrier(THREADS)
+
+    def ask() -> SyncStore:
+        start.wait()  # all threads ask at once: creation must still happen once
+        return shared(url)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        found = list(pool.map(lambda _: ask(), range(THREADS)))
+    first = found[0]
+    try:
+        assert all(store is first for store in found)
+        assert shared(f"sqlite:///{tmp_path / 'other.db'}") is not first
+        with pytest.raises(ValueError, match="other options"):
+            shared(url, clock=ManualClock())
+    finally:
+        first.close()
+        shared(f"sqlite:///{tmp_path / 'other.db'}").close()
+    replacement = shared(url)
+    try:
+        assert replacement is not first
+        replacement.namespace("web", idle_ttl=timedelta(hours=1)).create()  # it works
+        assert shared(url) is replacement
+    finally:
+        replacement.close()

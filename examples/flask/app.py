@@ -10,7 +10,9 @@
 `flask.session` is used as always; only `app.session_interface` changes. The cookie carries
 only the session's id (no `SECRET_KEY` needed); the data stays in the store. Logging in
 regenerates the id (the one the browser had before is dead at once) and records whose session
-it is, so the store can list or end every session of a user.
+it is, so the store can list or end every session of a user. While the store is down, a
+request that uses the session is answered 503 with Retry-After (one that does not goes on);
+`SessionInterface(..., on_unavailable="fail_open")` goes on without a session instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import timedelta
 
 from flask import Flask, abort, request, session
 
-from sessionary.contrib.flask import ServerSession, SessionInterface
+from sessionary.contrib.flask import ServerSession, SessionInterface, UnavailableSession
 from sessionary.sync import SyncStore
 
 
@@ -67,8 +69,10 @@ def create_app(store: str | SyncStore | None = None) -> Flask:
     return app
 
 
-def _session() -> ServerSession:
-    assert isinstance(session, ServerSession)  # the proxy passes isinstance through
+def _session() -> ServerSession | UnavailableSession:
+    """`flask.session` with sessionary's methods: a `ServerSession`, or while the store is
+    down an `UnavailableSession` (any use of it answers 503 with Retry-After)."""
+    assert isinstance(session, ServerSession | UnavailableSession)  # the proxy passes it on
     return session
 
 

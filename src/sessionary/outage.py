@@ -54,6 +54,9 @@ DEFAULT_SETTLE_S = 5.0
 SLOW_FAILURE_S = 0.25
 #: The longest a background job waits between tries while the store is down.
 DEFAULT_BACKOFF_CAP_S = 60.0
+#: Seconds a client is told to wait (`Retry-After`) when the store is down: the service's 503
+#: and every framework engine's say the same.
+RETRY_AFTER_UNAVAILABLE = 30
 
 _UNGUARDED = frozenset({"close"})  # always runs: releasing resources needs no store
 _WAITS = frozenset({"wait_log"})  # long waits: not a probe (others would fail meanwhile)

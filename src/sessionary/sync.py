@@ -45,7 +45,7 @@ from sessionary.model import ConsumeResult, Session
 from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL, Namespace, OnUnavailable, Store
 from sessionary.store import connect as connect_async
 
-__all__ = ["SyncCounters", "SyncNamespace", "SyncStore", "connect_sync"]
+__all__ = ["SyncCounters", "SyncNamespace", "SyncStore", "connect_sync", "shared"]
 
 T = TypeVar("T")
 Target = TypeVar("Target")
@@ -67,6 +67,41 @@ def connect_sync(
     """A blocking store for `url` (the URLs of `sessionary.connect`). Nothing is opened until
     its first use."""
     return SyncStore(url, clock=clock, max_payload=max_payload, fail_fast=fail_fast)
+
+
+#: the process's stores by URL (`shared`), and the lock that makes each one once
+_SHARED: dict[str, SyncStore] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(
+    url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    fail_fast: timedelta | None = None,
+) -> SyncStore:
+    """The process's one `SyncStore` for `url`: however many integrations, apps or threads
+    name the same store, they share one loop thread and one set of connections (a store per
+    caller would open as many). Made once under a lock, so racing threads get the same
+    object; a store someone closed is replaced by a new one on the next ask. Asking for an
+    open one with other options is an error (one URL, one configuration), never a silent
+    reuse. Safe across fork, as every `SyncStore` is."""
+    url = url or DEFAULT_URL
+    options = (clock, max_payload, fail_fast)
+    with _SHARED_LOCK:
+        found = _SHARED.get(url)
+        if found is not None and not found._closed:
+            if (found.clock, found.max_payload, found.fail_fast) != options:
+                raise ValueError(
+                    f"the shared {found!r} is open with other options "
+                    "(clock, max_payload, fail_fast): one URL, one configuration"
+                )
+            return found
+        found = _SHARED[url] = SyncStore(
+            url, clock=clock, max_payload=max_payload, fail_fast=fail_fast
+        )
+        return found
 
 
 class _Waiter(Generic[T]):
@@ -245,6 +280,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()  # the parent's may have been held by a thread not here
     _HELD.clear()
     for sync_store in list(_OPEN):
         sync_store._forget_parent()

@@ -1,8 +1,9 @@
 """Settings of the example: Django's defaults, with sessions in a sessionary store.
 
-The two lines that matter are `SESSION_ENGINE` and `SESSIONARY`; the rest is a minimal
-project. `SESSIONARY_STORE` picks the store (a `redis://...` URL, say); the default is an
-SQLite file next to the project.
+The lines that matter are `SESSION_ENGINE`, `SESSIONARY` and sessionary's `SessionMiddleware`
+(Django's, answering a store outage with 503 instead of 500); the rest is a minimal project.
+`SESSIONARY_STORE` picks the store (a `redis://...` URL, say); the default is an SQLite file
+next to the project.
 """
 
 import os
@@ -30,7 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",  # for `manage.py clearsessions`; its table stays unused
 ]
 MIDDLEWARE = [
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "sessionary.contrib.django.SessionMiddleware",  # Django's, with a 503 for a store outage
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]

@@ -37,16 +37,22 @@ hopeless guess no more hopeless, and it would cost something: rotating `SECRET_K
 everybody out. (Flask's own cookie sessions need the signature because there the cookie *is*
 the data.)
 
+A store outage (`StoreUnavailable`) is not a 500: a request that uses the session is
+answered 503 with `Retry-After` and `{"error": "store_unavailable", ...}` (the service's
+JSON), one that does not use it goes on, and the outage is logged once; or, with
+`on_unavailable="fail_open"`, requests go on without a session (see `SessionInterface`).
+
 The interface is blocking (Flask's is); async views (`flask[async]`) work the same, since
 Flask opens and saves the session outside the view. One `SyncStore` per store URL serves the
-whole process (its own loop thread and connections, re-opened in a forked worker).
+whole process (`sessionary.sync.shared`: its own loop thread and connections, re-opened in a
+forked worker), shared with any other integration naming the same URL.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sessionary.extras import require
 
@@ -56,34 +62,24 @@ from flask.json.tag import TaggedJSONSerializer  # noqa: E402
 from flask.sessions import SessionInterface as FlaskSessionInterface  # noqa: E402
 from flask.sessions import SessionMixin  # noqa: E402
 from werkzeug.datastructures import CallbackDict  # noqa: E402
+from werkzeug.exceptions import ServiceUnavailable  # noqa: E402
 
 from sessionary.contract import KEEP, Keep  # noqa: E402
+from sessionary.contrib import outage  # noqa: E402
+from sessionary.errors import StoreUnavailable  # noqa: E402
+from sessionary.outage import RETRY_AFTER_UNAVAILABLE  # noqa: E402
 from sessionary.session_request import Outcome, RequestSession  # noqa: E402
-from sessionary.store import DEFAULT_URL, Namespace  # noqa: E402
-from sessionary.sync import SyncNamespace, SyncStore, connect_sync  # noqa: E402
+from sessionary.store import Namespace, OnUnavailable  # noqa: E402
+from sessionary.sync import SyncNamespace, SyncStore, shared  # noqa: E402
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
     from flask.wrappers import Request, Response
 
-__all__ = ["ServerSession", "SessionInterface", "shared_store"]
+__all__ = ["ServerSession", "SessionInterface", "SessionStoreUnavailable", "UnavailableSession"]
 
 _TAGGER = TaggedJSONSerializer()
-
-_SHARED: dict[str, SyncStore] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_store(url: str | None = None) -> SyncStore:
-    """The process's one `SyncStore` for `url` (default: the SQLite file `sessionary.db`):
-    however many apps or interfaces name the same store, they share one loop thread and one
-    set of connections."""
-    url = url or DEFAULT_URL
-    with _SHARED_LOCK:
-        found = _SHARED.get(url)
-        if found is None:
-            found = _SHARED[url] = connect_sync(url)
-        return found
 
 
 def _tagged(value: Any) -> Any:
@@ -114,12 +110,14 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     accessed = False
 
     def __init__(
-        self, namespace: SyncNamespace, state: RequestSession | None, data: dict[str, Any]
+        self, namespace: SyncNamespace | None, state: RequestSession | None, data: dict[str, Any]
     ) -> None:
         def on_update(session: ServerSession) -> None:
             session.modified = True
 
         super().__init__(data, on_update)
+        #: None: the store was down when the request began and the namespace fails open, so
+        #: this session lives for the request only (never loaded, never saved)
         self._namespace = namespace
         #: the framework-free session; None while nothing was presented (created on the
         #: store's loop when something needs it, so a request without one costs no hand-off)
@@ -140,12 +138,21 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     def regenerate(self, *, subject: str | Keep | None = KEEP) -> None:
         """Give the session a new id now, killing the old one, and optionally set its
         subject: call it on login (and on any change of privilege). The data stays; the
-        response carries the new id. A session not stored yet gets its id when it is."""
+        response carries the new id. A session not stored yet gets its id when it is.
+
+        With the store down this raises `SessionStoreUnavailable` (a 503), even when the
+        namespace fails open: a login that cannot kill the old id must not go on. (A session
+        opened without the store, failing open, has no stored id to kill, and is never
+        saved.)"""
 
         async def rotate(namespace: Namespace) -> None:
             await self._state_on(namespace).rotate(subject=subject)
 
-        self._namespace.run(rotate)
+        if self._namespace is not None:
+            try:
+                self._namespace.run(rotate)
+            except StoreUnavailable as error:
+                raise SessionStoreUnavailable(error) from None
         self.accessed = True
         self._regenerated = True
 
@@ -154,10 +161,13 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
             self._state = RequestSession.fresh(namespace)
         return self._state
 
-    def _commit(self, namespace: SyncNamespace) -> Outcome:
+    def _commit(self) -> Outcome:
         """Write the session back if it changed, and what the cookie must do. Only work that
         needs the store is handed to its loop (in one hand-off): a request that left its
         session as it found it costs nothing here."""
+        namespace = self._namespace
+        if namespace is None:
+            return Outcome.NOTHING  # opened without the store (fail open): nothing to write
         used = self.accessed or self.modified or self._regenerated
         if not used and (self._state is None or not self._state.stale):
             return Outcome.NOTHING  # never used, so unchanged, and no dead id to clear
@@ -185,6 +195,76 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         return f"ServerSession({self._state!r})"
 
 
+class SessionStoreUnavailable(ServiceUnavailable):
+    """The session store is down: a 503 with `Retry-After` and the JSON body of sessionary's
+    service (`sessionary.contrib.outage`), raised where the view uses a session that could
+    not be loaded. An HTTPException, so Flask answers it as it is (or with the app's own
+    503 handler), never as a 500 with a traceback."""
+
+    def __init__(self, error: StoreUnavailable) -> None:
+        super().__init__(outage.MESSAGE, retry_after=RETRY_AFTER_UNAVAILABLE)
+        self.error = error
+
+    def get_body(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> str:
+        return outage.BODY.decode()
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", outage.CONTENT_TYPE), *outage.HEADERS.items()]
+
+
+class UnavailableSession(SessionMixin):
+    """`flask.session` while the store is down and the namespace fails closed: any use of
+    it raises `SessionStoreUnavailable` (a 503), so a view that needs the session is
+    answered "try again shortly" and one that does not goes on. It is never saved.
+
+    Why an object that raises and not an error at once: Flask opens the session before the
+    view, and an exception there is a 500 whatever it is; and a request that never touches
+    the session (a health check, a static page) has no reason to fail.
+    """
+
+    def __init__(self, error: StoreUnavailable) -> None:
+        self.error = error
+        #: the view tried to use it (and was refused)
+        self.touched = False
+
+    def _refuse(self) -> NoReturn:
+        self.touched = True
+        raise SessionStoreUnavailable(self.error)
+
+    def __getitem__(self, key: str) -> Any:
+        self._refuse()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._refuse()
+
+    def __delitem__(self, key: str) -> None:
+        self._refuse()
+
+    def __iter__(self) -> Iterator[str]:
+        self._refuse()
+
+    def __len__(self) -> int:
+        self._refuse()
+
+    @property
+    def id(self) -> str | None:
+        self._refuse()
+
+    @property
+    def subject(self) -> str | None:
+        self._refuse()
+
+    def regenerate(self, *, subject: str | Keep | None = KEEP) -> None:
+        self._refuse()
+
+    def __repr__(self) -> str:
+        return f"UnavailableSession({self.error})"
+
+
 class SessionInterface(FlaskSessionInterface):
     """Flask's session interface over a sessionary store; see the module docstring.
 
@@ -192,6 +272,18 @@ class SessionInterface(FlaskSessionInterface):
     one `SyncStore` for it, or a `SyncStore` of your own. `namespace` names the space of
     sessions in the store; `absolute_ttl` caps a session's life however active (None: only
     the idle expiry, `PERMANENT_SESSION_LIFETIME`, ends it).
+
+    `on_unavailable` is what a request gets while the store is down (`StoreUnavailable`):
+
+    - "fail_closed" (the default): a request that uses the session is answered 503 with
+      `Retry-After` and `{"error": "store_unavailable", ...}` (`flask.session` is an
+      `UnavailableSession`, whose first use raises `SessionStoreUnavailable`); one that
+      changed its session but could not save it is turned into that 503 as it is sent. A
+      request that does not use the session goes on.
+    - "fail_open": requests go on without a session (an empty one that is never saved, and
+      no cookie is sent); what a request could not save is lost.
+
+    Either way the outage is logged once when it starts and once when it ends.
     """
 
     def __init__(
@@ -200,11 +292,16 @@ class SessionInterface(FlaskSessionInterface):
         *,
         namespace: str = "flask",
         absolute_ttl: timedelta | None = None,
+        on_unavailable: OnUnavailable = "fail_closed",
     ) -> None:
-        self.store = store if isinstance(store, SyncStore) else shared_store(store)
+        if on_unavailable not in ("fail_closed", "fail_open"):
+            raise ValueError("on_unavailable is 'fail_closed' or 'fail_open'")
+        self.store = store if isinstance(store, SyncStore) else shared(store)
         self.namespace_name = namespace
         self.absolute_ttl = absolute_ttl
+        self.on_unavailable = on_unavailable
         self._namespace: SyncNamespace | None = None
+        self._outage = outage.Outage(f"Flask sessions ({namespace})")
 
     def namespace(self, app: Flask) -> SyncNamespace:
         """The store namespace, its idle expiry the app's `PERMANENT_SESSION_LIFETIME`
@@ -215,24 +312,46 @@ class SessionInterface(FlaskSessionInterface):
                 self.namespace_name,
                 idle_ttl=app.permanent_session_lifetime,
                 absolute_ttl=self.absolute_ttl,
+                on_unavailable=self.on_unavailable,
             )
         return found
 
-    def open_session(self, app: Flask, request: Request) -> ServerSession:
-        namespace = self.namespace(app)
+    def open_session(self, app: Flask, request: Request) -> ServerSession | UnavailableSession:
         presented = request.cookies.get(self.get_cookie_name(app)) or None
-        if presented is None:
-            return ServerSession(namespace, None, {})
-        state = namespace.run(lambda ns: RequestSession.load(ns, presented))
+        try:
+            namespace = self.namespace(app)  # a store call on the first request only
+            if presented is None:
+                return ServerSession(namespace, None, {})
+            state = namespace.run(lambda ns: RequestSession.load(ns, presented))
+        except StoreUnavailable as error:
+            if self.on_unavailable == "fail_open":
+                self._outage.failed(error, "requests go on without sessions (fail open)")
+                return ServerSession(None, None, {})
+            self._outage.failed(error, "requests that use the session are answered 503")
+            return UnavailableSession(error)
+        if state.looked_up:
+            self._outage.worked()
         data = {key: _untagged(value) for key, value in state.data.items()}
         return ServerSession(namespace, state, data)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if isinstance(session, UnavailableSession):
+            if session.touched and response.status_code != outage.STATUS:
+                _unavailable_in_place(response)  # the view caught the 503 and went on
+            return
         if not isinstance(session, ServerSession):
             raise TypeError(f"{type(self).__name__} saves only the sessions it opened")
         if session.accessed:
             response.vary.add("Cookie")
-        outcome = session._commit(self.namespace(app))
+        try:
+            outcome = session._commit()
+        except StoreUnavailable as error:
+            if self.on_unavailable == "fail_open":
+                self._outage.failed(error, "requests go on without sessions (fail open)")
+                return  # what it changed is lost; the response goes out as it is
+            self._outage.failed(error, "requests that use the session are answered 503")
+            _unavailable_in_place(response)
+            return
         session_id = session.id
         if outcome is Outcome.CLEAR:
             self._clear_cookie(app, response)
@@ -268,3 +387,14 @@ class SessionInterface(FlaskSessionInterface):
             httponly=self.get_cookie_httponly(app),
         )
         response.vary.add("Cookie")
+
+
+def _unavailable_in_place(response: Response) -> None:
+    """Turn `response` into the 503 of a store outage: Flask sends the object it handed to
+    `save_session`, and raising from there would make a 500. The view's headers go too
+    (its cookies, `Location`, caching): they described an answer that is not sent."""
+    response.headers.clear()
+    response.status_code = outage.STATUS
+    response.content_type = outage.CONTENT_TYPE
+    response.headers.update(outage.HEADERS)
+    response.set_data(outage.BODY)

@@ -15,9 +15,7 @@ from starlette.responses import Response
 from sessionary.clock import iso_utc
 from sessionary.counters import CounterReading
 from sessionary.errors import SessionaryError, StoreUnavailable
-
-#: Seconds a client is told to wait when the store is down.
-RETRY_AFTER_UNAVAILABLE = 30
+from sessionary.outage import RETRY_AFTER_UNAVAILABLE as RETRY_AFTER_UNAVAILABLE
 
 
 class JSONResponse(Response):

@@ -79,13 +79,22 @@ class CounterConformance:
 
     @pytest.mark.asyncio
     async def test_until_ties_a_counter_to_a_moment(self, store: Store, clock: ManualClock) -> None:
+        # A write gives the counter a real time to live of (until - the clock's now): Redis
+        # expires the key on its own clock. So the writes happen a minute before the moment
+        # (a test taking a minute between two calls would be broken anyway), and the last
+        # millisecond is probed with a refused charge, which writes nothing.
         quota = store.counters("q")
-        until = clock.now_ms() + 5_000
+        until = clock.now_ms() + 3_600_000
         result = await quota.charge(Charge("session:x", limit=2, until=until))
         assert result["session:x"].resets_at == until
-        clock.advance(4_999)
-        assert (await quota.charge(Charge("session:x", limit=2, until=until))).allowed
-        assert not (await quota.charge(Charge("session:x", limit=2, until=until))).allowed
+        clock.advance(3_600_000 - 60_000)
+        second = await quota.charge(Charge("session:x", limit=2, until=until))
+        assert (second.allowed, second["session:x"].used) == (True, 2)
+        assert second["session:x"].resets_at == until  # the same window, not a new one
+        clock.advance(60_000 - 1)
+        last = await quota.charge(Charge("session:x", limit=2, until=until))
+        assert not last.allowed  # the counter still holds at the moment's last millisecond
+        assert (last["session:x"].used, last["session:x"].resets_at) == (2, until)
         clock.advance(1)
         with pytest.raises(ValidationError):
             await quota.charge(Charge("session:x", limit=2, until=until))  # that moment passed

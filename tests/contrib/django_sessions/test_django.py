@@ -295,3 +295,56 @@ async def test_the_async_api(store_on_clock: SyncStore, clock: ManualClock) -> N
     await SessionStore.aclear_expired()
     stop()
     assert [event.session.id for event in expired] == [idle.session_key]
+
+
+def test_login_rotates_once_and_records_the_user_on_the_key_it_minted(
+    store_kind: str, user: User
+) -> None:
+    anonymous = _saved({"cart": ["book"]})
+    request = RequestFactory().post("/login")
+    request.session = SessionStore(anonymous)
+    login(request, user)  # cycle_key (the one new key), then the user into the dict
+    cycled = request.session.session_key
+    assert cycled != anonymous
+    request.session.save()  # the middleware's save: records the user, keeps the key
+    assert request.session.session_key == cycled
+    assert [(s.id, s.subject) for s in sessions_of(user.pk)] == [(cycled, str(user.pk))]
+    assert not SessionStore().exists(anonymous)
+    assert namespace().count() == 1
+
+
+def test_a_login_that_skips_cycle_key_still_gets_a_new_key(store_kind: str, user: User) -> None:
+    planted = _saved({"cart": ["book"]})  # an id an attacker could have planted
+    session = SessionStore(planted)
+    session["_auth_user_id"] = str(user.pk)  # a custom login, without cycle_key
+    session.save()
+    assert session.session_key != planted
+    assert not session.exists(planted)
+    assert [s.id for s in sessions_of(user.pk)] == [session.session_key]
+    assert SessionStore(session.session_key).load()["cart"] == ["book"]
+
+
+def test_another_user_on_a_held_key_gets_a_new_key(store_kind: str, user: User) -> None:
+    first = _logged_in(user)
+    held = first.session_key
+    session = SessionStore(held)
+    session["_auth_user_id"] = "someone-else"  # no flush, no cycle_key
+    session.save()
+    assert session.session_key != held
+    assert not session.exists(held)
+    assert sessions_of(user.pk) == []
+    assert [s.id for s in sessions_of("someone-else")] == [session.session_key]
+
+
+def test_a_user_changed_after_cycle_key_is_recorded_on_the_cycled_key(
+    store_kind: str, user: User
+) -> None:
+    session = SessionStore(_logged_in(user).session_key)
+    session.load()
+    session.cycle_key()  # as update_session_auth_hash does
+    cycled = session.session_key
+    session["_auth_user_id"] = "someone-else"
+    session.save()
+    assert session.session_key == cycled
+    assert [s.id for s in sessions_of("someone-else")] == [cycled]
+    assert sessions_of(user.pk) == []

@@ -22,9 +22,9 @@ from werkzeug.http import parse_date
 from werkzeug.test import TestResponse
 
 from sessionary import InvalidSessionId, ManualClock, Session, ids
-from sessionary.contrib.flask import ServerSession, SessionInterface, shared_store
+from sessionary.contrib.flask import ServerSession, SessionInterface
 from sessionary.store import Store
-from sessionary.sync import SyncNamespace, SyncStore
+from sessionary.sync import SyncNamespace, SyncStore, shared
 
 T = TypeVar("T")
 RACERS = 20
@@ -549,8 +549,8 @@ def test_one_sync_store_per_url_for_the_whole_process(tmp_path: Path) -> None:
     url, elsewhere = (f"sqlite:///{tmp_path / name}" for name in ("one.db", "two.db"))
     first, second = SessionInterface(url), SessionInterface(url, namespace="other")
     try:
-        assert first.store is second.store is shared_store(url)
+        assert first.store is second.store is shared(url)
         assert SessionInterface(elsewhere).store is not first.store
     finally:
         first.store.close()
-        shared_store(elsewhere).close()
+        shared(elsewhere).close()

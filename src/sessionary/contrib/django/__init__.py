@@ -3,6 +3,10 @@
     SESSION_ENGINE = "sessionary.contrib.django"
     SESSIONARY = {"store": "redis://localhost:6379/0", "namespace": "django"}
 
+and, in `MIDDLEWARE`, `"sessionary.contrib.django.SessionMiddleware"` in place of Django's
+`django.contrib.sessions.middleware.SessionMiddleware` (a subclass of it): a store outage
+is then answered 503 with `Retry-After`, not 500 (see `middleware`).
+
 `request.session` works as it always did (auth's login and logout, messages, `set_expiry`,
 `manage.py clearsessions`); the data lives in the store, the cookie carries only the id. The
 idle lifetime is `SESSION_COOKIE_AGE`, `SESSIONARY["absolute_ttl"]` (seconds, default 30
@@ -23,6 +27,7 @@ from sessionary.extras import require
 require("django", "django", "sessionary.contrib.django")
 
 from sessionary.contrib.django.config import close_stores  # noqa: E402
+from sessionary.contrib.django.middleware import SessionMiddleware  # noqa: E402
 from sessionary.contrib.django.session_store import SessionStore  # noqa: E402
 from sessionary.contrib.django.users import (  # noqa: E402
     arevoke_user,
@@ -32,6 +37,7 @@ from sessionary.contrib.django.users import (  # noqa: E402
 )
 
 __all__ = [
+    "SessionMiddleware",
     "SessionStore",
     "arevoke_user",
     "asessions_of",

@@ -12,8 +12,8 @@ setting; a stolen session id should not live for ever). The default store is an 
 `sessionary.db` in `BASE_DIR` (as `startproject` defines it), else in the working directory.
 
 The settings are read on every call (cheaply), so `override_settings` works; one `SyncStore`
-per store URL serves the whole process (its own loop thread and connections, re-opened in a
-forked worker).
+per store URL serves the whole process (`sessionary.sync.shared`: its own loop thread and
+connections, re-opened in a forked worker), shared with any other integration naming it.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
 from sessionary.store import DEFAULT_URL
-from sessionary.sync import SyncNamespace, SyncStore, connect_sync
+from sessionary.sync import SyncNamespace, SyncStore, shared
 
 DEFAULT_NAMESPACE = "django"
 DEFAULT_ABSOLUTE_TTL_S = 30 * 24 * 3600
 
-_STORES: dict[str, SyncStore] = {}
+#: the stores this module took from `shared` for a URL (what `close_stores` closes)
+_OPENED: set[SyncStore] = set()
 _NAMESPACES: dict[tuple[SyncStore, str, int, int | None], SyncNamespace] = {}
 _LOCK = threading.Lock()
 
@@ -47,7 +48,7 @@ def namespace() -> SyncNamespace:
     name = options.get("namespace", DEFAULT_NAMESPACE)
     idle_s = settings.SESSION_COOKIE_AGE
     absolute_s = options.get("absolute_ttl", DEFAULT_ABSOLUTE_TTL_S)
-    sync_store = store if isinstance(store, SyncStore) else _shared(store)
+    sync_store = store if isinstance(store, SyncStore) else _opened(store)
     key = (sync_store, name, idle_s, absolute_s)
     found = _NAMESPACES.get(key)
     if found is None:
@@ -66,20 +67,18 @@ def close_stores() -> None:
     """Close every store this module opened from a URL (at shutdown; tests between runs).
     The next session opens them again."""
     with _LOCK:
-        stores = list(_STORES.values())
-        _STORES.clear()
+        stores = list(_OPENED)
+        _OPENED.clear()
         _NAMESPACES.clear()
     for store in stores:
         store.close()
 
 
-def _shared(url: str) -> SyncStore:
-    found = _STORES.get(url)
-    if found is None:
+def _opened(url: str) -> SyncStore:
+    found = shared(url)
+    if found not in _OPENED:
         with _LOCK:
-            found = _STORES.get(url)
-            if found is None:
-                found = _STORES[url] = connect_sync(url)
+            _OPENED.add(found)
     return found
 
 

@@ -14,9 +14,16 @@ meanwhile staying deleted. What is Django's:
   `UpdateError` (the middleware answers 400, `SessionInterrupted`), never re-creating it;
 * `cycle_key()` (Django calls it on login) is one atomic `rotate`: the old key is dead in the
   same step;
-* the logged-in user (`_auth_user_id`) is the session's subject: a save that finds the user
-  changed gives the session a new id with the new subject, so `sessions_of`/`revoke_user`
-  and `revoke_others` find a user's sessions; logout (`flush()`) deletes the session;
+* the logged-in user (`_auth_user_id`) is the session's subject, so `sessions_of`/
+  `revoke_user` and `revoke_others` find a user's sessions; logout (`flush()`) deletes the
+  session. A save that finds the user changed gives the session a new id exactly once per
+  change of owner: if this object already minted the session's id (`cycle_key`, which
+  Django's `login` calls before it records the user, or `create`), nobody but this response
+  has seen that id, so the user is recorded on it as it is (`set_subject`: one rotation per
+  login, not two). Otherwise (a custom login that skips `cycle_key`, one user replaced by
+  another, a user removed without `flush`) the key the client already held must not carry
+  the new owner: the session is rotated with the new subject, so a planted or leaked key is
+  worthless after the change;
 * `set_expiry()` is honoured on load (see `payload`); a custom expiry longer than the
   namespace's lifetimes (idle: `SESSION_COOKIE_AGE`, absolute: `SESSIONARY["absolute_ttl"]`)
   is capped by them;
@@ -26,7 +33,8 @@ meanwhile staying deleted. What is Django's:
   or when the namespace's lifetimes end.
 
 Sync methods block on the process's `SyncStore` (its own loop thread); the `a*` methods
-await it from the caller's loop without blocking it.
+await it from the caller's loop without blocking it. A store outage raises `StoreUnavailable`
+from them; `sessionary.contrib.django.SessionMiddleware` answers it with a 503.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from django.contrib.sessions.backends.base import (  # type: ignore[import-untyp
 )
 
 from sessionary import ids
-from sessionary.contract import KEEP
+from sessionary.contract import KEEP, Keep
 from sessionary.contrib.django import payload
 from sessionary.contrib.django.config import namespace
 from sessionary.errors import InvalidSessionId, SessionNotFound
@@ -57,6 +65,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         super().__init__(session_key)
         #: the stored session of `session_key`, once loaded or written (None: nothing held)
         self._stored: RequestSession | None = None
+        #: this object minted the current key (create, cycle_key): no client has seen it yet,
+        #: so a new owner may be recorded on it without another new key
+        self._minted = False
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -158,6 +169,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         if state.session is not None and payload.past_deadline(state.data, _now(n)):
             await state.delete()
         self._hold(state)
+        self._minted = False  # a key the client presented
         return self._stored
 
     async def _held(self, n: Namespace) -> RequestSession | None:
@@ -173,6 +185,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             subject=payload.subject_of(session),
         )
         self._hold(RequestSession(n, created))
+        self._minted = True
         self.modified = True
 
     async def _save(self, n: Namespace, session: dict[str, Any]) -> None:
@@ -183,18 +196,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         stored = payload.to_stored(session, self.serializer(), _now(n))
         state.data = stored
         user = payload.subject_of(session)
-        try:
-            if user != state.subject:  # logged in (or out) since: a new id for the new user
-                await state.rotate(subject=user)
-            saved = await state.save()
-        except SessionNotFound:  # ended before this write could start
-            saved = None
-        if saved is None:  # logged out meanwhile: it stays deleted
+        if user != state.subject:  # a new owner (see the module docstring)
+            if self._minted:
+                state.set_subject(user)
+            else:
+                await self._rotate(state, user)
+        if await state.save() is None:  # logged out meanwhile: it stays deleted
             self._stored = None
             raise UpdateError("the session was deleted before this request could save it")
-        self._hold(RequestSession(n, saved))
-        if saved.data != stored:  # merged onto a concurrent write: show Django the result
-            self._session_cache = payload.to_django(saved.data)
+        if state.data != stored:  # merged onto a concurrent write: show Django the result
+            self._session_cache = payload.to_django(state.data)
 
     async def _cycle(self, n: Namespace, session: dict[str, Any]) -> None:
         state = await self._held(n)
@@ -202,13 +213,18 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             await self._create(n, session)
             return
         user = payload.subject_of(session)
+        await self._rotate(state, KEEP if user == state.subject else user)
+        self.modified = True
+
+    async def _rotate(self, state: RequestSession, subject: str | Keep | None) -> None:
+        """A new key now, the old one dead in the same step (held from now on)."""
         try:
-            await state.rotate(subject=KEEP if user == state.subject else user)
+            await state.rotate(subject=subject)
         except SessionNotFound:
             self._stored = None
             raise UpdateError("the session was deleted before its key could change") from None
         self._hold(state)
-        self.modified = True
+        self._minted = True
 
     async def _delete(self, n: Namespace, key: str) -> None:
         await n.delete(key)

@@ -1,0 +1,66 @@
+"""`SessionMiddleware`: Django's own, answering a store outage with a 503 instead of a 500.
+
+    MIDDLEWARE = [
+        "sessionary.contrib.django.SessionMiddleware",  # in place of Django's
+        ...
+    ]
+
+With Django's `django.contrib.sessions.middleware.SessionMiddleware`, a store that cannot be
+reached (`StoreUnavailable`) is an unhandled exception: a 500, a traceback in the error log
+(and on the page with `DEBUG`), for what is not a bug. This subclass answers it as
+sessionary's service does: `503`, `Retry-After`, `{"error": "store_unavailable", ...}`, and
+logs the outage once when it starts and once when it ends (`sessionary.contrib.outage`):
+
+* when the view (or a template it renders) uses `request.session` and the load fails
+  (`process_exception`);
+* when the session cannot be saved as the response goes out (`process_response`).
+
+A request that does not use the session goes on. The limit: Django hands `process_exception`
+only what the view raised, so a session used by another middleware's `process_request` or
+`process_view` while the store is down (`CSRF_USE_SESSIONS = True` is one) is still Django's
+500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.sessions.middleware import (  # type: ignore[import-untyped]
+    SessionMiddleware as DjangoSessionMiddleware,
+)
+from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
+
+from sessionary.contrib import outage
+from sessionary.errors import StoreUnavailable
+
+_OUTAGE = outage.Outage("Django sessions")
+
+
+class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
+    """Django's `SessionMiddleware`, answering `StoreUnavailable` with a 503 (see the
+    module docstring)."""
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
+        if isinstance(exception, StoreUnavailable):
+            return _unavailable(exception)
+        return None  # anything else is Django's to answer
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        try:
+            answered: HttpResponse = super().process_response(request, response)
+        except StoreUnavailable as error:
+            return _unavailable(error)
+        session = getattr(request, "session", None)
+        if session is not None and session.accessed:
+            _OUTAGE.worked()  # the session was used and nothing failed
+        return answered
+
+
+def _unavailable(error: StoreUnavailable) -> HttpResponse:
+    _OUTAGE.failed(error, "requests that use the session are answered 503")
+    return HttpResponse(
+        outage.BODY,
+        status=outage.STATUS,
+        content_type=outage.CONTENT_TYPE,
+        headers=outage.HEADERS,
+    )

@@ -1,0 +1,50 @@
+"""What every framework engine answers while the session store is down: the service's 503.
+
+A store outage is not a bug, so it is never a 500 with a traceback: the client gets `503`,
+`Retry-After` and the JSON body of sessionary's own service (`sessionary.http.errors`), so a
+client that knows one knows all::
+
+    {"error": "store_unavailable", "message": "...", "retry_after": 30}
+
+and the operator gets one warning when the outage starts and one line when it ends, however
+many requests failed in between (`sessionary.outage.OutageLog`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import orjson
+
+from sessionary.errors import StoreUnavailable
+from sessionary.outage import RETRY_AFTER_UNAVAILABLE, OutageLog
+
+STATUS = 503
+CONTENT_TYPE = "application/json"
+MESSAGE = "the session store is unavailable; try again shortly"
+BODY = orjson.dumps(
+    {"error": StoreUnavailable.code, "message": MESSAGE, "retry_after": RETRY_AFTER_UNAVAILABLE}
+)
+HEADERS = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
+
+log = logging.getLogger("sessionary.contrib")
+
+
+class Outage:
+    """One engine's `OutageLog`, safe from the many threads of a sync web server (two threads
+    failing at once must still make one warning)."""
+
+    def __init__(self, where: str) -> None:
+        self._log = OutageLog(log, where)
+        self._lock = threading.Lock()
+
+    def failed(self, error: StoreUnavailable, consequence: str) -> None:
+        with self._lock:
+            self._log.failed(error, consequence)
+
+    def worked(self) -> None:
+        """A store call succeeded: the outage, if any, may be over (cheap when there is none)."""
+        if self._log.down:
+            with self._lock:
+                self._log.recovered()
