@@ -54,23 +54,21 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sessionary.extras import require
+from sessionary.contract import KEEP, Keep
+from sessionary.contrib import outage
+from sessionary.errors import StoreUnavailable
+from sessionary.extras import needs
+from sessionary.outage import RETRY_AFTER_UNAVAILABLE
+from sessionary.session_request import Outcome, RequestSession
+from sessionary.store import Namespace, OnUnavailable
+from sessionary.sync import SyncNamespace, SyncStore, shared
 
-require("flask", "flask", "sessionary.contrib.flask")
-
-from flask.json.tag import TaggedJSONSerializer  # noqa: E402
-from flask.sessions import SessionInterface as FlaskSessionInterface  # noqa: E402
-from flask.sessions import SessionMixin  # noqa: E402
-from werkzeug.datastructures import CallbackDict  # noqa: E402
-from werkzeug.exceptions import ServiceUnavailable  # noqa: E402
-
-from sessionary.contract import KEEP, Keep  # noqa: E402
-from sessionary.contrib import outage  # noqa: E402
-from sessionary.errors import StoreUnavailable  # noqa: E402
-from sessionary.outage import RETRY_AFTER_UNAVAILABLE  # noqa: E402
-from sessionary.session_request import Outcome, RequestSession  # noqa: E402
-from sessionary.store import Namespace, OnUnavailable  # noqa: E402
-from sessionary.sync import SyncNamespace, SyncStore, shared  # noqa: E402
+with needs("flask", "sessionary.contrib.flask"):
+    from flask.json.tag import TaggedJSONSerializer
+    from flask.sessions import SessionInterface as FlaskSessionInterface
+    from flask.sessions import SessionMixin
+    from werkzeug.datastructures import CallbackDict
+    from werkzeug.exceptions import ServiceUnavailable
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment

@@ -22,19 +22,13 @@ Login records the user as the session's subject, so::
 Values go through Django's `SESSION_SERIALIZER` (JSON), as with Django's own backends.
 """
 
-from sessionary.extras import require
+from sessionary.extras import needs
 
-require("django", "django", "sessionary.contrib.django")
-
-from sessionary.contrib.django.config import close_stores  # noqa: E402
-from sessionary.contrib.django.middleware import SessionMiddleware  # noqa: E402
-from sessionary.contrib.django.session_store import SessionStore  # noqa: E402
-from sessionary.contrib.django.users import (  # noqa: E402
-    arevoke_user,
-    asessions_of,
-    revoke_user,
-    sessions_of,
-)
+with needs("django", "sessionary.contrib.django"):
+    from sessionary.contrib.django.config import close_stores
+    from sessionary.contrib.django.middleware import SessionMiddleware
+    from sessionary.contrib.django.session_store import SessionStore
+    from sessionary.contrib.django.users import arevoke_user, asessions_of, revoke_user, sessions_of
 
 __all__ = [
     "SessionMiddleware",
