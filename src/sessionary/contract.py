@@ -14,7 +14,10 @@ Rules every backend keeps (the conformance suite checks each):
 * `version` starts at 1 and grows by one on `update` and `rotate`; `touch` and `consume`
   leave it alone (counters are atomic by themselves, and a touch is not a write of data).
 * `touch`, `update` and `rotate` record activity: `last_seen_at = now` and `expires_at` is
-  recomputed from the `Lifetime`. Nothing ever moves `created_at`.
+  recomputed from the `Lifetime`: the session's own (`Record.lifetime`, stored with it and
+  changed only by `update`/`rotate` with `own_lifetime`) when it has one, else the one the
+  call passes (the namespace's policy), decided inside the same atomic step. Nothing ever
+  moves `created_at` (an absolute ttl always runs from it).
 * Counters never go below 0, and a counter charge with a limit is refused (and not applied)
   when `used + amount > limit`.
 """
@@ -33,6 +36,7 @@ __all__ = [
     "CounterState",
     "Keep",
     "Lifetime",
+    "LifetimeChange",
     "LogEntry",
     "LogItem",
     "LogLimits",
@@ -63,6 +67,9 @@ class Record:
     data: bytes  # a JSON object, encoded
     metadata: bytes  # a JSON object of str -> str, encoded
     counters: dict[str, int] = field(default_factory=dict)
+    #: the session's own lifetime ("remember me"), which every touch, update and rotate
+    #: honours instead of the namespace's; None: it lives by the namespace's policy
+    lifetime: Lifetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,10 @@ class Lifetime:
             if ttl is not None and ttl <= 0:
                 raise ValueError("a ttl is a positive number of milliseconds")
 
+    def of(self, record: Record) -> Lifetime:
+        """The lifetime `record` lives by: its own if it has one, else this (the policy)."""
+        return self if record.lifetime is None else record.lifetime
+
     def expires_at(self, created_at: int, last_seen_at: int) -> int:
         """min(last_seen_at + idle, created_at + absolute), whichever are set."""
         if self.absolute_ms is None:
@@ -90,6 +101,8 @@ class Lifetime:
 
 
 SubjectChange = str | None | Literal[Keep.KEEP]
+#: a change of a session's own lifetime: a new one, None (back to the namespace's), or KEEP
+LifetimeChange = Lifetime | None | Literal[Keep.KEEP]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +206,8 @@ class Backend(Protocol):
     """
 
     async def create(self, ns: str, record: Record) -> None:
-        """Store a new session. `SessionExists` if the id is taken (live or not yet reaped)."""
+        """Store a new session, with its own `lifetime` if it has one. `SessionExists` if the
+        id is taken (live or not yet reaped)."""
         ...
 
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
@@ -218,10 +232,12 @@ class Backend(Protocol):
         expires_at: int | None = None,
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
-        """Replace data and/or metadata (None keeps), change the subject (KEEP keeps), end the
-        session sooner (`expires_at`, never later than the lifetime allows), and append events
-        to its log, all in one atomic step.
+        """Replace data and/or metadata (None keeps), change the subject (KEEP keeps), set or
+        clear the session's own lifetime (KEEP keeps; `expires_at` is then recomputed from the
+        new one), end the session sooner (`expires_at`, never later than the lifetime allows),
+        and append events to its log, all in one atomic step.
 
         `SessionNotFound` if not live; `VersionConflict` if `expected_version` is given and
         differs from the stored version; `LogClosed` if there are events to append and the log
@@ -247,8 +263,11 @@ class Backend(Protocol):
         now: int,
         lifetime: Lifetime,
         subject: SubjectChange,
+        *,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
         """Move a live session to `new_id` (same shard) in one atomic step; the old id is gone.
+        `own_lifetime` as in `update`, in the same step.
 
         `SessionNotFound` if not live, `SessionExists` if `new_id` is taken.
         """

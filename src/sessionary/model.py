@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sessionary.clock import to_datetime
 from sessionary.codec import decode
-from sessionary.contract import Record
+from sessionary.contract import Lifetime, Record
 
 EventKind = Literal["created", "updated", "rotated", "deleted", "expired"]
 EVENT_KINDS: tuple[EventKind, ...] = ("created", "updated", "rotated", "deleted", "expired")
@@ -21,6 +21,10 @@ class Session:
 
     `data` and `metadata` are fresh copies: changing them changes nothing stored; write
     with `Namespace.update`.
+
+    `lifetime` is the one the session lives by: its own when `own_lifetime` (set by
+    `create`/`rotate`/`update` with `idle_ttl`/`absolute_ttl`, "remember me"), else its
+    namespace's policy when the snapshot was taken.
     """
 
     id: str
@@ -33,9 +37,13 @@ class Session:
     data: dict[str, Any]
     metadata: dict[str, str]
     counters: Mapping[str, int]
+    lifetime: Lifetime
+    own_lifetime: bool
 
     @classmethod
-    def from_record(cls, namespace: str, record: Record) -> Session:
+    def from_record(cls, namespace: str, record: Record, policy: Lifetime) -> Session:
+        """The snapshot of `record`, a session of the namespace `namespace` whose policy is
+        `policy`."""
         return cls(
             id=record.id,
             namespace=namespace,
@@ -47,7 +55,21 @@ class Session:
             data=decode(record.data),
             metadata=decode(record.metadata),
             counters=record.counters,
+            lifetime=policy.of(record),
+            own_lifetime=record.lifetime is not None,
         )
+
+    @property
+    def idle_ttl(self) -> timedelta | None:
+        """How long the session lives without activity (None: no idle limit)."""
+        ms = self.lifetime.idle_ms
+        return None if ms is None else timedelta(milliseconds=ms)
+
+    @property
+    def absolute_ttl(self) -> timedelta | None:
+        """How long after `created_at` it ends whatever its activity (None: no cap)."""
+        ms = self.lifetime.absolute_ms
+        return None if ms is None else timedelta(milliseconds=ms)
 
     @property
     def expires(self) -> datetime:

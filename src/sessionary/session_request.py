@@ -14,7 +14,10 @@ and they are security rules, so they live here once:
   keys both keep theirs;
 * a session deleted meanwhile (logged out elsewhere) stays deleted: it is never resurrected;
 * `rotate` (on login) gives a new id at once, killing the old one; `delete` (on logout)
-  deletes at once.
+  deletes at once;
+* `set_lifetime` ("remember me") gives the session a lifetime of its own, in the same atomic
+  step as the rotate that follows it, else at the next save; the response then reissues the
+  id (its cookie's Max-Age follows the lifetime).
 
 An integration calls `RequestSession.load` with the id the client presented, hands the
 object to the application, then calls `commit` and sends the cookie the `Outcome` asks for
@@ -28,6 +31,7 @@ import asyncio
 import enum
 import random
 from collections.abc import Iterator, MutableMapping
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -78,6 +82,8 @@ class RequestSession(MutableMapping[str, Any]):
         self._data: dict[str, Any] = session.data if session is not None else {}
         self._original = _EMPTY if session is None else _fingerprint(self._data)
         self._subject: str | Keep | None = KEEP
+        # a lifetime asked by `set_lifetime` and not stored yet: (idle_ttl, absolute_ttl)
+        self._lifetime: tuple[timedelta | None, timedelta | None] | None = None
         self._reissue = False
         self._deleted = False
         self.accessed = False
@@ -155,8 +161,24 @@ class RequestSession(MutableMapping[str, Any]):
         if self._session is None:
             self._subject = subject
             return
-        self._session = await self._namespace.rotate(self._session.id, subject=subject)
+        idle_ttl, absolute_ttl = self._lifetime or (KEEP, KEEP)
+        self._session = await self._namespace.rotate(
+            self._session.id, subject=subject, idle_ttl=idle_ttl, absolute_ttl=absolute_ttl
+        )
+        self._lifetime = None
         self._reissue = True
+
+    def set_lifetime(
+        self, *, idle_ttl: timedelta | None = None, absolute_ttl: timedelta | None = None
+    ) -> None:
+        """Give the session a lifetime of its own ("remember me"), instead of the namespace's
+        (a ttl not given is the namespace's; neither: back to the namespace's policy). Checked
+        now (`ValidationError`, e.g. past the namespace's `max_absolute_ttl`), stored with the
+        `rotate` that follows in this request (one atomic step: call it before `rotate` on
+        login), else at the next save."""
+        self.accessed = True
+        self._namespace.own_lifetime(idle_ttl, absolute_ttl)
+        self._lifetime = (idle_ttl, absolute_ttl)
 
     def set_subject(self, subject: str | None) -> None:
         """Record `subject` (or None: no one) as the session's owner at the next save, keeping
@@ -205,7 +227,7 @@ class RequestSession(MutableMapping[str, Any]):
     def changed(self) -> bool:
         """Whether `save` has anything to write: a subject to set, or data that differs
         (encoded) from what was loaded. Nothing stored yet: any data at all is a change."""
-        if self._subject is not KEEP:
+        if self._subject is not KEEP or self._lifetime is not None:
             return True
         if self._session is None:
             return bool(self._data)
@@ -241,20 +263,36 @@ class RequestSession(MutableMapping[str, Any]):
             if not self._data and self._subject in (KEEP, None):
                 return None
             subject = None if self._subject is KEEP else self._subject
-            self._saved(await namespace.create(data=self._data, subject=subject))
+            idle_ttl, absolute_ttl = self._lifetime or (None, None)
+            self._saved(
+                await namespace.create(
+                    data=self._data,
+                    subject=subject,
+                    idle_ttl=idle_ttl,
+                    absolute_ttl=absolute_ttl,
+                )
+            )
             self._reissue = True
             return self._session
         data, version = self._data, self._session.version
+        idle, absolute = self._lifetime or (KEEP, KEEP)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MERGE_BUDGET_S
         attempt = 0
         while True:
             try:
+                relives = self._lifetime is not None
                 self._saved(
                     await namespace.update(
-                        self._session.id, data=data, subject=self._subject, expected_version=version
+                        self._session.id,
+                        data=data,
+                        subject=self._subject,
+                        expected_version=version,
+                        idle_ttl=idle,
+                        absolute_ttl=absolute,
                     )
                 )
+                self._reissue = self._reissue or relives  # its cookie follows the lifetime
                 return self._session
             except SessionNotFound:  # deleted (logged out elsewhere) or expired meanwhile
                 self._deleted_meanwhile()
@@ -280,6 +318,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._data = session.data
         self._original = _fingerprint(self._data)
         self._subject = KEEP
+        self._lifetime = None
 
     def _deleted_meanwhile(self) -> None:
         """Another request deleted the session: it stays deleted (never resurrected)."""

@@ -35,6 +35,7 @@ from sessionary.contract import (
     CounterState,
     Keep,
     Lifetime,
+    LifetimeChange,
     LogItem,
     LogLimits,
     Record,
@@ -183,9 +184,14 @@ class Store:
         on_unavailable: OnUnavailable = "fail_closed",
         log_max_length: int | None = 10_000,
         log_max_age: timedelta | None = None,
+        max_absolute_ttl: timedelta | None = None,
     ) -> Namespace:
         """The namespace `name` with its policy. Asking again with the same policy returns the
         same object; asking with another policy is an error (one name, one policy).
+
+        `idle_ttl` and `absolute_ttl` are every session's lifetime unless the session asks
+        for its own (`create`/`rotate`/`update` with `idle_ttl`/`absolute_ttl`: "remember
+        me"); `max_absolute_ttl` bounds what one may ask (and `absolute_ttl` itself).
 
         `on_unavailable` tells the web layer what to do when the store cannot be reached:
         refuse the request (503, the default) or go on without a session.
@@ -197,6 +203,13 @@ class Store:
                 f"namespace name {name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}"
             )
         lifetime = Lifetime(_ttl_ms("idle_ttl", idle_ttl), _ttl_ms("absolute_ttl", absolute_ttl))
+        max_absolute_ms = _ttl_ms("max_absolute_ttl", max_absolute_ttl)
+        if (
+            max_absolute_ms is not None
+            and lifetime.absolute_ms is not None
+            and lifetime.absolute_ms > max_absolute_ms
+        ):
+            raise ValueError("absolute_ttl is above max_absolute_ttl")
         cap = self.max_payload if max_payload is None else max_payload
         if cap <= 0:
             raise ValueError("max_payload is a positive number of bytes")
@@ -206,7 +219,14 @@ class Store:
             raise ValueError("log_max_length is None or an int >= 1")
         limits = LogLimits(log_max_length, _ttl_ms("log_max_age", log_max_age))
         wanted = Namespace(
-            self, name, lifetime, ids.check_prefix(id_prefix), cap, on_unavailable, limits
+            self,
+            name,
+            lifetime,
+            ids.check_prefix(id_prefix),
+            cap,
+            on_unavailable,
+            limits,
+            max_absolute_ms,
         )
         existing = self._namespaces.get(name)
         if existing is None:
@@ -366,6 +386,7 @@ class Namespace:
         max_payload: int,
         on_unavailable: OnUnavailable = "fail_closed",
         log_limits: LogLimits = NO_LIMITS,
+        max_absolute_ms: int | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -374,6 +395,8 @@ class Namespace:
         self.max_payload = max_payload
         self.on_unavailable = on_unavailable
         self.log_limits = log_limits
+        #: the longest absolute ttl a session may ask for itself (None: no bound)
+        self.max_absolute_ms = max_absolute_ms
         self._backend = store.guarded
         self._clock = store.clock
         self._events = store._events
@@ -386,6 +409,7 @@ class Namespace:
             self.max_payload,
             self.on_unavailable,
             self.log_limits,
+            self.max_absolute_ms,
         )
 
     @property
@@ -398,8 +422,46 @@ class Namespace:
         ms = self.lifetime.absolute_ms
         return None if ms is None else timedelta(milliseconds=ms)
 
+    @property
+    def max_absolute_ttl(self) -> timedelta | None:
+        ms = self.max_absolute_ms
+        return None if ms is None else timedelta(milliseconds=ms)
+
     def __repr__(self) -> str:
         return f"Namespace({self.name!r}, lifetime={self.lifetime})"
+
+    def own_lifetime(
+        self,
+        idle_ttl: timedelta | Keep | None = KEEP,
+        absolute_ttl: timedelta | Keep | None = KEEP,
+    ) -> LifetimeChange:
+        """The session lifetime that `idle_ttl` and `absolute_ttl` ask for, validated: KEEP
+        when neither is given; None (the namespace's policy) when neither is a timedelta;
+        else a lifetime of its own, in which a ttl not given is the namespace's.
+
+        Its idle ttl may exceed the namespace's (that is the point of "remember me"), but
+        neither ttl may exceed `max_absolute_ttl`, and with one an absolute ttl is required:
+        `ValidationError` otherwise."""
+        if idle_ttl is KEEP and absolute_ttl is KEEP:
+            return KEEP
+        idle = _own_ttl_ms("idle_ttl", idle_ttl)
+        absolute = _own_ttl_ms("absolute_ttl", absolute_ttl)
+        if idle is None and absolute is None:
+            return None
+        own = Lifetime(
+            self.lifetime.idle_ms if idle is None else idle,
+            self.lifetime.absolute_ms if absolute is None else absolute,
+        )
+        bound = self.max_absolute_ms
+        if bound is not None:
+            limit = f"namespace {self.name!r} bounds a session's lifetime at {bound} ms"
+            if own.absolute_ms is None:
+                raise ValidationError(f"{limit}: ask for an absolute_ttl")
+            if own.absolute_ms > bound:
+                raise ValidationError(f"absolute_ttl is above the bound: {limit}")
+            if own.idle_ms is not None and own.idle_ms > bound:
+                raise ValidationError(f"idle_ttl is above the bound: {limit}")
+        return own
 
     # -- the operations -------------------------------------------------------------------
 
@@ -412,8 +474,14 @@ class Namespace:
         id: str | None = None,
         created_at: int | None = None,
         expires_at: int | None = None,
+        idle_ttl: timedelta | None = None,
+        absolute_ttl: timedelta | None = None,
     ) -> Session:
         """A new session with a fresh id.
+
+        With `idle_ttl` and/or `absolute_ttl` it lives by a lifetime of its own instead of
+        the namespace's (a "remember me" login; see `own_lifetime` for the rules), stored
+        with it and honoured by every later touch.
 
         For migrations and well-known records: `id` names the id (`SessionExists` if a live
         session holds it; an expired one not reaped yet is claimed first, in the reaper's own
@@ -423,13 +491,15 @@ class Namespace:
         """
         session_id = ids.new_id(self.id_prefix) if id is None else self._check_id(id)
         subject = _check_subject(subject)
+        own = self.own_lifetime(idle_ttl, absolute_ttl)
+        own = None if own is KEEP else own
         encoded_data = EMPTY_OBJECT if data is None else self._encode_data(data)
         encoded_metadata = EMPTY_OBJECT if metadata is None else self._encode_metadata(metadata)
         now = self._clock.now_ms()
         created = now if created_at is None else _check_ms("created_at", created_at)
         if created > now:
             raise ValidationError("created_at cannot be in the future")
-        deadline = self.lifetime.expires_at(created, now)
+        deadline = (own or self.lifetime).expires_at(created, now)
         if expires_at is not None:
             deadline = min(deadline, _check_ms("expires_at", expires_at))
         if deadline <= now:
@@ -444,6 +514,7 @@ class Namespace:
             data=encoded_data,
             metadata=encoded_metadata,
             counters={},
+            lifetime=own,
         )
         try:
             await self._backend.create(self.name, record)
@@ -455,7 +526,7 @@ class Namespace:
                 raise  # a live session holds it
             await self._ended(expired, "expired")
             await self._backend.create(self.name, record)
-        session = Session.from_record(self.name, record)
+        session = self._session(record)
         if self._events.wants("created"):
             await self._events.emit(SessionEvent("created", session))
         return session
@@ -464,7 +535,7 @@ class Namespace:
         """The live session, or None. A peek: it does not extend the session's life."""
         session_id = self._check_id(session_id)
         record = await self._backend.get(self.name, session_id, self._clock.now_ms())
-        return None if record is None else Session.from_record(self.name, record)
+        return None if record is None else self._session(record)
 
     async def touch(self, session_id: str) -> Session | None:
         """Record activity (slide the idle expiry, never past the absolute cap) and return the
@@ -473,7 +544,7 @@ class Namespace:
         record = await self._backend.touch(
             self.name, session_id, self._clock.now_ms(), self.lifetime
         )
-        return None if record is None else Session.from_record(self.name, record)
+        return None if record is None else self._session(record)
 
     async def update(
         self,
@@ -485,10 +556,13 @@ class Namespace:
         expected_version: int | None = None,
         expires_at: int | None = None,
         append: Sequence[Event] = (),
+        idle_ttl: timedelta | Keep | None = KEEP,
+        absolute_ttl: timedelta | Keep | None = KEEP,
     ) -> Session:
-        """Replace data and/or metadata (None keeps them), set or clear the subject, end the
-        session sooner (`expires_at`: never later than its policy allows), and append events
-        to its log, all in one atomic step.
+        """Replace data and/or metadata (None keeps them), set or clear the subject, give the
+        session a lifetime of its own (`idle_ttl`/`absolute_ttl`, see `own_lifetime`; both
+        None: back to the namespace's), end the session sooner (`expires_at`: never later
+        than its lifetime allows), and append events to its log, all in one atomic step.
 
         With `expected_version`, the write happens only if the stored version is that one,
         else `VersionConflict` and nothing changes (no event either): a status change and the
@@ -502,6 +576,7 @@ class Namespace:
             check_int("expected_version", expected_version, 1)
         if expires_at is not None:
             _check_ms("expires_at", expires_at)
+        own = self.own_lifetime(idle_ttl, absolute_ttl)
         items = self._log_items(append)
         record = await self._backend.update(
             self.name,
@@ -515,8 +590,9 @@ class Namespace:
             expires_at=expires_at,
             append=items,
             limits=self.log_limits,
+            own_lifetime=own,
         )
-        session = Session.from_record(self.name, record)
+        session = self._session(record)
         if self._events.wants("updated"):
             await self._events.emit(SessionEvent("updated", session))
         return session
@@ -690,17 +766,37 @@ class Namespace:
         )
         return ConsumeResult(allowed=allowed, used=used, limit=limit)
 
-    async def rotate(self, session_id: str, *, subject: str | Keep | None = KEEP) -> Session:
+    async def rotate(
+        self,
+        session_id: str,
+        *,
+        subject: str | Keep | None = KEEP,
+        idle_ttl: timedelta | Keep | None = KEEP,
+        absolute_ttl: timedelta | Keep | None = KEEP,
+    ) -> Session:
         """Give the session a new id (same data, counters and times; version + 1) in one
         atomic step: the old id stops working at once. Call it on login and on privilege
-        changes (optionally setting the `subject`) so a planted id is worthless."""
+        changes (optionally setting the `subject`) so a planted id is worthless.
+
+        With `idle_ttl`/`absolute_ttl` the session gets a lifetime of its own in the same
+        step (a "remember me" login; see `own_lifetime`; both None: back to the
+        namespace's); without, it keeps the one it had. An absolute ttl runs from the
+        session's creation, never from a rotation: rotating (as apps do on every privilege
+        change) must not let a session outlive its cap."""
         session_id = self._check_id(session_id)
         new_subject = subject if subject is KEEP else _check_subject(subject)
+        own = self.own_lifetime(idle_ttl, absolute_ttl)
         new_id = ids.new_id(self.id_prefix, shard=ids.shard_of(session_id))
         record = await self._backend.rotate(
-            self.name, session_id, new_id, self._clock.now_ms(), self.lifetime, new_subject
+            self.name,
+            session_id,
+            new_id,
+            self._clock.now_ms(),
+            self.lifetime,
+            new_subject,
+            own_lifetime=own,
         )
-        session = Session.from_record(self.name, record)
+        session = self._session(record)
         if self._events.wants("rotated"):
             await self._events.emit(SessionEvent("rotated", session, previous_id=session_id))
         return session
@@ -721,7 +817,7 @@ class Namespace:
         subject = _require_subject(subject)
         records = await self._backend.list_subject(self.name, subject, self._clock.now_ms())
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return [Session.from_record(self.name, r) for r in records]
+        return [self._session(r) for r in records]
 
     async def revoke_subject(self, subject: str) -> int:
         """Delete every session of `subject` (log out everywhere); returns how many live ones
@@ -747,7 +843,7 @@ class Namespace:
         if not due:
             return []
         records = await self._backend.claim(self.name, due, now)
-        sessions = [Session.from_record(self.name, r) for r in records]
+        sessions = [self._session(r) for r in records]
         if self._events.wants("expired"):
             for session in sessions:
                 await self._events.emit(SessionEvent("expired", session))
@@ -775,6 +871,9 @@ class Namespace:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _session(self, record: Record) -> Session:
+        return Session.from_record(self.name, record, self.lifetime)
+
     def _check_id(self, session_id: object) -> str:
         return ids.validate(session_id, self.id_prefix)
 
@@ -793,7 +892,17 @@ class Namespace:
     async def _ended(self, records: Sequence[Record], kind: EventKind) -> None:
         if records and self._events.wants(kind):
             for record in records:
-                await self._events.emit(SessionEvent(kind, Session.from_record(self.name, record)))
+                await self._events.emit(SessionEvent(kind, self._session(record)))
+
+
+def _own_ttl_ms(what: str, ttl: timedelta | Keep | None) -> int | None:
+    """A session's own ttl in ms; None when not given (KEEP or None)."""
+    if ttl is None or ttl is KEEP:
+        return None
+    try:
+        return _ttl_ms(what, ttl)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _check_ms(what: str, value: object) -> int:

@@ -385,6 +385,7 @@ class SyncStore:
         on_unavailable: OnUnavailable = "fail_closed",
         log_max_length: int | None = 10_000,
         log_max_age: timedelta | None = None,
+        max_absolute_ttl: timedelta | None = None,
     ) -> SyncNamespace:
         """The namespace `name` with its policy (see `Store.namespace`: same arguments, same
         errors, the same object for the same policy)."""
@@ -396,6 +397,7 @@ class SyncStore:
             "on_unavailable": on_unavailable,
             "log_max_length": log_max_length,
             "log_max_age": log_max_age,
+            "max_absolute_ttl": max_absolute_ttl,
         }
         opened = self.run(lambda store: _opened(store.namespace(name, **policy)))
         with self._lock:
@@ -527,6 +529,8 @@ class SyncNamespace(_Facade[Namespace]):
         id: str | None = None,
         created_at: int | None = None,
         expires_at: int | None = None,
+        idle_ttl: timedelta | None = None,
+        absolute_ttl: timedelta | None = None,
     ) -> Session:
         """See `Namespace.create`."""
         return self.run(
@@ -537,6 +541,8 @@ class SyncNamespace(_Facade[Namespace]):
                 id=id,
                 created_at=created_at,
                 expires_at=expires_at,
+                idle_ttl=idle_ttl,
+                absolute_ttl=absolute_ttl,
             )
         )
 
@@ -608,9 +614,20 @@ class SyncNamespace(_Facade[Namespace]):
         """See `Namespace.consume`."""
         return self.run(lambda ns: ns.consume(session_id, counter, amount, limit))
 
-    def rotate(self, session_id: str, *, subject: str | Keep | None = KEEP) -> Session:
+    def rotate(
+        self,
+        session_id: str,
+        *,
+        subject: str | Keep | None = KEEP,
+        idle_ttl: timedelta | Keep | None = KEEP,
+        absolute_ttl: timedelta | Keep | None = KEEP,
+    ) -> Session:
         """See `Namespace.rotate`."""
-        return self.run(lambda ns: ns.rotate(session_id, subject=subject))
+        return self.run(
+            lambda ns: ns.rotate(
+                session_id, subject=subject, idle_ttl=idle_ttl, absolute_ttl=absolute_ttl
+            )
+        )
 
     def delete(self, session_id: str) -> bool:
         """See `Namespace.delete`."""

@@ -26,6 +26,7 @@ from sessionary.contract import (
     CounterCharge,
     CounterState,
     Lifetime,
+    LifetimeChange,
     LogEntry,
     LogItem,
     LogLimits,
@@ -147,10 +148,19 @@ class _Space:
             self.subjects.setdefault(subject, set()).add(record.id)
 
     def activity(
-        self, record: Record, now: int, lifetime: Lifetime, cap: int | None = None
+        self,
+        record: Record,
+        now: int,
+        lifetime: Lifetime,
+        cap: int | None = None,
+        own: LifetimeChange = KEEP,
     ) -> None:
+        """Record activity: expires_at from the session's own lifetime (changed first, unless
+        `own` is KEEP) when it has one, else the namespace's `lifetime`."""
+        if own is not KEEP:
+            record.lifetime = own
         record.last_seen_at = now
-        expires_at = lifetime.expires_at(record.created_at, now)
+        expires_at = lifetime.of(record).expires_at(record.created_at, now)
         if cap is not None:
             expires_at = min(expires_at, cap)
         if expires_at != record.expires_at:
@@ -225,6 +235,7 @@ def _copy(record: Record) -> Record:
         record.data,
         record.metadata,
         dict(record.counters),
+        record.lifetime,
     )
 
 
@@ -294,6 +305,7 @@ class MemoryBackend:
         expires_at: int | None = None,
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
         space = self._space(ns)
         record = space.live(session_id, now)
@@ -309,7 +321,7 @@ class MemoryBackend:
             record.metadata = metadata
         space.set_subject(record, subject)
         record.version += 1
-        space.activity(record, now, lifetime, expires_at)
+        space.activity(record, now, lifetime, expires_at, own_lifetime)
         if append:
             space.log(session_id).add(append, now, limits)
             self._signals.notify((ns, session_id))
@@ -339,6 +351,8 @@ class MemoryBackend:
         now: int,
         lifetime: Lifetime,
         subject: SubjectChange,
+        *,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
         space = self._space(ns)
         if space.live(session_id, now) is None:
@@ -355,8 +369,10 @@ class MemoryBackend:
         if subject is not KEEP:
             record.subject = subject
         space.sessions[new_id] = record
+        if own_lifetime is not KEEP:
+            record.lifetime = own_lifetime
         record.last_seen_at = now
-        record.expires_at = lifetime.expires_at(record.created_at, now)
+        record.expires_at = lifetime.of(record).expires_at(record.created_at, now)
         space.index(record)
         return _copy(record)
 

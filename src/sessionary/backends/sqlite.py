@@ -39,6 +39,7 @@ from sessionary.contract import (
     CounterCharge,
     CounterState,
     Lifetime,
+    LifetimeChange,
     LogEntry,
     LogItem,
     LogLimits,
@@ -61,7 +62,8 @@ from sessionary.sessionize import Hit, IngestOutcome, OutboxEntry, Rules, Vacuum
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+#: 2 added a session's own lifetime (own_idle_ms, own_absolute_ms); see `_migrate`
+SCHEMA_VERSION = 2
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sessions (
         namespace    TEXT    NOT NULL,
@@ -77,6 +79,8 @@ _SCHEMA = (
         log_last     INTEGER NOT NULL DEFAULT 0,
         log_closed   INTEGER NOT NULL DEFAULT 0,
         producers    TEXT    NOT NULL DEFAULT '{}',
+        own_idle_ms     INTEGER,
+        own_absolute_ms INTEGER,
         UNIQUE (namespace, id)
     )""",
     """CREATE INDEX IF NOT EXISTS sessions_by_subject
@@ -111,24 +115,49 @@ _SCHEMA = (
     *analytics.SCHEMA,
 )
 
-_COLUMNS = "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters"
+#: the columns a schema-1 file lacks, added by `_migrate` (NULL in both: the namespace's policy)
+_OWN_LIFETIME_COLUMNS = ("own_idle_ms", "own_absolute_ms")
+_COLUMNS = (
+    "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters, "
+    "own_idle_ms, own_absolute_ms"
+)
 _FOREVER = 9223372036854775807
-# expires_at for touch/update/rotate: ?1 = now, ?2 = idle ms or NULL, ?3 = absolute ms or NULL.
-_DEADLINE = f"min(coalesce(?1 + ?2, {_FOREVER}), coalesce(created_at + ?3, {_FOREVER}))"
+_HAS_OWN = "(own_idle_ms IS NOT NULL OR own_absolute_ms IS NOT NULL)"
+
+
+def _deadline(keeps_own: str) -> str:
+    """expires_at for touch/update/rotate: ?1 = now, ?2/?3 = idle/absolute ms or NULL (the
+    namespace's policy, or the session's new own lifetime). While `keeps_own` (an SQL
+    boolean) holds, a session's stored own lifetime wins over ?2/?3."""
+    idle = f"CASE WHEN {keeps_own} AND {_HAS_OWN} THEN own_idle_ms ELSE ?2 END"
+    absolute = f"CASE WHEN {keeps_own} AND {_HAS_OWN} THEN own_absolute_ms ELSE ?3 END"
+    return f"min(coalesce(?1 + {idle}, {_FOREVER}), coalesce(created_at + {absolute}, {_FOREVER}))"
+
+
+def _own_update(flag: str, idle: str, absolute: str) -> str:
+    """The SET of a session's own lifetime in update/rotate: while `flag` holds it stays,
+    else it becomes `idle`/`absolute` (both NULL: none, the namespace's policy again)."""
+    return (
+        f"own_idle_ms = CASE WHEN {flag} THEN own_idle_ms ELSE {idle} END, "
+        f"own_absolute_ms = CASE WHEN {flag} THEN own_absolute_ms ELSE {absolute} END"
+    )
+
 
 _INSERT = (
     "INSERT INTO sessions (namespace, id, subject, created_at, last_seen_at, expires_at, "
-    "version, data, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "version, data, metadata, own_idle_ms, own_absolute_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _GET = f"SELECT {_COLUMNS} FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
 _TOUCH = (
-    f"UPDATE sessions SET last_seen_at = ?1, expires_at = {_DEADLINE} "
+    f"UPDATE sessions SET last_seen_at = ?1, expires_at = {_deadline('1')} "
     f"WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 RETURNING {_COLUMNS}"
 )
 _UPDATE = (
     "UPDATE sessions SET data = coalesce(?6, data), metadata = coalesce(?7, metadata), "
     "subject = CASE WHEN ?8 THEN ?9 ELSE subject END, version = version + 1, "
-    f"last_seen_at = ?1, expires_at = min({_DEADLINE}, coalesce(?11, {_FOREVER})) "
+    f"last_seen_at = ?1, expires_at = min({_deadline('?12')}, coalesce(?11, {_FOREVER})), "
+    f"{_own_update('?12', '?13', '?14')} "
     "WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 AND (?10 IS NULL OR version = ?10) "
     f"RETURNING {_COLUMNS}"
 )
@@ -168,7 +197,8 @@ _COUNTER = (
 )
 _ROTATE = (
     "UPDATE sessions SET id = ?6, version = version + 1, last_seen_at = ?1, "
-    f"expires_at = {_DEADLINE}, subject = CASE WHEN ?7 THEN ?8 ELSE subject END "
+    f"expires_at = {_deadline('?9')}, subject = CASE WHEN ?7 THEN ?8 ELSE subject END, "
+    f"{_own_update('?9', '?10', '?11')} "
     f"WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 RETURNING {_COLUMNS}"
 )
 _DELETE = f"DELETE FROM sessions WHERE namespace = ? AND id = ? RETURNING {_COLUMNS}"
@@ -263,11 +293,32 @@ def _record(row: tuple[Any, ...]) -> Record:
         row[6],
         row[7],
         {} if counters == "{}" else orjson.loads(counters),
+        None if row[9] is None and row[10] is None else Lifetime(row[9], row[10]),
     )
 
 
-def _ttls(lifetime: Lifetime) -> tuple[int | None, int | None]:
-    return lifetime.idle_ms, lifetime.absolute_ms
+def _ttls(lifetime: Lifetime | None) -> tuple[int | None, int | None]:
+    return (None, None) if lifetime is None else (lifetime.idle_ms, lifetime.absolute_ms)
+
+
+def _lifetime_args(
+    policy: Lifetime, own: LifetimeChange
+) -> tuple[tuple[int | None, int | None], tuple[bool, int | None, int | None]]:
+    """(?2, ?3) and (?F, ?I, ?A) of `_deadline`/`_own_update`: with KEEP the stored own
+    lifetime stays and wins over the policy; else the new own one (None: the policy) rules."""
+    if own is KEEP:
+        return _ttls(policy), (True, None, None)
+    return _ttls(own or policy), (False, *_ttls(own))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file of an older schema up to this one, inside the opening transaction: a
+    schema-1 file gains the own-lifetime columns (NULL: its sessions keep living by their
+    namespace's policy)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    for column in _OWN_LIFETIME_COLUMNS:
+        if column not in present:
+            db.execute(f"ALTER TABLE sessions ADD COLUMN {column} INTEGER")
 
 
 def _subject_args(subject: SubjectChange) -> tuple[bool, str | None]:
@@ -342,6 +393,7 @@ class _Writer(threading.Thread):
                 )
             for statement in _SCHEMA:
                 connection.execute(statement)
+            _migrate(connection)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
@@ -460,6 +512,7 @@ class SQLiteBackend:
                     record.version,
                     record.data,
                     record.metadata,
+                    *_ttls(record.lifetime),
                 ),
             ).rowcount
             if not inserted:
@@ -497,10 +550,12 @@ class SQLiteBackend:
         expires_at: int | None = None,
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
+        ttls, own = _lifetime_args(lifetime, own_lifetime)
         args = (
             now,
-            *_ttls(lifetime),
+            *ttls,
             ns,
             session_id,
             data,
@@ -508,6 +563,7 @@ class SQLiteBackend:
             *_subject_args(subject),
             expected_version,
             expires_at,
+            *own,
         )
 
         def run(db: sqlite3.Connection) -> Record:
@@ -563,8 +619,11 @@ class SQLiteBackend:
         now: int,
         lifetime: Lifetime,
         subject: SubjectChange,
+        *,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
-        args = (now, *_ttls(lifetime), ns, session_id, new_id, *_subject_args(subject))
+        ttls, own = _lifetime_args(lifetime, own_lifetime)
+        args = (now, *ttls, ns, session_id, new_id, *_subject_args(subject), *own)
 
         def run(db: sqlite3.Connection) -> Record:
             try:

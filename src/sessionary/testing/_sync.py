@@ -28,7 +28,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 
 from sessionary.clock import ManualClock
-from sessionary.contract import KEEP, Keep, Lifetime, LogLimits
+from sessionary.contract import Lifetime, LogLimits
 from sessionary.counters import Charge, ChargeResult
 from sessionary.events import Listener
 from sessionary.logs import Cursor, Event, LogEvent, LogPage, LogReset
@@ -130,6 +130,7 @@ class SyncBackedNamespace:
         self.log_limits: LogLimits = opened.log_limits
         self.on_unavailable = opened.on_unavailable
         self.policy_key = opened.policy_key
+        self.max_absolute_ms = opened.max_absolute_ms
         self.idle_ttl = blocking.idle_ttl
         self.absolute_ttl = blocking.absolute_ttl
 
@@ -150,8 +151,8 @@ class SyncBackedNamespace:
     ) -> ConsumeResult:
         return await asyncio.to_thread(self.blocking.consume, session_id, counter, amount, limit)
 
-    async def rotate(self, session_id: str, *, subject: str | Keep | None = KEEP) -> Session:
-        return await asyncio.to_thread(self.blocking.rotate, session_id, subject=subject)
+    async def rotate(self, session_id: str, **changes: Any) -> Session:
+        return await asyncio.to_thread(self.blocking.rotate, session_id, **changes)
 
     async def delete(self, session_id: str) -> bool:
         return await asyncio.to_thread(self.blocking.delete, session_id)

@@ -34,6 +34,7 @@ from sessionary.errors import (
 from sessionary.model import Session, SessionEvent
 from sessionary.store import Namespace, Store, connect
 from sessionary.testing._counters import CounterConformance
+from sessionary.testing._lifetimes import LifetimeConformance
 from sessionary.testing._logs import LogConformance
 from sessionary.testing._machine import machine_for
 from sessionary.testing._sessionize import SessionizeConformance
@@ -48,7 +49,9 @@ from sessionary.testing._values import (
 MS = timedelta(milliseconds=1)
 
 
-class StoreConformance(CounterConformance, LogConformance, SessionizeConformance):
+class StoreConformance(
+    CounterConformance, LogConformance, LifetimeConformance, SessionizeConformance
+):
     """The behaviour every backend must show. Subclass, and override `store_url` and
     `footprint` (see `sessionary.testing`)."""
 

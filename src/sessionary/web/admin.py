@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -37,9 +38,20 @@ class SessionOut(BaseModel):
     data: dict[str, Any]
     metadata: dict[str, str]
     counters: dict[str, int]
+    idle_ttl_ms: int | None = Field(description="the idle ttl it lives by (null: none)")
+    absolute_ttl_ms: int | None = Field(
+        description="the absolute ttl it lives by, from created_at (null: none)"
+    )
+    own_lifetime: bool = Field(
+        description="true: a lifetime of its own (remember me); false: the namespace's policy"
+    )
 
 
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
+
+
+def _ttl_field() -> Any:
+    return Field(None, ge=1, description="a lifetime of its own; left out: the namespace's")
 
 
 class CreateIn(BaseModel):
@@ -48,6 +60,8 @@ class CreateIn(BaseModel):
     subject: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, str] = Field(default_factory=dict)
+    idle_ttl_ms: StrictInt | None = _ttl_field()
+    absolute_ttl_ms: StrictInt | None = _ttl_field()
 
 
 class PatchIn(BaseModel):
@@ -61,9 +75,14 @@ class PatchIn(BaseModel):
 
 
 class RotateIn(BaseModel):
+    """Fields left out are kept; with either ttl the session gets a lifetime of its own (a
+    ttl left out is the namespace's), with both null it goes back to the namespace's."""
+
     model_config = _STRICT_BODY
 
     subject: str | None = None
+    idle_ttl_ms: StrictInt | None = _ttl_field()
+    absolute_ttl_ms: StrictInt | None = _ttl_field()
 
 
 class ConsumeIn(BaseModel):
@@ -95,7 +114,14 @@ def session_json(session: Session) -> dict[str, Any]:
         "data": session.data,
         "metadata": session.metadata,
         "counters": dict(session.counters),
+        "idle_ttl_ms": session.lifetime.idle_ms,
+        "absolute_ttl_ms": session.lifetime.absolute_ms,
+        "own_lifetime": session.own_lifetime,
     }
+
+
+def _ttl(ms: int | None) -> timedelta | None:
+    return None if ms is None else timedelta(milliseconds=ms)
 
 
 def _session_response(session: Session, status: int = 200) -> JSONResponse:
@@ -136,7 +162,13 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     async def create(namespace: str, body: CreateIn) -> Response:
         """Create a session."""
         space = resolve(namespace)
-        session = await space.create(subject=body.subject, data=body.data, metadata=body.metadata)
+        session = await space.create(
+            subject=body.subject,
+            data=body.data,
+            metadata=body.metadata,
+            idle_ttl=_ttl(body.idle_ttl_ms),
+            absolute_ttl=_ttl(body.absolute_ttl_ms),
+        )
         return _session_response(session, 201)
 
     @router.get(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
@@ -180,9 +212,19 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         """Give the session a new id; the old one stops working at once."""
         space = resolve(namespace)
         subject: str | Keep | None = KEEP
-        if body is not None and "subject" in body.model_fields_set:
-            subject = body.subject
-        return _session_response(await space.rotate(session_id, subject=subject))
+        idle: timedelta | Keep | None = KEEP
+        absolute: timedelta | Keep | None = KEEP
+        if body is not None:
+            given = body.model_fields_set
+            if "subject" in given:
+                subject = body.subject
+            if "idle_ttl_ms" in given:
+                idle = _ttl(body.idle_ttl_ms)
+            if "absolute_ttl_ms" in given:
+                absolute = _ttl(body.absolute_ttl_ms)
+        return _session_response(
+            await space.rotate(session_id, subject=subject, idle_ttl=idle, absolute_ttl=absolute)
+        )
 
     @router.get(f"{base}/subjects/{{subject}}/sessions")
     async def list_subject(namespace: str, subject: str) -> Response:

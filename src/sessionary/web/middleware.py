@@ -40,6 +40,7 @@ from sessionary.errors import StoreUnavailable, VersionConflict
 from sessionary.http.cookies import CookieSpec
 from sessionary.http.errors import error_response, internal_error_response, unavailable_response
 from sessionary.http.source import StoreSource
+from sessionary.model import Session
 from sessionary.outage import OutageLog
 from sessionary.session_request import Outcome, RequestSession
 from sessionary.store import Namespace, Store
@@ -244,7 +245,7 @@ class SessionMiddleware:
         session_id = handle.id
         assert session_id is not None, "the core issues only a stored session's id"
         if self.transport == "cookie":
-            return self.cookie.header(session_id)
+            return self.cookie.header(session_id, max_age=_own_max_age(handle.session))
         return self.header, session_id.encode("latin-1")
 
     def _closing_on_shutdown(self, send: Send) -> Send:
@@ -254,3 +255,15 @@ class SessionMiddleware:
             await send(message)
 
         return send_and_close
+
+
+def _own_max_age(session: Session | None) -> int | None:
+    """The cookie's Max-Age (whole seconds, rounded up) for a session with a lifetime of its
+    own ("remember me"): its absolute ttl, else its idle one; None (the cookie's usual, from
+    the namespace's absolute ttl) for a session living by its namespace's policy."""
+    if session is None or not session.own_lifetime:
+        return None
+    lifetime = session.lifetime
+    ms = lifetime.absolute_ms if lifetime.absolute_ms is not None else lifetime.idle_ms
+    assert ms is not None  # a lifetime has at least one ttl
+    return -(-ms // 1000)

@@ -68,6 +68,7 @@ from sessionary.contract import (
     CounterCharge,
     CounterState,
     Lifetime,
+    LifetimeChange,
     LogEntry,
     LogItem,
     LogLimits,
@@ -217,6 +218,7 @@ def _record(session_id: str, fields: dict[bytes, bytes]) -> Record:
         if name[:2] == b"k:":
             counters[name[2:].decode()] = int(value)
     subject = fields.get(b"s")
+    own_idle = fields.get(b"oi")
     return Record(
         session_id,
         None if subject is None else subject.decode(),
@@ -227,7 +229,12 @@ def _record(session_id: str, fields: dict[bytes, bytes]) -> Record:
         fields[b"d"],
         fields[b"m"],
         counters,
+        None if own_idle is None else Lifetime(_ms_or_none(own_idle), _ms_or_none(fields[b"oa"])),
     )
+
+
+def _ms_or_none(raw: bytes) -> int | None:
+    return int(raw) if raw else None
 
 
 def _entry(raw: Sequence[Any]) -> LogEntry:
@@ -272,6 +279,13 @@ def _ttl_args(lifetime: Lifetime) -> tuple[str, str]:
         "" if lifetime.idle_ms is None else str(lifetime.idle_ms),
         "" if lifetime.absolute_ms is None else str(lifetime.absolute_ms),
     )
+
+
+def _own_args(own: LifetimeChange) -> tuple[str, str, str]:
+    """The own-lifetime change of a script (see `set_own` in common.lua)."""
+    if own is KEEP:
+        return "keep", "", ""
+    return ("clear", "", "") if own is None else ("set", *_ttl_args(own))
 
 
 def _subject_args(subject: SubjectChange) -> tuple[str, str]:
@@ -494,6 +508,7 @@ class RedisBackend:
                 record.subject or "",
                 record.last_seen_at,
                 self.grace,
+                *_own_args(KEEP if record.lifetime is None else record.lifetime),
             ),
         )
         if not created:
@@ -532,6 +547,7 @@ class RedisBackend:
         expires_at: int | None = None,
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
         reply = await self._scripts.run(
             self.calls,
@@ -548,6 +564,7 @@ class RedisBackend:
                 "" if expected_version is None else str(expected_version),
                 "" if expires_at is None else expires_at,
                 *_limit_args(limits),
+                *_own_args(own_lifetime),
                 *_item_args(append),
             ),
         )
@@ -583,6 +600,8 @@ class RedisBackend:
         now: int,
         lifetime: Lifetime,
         subject: SubjectChange,
+        *,
+        own_lifetime: LifetimeChange = KEEP,
     ) -> Record:
         if ids.shard_of(new_id) != ids.shard_of(session_id):
             raise ValueError("rotate needs the new id in the old id's shard (ids.new_id(shard=))")
@@ -592,7 +611,15 @@ class RedisBackend:
             self.calls,
             self._scripts.rotate,
             (old_key, new_key, expiry, subjects, old_log, new_log),
-            (session_id, new_id, now, *_ttl_args(lifetime), self.grace, *_subject_args(subject)),
+            (
+                session_id,
+                new_id,
+                now,
+                *_ttl_args(lifetime),
+                self.grace,
+                *_subject_args(subject),
+                *_own_args(own_lifetime),
+            ),
         )
         if reply[0] == -1:
             raise SessionNotFound(session_id)

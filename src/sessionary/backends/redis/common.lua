@@ -2,7 +2,9 @@
 --   session hash fields: c created_at, l last_seen_at, e expires_at, v version,
 --                        d data, m metadata, s subject (absent if none), k:<name> counters,
 --                        ln last log seq, lc "1" once the log is closed,
---                        p:<producer> the last seq appended by that producer
+--                        p:<producer> the last seq appended by that producer,
+--                        oi, oa the session's own idle and absolute ttl ("remember me"), both
+--                        present or both absent ('' = not set); absent: the namespace's policy
 --   log: a stream of the session's events, ids "<seq>-0", fields t type, d data, ts, f final;
 --        it lives exactly as long as the session key
 --   expiry index: sorted set of session ids scored by expires_at
@@ -22,6 +24,23 @@ local function deadline(created, now, idle, absolute)
     if e == nil or cap < e then e = cap end
   end
   return e
+end
+
+-- the idle and absolute ttls a session lives by: its own (`state_oi`, `state_oa`: its oi and oa
+-- fields, false when absent) if it has one, else the namespace's policy (`idle`, `absolute`)
+local function ttls_of(state_oi, state_oa, idle, absolute)
+  if state_oi then return state_oi, state_oa end
+  return idle, absolute
+end
+
+-- change a session's own lifetime: mode 'keep' | 'set' (to `oi`, `oa`) | 'clear' (back to the
+-- namespace's policy)
+local function set_own(session_key, mode, oi, oa)
+  if mode == 'set' then
+    redis.call('HSET', session_key, 'oi', oi, 'oa', oa)
+  elseif mode == 'clear' then
+    redis.call('HDEL', session_key, 'oi', 'oa')
+  end
 end
 
 -- make `key` live at least `ttl` more ms; never shortens a TTL, always replaces "no TTL"

@@ -1,11 +1,13 @@
 -- KEYS: session, expiry, subjects, log
--- ARGV: id, created_at, last_seen_at, expires_at, version, data, metadata, subject ('' none), now, grace
+-- ARGV: id, created_at, last_seen_at, expires_at, version, data, metadata, subject ('' none), now,
+--       grace, own lifetime mode ('keep' none | 'set'), own idle, own absolute ('' not set)
 -- -> 1 created, 0 the id is taken
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local subject = nil
 if ARGV[8] ~= '' then subject = ARGV[8] end
 redis.call('HSET', KEYS[1], 'c', ARGV[2], 'l', ARGV[3], 'e', ARGV[4], 'v', ARGV[5],
            'd', ARGV[6], 'm', ARGV[7])
+set_own(KEYS[1], ARGV[11], ARGV[12], ARGV[13])
 if subject then
   redis.call('HSET', KEYS[1], 's', subject)
   redis.call('ZADD', KEYS[3], 0, subject .. '\0' .. ARGV[1])

@@ -1,6 +1,7 @@
 -- KEYS: old session, new session, expiry, subjects, old log, new log (one shard: the new id
 --       is minted in it)
--- ARGV: old id, new id, now, idle, absolute, grace, subject mode, subject
+-- ARGV: old id, new id, now, idle, absolute, grace, subject mode, subject,
+--       own lifetime mode ('keep' | 'set' | 'clear'), own idle, own absolute ('' not set)
 -- -> {1, fields} | {-1} old not live | {-2} new id taken
 local now = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'c', 'e', 's')
@@ -20,7 +21,10 @@ elseif ARGV[7] == 'clear' then
 end
 if subject then redis.call('ZADD', KEYS[4], 0, subject .. '\0' .. ARGV[2]) end
 redis.call('HINCRBY', KEYS[2], 'v', 1)
-local e = deadline(tonumber(state[1]), now, ARGV[4], ARGV[5])
+set_own(KEYS[2], ARGV[9], ARGV[10], ARGV[11])
+local own = redis.call('HMGET', KEYS[2], 'oi', 'oa')
+local idle, absolute = ttls_of(own[1], own[2], ARGV[4], ARGV[5])
+local e = deadline(tonumber(state[1]), now, idle, absolute)
 redis.call('HSET', KEYS[2], 'l', ARGV[3], 'e', int(e))
 place(KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[2], e, now, tonumber(ARGV[6]), subject)
 return {1, redis.call('HGETALL', KEYS[2])}

@@ -2,6 +2,7 @@
 -- ARGV: id, now, idle, absolute, grace, data ('' keeps), metadata ('' keeps),
 --       subject mode ('keep' | 'set' | 'clear'), subject, expected version ('' any),
 --       expires_at cap ('' none), log max_len ('' none), log max_age ('' none),
+--       own lifetime mode ('keep' | 'set' | 'clear'), own idle, own absolute ('' not set),
 --       then 5 values per event to append (see append_events)
 -- -> {1, fields, seq...} | {-1} not live | {-2, actual version} | {-3} log closed
 -- every refusal is decided before anything is written
@@ -9,7 +10,7 @@ local now = tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'c', 'e', 'v', 's', 'lc')
 if not state[1] or tonumber(state[2]) <= now then return {-1} end
 if ARGV[10] ~= '' and state[3] ~= ARGV[10] then return {-2, state[3]} end
-local appending = #ARGV > 13
+local appending = #ARGV > 16
 if appending and state[5] == '1' then return {-3} end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'd', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'm', ARGV[7]) end
@@ -26,13 +27,16 @@ if ARGV[8] ~= 'keep' then
   end
 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
-local e = deadline(tonumber(state[1]), now, ARGV[3], ARGV[4])
+set_own(KEYS[1], ARGV[14], ARGV[15], ARGV[16])
+local own = redis.call('HMGET', KEYS[1], 'oi', 'oa')
+local idle, absolute = ttls_of(own[1], own[2], ARGV[3], ARGV[4])
+local e = deadline(tonumber(state[1]), now, idle, absolute)
 if ARGV[11] ~= '' and tonumber(ARGV[11]) < e then e = tonumber(ARGV[11]) end
 redis.call('HSET', KEYS[1], 'l', ARGV[2], 'e', int(e))
 place(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], e, now, tonumber(ARGV[5]), subject)
 local reply = {1, false}
 if appending then
-  append_events(KEYS[1], KEYS[4], ARGV, 14, now, reply)
+  append_events(KEYS[1], KEYS[4], ARGV, 17, now, reply)
   trim_log(KEYS[4], ARGV[12], ARGV[13], now)
 end
 reply[2] = redis.call('HGETALL', KEYS[1])
