@@ -520,6 +520,10 @@ class SyncNamespace(_Facade[Namespace]):
     def on_unavailable(self) -> OnUnavailable:
         return self._opened.on_unavailable
 
+    @property
+    def max_absolute_ttl(self) -> timedelta | None:
+        return self._opened.max_absolute_ttl
+
     def create(
         self,
         *,
@@ -564,6 +568,8 @@ class SyncNamespace(_Facade[Namespace]):
         expected_version: int | None = None,
         expires_at: int | None = None,
         append: Sequence[Event] = (),
+        idle_ttl: timedelta | Keep | None = KEEP,
+        absolute_ttl: timedelta | Keep | None = KEEP,
     ) -> Session:
         """See `Namespace.update`."""
         return self.run(
@@ -575,6 +581,8 @@ class SyncNamespace(_Facade[Namespace]):
                 expected_version=expected_version,
                 expires_at=expires_at,
                 append=append,
+                idle_ttl=idle_ttl,
+                absolute_ttl=absolute_ttl,
             )
         )
 

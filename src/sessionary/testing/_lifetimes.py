@@ -129,6 +129,22 @@ class LifetimeConformance:
         assert await short.touch(back.id) is None
 
     @pytest.mark.asyncio
+    async def test_update_gives_keeps_and_drops_an_own_lifetime(
+        self, short: Namespace, clock: ManualClock
+    ) -> None:
+        session = await short.create(data={"n": 0})
+        given = await short.update(session.id, data={"n": 1}, idle_ttl=10 * SECOND)
+        assert _lifetime_of(given) == (10_000, DAY_MS, True)  # absolute: the namespace's
+        assert given.expires_at == clock.now_ms() + 10_000
+        kept = await short.update(session.id, data={"n": 2})
+        assert _lifetime_of(kept) == (10_000, DAY_MS, True)
+        clock.advance(5 * SECOND)  # past the policy's 100 ms idle: alive by its own
+        assert await short.touch(session.id) is not None
+        dropped = await short.update(session.id, idle_ttl=None, absolute_ttl=None)
+        assert _lifetime_of(dropped) == (100, DAY_MS, False)
+        assert dropped.expires_at == clock.now_ms() + 100
+
+    @pytest.mark.asyncio
     async def test_a_backend_sets_and_clears_it_in_a_versioned_update(
         self, store: Store, short: Namespace, clock: ManualClock
     ) -> None:

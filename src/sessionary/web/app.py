@@ -78,6 +78,7 @@ def declare(settings: Settings, store: Store, metrics: AnalyticsMetrics | None =
             name,
             idle_ttl=policy.idle_ttl,
             absolute_ttl=policy.absolute_ttl,
+            max_absolute_ttl=policy.max_absolute_ttl,
             id_prefix=policy.id_prefix,
             max_payload=policy.max_payload,
             on_unavailable=policy.on_unavailable,

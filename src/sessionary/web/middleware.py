@@ -58,8 +58,10 @@ SessionHandle = RequestSession
 
 class SessionMiddleware:
     """See the module docstring. `store` is a `Store`, a URL opened on first use, or None
-    with `namespace` a `Namespace`; a namespace given by name is opened with `idle_ttl` and
-    `absolute_ttl`."""
+    with `namespace` a `Namespace`; a namespace given by name is opened with `idle_ttl`,
+    `absolute_ttl` and `max_absolute_ttl` (the longest lifetime one session may ask for
+    itself: "remember me"), a `Namespace` keeps its own policy. The cookie's Max-Age is the
+    namespace's absolute ttl (a session with a lifetime of its own: that one)."""
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class SessionMiddleware:
         namespace: str | Namespace = "web",
         idle_ttl: timedelta | None = timedelta(minutes=30),
         absolute_ttl: timedelta | None = timedelta(hours=12),
+        max_absolute_ttl: timedelta | None = None,
         transport: Literal["cookie", "header"] = "cookie",
         cookie_name: str = "session",
         header_name: str = "X-Session-Id",
@@ -82,11 +85,12 @@ class SessionMiddleware:
         if isinstance(namespace, Namespace):
             self._namespace: Namespace | None = namespace
             self._source = StoreSource(namespace.store)
+            absolute_ttl = namespace.absolute_ttl  # its policy, not this call's default
         else:
             self._namespace = None
             self._source = StoreSource.of(store)
         self._name = namespace if isinstance(namespace, str) else namespace.name
-        self._ttls = (idle_ttl, absolute_ttl)
+        self._ttls = (idle_ttl, absolute_ttl, max_absolute_ttl)
         self.transport = transport
         self.header = header_name.lower().encode("latin-1")
         self.cookie = CookieSpec(
@@ -103,8 +107,10 @@ class SessionMiddleware:
     async def _ns(self) -> Namespace:
         if self._namespace is None:
             store = await self._source.get()
-            idle, absolute = self._ttls
-            self._namespace = store.namespace(self._name, idle_ttl=idle, absolute_ttl=absolute)
+            idle, absolute, bound = self._ttls
+            self._namespace = store.namespace(
+                self._name, idle_ttl=idle, absolute_ttl=absolute, max_absolute_ttl=bound
+            )
         return self._namespace
 
     def _presented(self, scope: Scope) -> str | None:

@@ -7,6 +7,7 @@
     [namespaces.web]
     idle_ttl = "30m"
     absolute_ttl = "12h"
+    max_absolute_ttl = "30d"   # the longest a "remember me" session may ask; default: no bound
 
     [playground]
     session_limit = 50
@@ -27,7 +28,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,9 +61,19 @@ class NamespaceSettings(BaseModel):
 
     idle_ttl: Duration | None = timedelta(minutes=30)
     absolute_ttl: Duration | None = timedelta(hours=12)
+    #: the longest lifetime one session may ask for itself ("remember me"); None: no bound
+    max_absolute_ttl: Duration | None = None
     id_prefix: str = ""
     on_unavailable: Literal["fail_closed", "fail_open"] = "fail_closed"
     max_payload: int = Field(DEFAULT_MAX_PAYLOAD, ge=1)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> NamespaceSettings:
+        """The bound holds for the policy too: a settings error, not a failure at start."""
+        bound, absolute = self.max_absolute_ttl, self.absolute_ttl
+        if bound is not None and absolute is not None and absolute > bound:
+            raise ValueError("absolute_ttl is above max_absolute_ttl")
+        return self
 
 
 class ApiKey(BaseModel):

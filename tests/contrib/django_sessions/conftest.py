@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 import django
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from django.test.utils import setup_test_environment, teardown_test_environment
 
+from sessionary import ManualClock
+from sessionary.sync import SyncStore, connect_sync
 from tests.peers import suite
 
 from .stores import on_store
@@ -65,6 +68,23 @@ def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """Django's sessions on each store in turn, one of the test's own."""
     with on_store(request.param):
         yield request.param
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_on_clock(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[SyncStore]:
+    """Django's sessions on each store in turn, on the test's clock."""
+    with on_store(request.param) as url:
+        store = connect_sync(url, clock=clock)
+        try:
+            with override_settings(SESSIONARY={"store": store, "namespace": "django"}):
+                yield store
+        finally:
+            store.close()
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """`sessionary.contrib.django` beyond Django's own suite: reaping with `clearsessions`, the
 atomic `cycle_key`, the user as the session's subject (log out everywhere, log out my other
-sessions), 20 racing requests, and malformed keys."""
+sessions), 20 racing requests, and malformed keys (`set_expiry`: test_django_expiry)."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -29,28 +29,9 @@ from sessionary.contrib.django import (
 from sessionary.contrib.django.config import namespace
 from sessionary.model import SessionEvent
 from sessionary.store import Store
-from sessionary.sync import SyncStore, connect_sync
-
-from .stores import on_store
+from sessionary.sync import SyncStore
 
 RACERS = 20
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_on_clock(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[SyncStore]:
-    """Django's sessions on each store in turn, on the test's clock."""
-    with on_store(request.param) as url:
-        store = connect_sync(url, clock=clock)
-        try:
-            with override_settings(SESSIONARY={"store": store, "namespace": "django"}):
-                yield store
-        finally:
-            store.close()
 
 
 def _saved(data: dict[str, Any]) -> str:
@@ -208,36 +189,6 @@ def test_a_malformed_key_is_unknown_without_a_store_call() -> None:
         well_formed_unknown = SessionStore("a" * 42 + "A")
         with pytest.raises(StoreUnavailable):  # the control: a real lookup does call it
             well_formed_unknown.load()
-
-
-def test_set_expiry_seconds_count_from_the_save_that_set_them(
-    store_on_clock: SyncStore, clock: ManualClock
-) -> None:
-    session = SessionStore()
-    session["cart"] = ["book"]
-    session.set_expiry(60)
-    session.save()
-    key = session.session_key
-
-    clock.advance(timedelta(seconds=59))
-    assert SessionStore(key).load() == {"cart": ["book"], "_session_expiry": 60}  # ours hidden
-    clock.advance(timedelta(seconds=1))
-    assert SessionStore(key).load() == {}
-    assert not SessionStore().exists(key)  # deleted when found past its deadline
-
-
-def test_set_expiry_zero_or_none_leaves_the_namespace_lifetimes(
-    store_on_clock: SyncStore, clock: ManualClock
-) -> None:
-    keys = []
-    for expiry in (0, None):
-        session = SessionStore()
-        session["cart"] = []
-        session.set_expiry(expiry)
-        session.save()
-        keys.append(session.session_key)
-    clock.advance(timedelta(seconds=settings.SESSION_COOKIE_AGE - 1))
-    assert [SessionStore(key).load().get("cart") for key in keys] == [[], []]
 
 
 def test_values_are_stored_as_djangos_serializer_writes_them(store_kind: str) -> None:

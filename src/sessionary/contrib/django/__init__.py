@@ -11,7 +11,9 @@ is then answered 503 with `Retry-After`, not 500 (see `middleware`).
 `manage.py clearsessions`); the data lives in the store, the cookie carries only the id. The
 idle lifetime is `SESSION_COOKIE_AGE`, `SESSIONARY["absolute_ttl"]` (seconds, default 30
 days, None for none) caps a session's whole life; the default store is `sessionary.db` in
-`BASE_DIR` (see `config`).
+`BASE_DIR` (see `config`). `set_expiry` gives one session a lifetime of its own in the store,
+longer or shorter than those ("remember me": `request.session.set_expiry(14 * 24 * 3600)`
+after login), up to `SESSIONARY["max_absolute_ttl"]` (see `expiry`).
 
 Login records the user as the session's subject, so::
 

@@ -4,12 +4,15 @@
         "store": "redis://localhost:6379/0",  # or a SyncStore; default: sessionary.db
         "namespace": "django",                # default
         "absolute_ttl": 30 * 24 * 3600,       # seconds, or None for no cap; default 30 days
+        "max_absolute_ttl": 90 * 24 * 3600,   # seconds; optional, default no bound
     }
 
 The idle lifetime is Django's own `SESSION_COOKIE_AGE`: a session unused for that long is
 gone. `absolute_ttl` caps a session's whole life however active it is (Django has no such
-setting; a stolen session id should not live for ever). The default store is an SQLite file
-`sessionary.db` in `BASE_DIR` (as `startproject` defines it), else in the working directory.
+setting; a stolen session id should not live for ever). A session's own `set_expiry` may
+ask for longer ("remember me", see `expiry`); `max_absolute_ttl` bounds what it may ask. The
+default store is an SQLite file `sessionary.db` in `BASE_DIR` (as `startproject` defines
+it), else in the working directory.
 
 The settings are read on every call (cheaply), so `override_settings` works; one `SyncStore`
 per store URL serves the whole process (`sessionary.sync.shared`: its own loop thread and
@@ -34,22 +37,23 @@ DEFAULT_ABSOLUTE_TTL_S = 30 * 24 * 3600
 
 #: the stores this module took from `shared` for a URL (what `close_stores` closes)
 _OPENED: set[SyncStore] = set()
-_NAMESPACES: dict[tuple[SyncStore, str, int, int | None], SyncNamespace] = {}
+_NAMESPACES: dict[tuple[SyncStore, str, int, int | None, int | None], SyncNamespace] = {}
 _LOCK = threading.Lock()
 
 
 def namespace() -> SyncNamespace:
     """The namespace the settings name, on the process's store for them."""
     options: dict[str, Any] = getattr(settings, "SESSIONARY", {})
-    unknown = set(options) - {"store", "namespace", "absolute_ttl"}
+    unknown = set(options) - {"store", "namespace", "absolute_ttl", "max_absolute_ttl"}
     if unknown:
         raise ImproperlyConfigured(f"SESSIONARY has unknown keys: {sorted(unknown)}")
     store = options.get("store") or _default_url()
     name = options.get("namespace", DEFAULT_NAMESPACE)
     idle_s = settings.SESSION_COOKIE_AGE
     absolute_s = options.get("absolute_ttl", DEFAULT_ABSOLUTE_TTL_S)
+    bound_s = options.get("max_absolute_ttl")
     sync_store = store if isinstance(store, SyncStore) else _opened(store)
-    key = (sync_store, name, idle_s, absolute_s)
+    key = (sync_store, name, idle_s, absolute_s, bound_s)
     found = _NAMESPACES.get(key)
     if found is None:
         with _LOCK:
@@ -58,7 +62,8 @@ def namespace() -> SyncNamespace:
                 found = _NAMESPACES[key] = sync_store.namespace(
                     name,
                     idle_ttl=timedelta(seconds=idle_s),
-                    absolute_ttl=None if absolute_s is None else timedelta(seconds=absolute_s),
+                    absolute_ttl=_seconds(absolute_s),
+                    max_absolute_ttl=_seconds(bound_s),
                 )
     return found
 
@@ -80,6 +85,10 @@ def _opened(url: str) -> SyncStore:
         with _LOCK:
             _OPENED.add(found)
     return found
+
+
+def _seconds(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 def _default_url() -> str:

@@ -24,13 +24,16 @@ meanwhile staying deleted. What is Django's:
   another, a user removed without `flush`) the key the client already held must not carry
   the new owner: the session is rotated with the new subject, so a planted or leaked key is
   worthless after the change;
-* `set_expiry()` is honoured on load (see `payload`); a custom expiry longer than the
-  namespace's lifetimes (idle: `SESSION_COOKIE_AGE`, absolute: `SESSIONARY["absolute_ttl"]`)
-  is capped by them;
+* `set_expiry()` becomes the session's own lifetime in the store, in the same atomic step
+  as the write that carries it (`create`, the versioned update of `save()`, the rotate of
+  `cycle_key()`; see `expiry`): `set_expiry(14 * 24 * 3600)` after login ("remember me")
+  keeps the session 14 days of inactivity although `SESSION_COOKIE_AGE` is 2 hours, a
+  shorter one ends it sooner, and an expiry already past deletes it at that save. It may be
+  longer than the namespace's lifetimes, up to `SESSIONARY["max_absolute_ttl"]` (clamped
+  to it, never an error);
 * `clear_expired()` (`manage.py clearsessions`) reaps the namespace until nothing expired is
-  left (each expired session is claimed once however many reapers run). A session past its
-  own `set_expiry` deadline but within the namespace's lifetimes is removed when next loaded,
-  or when the namespace's lifetimes end.
+  left (each expired session is claimed once however many reapers run), each session by
+  its own lifetime.
 
 Sync methods block on the process's `SyncStore` (its own loop thread); the `a*` methods
 await it from the caller's loop without blocking it. A store outage raises `StoreUnavailable`
@@ -50,6 +53,7 @@ from sessionary import ids
 from sessionary.contract import KEEP, Keep
 from sessionary.contrib.django import payload
 from sessionary.contrib.django.config import namespace
+from sessionary.contrib.django.expiry import expiry_of
 from sessionary.errors import InvalidSessionId, SessionNotFound
 from sessionary.session_request import RequestSession
 from sessionary.store import Namespace
@@ -79,7 +83,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
 
     async def _load(self, n: Namespace) -> dict[str, Any]:
         state = await self._fetch(n)
-        return {} if state is None else payload.to_django(state.data)
+        return {} if state is None else dict(state.data)
 
     def exists(self, session_key: str | None) -> bool:
         if not _well_formed(session_key):
@@ -163,11 +167,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
 
     async def _fetch(self, n: Namespace) -> RequestSession | None:
         """The stored session of `session_key`, touched, now held; None (and no key any
-        more) if there is none: unknown, expired, malformed (no store call), or past its own
-        `set_expiry` deadline (deleted now)."""
+        more) if there is none: unknown, expired (by its own lifetime, if `set_expiry` gave
+        it one) or malformed (no store call)."""
         state = await RequestSession.load(n, self.session_key)
-        if state.session is not None and payload.past_deadline(state.data, _now(n)):
-            await state.delete()
         self._hold(state)
         self._minted = False  # a key the client presented
         return self._stored
@@ -180,9 +182,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         return self._stored
 
     async def _create(self, n: Namespace, session: dict[str, Any]) -> None:
+        now = _now(n)
+        expiry = expiry_of(session, n, now, now)
+        if expiry.passed:  # dead before it was ever stored: nothing to store, no key
+            self._hold(RequestSession.fresh(n))
+            return
         created = await n.create(
-            data=payload.to_stored(session, self.serializer(), _now(n)),
+            data=payload.to_stored(session, self.serializer()),
             subject=payload.subject_of(session),
+            idle_ttl=expiry.idle_ttl,
+            absolute_ttl=expiry.absolute_ttl,
         )
         self._hold(RequestSession(n, created))
         self._minted = True
@@ -193,7 +202,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         if state is None:  # its key was dead before anything was read: a fresh session
             await self._create(n, session)
             return
-        stored = payload.to_stored(session, self.serializer(), _now(n))
+        stored = payload.to_stored(session, self.serializer())
+        if not await _lifetime_asked(n, state, session):
+            self._hold(state)  # deleted: no key any more
+            return
         state.data = stored
         user = payload.subject_of(session)
         if user != state.subject:  # a new owner (see the module docstring)
@@ -205,12 +217,15 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             self._stored = None
             raise UpdateError("the session was deleted before this request could save it")
         if state.data != stored:  # merged onto a concurrent write: show Django the result
-            self._session_cache = payload.to_django(state.data)
+            self._session_cache = dict(state.data)
 
     async def _cycle(self, n: Namespace, session: dict[str, Any]) -> None:
         state = await self._held(n)
         if state is None:  # nothing stored yet: storing it is what gives it a key
             await self._create(n, session)
+            return
+        if not await _lifetime_asked(n, state, session):
+            self._hold(state)  # deleted: the next save starts afresh
             return
         user = payload.subject_of(session)
         await self._rotate(state, KEEP if user == state.subject else user)
@@ -242,6 +257,20 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         session = state.session
         self._stored = None if session is None else state
         self._session_key = None if session is None else session.id
+
+
+async def _lifetime_asked(n: Namespace, state: RequestSession, session: dict[str, Any]) -> bool:
+    """Ask `state` for the lifetime Django's `session` dict asks (`set_expiry`; none: the
+    namespace's policy), stored by the write that follows in the same atomic step; False
+    when the expiry has passed: the session is deleted instead."""
+    stored = state.session
+    assert stored is not None, "a held session is a stored one"
+    expiry = expiry_of(session, n, stored.created_at, _now(n))
+    if expiry.passed:
+        await state.delete()
+        return False
+    state.set_lifetime(idle_ttl=expiry.idle_ttl, absolute_ttl=expiry.absolute_ttl)
+    return True
 
 
 async def _reap_all(n: Namespace) -> int:
