@@ -297,3 +297,45 @@ async def test_set_subject_records_an_owner_without_a_new_id(web: Namespace) -> 
     state.set_subject(None)
     await state.commit()
     assert await web.list_subject("user-9") == []
+
+
+async def test_list_mine_and_revoke_others_need_a_subject_and_cost_nothing_without(
+    web: Namespace, calls: list[str]
+) -> None:
+    await web.create(subject=None)
+    calls.clear()
+    for state in (RequestSession.fresh(web), await RequestSession.load(web, None)):
+        assert await state.list_mine() == []
+        assert await state.revoke_others() == 0
+    assert calls == []
+
+
+async def test_revoke_others_keeps_this_session_in_one_store_call(
+    web: Namespace, calls: list[str]
+) -> None:
+    phone, laptop, tablet = [await web.create(subject="ada", data={"n": n}) for n in range(3)]
+    stranger = await web.create(subject="bob")
+    state = await RequestSession.load(web, laptop.id)
+    assert {s.id for s in await state.list_mine()} == {tablet.id, laptop.id, phone.id}
+    calls.clear()
+    assert await state.revoke_others() == 2
+    assert calls == ["revoke_subject"]  # one atomic step, no list-then-delete loop
+    assert [s.id for s in await state.list_mine()] == [laptop.id]
+    assert await web.get(phone.id) is None
+    assert await web.get(tablet.id) is None
+    assert await web.get(stranger.id) is not None
+    state["seen"] = True
+    assert await state.commit() is Outcome.NOTHING  # this session lives on, same cookie
+    assert await state.revoke_others() == 0
+
+
+async def test_revoke_others_on_login_ends_every_stored_session_of_the_new_subject(
+    web: Namespace,
+) -> None:
+    elsewhere = await web.create(subject="ada")
+    state = RequestSession.fresh(web)
+    await state.rotate(subject="ada")  # not stored until the commit
+    assert [s.id for s in await state.list_mine()] == [elsewhere.id]
+    assert await state.revoke_others() == 1
+    assert await state.commit() is Outcome.ISSUE
+    assert [s.id for s in await state.list_mine()] == [state.id]

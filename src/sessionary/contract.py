@@ -281,8 +281,11 @@ class Backend(Protocol):
         """The live sessions of a subject, in any order."""
         ...
 
-    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
-        """Remove every stored session of a subject; returns what was removed."""
+    async def revoke_subject(self, ns: str, subject: str, keep: Sequence[str] = ()) -> list[Record]:
+        """Remove every stored session of a subject but those whose ids are in `keep`, in
+        one atomic step per shard (a kept session is never touched); returns what was
+        removed. "Log out my other devices" keeps the caller's own session this way, so no
+        window exists in which a concurrent call sees it half revoked."""
         ...
 
     async def due(self, ns: str, now: int, limit: int) -> list[str]:

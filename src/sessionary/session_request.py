@@ -196,6 +196,28 @@ class RequestSession(MutableMapping[str, Any]):
         self._forget()
         self._deleted = True
 
+    # -- the subject's other sessions ("my devices") ----------------------------------------
+
+    async def list_mine(self) -> list[Session]:
+        """The live sessions of this session's subject, newest first (this one among them once
+        stored); [] when no one is logged in, without a store call."""
+        subject = self.subject
+        if subject is None:
+            return []
+        return await self._namespace.list_subject(subject)
+
+    async def revoke_others(self) -> int:
+        """Log the subject out of every other session ("log out my other devices"): one
+        atomic `revoke_subject` that keeps this session, so a concurrent request never finds
+        it half revoked. Returns how many were deleted; 0 when no one is logged in, without
+        a store call. A subject set but not stored yet (a login this request) counts: the
+        others of that subject end, and this one is created at `commit`."""
+        subject = self.subject
+        if subject is None:
+            return 0
+        keep = [] if self._session is None else [self._session.id]
+        return await self._namespace.revoke_subject(subject, keep=keep)
+
     def _forget(self) -> None:
         self._session = None
         self._data = {}

@@ -819,11 +819,18 @@ class Namespace:
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [self._session(r) for r in records]
 
-    async def revoke_subject(self, subject: str) -> int:
+    async def revoke_subject(self, subject: str, *, keep: Sequence[str] = ()) -> int:
         """Delete every session of `subject` (log out everywhere); returns how many live ones
-        there were. Each emits `deleted` (or `expired`, for one already past its time)."""
+        there were. Each emits `deleted` (or `expired`, for one already past its time).
+
+        The sessions whose ids are in `keep` stay, untouched, in the same atomic step: "log
+        out my other devices" is `revoke_subject(user, keep=[my_session_id])`. A kept id
+        that is unknown or of another subject changes nothing."""
         subject = _require_subject(subject)
-        records = await self._backend.revoke_subject(self.name, subject)
+        if isinstance(keep, str):
+            raise ValidationError("keep is a sequence of session ids, not one str")
+        kept = [self._check_id(session_id) for session_id in keep]
+        records = await self._backend.revoke_subject(self.name, subject, kept)
         now = self._clock.now_ms()
         live = [r for r in records if r.expires_at > now]
         await self._ended(live, "deleted")

@@ -645,9 +645,9 @@ class SyncNamespace(_Facade[Namespace]):
         """See `Namespace.list_subject`."""
         return self.run(lambda ns: ns.list_subject(subject))
 
-    def revoke_subject(self, subject: str) -> int:
+    def revoke_subject(self, subject: str, *, keep: Sequence[str] = ()) -> int:
         """See `Namespace.revoke_subject`."""
-        return self.run(lambda ns: ns.revoke_subject(subject))
+        return self.run(lambda ns: ns.revoke_subject(subject, keep=keep))
 
     def reap(self, limit: int = 1000) -> list[Session]:
         """See `Namespace.reap`."""

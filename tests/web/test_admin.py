@@ -94,6 +94,20 @@ async def test_subjects_list_and_revoke(service: httpx.AsyncClient, clock: Manua
     assert (await service.get(f"{WEB}/sessions/{bob['id']}", headers=ADMIN)).status_code == 200
 
 
+async def test_revoke_subject_keeps_the_sessions_named_by_keep(
+    service: httpx.AsyncClient,
+) -> None:
+    alice = [(await create(service, subject="alice"))["id"] for _ in range(4)]
+    path = f"{WEB}/subjects/alice/sessions"
+    bad = await service.delete(path, params={"keep": [alice[0], "not-an-id"]}, headers=ADMIN)
+    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_session_id")
+    assert len((await service.get(path, headers=ADMIN)).json()["sessions"]) == 4  # untouched
+    kept = await service.delete(path, params={"keep": alice[:2]}, headers=ADMIN)
+    assert kept.json() == {"revoked": 2}
+    listed = (await service.get(path, headers=ADMIN)).json()["sessions"]
+    assert sorted(s["id"] for s in listed) == sorted(alice[:2])
+
+
 async def test_consume_answers_429_past_the_limit(service: httpx.AsyncClient) -> None:
     sid = (await create(service))["id"]
     path = f"{WEB}/sessions/{sid}/counters/searches/consume"

@@ -388,10 +388,13 @@ class MemoryBackend:
                 found.append(_copy(record))
         return found
 
-    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+    async def revoke_subject(self, ns: str, subject: str, keep: Sequence[str] = ()) -> list[Record]:
         space = self._space(ns)
         removed = []
+        kept = set(keep)
         for session_id in tuple(space.subjects.get(subject, ())):
+            if session_id in kept:
+                continue
             record = space.remove(session_id)
             if record is not None:
                 removed.append(record)

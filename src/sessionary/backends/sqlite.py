@@ -205,7 +205,10 @@ _DELETE = f"DELETE FROM sessions WHERE namespace = ? AND id = ? RETURNING {_COLU
 _LIST_SUBJECT = (
     f"SELECT {_COLUMNS} FROM sessions WHERE namespace = ? AND subject = ? AND expires_at > ?"
 )
-_REVOKE_SUBJECT = f"DELETE FROM sessions WHERE namespace = ? AND subject = ? RETURNING {_COLUMNS}"
+_REVOKE_SUBJECT = (
+    "DELETE FROM sessions WHERE namespace = ? AND subject = ? "
+    f"AND id NOT IN (SELECT value FROM json_each(?)) RETURNING {_COLUMNS}"
+)
 _DUE = (
     "SELECT id FROM sessions WHERE namespace = ? AND expires_at <= ? "
     "ORDER BY expires_at, id LIMIT ?"
@@ -649,9 +652,11 @@ class SQLiteBackend:
 
         return await self._submit(run, writes=False)
 
-    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+    async def revoke_subject(self, ns: str, subject: str, keep: Sequence[str] = ()) -> list[Record]:
+        kept = orjson.dumps(list(keep)).decode()
+
         def run(db: sqlite3.Connection) -> list[Record]:
-            return [_record(row) for row in db.execute(_REVOKE_SUBJECT, (ns, subject))]
+            return [_record(row) for row in db.execute(_REVOKE_SUBJECT, (ns, subject, kept))]
 
         return await self._submit(run, writes=True)
 

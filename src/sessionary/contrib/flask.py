@@ -50,14 +50,15 @@ forked worker), shared with any other integration naming the same URL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sessionary.contract import KEEP, Keep
 from sessionary.contrib import outage
 from sessionary.errors import StoreUnavailable
 from sessionary.extras import needs
+from sessionary.model import Session
 from sessionary.outage import RETRY_AFTER_UNAVAILABLE
 from sessionary.session_request import Outcome, RequestSession
 from sessionary.store import Namespace, OnUnavailable
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerSession", "SessionInterface", "SessionStoreUnavailable", "UnavailableSession"]
 
 _TAGGER = TaggedJSONSerializer()
+_T = TypeVar("_T")
 
 
 def _tagged(value: Any) -> Any:
@@ -153,6 +155,28 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
                 raise SessionStoreUnavailable(error) from None
         self.accessed = True
         self._regenerated = True
+
+    def list_mine(self) -> list[Session]:
+        """The live sessions of this session's subject ("my devices"), newest first; []
+        when no one is logged in."""
+        return self._subjects_sessions(lambda state: state.list_mine(), [])
+
+    def revoke_others(self) -> int:
+        """Log the subject out of every other session ("log out my other devices") in one
+        atomic step that keeps this one; how many ended (0 when no one is logged in)."""
+        return self._subjects_sessions(lambda state: state.revoke_others(), 0)
+
+    def _subjects_sessions(self, work: Callable[[RequestSession], Awaitable[_T]], nobody: _T) -> _T:
+        """`work` on the store's loop; `nobody` without a store call when no one is logged
+        in; the store down is a 503, as for `regenerate`."""
+        self.accessed = True
+        state = self._state
+        if self._namespace is None or state is None or state.subject is None:
+            return nobody
+        try:
+            return self._namespace.run(lambda _: work(state))
+        except StoreUnavailable as error:
+            raise SessionStoreUnavailable(error) from None
 
     def _state_on(self, namespace: Namespace) -> RequestSession:
         if self._state is None:

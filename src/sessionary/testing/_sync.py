@@ -160,8 +160,8 @@ class SyncBackedNamespace:
     async def list_subject(self, subject: str) -> list[Session]:
         return await asyncio.to_thread(self.blocking.list_subject, subject)
 
-    async def revoke_subject(self, subject: str) -> int:
-        return await asyncio.to_thread(self.blocking.revoke_subject, subject)
+    async def revoke_subject(self, subject: str, *, keep: Sequence[str] = ()) -> int:
+        return await asyncio.to_thread(self.blocking.revoke_subject, subject, keep=keep)
 
     async def reap(self, limit: int = 1000) -> list[Session]:
         return await asyncio.to_thread(self.blocking.reap, limit)

@@ -637,6 +637,108 @@ class StoreConformance(
         assert len(deleted) == 3
 
     @pytest.mark.asyncio
+    async def test_revoke_subject_keeps_the_kept_sessions_untouched(
+        self, store: Store, web: Namespace
+    ) -> None:
+        deleted: list[SessionEvent] = []
+        store.on("deleted", deleted.append)
+        devices = [await web.create(subject="u1", data={"n": n}) for n in range(5)]
+        mine = devices[2]
+        other = await web.create(subject="u2")
+        unknown = ids.new_id()
+        assert await web.revoke_subject("u1", keep=[mine.id, other.id, unknown]) == 4
+        assert sorted(e.session.id for e in deleted) == sorted(
+            s.id for s in devices if s is not mine
+        )
+        assert [s.id for s in await web.list_subject("u1")] == [mine.id]
+        kept = await web.get(mine.id)
+        assert kept is not None
+        assert (kept.version, kept.data, kept.expires_at) == (
+            mine.version,
+            {"n": 2},
+            mine.expires_at,
+        )
+        assert [s.id for s in await web.list_subject("u2")] == [other.id]
+        assert await web.get(unknown) is None
+        with pytest.raises(ValidationError):  # one id where a sequence of them belongs
+            await web.revoke_subject("u1", keep=mine.id)
+        assert await web.revoke_subject("u1", keep=[mine.id]) == 0
+        assert await web.revoke_subject("u1", keep=[]) == 1  # nothing kept: everyone out
+        assert await web.list_subject("u1") == []
+        assert [s.id for s in await web.list_subject("u2")] == [other.id]
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("bad", MALFORMED_IDS, ids=lambda v: repr(v)[:20])
+    async def test_revoke_subject_refuses_a_malformed_kept_id_before_deleting(
+        self, web: Namespace, bad: Any
+    ) -> None:
+        session = await web.create(subject="u1")
+        with pytest.raises(InvalidSessionId):
+            await web.revoke_subject("u1", keep=[session.id, bad])
+        assert [s.id for s in await web.list_subject("u1")] == [session.id]
+
+    @pytest.mark.asyncio
+    async def test_revoke_keeping_one_racing_creates_and_moves(
+        self, store: Store, web: Namespace
+    ) -> None:
+        """ "Log out my other devices" while the same user logs in elsewhere and sessions
+        move to another user: the kept one survives untouched, every session that was the
+        subject's all along is gone, a moved one is deleted only if the revoke came first,
+        a new one is either deleted (and reported) or live, never both or neither."""
+        deleted: list[SessionEvent] = []
+        store.on("deleted", deleted.append)
+        for round_ in range(3):
+            subject = f"racer{round_}"
+            mine = await web.create(subject=subject)
+            others = [await web.create(subject=subject) for _ in range(10)]
+            movers = [await web.create(subject=subject) for _ in range(10)]
+            deleted.clear()
+            revoked, *results = await asyncio.gather(
+                web.revoke_subject(subject, keep=[mine.id]),
+                *(web.create(subject=subject) for _ in range(10)),
+                *(web.update(m.id, subject="elsewhere") for m in movers),
+                return_exceptions=True,
+            )
+            created, moved = results[:10], results[10:]
+            gone = Counter(e.session.id for e in deleted)
+            assert revoked == len(deleted)
+            assert all(n == 1 for n in gone.values())  # each reported once
+            assert all(e.session.subject == subject for e in deleted)
+            assert mine.id not in gone
+            kept = await web.get(mine.id)
+            assert kept is not None
+            assert kept.version == mine.version
+            assert all(s.id in gone for s in others)
+            for mover, result in zip(movers, moved, strict=True):
+                assert isinstance(result, (Session, SessionNotFound))
+                assert (mover.id in gone) == isinstance(result, SessionNotFound)
+            survivors = {mine.id}
+            for new in created:
+                assert isinstance(new, Session)
+                live = await web.get(new.id) is not None
+                assert live != (new.id in gone)
+                if live:
+                    survivors.add(new.id)
+            assert {s.id for s in await web.list_subject(subject)} == survivors
+
+    @pytest.mark.asyncio
+    async def test_every_device_logging_out_the_others_at_once_ends_each_once(
+        self, store: Store, web: Namespace
+    ) -> None:
+        """Each call keeps its own session and deletes the rest: whichever runs first
+        deletes the others' sessions, so a later call keeps nothing (its own is gone) and
+        deletes the first one's. All end, each deleted and reported exactly once."""
+        deleted: list[str] = []
+        store.on("deleted", lambda event: deleted.append(event.session.id))
+        devices = [await web.create(subject="everywhere") for _ in range(10)]
+        counts = await asyncio.gather(
+            *(web.revoke_subject("everywhere", keep=[d.id]) for d in devices)
+        )
+        assert sum(counts) == 10
+        assert Counter(deleted) == Counter(d.id for d in devices)
+        assert await web.list_subject("everywhere") == []
+
+    @pytest.mark.asyncio
     async def test_list_subject_is_newest_first_and_live_only(
         self, web: Namespace, clock: ManualClock
     ) -> None:

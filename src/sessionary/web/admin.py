@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
@@ -233,9 +233,13 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         return JSONResponse({"sessions": [session_json(s) for s in sessions]})
 
     @router.delete(f"{base}/subjects/{{subject}}/sessions")
-    async def revoke_subject(namespace: str, subject: str) -> Response:
-        """Delete every session of a subject (log out everywhere)."""
-        revoked = await resolve(namespace).revoke_subject(subject)
+    async def revoke_subject(
+        namespace: str, subject: str, keep: Annotated[list[str] | None, Query()] = None
+    ) -> Response:
+        """Delete every session of a subject (log out everywhere), but those named by `keep`
+        (repeatable: `?keep=<id>&keep=<id>`; "log out my other devices"), in one atomic
+        step. A malformed kept id is a 400 and nothing is deleted."""
+        revoked = await resolve(namespace).revoke_subject(subject, keep=keep or ())
         return JSONResponse({"revoked": revoked})
 
     @router.post(

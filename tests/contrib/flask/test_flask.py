@@ -248,6 +248,37 @@ def test_login_on_a_fresh_session_creates_it_with_the_subject(
     assert (found.subject, found.data) == ("bob", {})
 
 
+def test_log_out_my_other_devices_keeps_this_one(app: flask.Flask, client: FlaskClient) -> None:
+    @app.get("/mine")
+    def mine() -> list[str]:
+        session = flask.session
+        assert isinstance(session, ServerSession)
+        return [s.id for s in session.list_mine()]
+
+    @app.post("/others")
+    def others() -> str:
+        session = flask.session
+        assert isinstance(session, ServerSession)
+        return str(session.revoke_others())
+
+    assert client.get("/mine").json == []  # no one logged in
+    assert client.post("/others").text == "0"
+    devices = [app.test_client() for _ in range(3)]
+    for device in devices:
+        device.post("/login/alice")
+    stranger = app.test_client()
+    stranger.post("/login/bob")
+    laptop = devices[1]
+    assert sorted(laptop.get("/mine").json or []) == sorted(cookie_id(d) for d in devices)
+
+    assert laptop.post("/others").text == "2"
+    assert laptop.get("/mine").json == [cookie_id(laptop)]
+    assert [s.id for s in namespace(app).list_subject("bob")] == [cookie_id(stranger)]
+    response = devices[0].get("/get/cart")  # the phone is logged out
+    assert response.text == "None"
+    assert clears_the_cookie(response)
+
+
 def test_logout_deletes_the_session_and_clears_the_cookie(
     app: flask.Flask, client: FlaskClient
 ) -> None:

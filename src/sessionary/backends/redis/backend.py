@@ -688,9 +688,16 @@ class RedisBackend:
         return [record for reply in replies for record in _pairs(reply)]
 
     @_translate_errors
-    async def revoke_subject(self, ns: str, subject: str) -> list[Record]:
+    async def revoke_subject(self, ns: str, subject: str, keep: Sequence[str] = ()) -> list[Record]:
+        """A kept id is left out of its shard's script call: the script touches only the
+        ids it is given, so a kept session is never read, changed or deleted."""
+        kept = set(keep)
         per_shard = await self._subject_ids(ns, subject)
-        by_shard = {shard: found for shard, found in enumerate(per_shard) if found}
+        by_shard = {
+            shard: wanted
+            for shard, found in enumerate(per_shard)
+            if (wanted := [sid for sid in found if sid not in kept])
+        }
         return await self._per_shard(self._scripts.revoke, ns, by_shard, subject)
 
     @_translate_errors

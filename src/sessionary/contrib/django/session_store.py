@@ -247,11 +247,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             self._stored = None
 
     async def _revoke_others(self, n: Namespace, user: str) -> int:
-        ended = 0
-        for other in await n.list_subject(user):
-            if other.id != self.session_key and await n.delete(other.id):
-                ended += 1
-        return ended
+        """One atomic `revoke_subject` keeping this session (if it has a key)."""
+        key = self.session_key
+        return await n.revoke_subject(user, keep=[key] if _well_formed(key) else [])
 
     def _hold(self, state: RequestSession) -> None:
         session = state.session
