@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 from typing import Final, Literal, Protocol
 
@@ -85,6 +86,16 @@ class Lifetime:
         for ttl in (self.idle_ms, self.absolute_ms):
             if ttl is not None and ttl <= 0:
                 raise ValueError("a ttl is a positive number of milliseconds")
+
+    @property
+    def idle_ttl(self) -> timedelta | None:
+        """The idle ttl as a duration (None: no idle limit)."""
+        return None if self.idle_ms is None else timedelta(milliseconds=self.idle_ms)
+
+    @property
+    def absolute_ttl(self) -> timedelta | None:
+        """The absolute ttl as a duration (None: no cap)."""
+        return None if self.absolute_ms is None else timedelta(milliseconds=self.absolute_ms)
 
     def of(self, record: Record) -> Lifetime:
         """The lifetime `record` lives by: its own if it has one, else this (the policy)."""

@@ -62,14 +62,12 @@ class Session:
     @property
     def idle_ttl(self) -> timedelta | None:
         """How long the session lives without activity (None: no idle limit)."""
-        ms = self.lifetime.idle_ms
-        return None if ms is None else timedelta(milliseconds=ms)
+        return self.lifetime.idle_ttl
 
     @property
     def absolute_ttl(self) -> timedelta | None:
         """How long after `created_at` it ends whatever its activity (None: no cap)."""
-        ms = self.lifetime.absolute_ms
-        return None if ms is None else timedelta(milliseconds=ms)
+        return self.lifetime.absolute_ttl
 
     @property
     def expires(self) -> datetime:

@@ -414,13 +414,11 @@ class Namespace:
 
     @property
     def idle_ttl(self) -> timedelta | None:
-        ms = self.lifetime.idle_ms
-        return None if ms is None else timedelta(milliseconds=ms)
+        return self.lifetime.idle_ttl
 
     @property
     def absolute_ttl(self) -> timedelta | None:
-        ms = self.lifetime.absolute_ms
-        return None if ms is None else timedelta(milliseconds=ms)
+        return self.lifetime.absolute_ttl
 
     @property
     def max_absolute_ttl(self) -> timedelta | None:
