@@ -12,11 +12,10 @@ import pytest
 import pytest_asyncio
 
 from sessionary import ManualClock, Namespace, connect, ids
-from sessionary.backends import open_backend
 from sessionary.backends.sqlite import SCHEMA_VERSION
 from sessionary.errors import ValidationError
 from sessionary.session_request import Outcome, RequestSession
-from tests.web.test_middleware import CountingBackend
+from tests.counting import CountingBackend, counted_store
 
 IDLE = timedelta(minutes=30)
 MONTH = timedelta(days=30)
@@ -26,10 +25,8 @@ MONTH = timedelta(days=30)
 async def counted(
     store_url: str, clock: ManualClock
 ) -> AsyncIterator[tuple[Namespace, CountingBackend]]:
-    backend = CountingBackend(await open_backend(store_url))
-    store = await connect(backend, clock=clock)
-    yield store.namespace("web", idle_ttl=IDLE, max_absolute_ttl=timedelta(days=90)), backend
-    await store.close()
+    async with counted_store(store_url, clock) as (store, backend):
+        yield store.namespace("web", idle_ttl=IDLE, max_absolute_ttl=timedelta(days=90)), backend
 
 
 async def test_update_gives_and_takes_back_a_lifetime(

@@ -11,10 +11,9 @@ from datetime import timedelta
 import pytest
 import pytest_asyncio
 
-from sessionary import ManualClock, Namespace, connect, ids
-from sessionary.backends import open_backend
+from sessionary import ManualClock, Namespace, ids
 from sessionary.session_request import Outcome, RequestSession
-from tests.web.test_middleware import CountingBackend
+from tests.counting import CountingBackend, counted_store
 
 IDLE = timedelta(minutes=30)
 WRITERS = 20
@@ -25,10 +24,8 @@ async def counted(
     store_url: str, clock: ManualClock
 ) -> AsyncIterator[tuple[Namespace, CountingBackend]]:
     """A namespace on a real backend whose calls are written down."""
-    backend = CountingBackend(await open_backend(store_url))
-    store = await connect(backend, clock=clock)
-    yield store.namespace("web", idle_ttl=IDLE), backend
-    await store.close()
+    async with counted_store(store_url, clock) as (store, backend):
+        yield store.namespace("web", idle_ttl=IDLE), backend
 
 
 @pytest_asyncio.fixture

@@ -9,6 +9,7 @@ from sessionary import clock, errors
 from sessionary.clock import Clock, ManualClock, SystemClock
 from sessionary.contract import KEEP, Backend, Lifetime, Record
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
+from sessionary.devices import Device, DevicePolicy
 from sessionary.errors import (
     InvalidSessionId,
     PayloadTooDeep,
@@ -35,6 +36,8 @@ __all__ = [
     "ConsumeResult",
     "CounterReading",
     "Counters",
+    "Device",
+    "DevicePolicy",
     "InvalidSessionId",
     "Lifetime",
     "ManualClock",

@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from sessionary.contract import KEEP, Keep
+from sessionary.devices import Sighting
 from sessionary.errors import InvalidSessionId, SessionNotFound, VersionConflict
 from sessionary.model import Session
 from sessionary.store import Namespace
@@ -75,9 +76,17 @@ class RequestSession(MutableMapping[str, Any]):
     """
 
     def __init__(
-        self, namespace: Namespace, session: Session | None = None, *, stale: bool = False
+        self,
+        namespace: Namespace,
+        session: Session | None = None,
+        *,
+        stale: bool = False,
+        device: Sighting | None = None,
     ) -> None:
         self._namespace = namespace
+        #: the client as the operator's `DevicePolicy` records it, on a session this request
+        #: creates (`sessionary.devices`); None: nothing is recorded
+        self.device = device
         self._session = session
         self._data: dict[str, Any] = session.data if session is not None else {}
         self._original = _EMPTY if session is None else _fingerprint(self._data)
@@ -95,23 +104,27 @@ class RequestSession(MutableMapping[str, Any]):
         self.deleted_meanwhile = False
 
     @classmethod
-    def fresh(cls, namespace: Namespace) -> RequestSession:
-        """A request that presented no id: no store call."""
-        return cls(namespace)
+    def fresh(cls, namespace: Namespace, *, device: Sighting | None = None) -> RequestSession:
+        """A request that presented no id: no store call. `device`: what to record of the
+        client if the request creates a session."""
+        return cls(namespace, device=device)
 
     @classmethod
-    async def load(cls, namespace: Namespace, presented: str | None) -> RequestSession:
+    async def load(
+        cls, namespace: Namespace, presented: str | None, *, device: Sighting | None = None
+    ) -> RequestSession:
         """The session of the id the client presented, touched (one round trip, sliding its
         idle expiry). No id, or a malformed one: no store call. An unknown, expired or
         malformed id gives a fresh session marked `stale`. `StoreUnavailable` propagates:
-        the integration decides between failing closed and open."""
+        the integration decides between failing closed and open. `device`: what to record
+        of the client if the request creates a session."""
         if presented is None:
-            return cls(namespace)
+            return cls(namespace, device=device)
         try:
             session = await namespace.touch(presented)
-        except InvalidSessionId:
-            return cls(namespace, stale=True)  # forged or mangled: never reaches the store
-        loaded = cls(namespace, session, stale=session is None)
+        except InvalidSessionId:  # forged or mangled: never reaches the store
+            return cls(namespace, stale=True, device=device)
+        loaded = cls(namespace, session, stale=session is None, device=device)
         loaded.looked_up = True
         return loaded
 
@@ -277,21 +290,24 @@ class RequestSession(MutableMapping[str, Any]):
 
     async def save(self) -> Session | None:
         """Write the data back. Nothing stored yet: create it, with a fresh id (never the one
-        presented). Else a versioned update; when another request wrote meanwhile, merge key
-        by key onto its data and retry (`VersionConflict` after `MERGE_BUDGET_S`).
-        Deleted meanwhile: it stays deleted, `deleted_meanwhile` is set, None is returned."""
+        presented) and the client's `device` recorded in its metadata. Else a versioned
+        update; when another request wrote meanwhile, merge key by key onto its data and
+        retry (`VersionConflict` after `MERGE_BUDGET_S`). Deleted meanwhile: it stays
+        deleted, `deleted_meanwhile` is set, None is returned."""
         namespace = self._namespace
         if self._session is None:
             if not self._data and self._subject in (KEEP, None):
                 return None
             subject = None if self._subject is KEEP else self._subject
             idle_ttl, absolute_ttl = self._lifetime or (None, None)
+            device = self.device
             self._saved(
                 await namespace.create(
                     data=self._data,
                     subject=subject,
                     idle_ttl=idle_ttl,
                     absolute_ttl=absolute_ttl,
+                    metadata=None if device is None else await device.metadata(namespace.store),
                 )
             )
             self._reissue = True

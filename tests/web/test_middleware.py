@@ -19,30 +19,11 @@ from starlette.websockets import WebSocketDisconnect
 
 from sessionary import ManualClock, Store, connect, ids
 from sessionary.backends import open_backend
-from sessionary.contract import Backend
 from sessionary.http.metrics import Metrics
 from sessionary.web import CurrentSession, SessionMiddleware
+from tests.counting import CountingBackend
 from tests.servers import RedisServer
 from tests.web.conftest import client_for
-
-
-class CountingBackend:
-    """Passes every call through to a real backend and writes down its name."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if name in ("close", "ping") or not callable(attribute):
-            return attribute
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            return await attribute(*args, **kwargs)
-
-        return counted
 
 
 def build_app(**options: Any) -> FastAPI:

@@ -37,6 +37,11 @@ hopeless guess no more hopeless, and it would cost something: rotating `SECRET_K
 everybody out. (Flask's own cookie sessions need the signature because there the cookie *is*
 the data.)
 
+Devices: `SessionInterface(..., devices=DevicePolicy(user_agent=True, ip="truncated"))` makes
+a session record the user agent and client IP of the request that created it
+(`sessionary.devices`); off by default, a privacy choice. The IP is `request.remote_addr`:
+behind a proxy, wrap the app in werkzeug's `ProxyFix` so that it is the client's.
+
 A store outage (`StoreUnavailable`) is not a 500: a request that uses the session is
 answered 503 with `Retry-After` and `{"error": "store_unavailable", ...}` (the service's
 JSON), one that does not use it goes on, and the outage is logged once; or, with
@@ -56,6 +61,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sessionary.contract import KEEP, Keep
 from sessionary.contrib import outage
+from sessionary.devices import DevicePolicy, Sighting
 from sessionary.errors import StoreUnavailable
 from sessionary.extras import needs
 from sessionary.model import Session
@@ -110,7 +116,11 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     accessed = False
 
     def __init__(
-        self, namespace: SyncNamespace | None, state: RequestSession | None, data: dict[str, Any]
+        self,
+        namespace: SyncNamespace | None,
+        state: RequestSession | None,
+        data: dict[str, Any],
+        device: Sighting | None = None,
     ) -> None:
         def on_update(session: ServerSession) -> None:
             session.modified = True
@@ -122,6 +132,8 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         #: the framework-free session; None while nothing was presented (created on the
         #: store's loop when something needs it, so a request without one costs no hand-off)
         self._state = state
+        #: what to record of the client if this request creates the session
+        self._device = device
         self._regenerated = False
         self.new = state is None or state.session is None
 
@@ -180,7 +192,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
 
     def _state_on(self, namespace: Namespace) -> RequestSession:
         if self._state is None:
-            self._state = RequestSession.fresh(namespace)
+            self._state = RequestSession.fresh(namespace, device=self._device)
         return self._state
 
     def _commit(self) -> Outcome:
@@ -306,6 +318,9 @@ class SessionInterface(FlaskSessionInterface):
       no cookie is sent); what a request could not save is lost.
 
     Either way the outage is logged once when it starts and once when it ends.
+
+    `devices` says what a created session records of its client (nothing by default; see
+    the module docstring).
     """
 
     def __init__(
@@ -315,6 +330,7 @@ class SessionInterface(FlaskSessionInterface):
         namespace: str = "flask",
         absolute_ttl: timedelta | None = None,
         on_unavailable: OnUnavailable = "fail_closed",
+        devices: DevicePolicy | None = None,
     ) -> None:
         if on_unavailable not in ("fail_closed", "fail_open"):
             raise ValueError("on_unavailable is 'fail_closed' or 'fail_open'")
@@ -322,6 +338,7 @@ class SessionInterface(FlaskSessionInterface):
         self.namespace_name = namespace
         self.absolute_ttl = absolute_ttl
         self.on_unavailable = on_unavailable
+        self.devices = devices if devices is not None and devices.records else None
         self._namespace: SyncNamespace | None = None
         self._outage = outage.Outage(f"Flask sessions ({namespace})")
 
@@ -340,11 +357,14 @@ class SessionInterface(FlaskSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> ServerSession | UnavailableSession:
         presented = request.cookies.get(self.get_cookie_name(app)) or None
+        device = None
+        if self.devices is not None:
+            device = self.devices.seen(request.user_agent.string, request.remote_addr)
         try:
             namespace = self.namespace(app)  # a store call on the first request only
             if presented is None:
-                return ServerSession(namespace, None, {})
-            state = namespace.run(lambda ns: RequestSession.load(ns, presented))
+                return ServerSession(namespace, None, {}, device)
+            state = namespace.run(lambda ns: RequestSession.load(ns, presented, device=device))
         except StoreUnavailable as error:
             if self.on_unavailable == "fail_open":
                 self._outage.failed(error, "requests go on without sessions (fail open)")
@@ -354,7 +374,7 @@ class SessionInterface(FlaskSessionInterface):
         if state.looked_up:
             self._outage.worked()
         data = {key: _untagged(value) for key, value in state.data.items()}
-        return ServerSession(namespace, state, data)
+        return ServerSession(namespace, state, data, device)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if isinstance(session, UnavailableSession):

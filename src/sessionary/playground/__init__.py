@@ -30,8 +30,9 @@ with needs("server", "sessionary.playground"):
 from sessionary.clock import iso_utc, to_ms
 from sessionary.codec import INT64_MAX
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
+from sessionary.devices import ip_hash
 from sessionary.errors import InvalidSessionId, StoreUnavailable, VersionConflict
-from sessionary.http.clientip import ClientIP, ip_hash
+from sessionary.http.clientip import ClientIP
 from sessionary.http.cookies import CookieSpec
 from sessionary.http.errors import (
     JSONResponse,

@@ -19,12 +19,24 @@ from starlette.responses import Response
 
 from sessionary.contract import KEEP, Keep
 from sessionary.counters import MAX_COUNT
+from sessionary.devices import Device
 from sessionary.errors import SessionNotFound
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import guarded
 from sessionary.model import Session
 from sessionary.store import Namespace
 from sessionary.web.auth import ApiKeys
+
+
+class DeviceOut(BaseModel):
+    """What the session recorded of the device that created it (`sessionary.devices`)."""
+
+    user_agent: str | None = Field(description="cut to the policy's length; null: not recorded")
+    ip: str | None = Field(
+        description="full, truncated (a /24 or /48 network) or a keyed hash; null: not recorded"
+    )
+    created_at: int
+    last_seen_at: int
 
 
 class SessionOut(BaseModel):
@@ -45,6 +57,13 @@ class SessionOut(BaseModel):
     own_lifetime: bool = Field(
         description="true: a lifetime of its own (remember me); false: the namespace's policy"
     )
+    device: DeviceOut | None = Field(
+        description="its device, when a device policy recorded one at its creation"
+    )
+
+
+class SubjectSessionsOut(BaseModel):
+    sessions: list[SessionOut] = Field(description="newest first")
 
 
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
@@ -117,6 +136,18 @@ def session_json(session: Session) -> dict[str, Any]:
         "idle_ttl_ms": session.lifetime.idle_ms,
         "absolute_ttl_ms": session.lifetime.absolute_ms,
         "own_lifetime": session.own_lifetime,
+        "device": _device_json(Device.of(session)),
+    }
+
+
+def _device_json(device: Device) -> dict[str, Any] | None:
+    if not device.recorded:
+        return None
+    return {
+        "user_agent": device.user_agent,
+        "ip": device.ip,
+        "created_at": device.created_at,
+        "last_seen_at": device.last_seen_at,
     }
 
 
@@ -226,9 +257,10 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
             await space.rotate(session_id, subject=subject, idle_ttl=idle, absolute_ttl=absolute)
         )
 
-    @router.get(f"{base}/subjects/{{subject}}/sessions")
+    @router.get(f"{base}/subjects/{{subject}}/sessions", response_model=SubjectSessionsOut)
     async def list_subject(namespace: str, subject: str) -> Response:
-        """The live sessions of a subject, newest first."""
+        """The live sessions of a subject, newest first, each with its `device` when one was
+        recorded ("where am I logged in")."""
         sessions = await resolve(namespace).list_subject(subject)
         return JSONResponse({"sessions": [session_json(s) for s in sessions]})
 

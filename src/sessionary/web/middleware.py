@@ -20,6 +20,11 @@ login, `await session.delete()` on logout. When the store is down the namespace'
 decides: fail closed (503 JSON, the default) or fail open (no session, logged once per outage
 and counted).
 
+Devices: with `devices=DevicePolicy(user_agent=True, ip="truncated")` a session records the
+user agent and client IP of the request that created it (`sessionary.devices`); off by
+default, a privacy choice. The client IP is the socket's peer (the ASGI `client`); behind a
+proxy, pass `client_ip=ClientIP(trusted_proxies=[...])` to read `X-Forwarded-For` from it.
+
 These rules are `sessionary.session_request`'s, shared with every other framework's
 integration; this module only adapts them to ASGI: where the id comes from (cookie or header),
 where the session goes (`request.state.session`, `request.session`), which header answers the
@@ -36,7 +41,9 @@ from typing import TYPE_CHECKING, Literal
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sessionary.devices import DevicePolicy, Sighting
 from sessionary.errors import StoreUnavailable, VersionConflict
+from sessionary.http.clientip import ClientIP
 from sessionary.http.cookies import CookieSpec
 from sessionary.http.errors import error_response, internal_error_response, unavailable_response
 from sessionary.http.source import StoreSource
@@ -61,7 +68,9 @@ class SessionMiddleware:
     with `namespace` a `Namespace`; a namespace given by name is opened with `idle_ttl`,
     `absolute_ttl` and `max_absolute_ttl` (the longest lifetime one session may ask for
     itself: "remember me"), a `Namespace` keeps its own policy. The cookie's Max-Age is the
-    namespace's absolute ttl (a session with a lifetime of its own: that one)."""
+    namespace's absolute ttl (a session with a lifetime of its own: that one). `devices`
+    says what a created session records of its client (nothing by default); `client_ip`
+    resolves the client's address (default: the socket's peer, no proxy trusted)."""
 
     def __init__(
         self,
@@ -80,8 +89,12 @@ class SessionMiddleware:
         path: str = "/",
         domain: str | None = None,
         metrics: Metrics | None = None,
+        devices: DevicePolicy | None = None,
+        client_ip: ClientIP | None = None,
     ) -> None:
         self.app = app
+        self.devices = devices if devices is not None and devices.records else None
+        self.client_ip = client_ip or ClientIP()
         if isinstance(namespace, Namespace):
             self._namespace: Namespace | None = namespace
             self._source = StoreSource(namespace.store)
@@ -121,6 +134,17 @@ class SessionMiddleware:
                 return str(value.decode("latin-1")).strip() or None
         return None
 
+    def _device(self, scope: Scope) -> Sighting | None:
+        """The client of this request, as the device policy records it (None: off)."""
+        if self.devices is None:
+            return None
+        user_agent = None
+        for name, value in scope.get("headers", ()):
+            if name == b"user-agent":
+                user_agent = value.decode("latin-1")
+                break
+        return self.devices.seen(user_agent, self.client_ip.of(scope))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
@@ -131,13 +155,13 @@ class SessionMiddleware:
         presented = self._presented(scope)
         namespace = self._namespace
         if presented is None and namespace is not None:  # the common case: nothing to load
-            handle = RequestSession.fresh(namespace)
+            handle = RequestSession.fresh(namespace, device=self._device(scope))
             self._expose(scope, handle)
             await self._serve(scope, receive, send, handle)
             return
         try:
             namespace = await self._ns()
-            handle = await RequestSession.load(namespace, presented)
+            handle = await RequestSession.load(namespace, presented, device=self._device(scope))
         except StoreUnavailable as exc:
             if self._fails_closed():
                 self._count_outage()

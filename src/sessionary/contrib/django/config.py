@@ -5,6 +5,7 @@
         "namespace": "django",                # default
         "absolute_ttl": 30 * 24 * 3600,       # seconds, or None for no cap; default 30 days
         "max_absolute_ttl": 90 * 24 * 3600,   # seconds; optional, default no bound
+        "devices": {"user_agent": True, "ip": "truncated"},  # optional, default off
     }
 
 The idle lifetime is Django's own `SESSION_COOKIE_AGE`: a session unused for that long is
@@ -13,6 +14,12 @@ setting; a stolen session id should not live for ever). A session's own `set_exp
 ask for longer ("remember me", see `expiry`); `max_absolute_ttl` bounds what it may ask. The
 default store is an SQLite file `sessionary.db` in `BASE_DIR` (as `startproject` defines
 it), else in the working directory.
+
+`devices` makes a session record the user agent and client IP of the request that created
+it (the `sessionary.devices.DevicePolicy` arguments, or a `DevicePolicy`; off by default, a
+privacy choice). It needs `sessionary.contrib.django.SessionMiddleware`, which hands the
+request's client to the session; the IP is `REMOTE_ADDR`, so behind a proxy have the server
+or a middleware set it to the client's.
 
 The settings are read on every call (cheaply), so `override_settings` works; one `SyncStore`
 per store URL serves the whole process (`sessionary.sync.shared`: its own loop thread and
@@ -29,6 +36,7 @@ from typing import Any
 from django.conf import settings  # type: ignore[import-untyped]
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
+from sessionary.devices import DevicePolicy
 from sessionary.store import DEFAULT_URL
 from sessionary.sync import SyncNamespace, SyncStore, shared
 
@@ -44,7 +52,13 @@ _LOCK = threading.Lock()
 def namespace() -> SyncNamespace:
     """The namespace the settings name, on the process's store for them."""
     options: dict[str, Any] = getattr(settings, "SESSIONARY", {})
-    unknown = set(options) - {"store", "namespace", "absolute_ttl", "max_absolute_ttl"}
+    unknown = set(options) - {
+        "store",
+        "namespace",
+        "absolute_ttl",
+        "max_absolute_ttl",
+        "devices",
+    }
     if unknown:
         raise ImproperlyConfigured(f"SESSIONARY has unknown keys: {sorted(unknown)}")
     store = options.get("store") or _default_url()
@@ -66,6 +80,21 @@ def namespace() -> SyncNamespace:
                     max_absolute_ttl=_seconds(bound_s),
                 )
     return found
+
+
+def devices() -> DevicePolicy | None:
+    """What sessions record of their device, from `SESSIONARY["devices"]`; None: nothing
+    (the default)."""
+    options: dict[str, Any] = getattr(settings, "SESSIONARY", {})
+    given = options.get("devices")
+    if given is None or isinstance(given, DevicePolicy):
+        policy = given
+    else:
+        try:
+            policy = DevicePolicy(**given)
+        except (TypeError, ValueError) as error:
+            raise ImproperlyConfigured(f"SESSIONARY['devices']: {error}") from None
+    return policy if policy is not None and policy.records else None
 
 
 def close_stores() -> None:

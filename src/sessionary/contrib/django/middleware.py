@@ -15,6 +15,9 @@ logs the outage once when it starts and once when it ends (`sessionary.contrib.o
   (`process_exception`);
 * when the session cannot be saved as the response goes out (`process_response`).
 
+It also hands the request's client (user agent, `REMOTE_ADDR`) to the session, which
+records it when it is created if `SESSIONARY["devices"]` asks for it (`config`).
+
 A request that does not use the session goes on. The limit: Django hands `process_exception`
 only what the view raised, so a session used by another middleware's `process_request` or
 `process_view` while the store is down (`CSRF_USE_SESSIONS = True` is one) is still Django's
@@ -31,6 +34,8 @@ from django.contrib.sessions.middleware import (  # type: ignore[import-untyped]
 from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
 
 from sessionary.contrib import outage
+from sessionary.contrib.django.config import devices
+from sessionary.contrib.django.session_store import SessionStore
 from sessionary.errors import StoreUnavailable
 
 _OUTAGE = outage.Outage("Django sessions")
@@ -38,7 +43,14 @@ _OUTAGE = outage.Outage("Django sessions")
 
 class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
     """Django's `SessionMiddleware`, answering `StoreUnavailable` with a 503 (see the
-    module docstring)."""
+    module docstring), and handing the request's client to the session."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        policy = devices()
+        if policy is not None and isinstance(request.session, SessionStore):
+            user_agent = request.headers.get("User-Agent")
+            request.session.device = policy.seen(user_agent, request.META.get("REMOTE_ADDR"))
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
         if isinstance(exception, StoreUnavailable):

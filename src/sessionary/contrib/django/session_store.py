@@ -31,6 +31,9 @@ meanwhile staying deleted. What is Django's:
   shorter one ends it sooner, and an expiry already past deletes it at that save. It may be
   longer than the namespace's lifetimes, up to `SESSIONARY["max_absolute_ttl"]` (clamped
   to it, never an error);
+* with `SESSIONARY["devices"]` the session records the client that created it (its
+  `device`, handed over by `sessionary.contrib.django.SessionMiddleware`) in its metadata,
+  at `create`;
 * `clear_expired()` (`manage.py clearsessions`) reaps the namespace until nothing expired is
   left (each expired session is claimed once however many reapers run), each session by
   its own lifetime.
@@ -54,6 +57,7 @@ from sessionary.contract import KEEP, Keep
 from sessionary.contrib.django import payload
 from sessionary.contrib.django.config import namespace
 from sessionary.contrib.django.expiry import expiry_of
+from sessionary.devices import Sighting
 from sessionary.errors import InvalidSessionId, SessionNotFound
 from sessionary.session_request import RequestSession
 from sessionary.store import Namespace
@@ -72,6 +76,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         #: this object minted the current key (create, cycle_key): no client has seen it yet,
         #: so a new owner may be recorded on it without another new key
         self._minted = False
+        #: the request's client, as `SESSIONARY["devices"]` records it on a session this
+        #: object creates (set by the middleware; None: nothing is recorded)
+        self.device: Sighting | None = None
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -192,6 +199,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             subject=payload.subject_of(session),
             idle_ttl=expiry.idle_ttl,
             absolute_ttl=expiry.absolute_ttl,
+            metadata=None if self.device is None else await self.device.metadata(n.store),
         )
         self._hold(RequestSession(n, created))
         self._minted = True
