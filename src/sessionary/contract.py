@@ -32,7 +32,9 @@ from typing import Final, Literal, Protocol
 
 __all__ = [
     "KEEP",
+    "MAX_RATE_PRODUCT",
     "Backend",
+    "CounterAlgorithm",
     "CounterCharge",
     "CounterState",
     "Keep",
@@ -184,28 +186,50 @@ def within_bytes(entries: Iterable[LogEntry], max_bytes: int) -> list[LogEntry]:
     return chosen
 
 
+#: How a counter counts (see docs/quotas.md): "fixed" windows, a "sliding" window counter,
+#: or "gcra" (generic cell rate: a token bucket refilling `limit` per window, evenly).
+CounterAlgorithm = Literal["fixed", "sliding", "gcra"]
+
+#: The most `limit * window_ms` may be for a sliding or gcra counter: every product their
+#: arithmetic forms stays below 2^53, where Redis scripts (doubles) still compute exactly.
+MAX_RATE_PRODUCT: Final = 2**52
+
+
 @dataclass(frozen=True, slots=True)
 class CounterCharge:
     """One counter of a group to charge: `amount` against `limit` (None: unlimited).
 
     A counter that does not exist yet, or whose window ended (`resets_at <= now`), starts
     afresh at 0 with `resets_at = now + window_ms`. A negative amount refunds (floored at 0,
-    and a no-op on a counter that is not running); 0 reads.
+    and a no-op on a counter that is not running); 0 reads. A sliding or gcra charge always
+    has a limit, with `limit * window_ms <= MAX_RATE_PRODUCT`.
     """
 
     key: str
     amount: int
     limit: int | None
     window_ms: int
+    algorithm: CounterAlgorithm = "fixed"
 
 
 @dataclass(frozen=True, slots=True)
 class CounterState:
-    """A counter's value and the moment its window ends (when it starts again from 0)."""
+    """A counter as stored. It is running while `now < resets_at`; a backend may drop it after.
+
+    * fixed: `value` counted in the window that ends at `resets_at`.
+    * sliding: `value` counted in the current window, `previous` in the one before it;
+      windows are `window_ms` long and aligned at its multiples since the epoch, and the
+      current one ends at `resets_at - window_ms` (the counter is running while the current
+      window's count still weighs).
+    * gcra: the theoretical arrival time is `resets_at - value / limit` ms, `value` in
+      [0, limit): the counter is full again (used 0) at `resets_at`.
+    """
 
     key: str
     value: int
     resets_at: int
+    algorithm: CounterAlgorithm = "fixed"
+    previous: int = 0
 
 
 class Backend(Protocol):
@@ -370,27 +394,35 @@ class Backend(Protocol):
 
 
 def plan_charges(
-    charges: Sequence[CounterCharge], stored: Sequence[tuple[int, int] | None], now: int
+    charges: Sequence[CounterCharge], stored: Sequence[CounterState | None], now: int
 ) -> tuple[bool, list[CounterState], list[CounterState]]:
     """The decision of `Backend.charge_counters`, for backends that can run Python inside
-    their atomic step. `stored` holds (value, resets_at) or None per charge, as stored.
+    their atomic step. `stored` holds each charge's counter as stored, or None.
 
-    Returns (allowed, states to report, states to write).
+    Returns (allowed, states to report, states to write). A running counter stored under
+    another algorithm than its charge names refuses the whole charge and is reported as
+    stored (the store above turns that into a `ValidationError`).
     """
     current: list[CounterState] = []
     running: list[bool] = []
+    mismatch = False
     for charge, found in zip(charges, stored, strict=True):
-        live = found is not None and found[1] > now
+        live = found is not None and found.resets_at > now
+        if found is not None and live and found.algorithm != charge.algorithm:
+            mismatch = True
+            current.append(found)
+            running.append(True)
+            continue
+        state = counter_at(charge, found if live else None, now)
+        current.append(state)
         running.append(live)
-        if found is not None and live:
-            current.append(CounterState(charge.key, found[0], found[1]))
-        else:
-            current.append(CounterState(charge.key, 0, now + charge.window_ms))
+    if mismatch:
+        return False, current, []
     for charge, state in zip(charges, current, strict=True):
         if (
             charge.amount > 0
             and charge.limit is not None
-            and state.value + charge.amount > charge.limit
+            and counter_used(charge, state, now) + charge.amount > charge.limit
         ):
             return False, current, []
     after: list[CounterState] = []
@@ -399,10 +431,72 @@ def plan_charges(
         if charge.amount == 0 or (charge.amount < 0 and not live):
             after.append(state)
             continue
-        changed = CounterState(state.key, max(0, state.value + charge.amount), state.resets_at)
+        changed = _charged(charge, state, now)
         after.append(changed)
         writes.append(changed)
     return True, after, writes
+
+
+def counter_at(charge: CounterCharge, running: CounterState | None, now: int) -> CounterState:
+    """The counter `charge` names as it stands at `now`, given the running one stored under
+    the same algorithm (or None): fresh, or a sliding one rolled to the current window."""
+    window = charge.window_ms
+    if charge.algorithm == "fixed":
+        return running or CounterState(charge.key, 0, now + window)
+    if charge.algorithm == "gcra":
+        return running or CounterState(charge.key, 0, now, "gcra")
+    ends = now - now % window + window  # the current window's end
+    value = previous = 0
+    if running is not None and running.resets_at - window == ends:
+        value, previous = running.value, running.previous
+    elif running is not None and running.resets_at == ends:  # the window just rolled
+        previous = running.value
+    return CounterState(charge.key, value, ends + window, "sliding", previous)
+
+
+def counter_used(charge: CounterCharge, state: CounterState, now: int) -> int:
+    """How much of its limit the counter `state` (as `counter_at` gives it) uses at `now`:
+    a charge of n is allowed exactly when `used + n <= limit`."""
+    if charge.algorithm == "fixed":
+        return state.value
+    limit, window = _limit(charge), charge.window_ms
+    if charge.algorithm == "sliding":
+        weight = min(state.previous, limit) * (state.resets_at - window - now)
+        return state.value + -(-weight // window)
+    return -(-gcra_level(charge, state, now) // window)
+
+
+def gcra_level(charge: CounterCharge, state: CounterState, now: int) -> int:
+    """How far the theoretical arrival time lies past `now`, in 1/limit ms, at most
+    `limit * window_ms` (a window since shortened counts as full)."""
+    limit, window = _limit(charge), charge.window_ms
+    ahead = state.resets_at - now
+    if ahead <= 0:
+        return 0
+    if ahead > window:
+        return limit * window
+    return max(0, ahead * limit - state.value)
+
+
+def _limit(charge: CounterCharge) -> int:
+    if charge.limit is None:
+        raise ValueError(f"a {charge.algorithm} counter has a limit")
+    return charge.limit
+
+
+def _charged(charge: CounterCharge, state: CounterState, now: int) -> CounterState:
+    """`state` after an allowed charge of `charge.amount` (negative: a refund)."""
+    if charge.algorithm != "gcra":
+        value = max(0, state.value + charge.amount)
+        return CounterState(state.key, value, state.resets_at, state.algorithm, state.previous)
+    limit, window = _limit(charge), charge.window_ms
+    level = gcra_level(charge, state, now)
+    if charge.amount > 0:
+        level += charge.amount * window
+    else:
+        level = max(0, level - min(-charge.amount, limit) * window)
+    ahead = -(-level // limit) if limit else 0  # whole ms to the arrival time, rounded up
+    return CounterState(state.key, ahead * limit - level, now + ahead, "gcra")
 
 
 @dataclass(slots=True)

@@ -20,13 +20,20 @@ On Redis all counters of a group share one hash tag, so a charge is one script o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from sessionary.clock import to_ms
 from sessionary.codec import MAX_SAFE_INT, check_int
-from sessionary.contract import CounterCharge, CounterState
+from sessionary.contract import (
+    MAX_RATE_PRODUCT,
+    CounterAlgorithm,
+    CounterCharge,
+    CounterState,
+    counter_used,
+    gcra_level,
+)
 from sessionary.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -48,6 +55,13 @@ class Charge:
     Its window is `window` from its first charge, or ends at `until` (ms since the epoch);
     give exactly one; either way it ends by `codec.MAX_SAFE_INT` ms (the year 287,396), where
     every backend still computes with it exactly. A negative amount refunds, 0 reads.
+
+    `algorithm` (docs/quotas.md): "fixed" windows; "sliding", the sliding window counter
+    (the previous window's count weighs by how much of it the sliding window still covers);
+    "gcra", `limit` per `window` refilled evenly, a burst of up to `limit`. Sliding and gcra
+    counters take a `window` (no `until`) and a `limit`, with limit * window in ms at most
+    2^52. A counter keeps its algorithm while it runs: charging it under another one is a
+    `ValidationError`.
     """
 
     key: str
@@ -55,6 +69,7 @@ class Charge:
     limit: int | None = None
     window: timedelta | None = None
     until: int | None = None
+    algorithm: CounterAlgorithm = "fixed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +77,11 @@ class CounterReading:
     key: str
     used: int
     limit: int | None
-    resets_at: int  # ms since the epoch, UTC: when the counter starts again from 0
+    resets_at: int  # ms since the epoch, UTC: when it is back to 0 if nothing more is charged
+    #: ms since the epoch: the first moment a charge of 1 is allowed if nothing else is
+    #: charged meanwhile (the charge's own moment when one is allowed now); None: never
+    #: (a limit of 0)
+    retry_at: int | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -104,16 +123,21 @@ class Counters:
         if len({p.key for p in planned}) != len(planned):
             raise ValidationError("each counter appears once in a charge")
         allowed, states = await self._backend.charge_counters(self.group, planned, now)
+        for plan, state in zip(planned, states, strict=True):
+            if state.algorithm != plan.algorithm:
+                raise ValidationError(
+                    f"counter {plan.key!r} runs as {state.algorithm}, not {plan.algorithm}"
+                )
         readings = tuple(
-            CounterReading(state.key, state.value, charge.limit, state.resets_at)
-            for charge, state in zip(charges, states, strict=True)
+            _reading(plan, state, now, charge.limit)
+            for charge, plan, state in zip(charges, planned, states, strict=True)
         )
         refused = None
         if not allowed:
             refused = next(
                 reading
                 for charge, reading in zip(charges, readings, strict=True)
-                if charge.amount > 0 and reading.used + charge.amount > _limit_of(charge.limit)
+                if charge.amount > 0 and reading.used + charge.amount > _limit_of(reading.limit)
             )
         return ChargeResult(allowed, readings, refused)
 
@@ -153,7 +177,41 @@ def _limit_of(limit: int | None) -> int:
 
 
 def _with_amount(charge: Charge, amount: int) -> Charge:
-    return Charge(charge.key, amount, charge.limit, charge.window, charge.until)
+    return replace(charge, amount=amount)
+
+
+def _reading(
+    charge: CounterCharge, state: CounterState, now: int, limit: int | None
+) -> CounterReading:
+    """What a counter reads at `now` (`state` as the backend reports it at `now`)."""
+    used = counter_used(charge, state, now)
+    window = charge.window_ms
+    resets_at = state.resets_at
+    if charge.algorithm == "sliding":
+        ends = state.resets_at - window  # the current window's end
+        resets_at = state.resets_at if state.value else ends if state.previous else now
+    elif charge.algorithm == "gcra":
+        resets_at = max(now, state.resets_at)
+    return CounterReading(state.key, used, limit, resets_at, _retry_at(charge, state, now, used))
+
+
+def _retry_at(charge: CounterCharge, state: CounterState, now: int, used: int) -> int | None:
+    """The first moment from `now` at which `used + 1 <= limit` (see `CounterReading`)."""
+    limit, window = _limit_of(charge.limit), charge.window_ms
+    if used + 1 <= limit:
+        return now
+    if limit == 0:
+        return None
+    if charge.algorithm == "fixed":
+        return state.resets_at
+    if charge.algorithm == "gcra":  # the level drains `limit` per ms down to (limit - 1) windows
+        return now + -(-(gcra_level(charge, state, now) - (limit - 1) * window) // limit)
+    ends = state.resets_at - window
+    if state.value + 1 > limit:  # wait for the next window, where this one's count weighs
+        weight = min(state.value, limit)
+        return max(ends, ends + window - (limit - 1) * window // weight)
+    weight = min(state.previous, limit)  # wait until the previous window weighs little enough
+    return ends - (limit - 1 - state.value) * window // weight
 
 
 def _check_key(key: object) -> str:
@@ -166,17 +224,31 @@ def _plan(charge: Charge, now: int) -> CounterCharge:
     _check_key(charge.key)
     check_amount("a charge's amount", charge.amount)
     check_limit("a charge's limit", charge.limit)
+    if charge.algorithm not in get_args(CounterAlgorithm):
+        raise ValidationError(f"a charge's algorithm is one of {get_args(CounterAlgorithm)}")
     if (charge.window is None) == (charge.until is None):
         raise ValidationError("a charge has a window or an until, exactly one")
     if charge.window is not None:
         if not isinstance(charge.window, timedelta) or to_ms(charge.window) < 1:
             raise ValidationError("a charge's window is a timedelta of at least 1 ms")
         window_ms = to_ms(charge.window)
-        if now + window_ms > MAX_SAFE_INT:
+        # a sliding counter lives until the end of the window after the current one
+        spans = 2 if charge.algorithm == "sliding" else 1
+        if now + spans * window_ms > MAX_SAFE_INT:
             raise ValidationError(f"a charge's window ends by {MAX_SAFE_INT} ms since the epoch")
     else:
+        if charge.algorithm != "fixed":
+            raise ValidationError(f"a {charge.algorithm} charge has a window, not an until")
         until = check_int("a charge's until (ms since the epoch)", charge.until, 0, MAX_SAFE_INT)
         if until <= now:
             raise ValidationError("a charge's until is a moment (int ms) still to come")
         window_ms = until - now
-    return CounterCharge(charge.key, charge.amount, _limit_of(charge.limit), window_ms)
+    if charge.algorithm != "fixed" and (
+        charge.limit is None or charge.limit * window_ms > MAX_RATE_PRODUCT
+    ):
+        raise ValidationError(
+            f"a {charge.algorithm} charge has a limit, with limit * window ms <= 2^52"
+        )
+    return CounterCharge(
+        charge.key, charge.amount, _limit_of(charge.limit), window_ms, charge.algorithm
+    )

@@ -170,13 +170,13 @@ class _Space:
 
 @dataclass(slots=True)
 class _CounterGroup:
-    values: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (value, resets_at)
+    values: dict[str, CounterState] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # (resets_at, key), for sweeps
 
     def put(self, state: CounterState) -> None:
         previous = self.values.get(state.key)
-        self.values[state.key] = (state.value, state.resets_at)
-        if previous is None or previous[1] != state.resets_at:
+        self.values[state.key] = state
+        if previous is None or previous.resets_at != state.resets_at:
             heapq.heappush(self.heap, (state.resets_at, state.key))
 
     def sweep(self, now: int, limit: int) -> int:
@@ -184,7 +184,7 @@ class _CounterGroup:
         while self.heap and self.heap[0][0] <= now and removed < limit:
             resets_at, key = heapq.heappop(self.heap)
             found = self.values.get(key)
-            if found is not None and found[1] == resets_at:
+            if found is not None and found.resets_at == resets_at:
                 del self.values[key]
                 removed += 1
         return removed

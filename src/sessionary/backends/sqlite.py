@@ -91,6 +91,8 @@ _SCHEMA = (
         key       TEXT    NOT NULL,
         value     INTEGER NOT NULL,
         resets_at INTEGER NOT NULL,
+        algorithm TEXT    NOT NULL DEFAULT 'fixed',
+        previous  INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (grp, key)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS counters_by_reset ON counters (grp, resets_at)",
@@ -117,6 +119,10 @@ _SCHEMA = (
 
 #: the columns a schema-1 file lacks, added by `_migrate` (NULL in both: the namespace's policy)
 _OWN_LIFETIME_COLUMNS = ("own_idle_ms", "own_absolute_ms")
+_COUNTER_ALGORITHM_COLUMNS = {
+    "algorithm": "TEXT NOT NULL DEFAULT 'fixed'",
+    "previous": "INTEGER NOT NULL DEFAULT 0",
+}
 _COLUMNS = (
     "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters, "
     "own_idle_ms, own_absolute_ms"
@@ -219,12 +225,13 @@ _CLAIM = (
 )
 _COUNT = "SELECT count(*) FROM sessions WHERE namespace = ? AND expires_at > ?"
 _READ_COUNTERS = (
-    "SELECT key, value, resets_at FROM counters "
+    "SELECT key, value, resets_at, algorithm, previous FROM counters "
     "WHERE grp = ? AND key IN (SELECT value FROM json_each(?))"
 )
 _PUT_COUNTER = (
-    "INSERT INTO counters (grp, key, value, resets_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (grp, key) DO UPDATE SET value = excluded.value, resets_at = excluded.resets_at"
+    "INSERT INTO counters (grp, key, value, resets_at, algorithm, previous) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE SET value = excluded.value, "
+    "resets_at = excluded.resets_at, algorithm = excluded.algorithm, previous = excluded.previous"
 )
 _SWEEP_COUNTERS = (
     "DELETE FROM counters WHERE grp = ?1 AND key IN "
@@ -317,11 +324,20 @@ def _lifetime_args(
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a file of an older schema up to this one, inside the opening transaction: a
     schema-1 file gains the own-lifetime columns (NULL: its sessions keep living by their
-    namespace's policy)."""
+    namespace's policy), and a file from before sliding and gcra counters gains their
+    columns (its counters stay fixed windows)."""
     present = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
     for column in _OWN_LIFETIME_COLUMNS:
         if column not in present:
             db.execute(f"ALTER TABLE sessions ADD COLUMN {column} INTEGER")
+    present = {row[1] for row in db.execute("PRAGMA table_info(counters)")}
+    for column, declaration in _COUNTER_ALGORITHM_COLUMNS.items():
+        if column not in present:
+            db.execute(f"ALTER TABLE counters ADD COLUMN {column} {declaration}")
+
+
+def _counter_row(group: str, state: CounterState) -> tuple[str, str, int, int, str, int]:
+    return (group, state.key, state.value, state.resets_at, state.algorithm, state.previous)
 
 
 def _subject_args(subject: SubjectChange) -> tuple[bool, str | None]:
@@ -757,17 +773,18 @@ class SQLiteBackend:
         def run(db: sqlite3.Connection) -> tuple[bool, list[CounterState]]:
             # Read, decide, write: atomic because the batch's transaction is IMMEDIATE, so
             # it holds the write lock from its first statement.
-            found = {row[0]: (row[1], row[2]) for row in db.execute(_READ_COUNTERS, (group, keys))}
+            rows = db.execute(_READ_COUNTERS, (group, keys))
+            found = {row[0]: CounterState(*row) for row in rows}
             allowed, states, writes = plan_charges(
                 charges, [found.get(charge.key) for charge in charges], now
             )
-            db.executemany(_PUT_COUNTER, [(group, s.key, s.value, s.resets_at) for s in writes])
+            db.executemany(_PUT_COUNTER, [_counter_row(group, s) for s in writes])
             return allowed, states
 
         return await self._submit(run, writes=True)
 
     async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
-        rows = [(group, s.key, s.value, s.resets_at) for s in states]
+        rows = [_counter_row(group, s) for s in states]
 
         def run(db: sqlite3.Connection) -> None:
             db.executemany(_PUT_COUNTER, rows)

@@ -3,17 +3,95 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from dataclasses import dataclass, field
 from datetime import timedelta
+from fractions import Fraction
+from math import ceil
+from typing import Literal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sessionary.clock import ManualClock
-from sessionary.counters import Charge
+from sessionary.counters import Charge, ChargeResult, CounterReading
 from sessionary.errors import ValidationError
 from sessionary.store import Store
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class SlidingModel:
+    """The sliding window counter from its definition, in exact fractions: windows of
+    `window` ms aligned at its multiples; the count is the previous window's count weighted
+    by the share of the sliding window still over it, plus the current window's."""
+
+    limit: int
+    window: int
+    index: int = 0  # the window the counts belong to (now // window)
+    current: int = 0
+    previous: int = 0
+
+    def _roll(self, now: int) -> None:
+        index = now // self.window
+        if index == self.index + 1:
+            self.previous, self.current = self.current, 0
+        elif index != self.index:
+            self.previous = self.current = 0
+        self.index = index
+
+    def used(self, now: int) -> int:
+        """The count at `now` (rounded up), changing nothing."""
+        index = now // self.window
+        current, previous = self.current, self.previous
+        if index == self.index + 1:
+            current, previous = 0, current
+        elif index != self.index:
+            current = previous = 0
+        left = Fraction((index + 1) * self.window - now, self.window)
+        return ceil(previous * left + current)
+
+    def charge(self, now: int, amount: int) -> bool:
+        if amount > 0 and self.used(now) + amount > self.limit:
+            return False
+        self._roll(now)
+        self.current = max(0, self.current + amount)
+        return True
+
+
+@dataclass
+class GcraModel:
+    """GCRA from its definition, in exact fractions: emission interval window / limit, a
+    theoretical arrival time `tat`, a charge allowed while tat stays within a window of now."""
+
+    limit: int
+    window: int
+    tat: Fraction = field(default_factory=Fraction)
+
+    def used(self, now: int) -> int:
+        if self.limit == 0:
+            return 0
+        return ceil(max(Fraction(0), self.tat - now) * self.limit / self.window)
+
+    def charge(self, now: int, amount: int) -> bool:
+        if amount > 0:
+            if self.limit == 0:
+                return False
+            after = max(self.tat, Fraction(now)) + Fraction(amount * self.window, self.limit)
+            if after - now > self.window:
+                return False
+            self.tat = after
+        elif amount < 0 and self.limit:
+            self.tat = max(Fraction(now), self.tat - Fraction(-amount * self.window, self.limit))
+        return True
+
+
+Algorithm = Literal["sliding", "gcra"]
 
 
 class CounterConformance:
@@ -175,3 +253,188 @@ class CounterConformance:
     async def test_bad_charges_are_refused(self, store: Store, charges: tuple[Charge, ...]) -> None:
         with pytest.raises(ValidationError):
             await store.counters("q").charge(*charges)
+
+    # -- sliding window counters and gcra ------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_sliding_counters_weigh_the_previous_window(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        quota = store.counters("slide")
+        start = (clock.now_ms() // HOUR_MS + 1) * HOUR_MS  # windows align at multiples
+        clock.set(start)
+
+        def search(amount: int = 1) -> Charge:
+            return Charge("ip:s", amount, limit=4, window=HOUR, algorithm="sliding")
+
+        burst = await quota.charge(search(4))
+        assert (burst.allowed, burst["ip:s"].used, burst["ip:s"].remaining) == (True, 4, 0)
+        assert burst["ip:s"].resets_at == start + 2 * HOUR_MS  # the next window still weighs
+        refused = await quota.charge(search())
+        assert refused.refused is not None
+        # the next window starts weighing 4; one more fits once 4 * (left) / hour <= 3
+        assert refused.refused.retry_at == start + HOUR_MS + HOUR_MS // 4
+        clock.set(start + HOUR_MS)
+        assert not (await quota.charge(search())).allowed
+        clock.set(start + HOUR_MS + HOUR_MS // 4 - 1)
+        assert (await quota.read(search()))["ip:s"].used == 4  # 3.0001 rounds up
+        clock.set(start + HOUR_MS + HOUR_MS // 4)
+        steady = await quota.charge(search())
+        assert (steady.allowed, steady["ip:s"].used) == (True, 4)  # 3 weighed + 1 now
+        assert not (await quota.charge(search())).allowed
+        back = await quota.refund(search())
+        assert (back.allowed, back["ip:s"].used) == (True, 3)
+        assert back["ip:s"].resets_at == start + 2 * HOUR_MS  # this window holds nothing
+        clock.set(start + 2 * HOUR_MS + HOUR_MS // 2)  # the 4 now weigh nothing
+        again = await quota.charge(search(4))
+        assert (again.allowed, again["ip:s"].used) == (True, 4)
+        clock.set(start + 4 * HOUR_MS)  # two windows on: nothing weighs
+        assert (await quota.read(search()))["ip:s"].used == 0
+
+    @pytest.mark.asyncio
+    async def test_gcra_counters_allow_a_burst_then_the_steady_rate(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        quota = store.counters("gcra")
+        now = clock.now_ms()
+        quarter = HOUR_MS // 4
+
+        def call(amount: int = 1) -> Charge:
+            return Charge("api:g", amount, limit=4, window=HOUR, algorithm="gcra")
+
+        burst = await quota.charge(call(4))
+        assert (burst.allowed, burst["api:g"].used) == (True, 4)
+        assert burst["api:g"].resets_at == now + HOUR_MS  # full again an hour on
+        refused = await quota.charge(call())
+        assert refused.refused is not None
+        assert (refused.refused.key, refused.refused.retry_at) == ("api:g", now + quarter)
+        clock.set(now + quarter - 1)
+        assert not (await quota.charge(call())).allowed
+        clock.set(now + quarter)
+        one = await quota.charge(call())
+        assert (one.allowed, one["api:g"].used, one["api:g"].retry_at) == (
+            True,
+            4,
+            now + 2 * quarter,
+        )
+        assert not (await quota.charge(call())).allowed
+        clock.set(now + 2 * quarter + quarter // 2)  # one and a half units drained
+        reading = (await quota.read(call()))["api:g"]
+        assert (reading.used, reading.remaining, reading.retry_at) == (
+            3,
+            1,
+            now + 2 * quarter + quarter // 2,
+        )
+        back = await quota.refund(call(2))
+        assert back["api:g"].used == 1
+        assert back["api:g"].resets_at == now + 2 * quarter + quarter
+        assert (await quota.charge(call(3))).allowed
+        clock.set(now + 10 * HOUR_MS)
+        assert (await quota.read(call()))["api:g"].used == 0
+
+    @pytest.mark.asyncio
+    async def test_a_refusal_charges_no_counter_whatever_its_algorithm(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        quota = store.counters("mixed")
+        counters = (
+            Charge("session:m", limit=10, window=DAY),
+            Charge("ip:m", limit=10, window=HOUR, algorithm="sliding"),
+            Charge("global", limit=2, window=HOUR, algorithm="gcra"),
+        )
+        assert (await quota.charge(*counters)).allowed
+        assert (await quota.charge(*counters)).allowed
+        refused = await quota.charge(*counters)
+        assert refused.refused is not None
+        assert refused.refused.key == "global"
+        assert [r.used for r in (await quota.read(*counters)).counters] == [2, 2, 2]
+        refunded = await quota.refund(*counters)
+        assert [r.used for r in refunded.counters] == [1, 1, 1]
+        clock.advance(MINUTE)
+        assert (await quota.charge(*counters)).allowed
+
+    @pytest.mark.asyncio
+    async def test_a_running_counter_keeps_its_algorithm(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        quota = store.counters("algo")
+        await quota.charge(Charge("k", limit=5, window=HOUR, algorithm="gcra"))
+        others: tuple[Literal["fixed", "sliding"], ...] = ("fixed", "sliding")
+        for algorithm in others:
+            with pytest.raises(ValidationError, match="gcra"):
+                await quota.charge(
+                    Charge("other", limit=5, window=HOUR),
+                    Charge("k", limit=5, window=HOUR, algorithm=algorithm),
+                )
+        assert (await quota.read(Charge("other", limit=5, window=HOUR)))["other"].used == 0
+        clock.advance(HOUR)  # the gcra counter is full again: gone, the key is free
+        fixed = await quota.charge(Charge("k", limit=5, window=HOUR))
+        assert (fixed.allowed, fixed["k"].used) == (True, 1)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        "charge",
+        [
+            Charge("k", limit=1, until=2**50, algorithm="sliding"),
+            Charge("k", window=HOUR, algorithm="gcra"),
+            Charge("k", limit=2**31, window=timedelta(days=60), algorithm="sliding"),
+            Charge("k", limit=1, window=HOUR, algorithm="leaky"),  # type: ignore[arg-type]
+        ],
+    )
+    async def test_bad_rate_charges_are_refused(self, store: Store, charge: Charge) -> None:
+        with pytest.raises(ValidationError):
+            await store.counters("q").charge(charge)
+
+    @pytest.mark.asyncio
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        algorithm=st.sampled_from(["sliding", "gcra"]),
+        limit=st.integers(0, 6),
+        units=st.integers(1, 12),
+        # each pause a share (in %) of the window: mostly within it, sometimes past two
+        steps=st.lists(st.tuples(st.integers(0, 250), st.integers(-3, 7)), max_size=25),
+    )
+    async def test_rate_counters_agree_with_their_models(
+        self,
+        store: Store,
+        clock: ManualClock,
+        algorithm: Algorithm,
+        limit: int,
+        units: int,
+        steps: list[tuple[int, int]],
+    ) -> None:
+        """Random traffic against an independent model of each algorithm: every decision,
+        count, `resets_at` and `retry_at` as the model says. On a store that expires counters
+        on its own clock (Redis), time moves in steps of 10 s and a gcra window is a whole
+        number of emission intervals of them, so no counter is due within a step the test
+        clock has not made."""
+        unit = 1 if self.sweeps_counters else 10_000
+        window = units * unit * (max(limit, 1) if algorithm == "gcra" and unit > 1 else 1)
+        model = (SlidingModel if algorithm == "sliding" else GcraModel)(limit, window)
+        quota = store.counters("model")
+        key = f"k{secrets.token_hex(6)}"
+        for share, amount in steps:
+            clock.advance(window // unit * share // 100 * unit)
+            now = clock.now_ms()
+            charge = Charge(key, amount, limit, timedelta(milliseconds=window), algorithm=algorithm)
+            result: ChargeResult = await quota.charge(charge)
+            assert result.allowed == model.charge(now, amount)
+            reading = result[key]
+            assert reading.used == model.used(now)
+            _check_moments(reading, model, now)
+
+
+def _check_moments(reading: CounterReading, model: SlidingModel | GcraModel, now: int) -> None:
+    """`resets_at` is the first moment the model reads 0, `retry_at` the first it takes 1."""
+    assert model.used(reading.resets_at) == 0
+    assert reading.resets_at == now or model.used(reading.resets_at - 1) > 0
+    if model.limit == 0:
+        assert reading.retry_at is None
+        return
+    assert reading.retry_at is not None
+    assert model.used(reading.retry_at) + 1 <= model.limit
+    assert reading.retry_at == now or model.used(reading.retry_at - 1) + 1 > model.limit

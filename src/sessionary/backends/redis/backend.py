@@ -10,7 +10,8 @@ each script declares every key it touches in KEYS:
     <prefix>{web:07}:s:<id>   hash: the session (see common.lua for its fields)
     <prefix>{web:07}:x        sorted set: ids by expires_at (what `due`/`claim` read)
     <prefix>{web:07}:u        sorted set: "<subject>\\0<id>", read by lex range per subject
-    <prefix>{c:<group>}:<key> hash: a counter of a counter group (v value, r resets_at); one
+    <prefix>{c:<group>}:<key> hash: a counter of a counter group (v value, r resets_at, and
+                              for sliding/gcra: p previous, a algorithm); one
                               tag per group, so a charge of several counters is one script
     <prefix>{an:<project>}:*  analytics: a project's sessionization state and outbox, one
                               tag per project, so a batch is one script (see analytics.lua)
@@ -65,6 +66,7 @@ from sessionary.backends.redis.waits import StreamWaits, seq_of
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
+    CounterAlgorithm,
     CounterCharge,
     CounterState,
     Lifetime,
@@ -247,6 +249,17 @@ def _entry(raw: Sequence[Any]) -> LogEntry:
         fields[b"d"],
         fields.get(b"f") == b"1",
     )
+
+
+_ALGORITHMS: dict[bytes, CounterAlgorithm] = {
+    b"fixed": "fixed",
+    b"sliding": "sliding",
+    b"gcra": "gcra",
+}
+
+
+def _algorithm(raw: bytes) -> CounterAlgorithm:
+    return _ALGORITHMS[raw]
 
 
 def _limit_args(limits: LogLimits) -> tuple[str | int, str | int]:
@@ -789,7 +802,8 @@ class RedisBackend:
     ) -> tuple[bool, list[CounterState]]:
         args: list[str | int] = [now]
         for charge in charges:
-            args += [charge.amount, "" if charge.limit is None else charge.limit, charge.window_ms]
+            limit = "" if charge.limit is None else charge.limit
+            args += [charge.amount, limit, charge.window_ms, charge.algorithm]
         reply = await self._scripts.run(
             self.calls,
             self._scripts.counters,
@@ -797,7 +811,13 @@ class RedisBackend:
             args,
         )
         states = [
-            CounterState(charge.key, int(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+            CounterState(
+                charge.key,
+                int(reply[1 + 4 * i]),
+                int(reply[2 + 4 * i]),
+                _algorithm(reply[4 + 4 * i]),
+                int(reply[3 + 4 * i]),
+            )
             for i, charge in enumerate(charges)
         ]
         return reply[0] == 1, states
@@ -806,7 +826,7 @@ class RedisBackend:
     async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
         args: list[str | int] = [now]
         for state in states:
-            args += [state.value, state.resets_at]
+            args += [state.value, state.resets_at, state.previous, state.algorithm]
         await self._scripts.run(
             self.calls,
             self._scripts.set_counters,

@@ -1,30 +1,101 @@
 -- KEYS: counter 1..n (one group: one hash tag)
--- ARGV: now, then per counter: amount, limit ('' none), window ms
--- -> {applied (1|0), value 1, resets_at 1, value 2, resets_at 2, ...}
--- All or nothing: if a positive charge would pass its limit, nothing is written.
+-- ARGV: now, then per counter: amount, limit ('' none), window ms, algorithm
+-- -> {applied (1|0), then per counter: value, resets_at, previous, algorithm}
+-- All or nothing: if a positive charge would pass its limit, nothing is written. The
+-- arithmetic is contract.plan_charges' (see docs/quotas.md); every product stays below 2^53
+-- because limit * window <= 2^52 for sliding and gcra counters.
+-- A hash: v value, r resets_at, p previous (sliding), a algorithm (absent: fixed).
 local now = tonumber(ARGV[1])
-local values, resets, running = {}, {}, {}
-local refused = false
-for i = 1, #KEYS do
-  local amount, limit, window = tonumber(ARGV[3 * i - 1]), ARGV[3 * i], tonumber(ARGV[3 * i + 1])
-  local found = redis.call('HMGET', KEYS[i], 'v', 'r')
-  if found[1] and tonumber(found[2]) > now then
-    values[i], resets[i], running[i] = tonumber(found[1]), tonumber(found[2]), true
-  else
-    values[i], resets[i], running[i] = 0, now + window, false
-  end
-  if amount > 0 and limit ~= '' and values[i] + amount > tonumber(limit) then refused = true end
+
+-- ceil(a / b) for integers 0 <= a, 1 <= b, exact while a + b <= 2^53
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then q = q - 1 end
+  if q * b < a then q = q + 1 end
+  return q
 end
+
+local function gcra_level(value, resets, limit, window)
+  local ahead = resets - now
+  if ahead <= 0 then return 0 end
+  if ahead > window then return limit * window end
+  return math.max(0, ahead * limit - value)
+end
+
+local n = #KEYS
+local amounts, limits, windows, algos = {}, {}, {}, {}
+local values, resets, previous, running, stored = {}, {}, {}, {}, {}
+local refused = false
+for i = 1, n do
+  amounts[i], limits[i] = tonumber(ARGV[4 * i - 2]), ARGV[4 * i - 1]
+  windows[i], algos[i] = tonumber(ARGV[4 * i]), ARGV[4 * i + 1]
+  local window, algo = windows[i], algos[i]
+  local found = redis.call('HMGET', KEYS[i], 'v', 'r', 'p', 'a')
+  running[i] = found[1] and tonumber(found[2]) > now
+  stored[i] = found[4] or 'fixed'
+  values[i], resets[i], previous[i] = 0, now + window, 0
+  if running[i] and stored[i] ~= algo then
+    values[i], resets[i], previous[i] = tonumber(found[1]), tonumber(found[2]), tonumber(found[3] or 0)
+    algos[i] = stored[i]
+    refused = true
+  elseif algo == 'fixed' then
+    if running[i] then values[i], resets[i] = tonumber(found[1]), tonumber(found[2]) end
+  elseif algo == 'gcra' then
+    resets[i] = now
+    if running[i] then values[i], resets[i] = tonumber(found[1]), tonumber(found[2]) end
+  else
+    local ends = now - math.fmod(now, window) + window
+    resets[i] = ends + window
+    if running[i] and tonumber(found[2]) - window == ends then
+      values[i], previous[i] = tonumber(found[1]), tonumber(found[3] or 0)
+    elseif running[i] and tonumber(found[2]) == ends then
+      previous[i] = tonumber(found[1])
+    end
+  end
+  if not refused and amounts[i] > 0 and limits[i] ~= '' then
+    local limit, used = tonumber(limits[i]), values[i]
+    if algo == 'sliding' then
+      used = values[i] + ceil_div(math.min(previous[i], limit) * (resets[i] - window - now), window)
+    elseif algo == 'gcra' then
+      used = ceil_div(gcra_level(values[i], resets[i], limit, window), window)
+    end
+    if used + amounts[i] > limit then refused = true end
+  end
+end
+
 local reply = {refused and 0 or 1}
-for i = 1, #KEYS do
-  local amount = tonumber(ARGV[3 * i - 1])
+for i = 1, n do
+  local amount, algo, window = amounts[i], algos[i], windows[i]
   if not refused and amount ~= 0 and (amount > 0 or running[i]) then
-    values[i] = values[i] + amount
-    if values[i] < 0 then values[i] = 0 end
-    redis.call('HSET', KEYS[i], 'v', int(values[i]), 'r', int(resets[i]))
+    if algo == 'gcra' then
+      local limit = tonumber(limits[i])
+      local level = gcra_level(values[i], resets[i], limit, window)
+      if amount > 0 then
+        level = level + amount * window
+      else
+        level = math.max(0, level - math.min(-amount, limit) * window)
+      end
+      local ahead = 0
+      if limit > 0 then ahead = ceil_div(level, limit) end
+      values[i], resets[i] = ahead * limit - level, now + ahead
+    else
+      values[i] = values[i] + amount
+      if values[i] < 0 then values[i] = 0 end
+    end
+    if algo == 'fixed' then
+      redis.call('HSET', KEYS[i], 'v', int(values[i]), 'r', int(resets[i]))
+      -- a new window: whatever an earlier algorithm left goes (after the write, so a Redis
+      -- refusing writes refuses before anything changed)
+      if not running[i] then redis.call('HDEL', KEYS[i], 'p', 'a') end
+    else
+      redis.call('HSET', KEYS[i], 'v', int(values[i]), 'r', int(resets[i]),
+        'p', int(previous[i]), 'a', algo)
+    end
     redis.call('PEXPIRE', KEYS[i], resets[i] - now)
   end
-  reply[2 * i] = int(values[i])
-  reply[2 * i + 1] = int(resets[i])
+  reply[4 * i - 2] = int(values[i])
+  reply[4 * i - 1] = int(resets[i])
+  reply[4 * i] = int(previous[i])
+  reply[4 * i + 1] = algo
 end
 return reply
