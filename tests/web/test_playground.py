@@ -357,3 +357,89 @@ async def test_a_guard_in_an_app_without_sessionarys_handlers_still_answers_429(
         assert refused.status_code == 429
         assert refused.json()["detail"]["error"] == "quota_exceeded"
         assert refused.headers["retry-after"]
+
+
+# -- layers counting by sliding windows and gcra -----------------------------------------------
+
+
+async def test_gcra_on_the_ip_layer_says_the_real_time_until_the_next_search(
+    visitor: Callable[..., httpx.AsyncClient], clock: ManualClock
+) -> None:
+    """4 per minute refilled evenly: a burst of 4, then one search every 15 s."""
+    rate = {"ip_algorithm": "gcra", "ip_limit": 4, "ip_window": "1m"}
+    burst_at = clock.now_ms()
+    async with visitor(**rate) as client:
+        for n in range(4):
+            assert (await client.get("/api/search", params={"q": str(n)})).status_code == 200
+        clock.advance(4_000)
+        refused = await client.get("/api/search", params={"q": "more"})
+        assert refused.status_code == 429
+        assert refused.json() | {"message": ""} == {
+            "error": "quota_exceeded",
+            "message": "",
+            "scope": "ip",
+            "limit": 4,
+            "remaining": 0,
+            "resets_at": iso_utc(burst_at + 60_000),  # full again: the 4 refilled
+        }
+        assert refused.headers["retry-after"] == "11"  # one refilled 15 s after the burst
+        assert refused.headers["ratelimit-reset"] == "11"
+        assert iso_utc(burst_at + 15_000) in refused.json()["message"]
+        clock.advance(10_999)
+        almost = await client.get("/api/search", params={"q": "more"})
+        assert (almost.status_code, almost.headers["retry-after"]) == (429, "1")
+        clock.advance(1)
+        assert (await client.get("/api/search", params={"q": "more"})).status_code == 200
+        again = await client.get("/api/search", params={"q": "more"})
+        assert (again.status_code, again.headers["retry-after"]) == (429, "15")
+
+
+async def test_a_sliding_session_layer_weighs_the_last_window(
+    visitor: Callable[..., httpx.AsyncClient], clock: ManualClock
+) -> None:
+    """3 per 10 s window (windows start at multiples of 10 s): 3 searches at a window's start
+    weigh 3 * (share of the sliding window still over them) in the next one, so the 4th is
+    allowed once that is at most 2: 13.334 s later (ceil(13.334) = 14 s to wait)."""
+    window_start = clock.now_ms()
+    assert window_start % 10_000 == 0
+    rate = {"session_algorithm": "sliding", "session_limit": 3, "session_window": "10s"}
+    async with visitor(**rate) as client:
+        for n in range(3):
+            done = await client.get("/api/search", params={"q": str(n)})
+            assert done.status_code == 200
+            assert done.headers["ratelimit-remaining"] == str(2 - n)
+        refused = await client.get("/api/search", params={"q": "more"})
+        assert refused.status_code == 429
+        body = refused.json()
+        assert (body["scope"], body["limit"]) == ("session", 3)
+        assert body["resets_at"] == iso_utc(window_start + 20_000)  # the 3 weigh nothing then
+        assert refused.headers["retry-after"] == refused.headers["ratelimit-reset"] == "14"
+        clock.advance(13_333)
+        almost = await client.get("/api/search", params={"q": "more"})
+        assert (almost.status_code, almost.headers["retry-after"]) == (429, "1")
+        clock.advance(1)
+        allowed = await client.get("/api/search", params={"q": "more"})
+        assert allowed.status_code == 200
+        assert allowed.headers["ratelimit-remaining"] == "0"  # ceil(3 * 6666 / 10000) + 1
+        view = (await client.get("/api/v1/playground/session")).json()
+        assert view["searches"] == {"used": 3, "limit": 3, "remaining": 0}
+
+
+async def test_a_changed_algorithm_starts_new_counters(store: Store, clock: ManualClock) -> None:
+    """Running counters keep their algorithm; a deployment switching a layer to gcra must not
+    fail every search until the fixed ones end (they live on, uncharged, under their key)."""
+    async with client_for(build_app(store, ip_limit=2), "198.51.100.3") as fixed:
+        for _ in range(2):
+            fixed.cookies.clear()
+            assert (await fixed.get("/api/search", params={"q": "x"})).status_code == 200
+    switched = build_app(store, ip_limit=2, ip_algorithm="gcra", global_algorithm="sliding")
+    async with client_for(switched, "198.51.100.3") as client:
+        assert (await client.get("/api/search", params={"q": "x"})).status_code == 200
+
+
+def test_a_rate_layer_needs_a_limit_its_arithmetic_can_hold() -> None:
+    with pytest.raises(ValueError, match="the ip layer counts by gcra"):
+        PlaygroundSettings(ip_algorithm="gcra", ip_limit=0)
+    with pytest.raises(ValueError, match="the session layer counts by sliding"):
+        PlaygroundSettings(session_algorithm="sliding", session_limit=2**40, session_window="1d")
+    assert PlaygroundSettings(ip_limit=0).ip_limit == 0  # a fixed layer may refuse everything

@@ -71,13 +71,19 @@ class ResponseError(HTTPException):
 
 def quota_response(scope: str, reading: CounterReading, now: int) -> JSONResponse:
     """429 for a refused charge: the scope that refused, its limit and its real reset moment,
-    with Retry-After and the IETF RateLimit-* headers."""
-    wait = max(0, -(-(reading.resets_at - now) // 1000))  # whole seconds, rounded up
+    with Retry-After and the IETF RateLimit-* headers.
+
+    The headers wait until `retry_at`, the first moment the counter takes the next unit: its
+    window's end for a fixed counter (its `resets_at`), sooner for a sliding or gcra one (for
+    gcra, the real time until the next allowed hit, not until it is full again). A counter
+    that never takes one (a limit of 0) waits until its `resets_at`."""
+    retry_at = reading.resets_at if reading.retry_at is None else reading.retry_at
+    wait = max(0, -(-(retry_at - now) // 1000))  # whole seconds, rounded up
     limit = reading.limit if reading.limit is not None else reading.used
     return error_response(
         429,
         "quota_exceeded",
-        f"the {scope} quota of {limit} is used up until {iso_utc(reading.resets_at)}",
+        f"the {scope} quota of {limit} is used up until {iso_utc(retry_at)}",
         headers={
             "Retry-After": str(wait),
             "RateLimit-Limit": str(limit),

@@ -10,7 +10,8 @@ A visitor's token travels in the `pg_session` cookie; the session lives 24 h fro
 (absolute, never stretched by use). Quotas are counters of the counter group named after the
 namespace: `session:<id>` (over the session's life), `ip:<hash>` and `new:<hash>` (searches and
 new sessions per client IP per window) and `global`; a search charges the first three at once,
-all or nothing.
+all or nothing. Each layer counts by its setting's algorithm (fixed, sliding or gcra); a
+refusal's `Retry-After` is the real time until the next search the refusing counter allows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ with needs("server", "sessionary.playground"):
 
 from sessionary.clock import iso_utc, to_ms
 from sessionary.codec import INT64_MAX
+from sessionary.contract import CounterAlgorithm
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.devices import ip_hash
 from sessionary.errors import InvalidSessionId, StoreUnavailable, VersionConflict
@@ -144,8 +146,25 @@ class Playground:
         return ip_hash(self.client_ip.of(scope), secret)
 
     def _session_charge(self, session: Session) -> Charge:
+        algorithm, limit = self.settings.session_algorithm, self.settings.session_limit
+        key = _counter_key("session", algorithm, session.id)
+        if algorithm == "fixed":
+            return Charge(key, limit=limit, until=session.expires_at)
+        return Charge(key, limit=limit, window=self.settings.session_window, algorithm=algorithm)
+
+    def _ip_charge(self, kind: str, ip: str, limit: int) -> Charge:
+        """`ip` (searches) or `new` (sessions opened) of one client IP: the ip layer."""
+        algorithm = self.settings.ip_algorithm
+        key = _counter_key(kind, algorithm, ip)
+        return Charge(key, limit=limit, window=self.settings.ip_window, algorithm=algorithm)
+
+    def _global_charge(self) -> Charge:
+        algorithm = self.settings.global_algorithm
         return Charge(
-            f"session:{session.id}", limit=self.settings.session_limit, until=session.expires_at
+            _counter_key("global", algorithm),
+            limit=self.settings.global_limit,
+            window=self.settings.global_window,
+            algorithm=algorithm,
         )
 
     async def _current(self, namespace: Namespace, scope: Scope) -> Session | None:
@@ -164,9 +183,7 @@ class Playground:
         if session is not None:
             return session, False
         ip = await self._ip_key(store, scope)
-        opened = await quota.charge(
-            Charge(f"new:{ip}", limit=self.settings.sessions_per_ip, window=self.settings.ip_window)
-        )
+        opened = await quota.charge(self._ip_charge("new", ip, self.settings.sessions_per_ip))
         if not opened.allowed:
             raise self._refusal("ip", opened, store.clock.now_ms())
         return await namespace.create(), True
@@ -213,10 +230,8 @@ class Playground:
             ip = await self._ip_key(store, scope)
             charges = (
                 self._session_charge(session),
-                Charge(f"ip:{ip}", limit=self.settings.ip_limit, window=self.settings.ip_window),
-                Charge(
-                    "global", limit=self.settings.global_limit, window=self.settings.global_window
-                ),
+                self._ip_charge("ip", ip, self.settings.ip_limit),
+                self._global_charge(),
             )
             result = await quota.charge(*charges)
         except StoreUnavailable as exc:
@@ -253,9 +268,8 @@ class Playground:
             try:
                 store, _, quota = await self._spaces()
                 session, created = await self._current_or_new(request.scope)
-                searches = (await quota.read(self._session_charge(session)))[
-                    f"session:{session.id}"
-                ]
+                counter = self._session_charge(session)
+                searches = (await quota.read(counter))[counter.key]
             except StoreUnavailable:
                 raise self._unavailable("playground_session") from None
             if created:
@@ -342,6 +356,15 @@ class Playground:
                 "remaining": max(0, self.settings.session_limit - searches.used),
             },
         }
+
+
+def _counter_key(layer: str, algorithm: CounterAlgorithm, who: str | None = None) -> str:
+    """`layer:who` (or `layer`) for a fixed counter, as ever; `layer:algorithm:who` for the
+    others. A running counter refuses a charge under another algorithm, so a changed setting
+    starts new counters rather than failing every search until the old ones end; the layer
+    stays the key's first part, the scope a refusal names."""
+    named = layer if algorithm == "fixed" else f"{layer}:{algorithm}"
+    return named if who is None else f"{named}:{who}"
 
 
 def _no_session() -> JSONResponse:
