@@ -11,6 +11,7 @@
 
     [playground]
     session_limit = 50
+    ip_algorithm = "gcra"          # per layer: "fixed" (default), "sliding" or "gcra"
     trusted_proxies = ["10.0.0.0/8"]
 
     [analytics.projects.shop]
