@@ -67,7 +67,8 @@ from sessionary.contract import KEEP, Keep
 from sessionary.errors import SessionExists, SessionNotFound, StoreUnavailable
 from sessionary.extras import needs
 from sessionary.model import Session
-from sessionary.store import Namespace, Store, connect
+from sessionary.source import StoreSource
+from sessionary.store import Namespace, Store
 
 with needs("litestar", "sessionary.contrib.litestar"):
     from litestar.stores.base import NamespacedStore
@@ -83,40 +84,17 @@ _SET_ATTEMPTS = 5
 _CLEAR_BATCH = 1000
 
 
-class _Connection:
+class _Connection(StoreSource):
     """The sessionary store a family of `SessionaryStore`s (one and the children made from
-    it with `with_namespace`) shares: given open, or opened from a URL on first use (in the
-    event loop that uses it) and closed when Litestar's lifespan ends (reopened if used
-    again, as a test client's next lifespan does)."""
+    it with `with_namespace`) shares: given open, or opened from a URL on first use and
+    closed when Litestar's lifespan ends (reopened if used again, as a test client's next
+    lifespan does); and the namespaces of the family, for `delete_all`."""
 
     def __init__(self, source: str | Store, clock: Clock | None) -> None:
         if isinstance(source, Store) and clock is not None:
             raise ValueError("an open sessionary.Store has its clock already: pass no clock")
-        self._url = source if isinstance(source, str) else None
-        self._store = source if isinstance(source, Store) else None
-        self._clock = clock
-        #: the namespace of every store of the family, for `delete_all`
+        super().__init__(source, clock=clock)
         self.namespaces: set[str] = set()
-
-    @property
-    def opened(self) -> Store | None:
-        return self._store
-
-    async def store(self) -> Store:
-        if self._store is None:
-            assert self._url is not None
-            opened = await connect(self._url, clock=self._clock)
-            if self._store is None:
-                self._store = opened
-            else:  # a concurrent first use opened one too: keep one
-                await opened.close()
-        return self._store
-
-    async def close(self) -> None:
-        """Close the store if it was opened here from a URL (one given open stays open)."""
-        if self._url is not None and self._store is not None:
-            opened, self._store = self._store, None
-            await opened.close()
 
 
 class SessionaryStore(NamespacedStore):
@@ -168,7 +146,7 @@ class SessionaryStore(NamespacedStore):
     async def sessionary_namespace(self) -> Namespace:
         """The sessionary namespace behind this store (opening the store if need be): for
         what Litestar's protocol has no word for (counting, reaping, listening)."""
-        store = await self._connection.store()
+        store = await self._connection.get()
         if self._opened is None or self._opened.store is not store:
             self._opened = self._namespace_of(store, self.namespace)
         return self._opened
@@ -235,7 +213,7 @@ class SessionaryStore(NamespacedStore):
         """Delete every key of this namespace and of the child namespaces made from it (see
         the class), through `Namespace.clear` (the expiry index, no scan of keys). Not
         atomic: a `set` running meanwhile may survive it."""
-        store = await self._connection.store()
+        store = await self._connection.get()
         prefix = self.namespace + "."
         for name in sorted(self._connection.namespaces):
             if name == self.namespace or name.startswith(prefix):

@@ -45,10 +45,10 @@ from sessionary.http.errors import (
 )
 from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.metrics import Metrics
-from sessionary.http.source import StoreSource
 from sessionary.model import Session
 from sessionary.outage import OutageLog
 from sessionary.playground.settings import PlaygroundSettings
+from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
 
 __all__ = ["Playground", "PlaygroundSettings", "SearchGrant"]

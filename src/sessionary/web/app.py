@@ -36,13 +36,13 @@ from sessionary.http.errors import JSONResponse, unavailable_response
 from sessionary.http.handlers import install_error_handlers
 from sessionary.http.limits import BodyLimit, ByteBudget
 from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
-from sessionary.http.source import StoreSource
 from sessionary.playground import Playground
 from sessionary.reaper import run_forever
 from sessionary.runs import Runs
 from sessionary.runs.http import ApiKeyAuthenticator, runs_router
 from sessionary.runs.model import Run
 from sessionary.runs.worker import Worker, load_handler
+from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys

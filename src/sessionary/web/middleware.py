@@ -46,10 +46,10 @@ from sessionary.errors import StoreUnavailable, VersionConflict
 from sessionary.http.clientip import ClientIP
 from sessionary.http.cookies import CookieSpec
 from sessionary.http.errors import error_response, internal_error_response, unavailable_response
-from sessionary.http.source import StoreSource
 from sessionary.model import Session
 from sessionary.outage import OutageLog
 from sessionary.session_request import Outcome, RequestSession
+from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
 
 if TYPE_CHECKING:

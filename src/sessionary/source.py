@@ -1,5 +1,6 @@
-"""Where an HTTP component gets its store: given outright, opened from a URL on first use,
-or bound later by the application that owns it (at startup)."""
+"""Where a component gets its store: given outright, opened from a URL on first use (in the
+event loop that uses it), or bound later by the application that owns it (at startup). The
+middleware, the playground, the service and the Litestar engine all get theirs here."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ class StoreSource:
     @classmethod
     def of(cls, store: Store | str | StoreSource | None) -> StoreSource:
         return store if isinstance(store, StoreSource) else cls(store)
+
+    @property
+    def opened(self) -> Store | None:
+        """The store, if it is open already (never opens it)."""
+        return self._store
 
     def bind(self, store: Store) -> None:
         """Hand over the store an application opened (at its startup)."""
