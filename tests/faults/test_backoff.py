@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from sessionary import Store, connect
+from sessionary import Store, StoreUnavailable, connect
 from sessionary.analytics.service import Sessionizer
 from sessionary.analytics.sqlite_sink import SqliteSink
 from sessionary.cli import ops
@@ -26,7 +26,7 @@ from sessionary.outage import Backoff
 from sessionary.reaper import run_forever
 from sessionary.sessionize import Rules
 from sessionary.web.settings import Settings
-from tests.servers import RedisServer
+from tests.servers import RedisServer, eventually
 
 HOUR = timedelta(hours=1)
 
@@ -43,11 +43,26 @@ def said(caplog: pytest.LogCaptureFixture, logger: str) -> list[tuple[str, str]]
 
 
 def outage_between(
-    server: RedisServer, delays: list[float], *, stop: int, start: int, end: int
+    server: RedisServer,
+    delays: list[float],
+    *,
+    stop: int,
+    start: int,
+    end: int,
+    store: Store | None = None,
 ) -> Callable[[float], Awaitable[None]]:
     """A `sleep` for a job's loop that sleeps not at all: it notes each delay asked for in
-    `delays`, stops `server` at the `stop`-th, starts it again at the `start`-th and ends
-    the loop (CancelledError) at the `end`-th."""
+    `delays`, stops `server` at the `stop`-th, starts it again at the `start`-th (and, given
+    the job's `store`, waits until that store answers again: its breaker may still fail
+    fast for a moment) and ends the loop (CancelledError) at the `end`-th."""
+
+    async def answers() -> bool:
+        assert store is not None
+        try:
+            await store.ping()
+        except StoreUnavailable:
+            return False
+        return True
 
     async def sleep(seconds: float) -> None:
         delays.append(seconds)
@@ -55,6 +70,8 @@ def outage_between(
             server.stop()
         elif len(delays) == start:
             server.start()
+            if store is not None:
+                await eventually(answers, within=10, what="the store never answered again")
         elif len(delays) == end:
             raise asyncio.CancelledError
 
@@ -84,7 +101,7 @@ async def test_the_reaper_backs_off_while_the_store_is_down_and_says_so_twice(
     web = store.namespace("web", idle_ttl=HOUR)
     await web.create()
     delays: list[float] = []
-    sleep = outage_between(private_redis, delays, stop=1, start=7, end=9)
+    sleep = outage_between(private_redis, delays, stop=1, start=7, end=9, store=store)
 
     backoff = Backoff(2, 30, rand=lambda: 1.0)  # no jitter: the schedule is exact
     with (
