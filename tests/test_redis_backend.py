@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from sessionary import ManualClock, Namespace, Store, StoreUnavailable, connect, ids
 from sessionary.backends.redis import RedisBackend
 from sessionary.backends.redis.backend import DEFAULT_GRACE_MS
+from sessionary.errors import TooManySessions
 from tests.servers import RedisClusterNodes, RedisServer, free_port
 
 HOUR = timedelta(hours=1)
@@ -249,3 +250,79 @@ async def test_a_server_that_stops_answering_times_out_as_unavailable(
     finally:
         await admin.aclose()
         await store.close()
+
+
+async def test_a_namespace_with_a_session_limit_lives_in_one_slot_on_a_cluster(
+    redis_cluster: RedisClusterNodes, redis_cluster_url: str, redis_prefix: str
+) -> None:
+    """A limit is one script over all of a subject's sessions: the namespace's 16 shards and
+    its layout marker share one slot, on one primary; a namespace without a limit spreads."""
+    store = await connect(redis_cluster_url, clock=ManualClock())
+    try:
+        logins = store.namespace(
+            "logins", idle_ttl=HOUR, max_sessions_per_subject=2, on_max_sessions="evict_oldest"
+        )
+        spread = store.namespace("spread", idle_ttl=HOUR)
+        for n in range(40):
+            await logins.create(subject=f"user-{n % 4}")
+            await spread.create(subject=f"user-{n % 4}")
+        slots: dict[str, set[int]] = {"logins": set(), "spread": set()}
+        for node in redis_cluster.nodes:
+            client = Redis(port=node.port)
+            try:
+                for key in await keys_of(client, redis_prefix):
+                    name = "logins" if b"{logins}" in key else "spread"
+                    slots[name].add(key_slot(key))
+            finally:
+                await client.aclose()
+        assert len(slots["logins"]) == 1
+        assert len(slots["spread"]) > 8
+        assert [len(await logins.list_subject(f"user-{n}")) for n in range(4)] == [2] * 4
+    finally:
+        await store.close()
+
+
+async def test_a_session_limit_on_a_namespace_already_spread_is_refused_clearly(
+    redis_url: str,
+) -> None:
+    """Sessions written without the limit sit in 16 slots, where its script cannot see them:
+    a process that opens the namespace with a limit refuses to work on it, naming the way
+    out, instead of enforcing a limit over part of the subject's sessions."""
+    plain = await connect(redis_url, clock=ManualClock())
+    limited = await connect(redis_url, clock=ManualClock())
+    try:
+        web = plain.namespace("web", idle_ttl=HOUR)
+        await web.create(subject="u")
+        strict = limited.namespace("web", idle_ttl=HOUR, max_sessions_per_subject=1)
+        with pytest.raises(ValueError, match=r"spread over 16 Redis hash slots.*new namespace"):
+            await strict.create(subject="u")
+        with pytest.raises(ValueError, match="spread over 16"):
+            await strict.list_subject("u")
+        assert await web.count() == 1  # nothing written by the refused process
+    finally:
+        await plain.close()
+        await limited.close()
+
+
+async def test_a_process_without_the_limit_follows_a_limited_namespace(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Opened first with a limit, a namespace stays in one slot: a process that opens it
+    without the limit reads and writes the same keys (and warns that it does not enforce
+    the limit), so no session is ever out of the others' sight."""
+    limited = await connect(redis_url, clock=ManualClock())
+    plain = await connect(redis_url, clock=ManualClock())
+    try:
+        strict = limited.namespace("web", idle_ttl=HOUR, max_sessions_per_subject=2)
+        first = await strict.create(subject="u")
+        loose = plain.namespace("web", idle_ttl=HOUR)
+        with caplog.at_level("WARNING", logger="sessionary.redis"):
+            assert await loose.get(first.id) is not None
+        assert "does not enforce" in caplog.text
+        second = await loose.create(subject="u")
+        assert {s.id for s in await strict.list_subject("u")} == {first.id, second.id}
+        with pytest.raises(TooManySessions):
+            await strict.create(subject="u")
+    finally:
+        await plain.close()
+        await limited.close()

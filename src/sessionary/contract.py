@@ -20,6 +20,12 @@ Rules every backend keeps (the conformance suite checks each):
   moves `created_at` (an absolute ttl always runs from it).
 * Counters never go below 0, and a counter charge with a limit is refused (and not applied)
   when `used + amount > limit`.
+* With a `SessionLimit`, a session that gains a subject (`create` with one, `rotate` or
+  `update` to another) finds at most `max_sessions - 1` other live sessions of that subject,
+  decided in the same atomic step as the write: with "refuse" the write raises
+  `TooManySessions` and changes nothing; with "evict_oldest" the least recently active
+  others are removed in that step and returned (`plan_admission`). Expired sessions never
+  count and are never evicted.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 from typing import Final, Literal, Protocol
+
+from sessionary.errors import TooManySessions
 
 __all__ = [
     "KEEP",
@@ -44,7 +52,10 @@ __all__ = [
     "LogItem",
     "LogLimits",
     "LogSlice",
+    "OnMaxSessions",
     "Record",
+    "SessionLimit",
+    "plan_admission",
 ]
 
 
@@ -73,6 +84,9 @@ class Record:
     #: the session's own lifetime ("remember me"), which every touch, update and rotate
     #: honours instead of the namespace's; None: it lives by the namespace's policy
     lifetime: Lifetime | None = None
+    #: not stored: the sessions of the subject that the write returning this record removed
+    #: to stay within its `SessionLimit` ("evict_oldest"), as they were
+    evicted: list[Record] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +125,43 @@ class Lifetime:
         if self.idle_ms is None:
             return cap
         return min(last_seen_at + self.idle_ms, cap)
+
+
+#: What a namespace does when a session would take its subject past `max_sessions`.
+OnMaxSessions = Literal["evict_oldest", "refuse"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimit:
+    """At most `max_sessions` live sessions per subject in a namespace (Spring Security's
+    maximumSessions): a session gaining a subject that has as many already is refused
+    ("refuse") or makes room by evicting the least recently active ones ("evict_oldest")."""
+
+    max_sessions: int
+    on_max: OnMaxSessions = "refuse"
+
+    def __post_init__(self) -> None:
+        if type(self.max_sessions) is not int or self.max_sessions < 1:
+            raise ValueError("max_sessions_per_subject is an int >= 1")
+        if self.on_max not in ("evict_oldest", "refuse"):
+            raise ValueError("on_max_sessions is 'evict_oldest' or 'refuse'")
+
+
+def plan_admission(
+    limit: SessionLimit, subject: str, others: Sequence[Record], now: int
+) -> list[Record]:
+    """The decision of a `SessionLimit`, for backends that run Python inside their atomic
+    step: `others` are the stored sessions of `subject` but the one gaining it. Returns the
+    live ones to evict (least recently active first; ties by creation, then id), or raises
+    `TooManySessions` when the limit refuses. Nothing is evicted while there is room."""
+    live = [record for record in others if record.expires_at > now]
+    excess = len(live) - limit.max_sessions + 1
+    if excess <= 0:
+        return []
+    if limit.on_max == "refuse":
+        raise TooManySessions(subject, limit.max_sessions)
+    live.sort(key=lambda record: (record.last_seen_at, record.created_at, record.id))
+    return live[:excess]
 
 
 SubjectChange = str | None | Literal[Keep.KEEP]
@@ -240,9 +291,19 @@ class Backend(Protocol):
     the wall clock for session state.
     """
 
-    async def create(self, ns: str, record: Record) -> None:
+    def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
+        """Called when the store opens a namespace with a session limit, before any other
+        call on it, so a backend can keep each subject's sessions where one atomic step sees
+        them all (the Redis backend keeps such a namespace in one hash slot). Backends that
+        always can (one process, one database) do nothing."""
+        ...
+
+    async def create(
+        self, ns: str, record: Record, *, limit: SessionLimit | None = None
+    ) -> list[Record]:
         """Store a new session, with its own `lifetime` if it has one. `SessionExists` if the
-        id is taken (live or not yet reaped)."""
+        id is taken (live or not yet reaped). With `limit` and a subject, the limit applies
+        (see the module's rules); returns the sessions evicted for it ([] without)."""
         ...
 
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
@@ -268,6 +329,7 @@ class Backend(Protocol):
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
+        limit: SessionLimit | None = None,
     ) -> Record:
         """Replace data and/or metadata (None keeps), change the subject (KEEP keeps), set or
         clear the session's own lifetime (KEEP keeps; `expires_at` is then recomputed from the
@@ -276,7 +338,8 @@ class Backend(Protocol):
 
         `SessionNotFound` if not live; `VersionConflict` if `expected_version` is given and
         differs from the stored version; `LogClosed` if there are events to append and the log
-        is closed. Nothing is written then.
+        is closed; `TooManySessions` if the session gains a subject that `limit` refuses it.
+        Nothing is written then. Sessions evicted for `limit` come back in `Record.evicted`.
         """
         ...
 
@@ -300,11 +363,19 @@ class Backend(Protocol):
         subject: SubjectChange,
         *,
         own_lifetime: LifetimeChange = KEEP,
+        data: bytes | None = None,
+        metadata: bytes | None = None,
+        expected_version: int | None = None,
+        limit: SessionLimit | None = None,
     ) -> Record:
         """Move a live session to `new_id` (same shard) in one atomic step; the old id is gone.
-        `own_lifetime` as in `update`, in the same step.
+        `own_lifetime`, `expected_version` and `limit` as in `update`, in the same step; `data`
+        and `metadata` replace what is stored when given (a store that seals payloads with the
+        session id re-seals them for the new one).
 
-        `SessionNotFound` if not live, `SessionExists` if `new_id` is taken.
+        `SessionNotFound` if not live, `VersionConflict` if `expected_version` differs,
+        `SessionExists` if `new_id` is taken, `TooManySessions` as in `update`; nothing is
+        written then.
         """
         ...
 
@@ -337,6 +408,13 @@ class Backend(Protocol):
 
     async def count(self, ns: str, now: int) -> int:
         """How many live sessions the namespace holds."""
+        ...
+
+    async def scan(self, ns: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        """The ids of stored sessions (live or not), about `limit` at a time: pass the cursor
+        returned (None to start) until it comes back None. Every session stored throughout
+        the scan is named at least once (some may be named twice). For maintenance that
+        walks a namespace (re-sealing under a new key), never for a request."""
         ...
 
     async def append(

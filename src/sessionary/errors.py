@@ -62,6 +62,25 @@ class VersionConflict(SessionaryError):
         return {"expected_version": self.expected, "current_version": self.actual}
 
 
+class TooManySessions(SessionaryError):
+    """A session would take its subject past the namespace's `max_sessions_per_subject`, and
+    the namespace refuses rather than evicting (`on_max_sessions="refuse"`)."""
+
+    code = "too_many_sessions"
+    http_status = 409
+
+    def __init__(self, subject: str, max_sessions: int) -> None:
+        super().__init__(
+            f"this subject already has {max_sessions} live session(s), the most this "
+            "namespace allows: log out of one first"
+        )
+        self.subject = subject
+        self.max_sessions = max_sessions
+
+    def details(self) -> dict[str, Any]:
+        return {"max_sessions": self.max_sessions}
+
+
 class LogClosed(SessionaryError):
     """The session's event log ended (a final event was appended): nothing more can go in."""
 

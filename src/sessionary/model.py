@@ -12,6 +12,10 @@ from sessionary.codec import decode
 from sessionary.contract import Lifetime, Record
 
 EventKind = Literal["created", "updated", "rotated", "deleted", "expired"]
+#: Why a session ended, on `deleted` and `expired` events: "deleted" (`delete`), "revoked"
+#: (`revoke_subject`), "cleared" (`clear`), "evicted" (to make room for a newer session of
+#: its subject under `max_sessions_per_subject`), or "expired" (its time ran out)
+EndReason = Literal["deleted", "revoked", "cleared", "evicted", "expired"]
 EVENT_KINDS: tuple[EventKind, ...] = ("created", "updated", "rotated", "deleted", "expired")
 
 
@@ -104,12 +108,14 @@ class SessionEvent:
     """A change in a session's life, delivered to `Store.on` listeners.
 
     `session` is its state after the change (for `deleted` and `expired`, the last state
-    it had). For `rotated`, `previous_id` is the id that stopped working.
+    it had). For `rotated`, `previous_id` is the id that stopped working. For `deleted` and
+    `expired`, `reason` says why it ended (None on the other kinds).
     """
 
     kind: EventKind
     session: Session
     previous_id: str | None = None
+    reason: EndReason | None = None
 
     @property
     def namespace(self) -> str:

@@ -38,7 +38,9 @@ from sessionary.contract import (
     LifetimeChange,
     LogItem,
     LogLimits,
+    OnMaxSessions,
     Record,
+    SessionLimit,
 )
 from sessionary.counters import MAX_COUNT, Counters, check_amount, check_limit
 from sessionary.errors import (
@@ -60,7 +62,7 @@ from sessionary.logs import (
     check_producer,
     check_type,
 )
-from sessionary.model import ConsumeResult, EventKind, Session, SessionEvent
+from sessionary.model import ConsumeResult, EndReason, EventKind, Session, SessionEvent
 from sessionary.outage import DEFAULT_FAIL_FAST, Breaker, OutageLog, guard
 from sessionary.sessionize import SessionizeBackend
 
@@ -185,6 +187,8 @@ class Store:
         log_max_length: int | None = 10_000,
         log_max_age: timedelta | None = None,
         max_absolute_ttl: timedelta | None = None,
+        max_sessions_per_subject: int | None = None,
+        on_max_sessions: OnMaxSessions = "refuse",
     ) -> Namespace:
         """The namespace `name` with its policy. Asking again with the same policy returns the
         same object; asking with another policy is an error (one name, one policy).
@@ -197,6 +201,14 @@ class Store:
         refuse the request (503, the default) or go on without a session.
         `log_max_length` and `log_max_age` bound each session's event log (see
         `sessionary.logs`): older events are trimmed as new ones arrive.
+
+        `max_sessions_per_subject` caps the live sessions of one subject (Spring Security's
+        maximumSessions), applied atomically whenever a session gains a subject (`create`,
+        `rotate` or `update` with one): with `on_max_sessions="refuse"` the write raises
+        `TooManySessions` and changes nothing; with "evict_oldest" the subject's least
+        recently active sessions are deleted in the same step, each announced by a
+        `deleted` event whose reason is "evicted". Expired sessions never count. On Redis
+        such a namespace lives in one hash slot (see docs/account-security.md).
         """
         if not isinstance(name, str) or not _NAMESPACE_RE.fullmatch(name):
             raise ValueError(
@@ -218,6 +230,11 @@ class Store:
         if log_max_length is not None and (type(log_max_length) is not int or log_max_length < 1):
             raise ValueError("log_max_length is None or an int >= 1")
         limits = LogLimits(log_max_length, _ttl_ms("log_max_age", log_max_age))
+        session_limit = (
+            None
+            if max_sessions_per_subject is None
+            else SessionLimit(max_sessions_per_subject, on_max_sessions)
+        )
         wanted = Namespace(
             self,
             name,
@@ -227,9 +244,12 @@ class Store:
             on_unavailable,
             limits,
             max_absolute_ms,
+            session_limit,
         )
         existing = self._namespaces.get(name)
         if existing is None:
+            if session_limit is not None:
+                self.backend.limit_sessions(name, session_limit)
             self._namespaces[name] = wanted
             return wanted
         if existing.policy_key != wanted.policy_key:
@@ -387,6 +407,7 @@ class Namespace:
         on_unavailable: OnUnavailable = "fail_closed",
         log_limits: LogLimits = NO_LIMITS,
         max_absolute_ms: int | None = None,
+        session_limit: SessionLimit | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -397,6 +418,8 @@ class Namespace:
         self.log_limits = log_limits
         #: the longest absolute ttl a session may ask for itself (None: no bound)
         self.max_absolute_ms = max_absolute_ms
+        #: at most this many live sessions per subject (None: no limit)
+        self.session_limit = session_limit
         self._backend = store.guarded
         self._clock = store.clock
         self._events = store._events
@@ -410,6 +433,7 @@ class Namespace:
             self.on_unavailable,
             self.log_limits,
             self.max_absolute_ms,
+            self.session_limit,
         )
 
     @property
@@ -514,8 +538,9 @@ class Namespace:
             counters={},
             lifetime=own,
         )
+        limit = self.session_limit
         try:
-            await self._backend.create(self.name, record)
+            evicted = await self._backend.create(self.name, record, limit=limit)
         except SessionExists:
             if id is None:
                 raise
@@ -523,7 +548,8 @@ class Namespace:
             if not expired:
                 raise  # a live session holds it
             await self._ended(expired, "expired")
-            await self._backend.create(self.name, record)
+            evicted = await self._backend.create(self.name, record, limit=limit)
+        await self._ended(evicted, "deleted", "evicted")
         session = self._session(record)
         if self._events.wants("created"):
             await self._events.emit(SessionEvent("created", session))
@@ -589,7 +615,9 @@ class Namespace:
             append=items,
             limits=self.log_limits,
             own_lifetime=own,
+            limit=self.session_limit,
         )
+        await self._ended(record.evicted, "deleted", "evicted")
         session = self._session(record)
         if self._events.wants("updated"):
             await self._events.emit(SessionEvent("updated", session))
@@ -793,7 +821,9 @@ class Namespace:
             self.lifetime,
             new_subject,
             own_lifetime=own,
+            limit=self.session_limit,
         )
+        await self._ended(record.evicted, "deleted", "evicted")
         session = self._session(record)
         if self._events.wants("rotated"):
             await self._events.emit(SessionEvent("rotated", session, previous_id=session_id))
@@ -831,7 +861,7 @@ class Namespace:
         records = await self._backend.revoke_subject(self.name, subject, kept)
         now = self._clock.now_ms()
         live = [r for r in records if r.expires_at > now]
-        await self._ended(live, "deleted")
+        await self._ended(live, "deleted", "revoked")
         await self._ended([r for r in records if r.expires_at <= now], "expired")
         return len(live)
 
@@ -851,7 +881,7 @@ class Namespace:
         sessions = [self._session(r) for r in records]
         if self._events.wants("expired"):
             for session in sessions:
-                await self._events.emit(SessionEvent("expired", session))
+                await self._events.emit(SessionEvent("expired", session, reason="expired"))
         return sessions
 
     async def clear(self, batch: int = 1000) -> int:
@@ -865,7 +895,7 @@ class Namespace:
             records = await self._backend.claim(self.name, due, MAX_SAFE_INT)
             now = self._clock.now_ms()
             live = [r for r in records if r.expires_at > now]
-            await self._ended(live, "deleted")
+            await self._ended(live, "deleted", "cleared")
             await self._ended([r for r in records if r.expires_at <= now], "expired")
             removed += len(live)
         return removed
@@ -894,10 +924,16 @@ class Namespace:
             raise PayloadTooLarge(len(raw), self.max_payload)
         return raw
 
-    async def _ended(self, records: Sequence[Record], kind: EventKind) -> None:
+    async def _ended(
+        self, records: Sequence[Record], kind: EventKind, reason: EndReason | None = None
+    ) -> None:
+        """Announce sessions that ended: `reason` says why (by default, what `kind` says:
+        "deleted" or "expired")."""
         if records and self._events.wants(kind):
+            why = reason or ("expired" if kind == "expired" else "deleted")
             for record in records:
-                await self._events.emit(SessionEvent(kind, self._session(record)))
+                event = SessionEvent(kind, self._session(record), reason=why)
+                await self._events.emit(event)
 
 
 def _own_ttl_ms(what: str, ttl: timedelta | Keep | None) -> int | None:

@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 from sessionary.clock import Clock
-from sessionary.contract import KEEP, Keep
+from sessionary.contract import KEEP, Keep, OnMaxSessions
 from sessionary.counters import Charge, ChargeResult, Counters
 from sessionary.logs import Cursor, Event, LogPage
 from sessionary.model import ConsumeResult, Session
@@ -386,6 +386,8 @@ class SyncStore:
         log_max_length: int | None = 10_000,
         log_max_age: timedelta | None = None,
         max_absolute_ttl: timedelta | None = None,
+        max_sessions_per_subject: int | None = None,
+        on_max_sessions: OnMaxSessions = "refuse",
     ) -> SyncNamespace:
         """The namespace `name` with its policy (see `Store.namespace`: same arguments, same
         errors, the same object for the same policy)."""
@@ -398,6 +400,8 @@ class SyncStore:
             "log_max_length": log_max_length,
             "log_max_age": log_max_age,
             "max_absolute_ttl": max_absolute_ttl,
+            "max_sessions_per_subject": max_sessions_per_subject,
+            "on_max_sessions": on_max_sessions,
         }
         opened = self.run(lambda store: _opened(store.namespace(name, **policy)))
         with self._lock:

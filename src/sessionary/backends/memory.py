@@ -32,7 +32,9 @@ from sessionary.contract import (
     LogLimits,
     LogSlice,
     Record,
+    SessionLimit,
     SubjectChange,
+    plan_admission,
     plan_append,
     plan_charges,
     within_bytes,
@@ -138,6 +140,26 @@ class _Space:
         if found is None:
             found = self.logs[session_id] = _Log()
         return found
+
+    def admit(
+        self, session_id: str, subject: SubjectChange, limit: SessionLimit | None, now: int
+    ) -> list[Record]:
+        """Make room for `session_id` gaining `subject` under `limit` (before any write):
+        the evicted sessions, removed; `TooManySessions` if the limit refuses."""
+        if limit is None or subject is KEEP or subject is None:
+            return []
+        current = self.sessions.get(session_id)
+        if current is not None and current.subject == subject:
+            return []  # not gaining it: it has it
+        others = [
+            self.sessions[other]
+            for other in self.subjects.get(subject, ())
+            if other != session_id and other in self.sessions
+        ]
+        evicted = plan_admission(limit, subject, others, now)
+        for record in evicted:
+            self.remove(record.id)
+        return evicted
 
     def set_subject(self, record: Record, subject: SubjectChange) -> None:
         if subject is KEEP or subject == record.subject:
@@ -271,13 +293,20 @@ class MemoryBackend:
         )
         return sessions + sum(len(g.values) + len(g.heap) for g in self._counters.values())
 
-    async def create(self, ns: str, record: Record) -> None:
+    def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
+        """Nothing to arrange: every call sees the whole namespace."""
+
+    async def create(
+        self, ns: str, record: Record, *, limit: SessionLimit | None = None
+    ) -> list[Record]:
         space = self._space(ns)
         if record.id in space.sessions:
             raise SessionExists(record.id)
+        evicted = space.admit(record.id, record.subject, limit, record.last_seen_at)
         stored = _copy(record)
         space.sessions[record.id] = stored
         space.index(stored)
+        return evicted
 
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
         record = self._space(ns).live(session_id, now)
@@ -306,6 +335,7 @@ class MemoryBackend:
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
+        limit: SessionLimit | None = None,
     ) -> Record:
         space = self._space(ns)
         record = space.live(session_id, now)
@@ -315,6 +345,7 @@ class MemoryBackend:
             raise VersionConflict(session_id, expected_version, record.version)
         if append:
             space.log(session_id).check(session_id, append)
+        evicted = space.admit(session_id, subject, limit, now)
         if data is not None:
             record.data = data
         if metadata is not None:
@@ -325,7 +356,9 @@ class MemoryBackend:
         if append:
             space.log(session_id).add(append, now, limits)
             self._signals.notify((ns, session_id))
-        return _copy(record)
+        updated = _copy(record)
+        updated.evicted = evicted
+        return updated
 
     async def consume(
         self, ns: str, session_id: str, now: int, counter: str, amount: int, limit: int | None
@@ -353,12 +386,20 @@ class MemoryBackend:
         subject: SubjectChange,
         *,
         own_lifetime: LifetimeChange = KEEP,
+        data: bytes | None = None,
+        metadata: bytes | None = None,
+        expected_version: int | None = None,
+        limit: SessionLimit | None = None,
     ) -> Record:
         space = self._space(ns)
-        if space.live(session_id, now) is None:
+        current = space.live(session_id, now)
+        if current is None:
             raise SessionNotFound(session_id)
+        if expected_version is not None and expected_version != current.version:
+            raise VersionConflict(session_id, expected_version, current.version)
         if new_id in space.sessions:
             raise SessionExists(new_id)
+        evicted = space.admit(session_id, subject, limit, now)
         log = space.logs.pop(session_id, None)
         record = space.remove(session_id)
         assert record is not None
@@ -368,13 +409,19 @@ class MemoryBackend:
         record.version += 1
         if subject is not KEEP:
             record.subject = subject
+        if data is not None:
+            record.data = data
+        if metadata is not None:
+            record.metadata = metadata
         space.sessions[new_id] = record
         if own_lifetime is not KEEP:
             record.lifetime = own_lifetime
         record.last_seen_at = now
         record.expires_at = lifetime.of(record).expires_at(record.created_at, now)
         space.index(record)
-        return _copy(record)
+        rotated = _copy(record)
+        rotated.evicted = evicted
+        return rotated
 
     async def delete(self, ns: str, session_id: str) -> Record | None:
         return self._space(ns).remove(session_id)
@@ -429,6 +476,12 @@ class MemoryBackend:
 
     async def count(self, ns: str, now: int) -> int:
         return sum(1 for r in self._space(ns).sessions.values() if r.expires_at > now)
+
+    async def scan(self, ns: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        """In id order: the cursor is the last id named."""
+        after = cursor or ""
+        found = sorted(i for i in self._space(ns).sessions if i > after)[:limit]
+        return found, found[-1] if len(found) == limit else None
 
     async def append(
         self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits

@@ -45,7 +45,9 @@ from sessionary.contract import (
     LogLimits,
     LogSlice,
     Record,
+    SessionLimit,
     SubjectChange,
+    plan_admission,
     plan_append,
     plan_charges,
     within_bytes,
@@ -204,9 +206,24 @@ _COUNTER = (
 _ROTATE = (
     "UPDATE sessions SET id = ?6, version = version + 1, last_seen_at = ?1, "
     f"expires_at = {_deadline('?9')}, subject = CASE WHEN ?7 THEN ?8 ELSE subject END, "
-    f"{_own_update('?9', '?10', '?11')} "
-    f"WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 RETURNING {_COLUMNS}"
+    f"{_own_update('?9', '?10', '?11')}, "
+    "data = coalesce(?12, data), metadata = coalesce(?13, metadata) "
+    "WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 AND (?14 IS NULL OR version = ?14) "
+    f"RETURNING {_COLUMNS}"
 )
+_TAKEN = "SELECT 1 FROM sessions WHERE namespace = ? AND id = ?"
+_STANDING = (
+    "SELECT version, subject FROM sessions WHERE namespace = ? AND id = ? AND expires_at > ?"
+)
+_OTHERS_OF_SUBJECT = (
+    f"SELECT {_COLUMNS} FROM sessions WHERE namespace = ? AND subject = ? AND id != ? "
+    "AND expires_at > ?"
+)
+_EVICT = (
+    "DELETE FROM sessions WHERE namespace = ? AND id IN (SELECT value FROM json_each(?)) "
+    f"RETURNING {_COLUMNS}"
+)
+_SCAN = "SELECT id FROM sessions WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
 _DELETE = f"DELETE FROM sessions WHERE namespace = ? AND id = ? RETURNING {_COLUMNS}"
 _LIST_SUBJECT = (
     f"SELECT {_COLUMNS} FROM sessions WHERE namespace = ? AND subject = ? AND expires_at > ?"
@@ -342,6 +359,42 @@ def _counter_row(group: str, state: CounterState) -> tuple[str, str, int, int, s
 
 def _subject_args(subject: SubjectChange) -> tuple[bool, str | None]:
     return (False, None) if subject is KEEP else (True, subject)
+
+
+def _admit(
+    db: sqlite3.Connection,
+    ns: str,
+    session_id: str,
+    subject: SubjectChange,
+    limit: SessionLimit | None,
+    now: int,
+    expected_version: int | None = None,
+    *,
+    new: bool = False,
+) -> list[Record]:
+    """Inside a writing transaction, before anything is written: make room for
+    `session_id` (stored and live, at `expected_version` when given, unless it is `new`)
+    gaining `subject` under `limit`; the evicted sessions, removed. Raises what the write
+    would (`SessionNotFound`, `VersionConflict`, `TooManySessions`) so that a refusal
+    leaves nothing half done."""
+    if limit is None or subject is KEEP or subject is None:
+        return []
+    standing = db.execute(_STANDING, (ns, session_id, now)).fetchone()
+    if standing is None and not new:
+        raise SessionNotFound(session_id)
+    if standing is not None:
+        if expected_version is not None and standing[0] != expected_version:
+            raise VersionConflict(session_id, expected_version, standing[0])
+        if standing[1] == subject:
+            return []  # not gaining it: it has it
+    others = [
+        _record(row) for row in db.execute(_OTHERS_OF_SUBJECT, (ns, subject, session_id, now))
+    ]
+    evicted = plan_admission(limit, subject, others, now)
+    if not evicted:
+        return []
+    wanted = orjson.dumps([record.id for record in evicted]).decode()
+    return [_record(row) for row in db.execute(_EVICT, (ns, wanted))]
 
 
 class _Job(NamedTuple):
@@ -517,8 +570,19 @@ class SQLiteBackend:
         self._writer.jobs.put(_Job(run, writes, future, loop))
         return future
 
-    async def create(self, ns: str, record: Record) -> None:
-        def run(db: sqlite3.Connection) -> None:
+    def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
+        """Nothing to arrange: one transaction sees the whole namespace."""
+
+    async def create(
+        self, ns: str, record: Record, *, limit: SessionLimit | None = None
+    ) -> list[Record]:
+        def run(db: sqlite3.Connection) -> list[Record]:
+            taken = limit is not None and record.subject is not None
+            if taken and db.execute(_TAKEN, (ns, record.id)).fetchone() is not None:
+                raise SessionExists(record.id)
+            evicted = _admit(
+                db, ns, record.id, record.subject, limit, record.last_seen_at, new=True
+            )
             inserted = db.execute(
                 _INSERT,
                 (
@@ -536,8 +600,9 @@ class SQLiteBackend:
             ).rowcount
             if not inserted:
                 raise SessionExists(record.id)
+            return evicted
 
-        await self._submit(run, writes=True)
+        return await self._submit(run, writes=True)
 
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
         def run(db: sqlite3.Connection) -> Record | None:
@@ -570,6 +635,7 @@ class SQLiteBackend:
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
+        limit: SessionLimit | None = None,
     ) -> Record:
         ttls, own = _lifetime_args(lifetime, own_lifetime)
         args = (
@@ -596,6 +662,7 @@ class SQLiteBackend:
                     raise VersionConflict(session_id, expected_version, current[0])
                 if log[1]:
                     raise LogClosed(session_id)
+            evicted = _admit(db, ns, session_id, subject, limit, now, expected_version)
             row = db.execute(_UPDATE, args).fetchone()
             if row is None:
                 current = db.execute(_VERSION, (ns, session_id, now)).fetchone()
@@ -605,7 +672,9 @@ class SQLiteBackend:
                 raise VersionConflict(session_id, expected_version, current[0])
             if log is not None:
                 _log_append(db, ns, session_id, now, append, limits, log)
-            return _record(row)
+            updated = _record(row)
+            updated.evicted = evicted
+            return updated
 
         record = await self._submit(run, writes=True)
         if append:
@@ -640,18 +709,46 @@ class SQLiteBackend:
         subject: SubjectChange,
         *,
         own_lifetime: LifetimeChange = KEEP,
+        data: bytes | None = None,
+        metadata: bytes | None = None,
+        expected_version: int | None = None,
+        limit: SessionLimit | None = None,
     ) -> Record:
         ttls, own = _lifetime_args(lifetime, own_lifetime)
-        args = (now, *ttls, ns, session_id, new_id, *_subject_args(subject), *own)
+        args = (
+            now,
+            *ttls,
+            ns,
+            session_id,
+            new_id,
+            *_subject_args(subject),
+            *own,
+            data,
+            metadata,
+            expected_version,
+        )
 
         def run(db: sqlite3.Connection) -> Record:
+            evicted: list[Record] = []
+            if limit is not None:  # every refusal is decided before anything is written
+                if db.execute(_STANDING, (ns, session_id, now)).fetchone() is None:
+                    raise SessionNotFound(session_id)
+                if db.execute(_TAKEN, (ns, new_id)).fetchone() is not None:
+                    raise SessionExists(new_id)
+                evicted = _admit(db, ns, session_id, subject, limit, now, expected_version)
             try:
                 row = db.execute(_ROTATE, args).fetchone()
             except sqlite3.IntegrityError:
                 raise SessionExists(new_id) from None
             if row is None:
-                raise SessionNotFound(session_id)
-            return _record(row)
+                current = db.execute(_VERSION, (ns, session_id, now)).fetchone()
+                if current is None:
+                    raise SessionNotFound(session_id)
+                assert expected_version is not None
+                raise VersionConflict(session_id, expected_version, current[0])
+            rotated = _record(row)
+            rotated.evicted = evicted
+            return rotated
 
         return await self._submit(run, writes=True)
 
@@ -695,6 +792,15 @@ class SQLiteBackend:
             return int(db.execute(_COUNT, (ns, now)).fetchone()[0])
 
         return await self._submit(run, writes=False)
+
+    async def scan(self, ns: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        """In id order (the table's own index): the cursor is the last id named."""
+
+        def run(db: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in db.execute(_SCAN, (ns, cursor or "", limit))]
+
+        found = await self._submit(run, writes=False)
+        return found, found[-1] if len(found) == limit else None
 
     async def append(
         self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits

@@ -7,14 +7,18 @@ import multiprocessing
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from sessionary import ids
 from sessionary.clock import ManualClock
+from sessionary.contract import OnMaxSessions
 from sessionary.counters import Charge
+from sessionary.errors import TooManySessions
+from sessionary.model import Session
 from sessionary.store import SECRET_RECHECK, Store, connect
+from sessionary.testing._session_limits import LIMIT, LOGINS, evictions, limited
 
 
 def _consume_in_process(
@@ -113,6 +117,33 @@ def _reap_in_process(url: str, namespace: str, now: int, barrier: Any, results: 
     results.put(asyncio.run(work()))
 
 
+def _login_in_process(
+    url: str, on_max: str, now: int, logins: int, barrier: Any, results: Any
+) -> None:
+    """`logins` concurrent logins of one user (an anonymous session, then a rotate that
+    gives it the subject, as a login form does); reports (rotated ids, refusals, the ids
+    this process announced as evicted)."""
+
+    async def work() -> tuple[list[str], int, list[str]]:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            ns = limited(store, cast(OnMaxSessions, on_max), f"mp-limit-{on_max}")
+            heard = evictions(store)
+            anonymous = [await ns.create() for _ in range(logins)]
+            barrier.wait()
+            done = await asyncio.gather(
+                *(ns.rotate(s.id, subject="mp-user") for s in anonymous), return_exceptions=True
+            )
+            rotated = [s.id for s in done if isinstance(s, Session)]
+            refused = sum(isinstance(s, TooManySessions) for s in done)
+            assert len(rotated) + refused == logins, done
+            return rotated, refused, [event.session.id for event in heard]
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
 async def _run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int) -> list[Any]:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(n)
@@ -202,6 +233,34 @@ class MultiProcessConformance:
         for n in range(4):
             mine = [e.data[1] for e in events if e.data and e.data[0] == f"p{n}"]
             assert mine == list(range(1, 51))  # each producer's events in its order, once
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("on_max", ["refuse", "evict_oldest"])
+    async def test_logins_in_several_processes_keep_the_session_limit(
+        self, store: Store, store_url: str, clock: ManualClock, on_max: OnMaxSessions
+    ) -> None:
+        """The issue's race: 20 logins of one user, 5 in each of 4 processes, against a
+        limit of 3: exactly 3 live sessions; 17 refused, or 17 evicted, each announced once
+        (by the process whose login evicted it)."""
+        per_process = LOGINS // 4
+        reports = await _run_processes(
+            _login_in_process, (store_url, on_max, clock.now_ms(), per_process), 4
+        )
+        rotated = [session_id for ids_, _, _ in reports for session_id in ids_]
+        refused = sum(count for _, count, _ in reports)
+        evicted = Counter(session_id for _, _, heard in reports for session_id in heard)
+        ns = limited(store, on_max, f"mp-limit-{on_max}")
+        live = {s.id for s in await ns.list_subject("mp-user")}
+        assert len(live) == LIMIT
+        if on_max == "refuse":
+            assert (len(rotated), refused, len(evicted)) == (LIMIT, LOGINS - LIMIT, 0)
+            assert live == set(rotated)
+        else:
+            assert (len(rotated), refused) == (LOGINS, 0)
+            assert len(evicted) == LOGINS - LIMIT
+            assert set(evicted.values()) == {1}
+            assert live | set(evicted) == set(rotated)
+            assert not live & set(evicted)
 
     @pytest.mark.asyncio
     async def test_a_shared_secret_the_store_lost_is_written_back_not_replaced(

@@ -21,7 +21,8 @@ from hypothesis.stateful import (
 
 from sessionary import ids
 from sessionary.clock import ManualClock
-from sessionary.codec import INT64_MAX, INT64_MIN, MAX_DEPTH
+from sessionary.codec import INT64_MAX, INT64_MIN, MAX_DEPTH, encode_data, encode_metadata
+from sessionary.contract import KEEP
 from sessionary.counters import MAX_COUNT
 from sessionary.errors import (
     InvalidSessionId,
@@ -37,6 +38,7 @@ from sessionary.testing._counters import CounterConformance
 from sessionary.testing._lifetimes import LifetimeConformance
 from sessionary.testing._logs import LogConformance
 from sessionary.testing._machine import machine_for
+from sessionary.testing._session_limits import SessionLimitConformance
 from sessionary.testing._sessionize import SessionizeConformance
 from sessionary.testing._values import (
     MALFORMED_IDS,
@@ -50,7 +52,11 @@ MS = timedelta(milliseconds=1)
 
 
 class StoreConformance(
-    CounterConformance, LogConformance, LifetimeConformance, SessionizeConformance
+    CounterConformance,
+    LogConformance,
+    LifetimeConformance,
+    SessionLimitConformance,
+    SessionizeConformance,
 ):
     """The behaviour every backend must show. Subclass, and override `store_url` and
     `footprint` (see `sessionary.testing`)."""
@@ -612,6 +618,56 @@ class StoreConformance(
         assert a is not None
         assert b is not None
         assert (a.data, b.data) == ({"a": 1}, {"b": 2})
+
+    @pytest.mark.asyncio
+    async def test_rotate_replaces_the_payload_under_an_expected_version(
+        self, web: Namespace
+    ) -> None:
+        """What a store that seals payloads with the session id needs: the payload re-sealed
+        for the new id lands in the rotate's own step, and only over the version it read."""
+        session = await web.create(data={"a": 1}, metadata={"m": "1"})
+        backend, now = web.store.backend, web.store.clock.now_ms()
+        new_id = ids.new_id(shard=ids.shard_of(session.id))
+        with pytest.raises(VersionConflict):
+            await backend.rotate(
+                web.name, session.id, new_id, now, web.lifetime, KEEP,
+                data=encode_data({"a": 2}), expected_version=session.version + 1,
+            )  # fmt: skip
+        assert await web.get(session.id) == session  # nothing changed
+        rotated = await backend.rotate(
+            web.name, session.id, new_id, now, web.lifetime, KEEP,
+            data=encode_data({"a": 2}), metadata=encode_metadata({"m": "2"}),
+            expected_version=session.version,
+        )  # fmt: skip
+        assert (rotated.id, rotated.version) == (new_id, session.version + 1)
+        moved = await web.get(new_id)
+        assert moved is not None
+        assert (moved.data, moved.metadata) == ({"a": 2}, {"m": "2"})
+        assert await web.get(session.id) is None
+        kept = await backend.rotate(
+            web.name, new_id, ids.new_id(shard=ids.shard_of(new_id)), now, web.lifetime, KEEP
+        )
+        assert kept.data == encode_data({"a": 2})  # no payload given: it stays
+
+    @pytest.mark.asyncio
+    async def test_scan_names_every_stored_session(
+        self, web: Namespace, clock: ManualClock
+    ) -> None:
+        expired = {(await web.create(expires_at=clock.now_ms() + 1)).id for _ in range(20)}
+        clock.advance(MS)
+        live = {(await web.create()).id for _ in range(230)}
+        named: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            found, cursor = await web.store.backend.scan(web.name, cursor, 37)
+            named.extend(found)
+            pages += 1
+            if cursor is None:
+                break
+        assert set(named) == expired | live  # expired but not reaped yet: still stored
+        assert pages >= 2
+        assert await web.store.backend.scan("elsewhere", None, 10) == ([], None)
 
     # -- 9. subjects --------------------------------------------------------------------
 

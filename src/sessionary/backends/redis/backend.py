@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import zlib
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -76,6 +77,7 @@ from sessionary.contract import (
     LogLimits,
     LogSlice,
     Record,
+    SessionLimit,
     SubjectChange,
 )
 from sessionary.errors import (
@@ -83,10 +85,12 @@ from sessionary.errors import (
     SessionExists,
     SessionNotFound,
     StoreUnavailable,
+    TooManySessions,
     VersionConflict,
 )
 from sessionary.sessionize import Hit, IngestOutcome, OutboxEntry, Rules, VacuumReport
 
+_log = logging.getLogger("sessionary.redis")
 P = ParamSpec("P")
 R = TypeVar("R")
 N = TypeVar("N", int, float)
@@ -136,6 +140,30 @@ DEFAULT_WAIT_TIMEOUT_MS = 1000
 _CLIENT_DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 
 
+#: the methods whose first argument is a namespace, whose keys depend on its layout
+_NAMESPACED = frozenset(
+    {
+        "create",
+        "get",
+        "touch",
+        "update",
+        "consume",
+        "rotate",
+        "delete",
+        "list_subject",
+        "revoke_subject",
+        "due",
+        "claim",
+        "count",
+        "scan",
+        "append",
+        "read_log",
+        "wait_log",
+    }
+)
+_ONE_SLOT = b"one-slot"
+
+
 def _translate_errors(
     method: Callable[Concatenate[RedisBackend, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[RedisBackend, P], Coroutine[Any, Any, R]]:
@@ -146,6 +174,8 @@ def _translate_errors(
     up to `pool_timeout` seconds instead of opening ever more connections. (A semaphore
     costs nothing when free, unlike redis-py's blocking pool, which adds a loop turn.)
     """
+
+    namespaced = method.__name__ in _NAMESPACED
 
     @functools.wraps(method)
     async def wrapper(self: RedisBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -163,6 +193,8 @@ def _translate_errors(
         try:
             if not self.ready:
                 await self.initialize()
+            if namespaced and args[0] not in self._one_slot:
+                await self._settle_layout(cast(str, args[0]))
             return await method(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
             if (failure := _unavailable(self.where, exc)) is None:
@@ -301,17 +333,36 @@ def _own_args(own: LifetimeChange) -> tuple[str, str, str]:
     return ("clear", "", "") if own is None else ("set", *_ttl_args(own))
 
 
+def _gaining(subject: SubjectChange, limit: SessionLimit | None) -> SessionLimit | None:
+    """The limit when a write may give the session a subject (the script decides whether it
+    gains it, or has it already); None when it cannot."""
+    return limit if isinstance(subject, str) else None
+
+
+def _refused(subject: SubjectChange, limit: SessionLimit | None) -> TooManySessions:
+    assert isinstance(subject, str)
+    assert limit is not None
+    return TooManySessions(subject, limit.max_sessions)
+
+
 def _subject_args(subject: SubjectChange) -> tuple[str, str]:
     if subject is KEEP:
         return "keep", ""
     return ("clear", "") if subject is None else ("set", subject)
 
 
+def _session_limit_args(limit: SessionLimit | None) -> tuple[str, str]:
+    return ("", "") if limit is None else (str(limit.max_sessions), limit.on_max)
+
+
 class _ShardKeys:
+    """A shard's keys: in a slot of its own (`{<ns>:<shard>}`), or, in a namespace kept in one
+    slot for a session limit, in the namespace's (`{<ns>}:<shard>`)."""
+
     __slots__ = ("expiry", "log", "session", "subjects")
 
-    def __init__(self, prefix: str, ns: str, shard: int) -> None:
-        tag = f"{prefix}{{{ns}:{shard:02d}}}"
+    def __init__(self, prefix: str, ns: str, shard: int, one_slot: bool = False) -> None:
+        tag = f"{prefix}{{{ns}}}:{shard:02d}" if one_slot else f"{prefix}{{{ns}:{shard:02d}}}"
         self.session = f"{tag}:s:"
         self.expiry = f"{tag}:x"
         self.subjects = f"{tag}:u"
@@ -419,6 +470,9 @@ class RedisBackend:
             self.calls.timeout,
         )
         self._keys: dict[tuple[str, int], _ShardKeys] = {}
+        #: per namespace used so far, whether it is kept in one slot (see `_settle_layout`)
+        self._one_slot: dict[str, bool] = {}
+        self._limits: dict[str, SessionLimit] = {}
         self.analytics = RedisAnalytics(self.calls, self._scripts, prefix)
 
     @classmethod
@@ -494,8 +548,56 @@ class RedisBackend:
     def shard_keys(self, ns: str, shard: int) -> _ShardKeys:
         keys = self._keys.get((ns, shard))
         if keys is None:
-            keys = self._keys[(ns, shard)] = _ShardKeys(self.prefix, ns, shard)
+            keys = self._keys[(ns, shard)] = _ShardKeys(self.prefix, ns, shard, self._one_slot[ns])
         return keys
+
+    def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
+        """A limit is decided by one script over all of a subject's sessions, so the
+        namespace keeps its 16 shards in one hash slot (on a cluster, one primary holds it)."""
+        self._limits[ns] = limit
+
+    def _limit_keys(self, ns: str, limit: SessionLimit | None) -> list[str]:
+        """What `admit` in common.lua reads: per shard its expiry and subject index."""
+        if limit is None:
+            return []
+        return [key for shard in range(ids.SHARDS) for key in self._index_keys(ns, shard)]
+
+    def _index_keys(self, ns: str, shard: int) -> tuple[str, str]:
+        keys = self.shard_keys(ns, shard)
+        return keys.expiry, keys.subjects
+
+    async def _settle_layout(self, ns: str) -> None:
+        """Learn, once per process, whether `ns` lives in one slot: a namespace with a session
+        limit does, marked by a key that never expires (the one key that outlives sessions),
+        written by the first process that opens it with the limit, unless sessions of it are
+        spread over slots already. A process that disagrees cannot silently write where the
+        others never look: with a limit it refuses to work on a spread namespace; without,
+        it follows the marker (and warns, since it does not enforce the limit itself)."""
+        marker = f"{self.prefix}{{{ns}}}:layout"
+        limited = ns in self._limits
+        stored = await self.calls.call("GET", marker)
+        if limited and stored is None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in range(ids.SHARDS):
+                    pipe.exists(_ShardKeys(self.prefix, ns, shard).expiry)
+                spread = any(_raise_first(await pipe.execute(raise_on_error=False)))
+            if not spread:
+                await self.calls.call("SET", marker, _ONE_SLOT, "NX")
+                stored = await self.calls.call("GET", marker)
+        one_slot = stored == _ONE_SLOT
+        if limited and not one_slot:
+            raise ValueError(
+                f"namespace {ns!r} already holds sessions spread over 16 Redis hash slots (it "
+                "was used without max_sessions_per_subject), and a session limit needs them "
+                f"in one: use a new namespace name, or clear this one and delete {marker!r}"
+            )
+        if one_slot and not limited:
+            _log.warning(
+                "namespace %r is kept for a session limit, which this process does not "
+                "enforce: open it with the same max_sessions_per_subject everywhere",
+                ns,
+            )
+        self._one_slot[ns] = one_slot
 
     def _session_keys(self, ns: str, session_id: str) -> tuple[str, str, str, str]:
         """The session, its shard's expiry and subject indexes, and its log."""
@@ -505,11 +607,14 @@ class RedisBackend:
     # -- single-session operations ------------------------------------------------------
 
     @_translate_errors
-    async def create(self, ns: str, record: Record) -> None:
-        created = await self._scripts.run(
+    async def create(
+        self, ns: str, record: Record, *, limit: SessionLimit | None = None
+    ) -> list[Record]:
+        limit = None if record.subject is None else limit
+        reply = await self._scripts.run(
             self.calls,
             self._scripts.create,
-            self._session_keys(ns, record.id),
+            (*self._session_keys(ns, record.id), *self._limit_keys(ns, limit)),
             (
                 record.id,
                 record.created_at,
@@ -522,10 +627,16 @@ class RedisBackend:
                 record.last_seen_at,
                 self.grace,
                 *_own_args(KEEP if record.lifetime is None else record.lifetime),
+                *_session_limit_args(limit),
             ),
         )
-        if not created:
+        if reply[0] == 0:
             raise SessionExists(record.id)
+        if reply[0] == -4:
+            assert limit is not None
+            assert record.subject is not None
+            raise TooManySessions(record.subject, limit.max_sessions)
+        return _pairs(reply[1])
 
     @_translate_errors
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
@@ -561,11 +672,13 @@ class RedisBackend:
         append: Sequence[LogItem] = (),
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
+        limit: SessionLimit | None = None,
     ) -> Record:
+        limit = _gaining(subject, limit)
         reply = await self._scripts.run(
             self.calls,
             self._scripts.update,
-            self._session_keys(ns, session_id),
+            (*self._session_keys(ns, session_id), *self._limit_keys(ns, limit)),
             (
                 session_id,
                 now,
@@ -578,6 +691,7 @@ class RedisBackend:
                 "" if expires_at is None else expires_at,
                 *_limit_args(limits),
                 *_own_args(own_lifetime),
+                *_session_limit_args(limit),
                 *_item_args(append),
             ),
         )
@@ -588,7 +702,11 @@ class RedisBackend:
             raise VersionConflict(session_id, expected_version, int(reply[1]))
         if reply[0] == -3:
             raise LogClosed(session_id)
-        return _record(session_id, _fields(reply[1]))
+        if reply[0] == -4:
+            raise _refused(subject, limit)
+        updated = _record(session_id, _fields(reply[1]))
+        updated.evicted = _pairs(reply[2])
+        return updated
 
     @_translate_errors
     async def consume(
@@ -615,15 +733,28 @@ class RedisBackend:
         subject: SubjectChange,
         *,
         own_lifetime: LifetimeChange = KEEP,
+        data: bytes | None = None,
+        metadata: bytes | None = None,
+        expected_version: int | None = None,
+        limit: SessionLimit | None = None,
     ) -> Record:
         if ids.shard_of(new_id) != ids.shard_of(session_id):
             raise ValueError("rotate needs the new id in the old id's shard (ids.new_id(shard=))")
+        limit = _gaining(subject, limit)
         old_key, expiry, subjects, old_log = self._session_keys(ns, session_id)
         new_key, _, _, new_log = self._session_keys(ns, new_id)
         reply = await self._scripts.run(
             self.calls,
             self._scripts.rotate,
-            (old_key, new_key, expiry, subjects, old_log, new_log),
+            (
+                old_key,
+                new_key,
+                expiry,
+                subjects,
+                old_log,
+                new_log,
+                *self._limit_keys(ns, limit),
+            ),
             (
                 session_id,
                 new_id,
@@ -632,13 +763,24 @@ class RedisBackend:
                 self.grace,
                 *_subject_args(subject),
                 *_own_args(own_lifetime),
+                data or b"",
+                metadata or b"",
+                "" if expected_version is None else str(expected_version),
+                *_session_limit_args(limit),
             ),
         )
         if reply[0] == -1:
             raise SessionNotFound(session_id)
         if reply[0] == -2:
             raise SessionExists(new_id)
-        return _record(new_id, _fields(reply[1]))
+        if reply[0] == -3:
+            assert expected_version is not None
+            raise VersionConflict(session_id, expected_version, int(reply[1]))
+        if reply[0] == -4:
+            raise _refused(subject, limit)
+        rotated = _record(new_id, _fields(reply[1]))
+        rotated.evicted = _pairs(reply[2])
+        return rotated
 
     @_translate_errors
     async def delete(self, ns: str, session_id: str) -> Record | None:
@@ -735,6 +877,20 @@ class RedisBackend:
     async def count(self, ns: str, now: int) -> int:
         counts = await self._fan_out(lambda pipe, k: pipe.zcount(k.expiry, f"({now}", "+inf"), ns)
         return sum(counts)
+
+    @_translate_errors
+    async def scan(self, ns: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        """Shard by shard, ZSCAN over its expiry index (every stored session has an entry):
+        the cursor is "<shard>:<ZSCAN cursor>"."""
+        shard, position = (0, 0) if cursor is None else map(int, cursor.split(":"))
+        found: list[str] = []
+        while shard < ids.SHARDS and len(found) < limit:
+            expiry = self.shard_keys(ns, shard).expiry
+            position, pairs = await self.client.zscan(expiry, position, count=limit)
+            found.extend(cast(bytes, member).decode() for member, _ in pairs)
+            if position == 0:
+                shard += 1
+        return found, None if shard >= ids.SHARDS else f"{shard}:{position}"
 
     # -- event logs: a stream beside each session, in its hash tag ------------------------
 

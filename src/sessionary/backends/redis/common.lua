@@ -115,3 +115,46 @@ local function trim_log(log_key, max_len, max_age, now)
     end
   end
 end
+
+-- a session limit ("max sessions per subject"), for a namespace kept in one hash slot:
+-- KEYS[first..first+31] hold, per shard, its expiry then its subject index. Makes room for
+-- one more live session of `subject` beside `self_id` (which is not counted): returns false
+-- when the `max` others are live and `mode` is 'refuse'; else removes the least recently
+-- active others beyond max - 1 (ties: created first, then id) and returns them as
+-- {id, fields, ...}. Expired sessions neither count nor go.
+local function admit(first, subject, self_id, max, mode, now)
+  local live = {}
+  local low, high = '[' .. subject .. '\0', '(' .. subject .. '\1'
+  for shard = 0, 15 do
+    local expiry, subjects = KEYS[first + 2 * shard], KEYS[first + 2 * shard + 1]
+    local base = string.sub(expiry, 1, -2)  -- "<tag>:" of the shard's keys
+    for _, member in ipairs(redis.call('ZRANGEBYLEX', subjects, low, high)) do
+      local id = string.sub(member, #subject + 2)
+      if id ~= self_id then
+        local state = redis.call('HMGET', base .. 's:' .. id, 'l', 'c', 'e', 's')
+        if state[3] and tonumber(state[3]) > now and state[4] == subject then
+          live[#live + 1] = {tonumber(state[1]), tonumber(state[2]), id, base}
+        end
+      end
+    end
+  end
+  local excess = #live - max + 1
+  if excess <= 0 then return {} end
+  if mode == 'refuse' then return false end
+  table.sort(live, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[3] < b[3]
+  end)
+  local evicted = {}
+  for i = 1, excess do
+    local id, base = live[i][3], live[i][4]
+    local key = base .. 's:' .. id
+    evicted[#evicted + 1] = id
+    evicted[#evicted + 1] = redis.call('HGETALL', key)
+    redis.call('DEL', key, base .. 'l:' .. id)
+    redis.call('ZREM', base .. 'x', id)
+    redis.call('ZREM', base .. 'u', subject .. '\0' .. id)
+  end
+  return evicted
+end
