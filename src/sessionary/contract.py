@@ -330,11 +330,16 @@ class Backend(Protocol):
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
         limit: SessionLimit | None = None,
+        activity: bool = True,
     ) -> Record:
         """Replace data and/or metadata (None keeps), change the subject (KEEP keeps), set or
         clear the session's own lifetime (KEEP keeps; `expires_at` is then recomputed from the
         new one), end the session sooner (`expires_at`, never later than the lifetime allows),
         and append events to its log, all in one atomic step.
+
+        With `activity=False` it is a maintenance write (re-sealing under a new key), not
+        activity: `last_seen_at` and `expires_at` stay as stored (the version still grows);
+        the store passes it only with `own_lifetime=KEEP` and no `expires_at`.
 
         `SessionNotFound` if not live; `VersionConflict` if `expected_version` is given and
         differs from the stored version; `LogClosed` if there are events to append and the log

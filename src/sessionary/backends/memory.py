@@ -336,6 +336,7 @@ class MemoryBackend:
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
         limit: SessionLimit | None = None,
+        activity: bool = True,
     ) -> Record:
         space = self._space(ns)
         record = space.live(session_id, now)
@@ -352,7 +353,8 @@ class MemoryBackend:
             record.metadata = metadata
         space.set_subject(record, subject)
         record.version += 1
-        space.activity(record, now, lifetime, expires_at, own_lifetime)
+        if activity:
+            space.activity(record, now, lifetime, expires_at, own_lifetime)
         if append:
             space.log(session_id).add(append, now, limits)
             self._signals.notify((ns, session_id))

@@ -164,7 +164,9 @@ _TOUCH = (
 _UPDATE = (
     "UPDATE sessions SET data = coalesce(?6, data), metadata = coalesce(?7, metadata), "
     "subject = CASE WHEN ?8 THEN ?9 ELSE subject END, version = version + 1, "
-    f"last_seen_at = ?1, expires_at = min({_deadline('?12')}, coalesce(?11, {_FOREVER})), "
+    "last_seen_at = CASE WHEN ?15 THEN ?1 ELSE last_seen_at END, "
+    f"expires_at = CASE WHEN ?15 THEN min({_deadline('?12')}, coalesce(?11, {_FOREVER})) "
+    "ELSE expires_at END, "
     f"{_own_update('?12', '?13', '?14')} "
     "WHERE namespace = ?4 AND id = ?5 AND expires_at > ?1 AND (?10 IS NULL OR version = ?10) "
     f"RETURNING {_COLUMNS}"
@@ -308,6 +310,12 @@ def _log_append(
     return plan.seqs
 
 
+def _blob(value: bytes | str) -> bytes:
+    """A payload column as bytes: sessionary writes bytes, but a row written as text (by a
+    hand-made migration, say; the column's BLOB affinity keeps text as text) is read too."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
 def _record(row: tuple[Any, ...]) -> Record:
     counters = row[8]
     return Record(
@@ -317,8 +325,8 @@ def _record(row: tuple[Any, ...]) -> Record:
         row[3],
         row[4],
         row[5],
-        row[6],
-        row[7],
+        _blob(row[6]),
+        _blob(row[7]),
         {} if counters == "{}" else orjson.loads(counters),
         None if row[9] is None and row[10] is None else Lifetime(row[9], row[10]),
     )
@@ -636,6 +644,7 @@ class SQLiteBackend:
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
         limit: SessionLimit | None = None,
+        activity: bool = True,
     ) -> Record:
         ttls, own = _lifetime_args(lifetime, own_lifetime)
         args = (
@@ -649,6 +658,7 @@ class SQLiteBackend:
             expected_version,
             expires_at,
             *own,
+            activity,
         )
 
         def run(db: sqlite3.Connection) -> Record:

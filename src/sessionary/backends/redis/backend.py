@@ -589,7 +589,8 @@ class RedisBackend:
             raise ValueError(
                 f"namespace {ns!r} already holds sessions spread over 16 Redis hash slots (it "
                 "was used without max_sessions_per_subject), and a session limit needs them "
-                f"in one: use a new namespace name, or clear this one and delete {marker!r}"
+                "in one: use a new namespace name, or clear this one from a process without "
+                f"the limit (and delete {marker!r} if present); see docs/account-security.md"
             )
         if one_slot and not limited:
             _log.warning(
@@ -673,6 +674,7 @@ class RedisBackend:
         limits: LogLimits = NO_LIMITS,
         own_lifetime: LifetimeChange = KEEP,
         limit: SessionLimit | None = None,
+        activity: bool = True,
     ) -> Record:
         limit = _gaining(subject, limit)
         reply = await self._scripts.run(
@@ -692,6 +694,7 @@ class RedisBackend:
                 *_limit_args(limits),
                 *_own_args(own_lifetime),
                 *_session_limit_args(limit),
+                "1" if activity else "0",
                 *_item_args(append),
             ),
         )

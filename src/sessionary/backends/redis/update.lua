@@ -4,6 +4,7 @@
 --       expires_at cap ('' none), log max_len ('' none), log max_age ('' none),
 --       own lifetime mode ('keep' | 'set' | 'clear'), own idle, own absolute ('' not set),
 --       session limit max ('' none), its mode ('refuse' | 'evict_oldest'),
+--       activity ('1': last seen now, expiry recomputed | '0': both stay, a maintenance write),
 --       then 5 values per event to append (see append_events)
 -- KEYS beyond the first 4: with a session limit, the limit's 32 keys (see admit)
 -- -> {1, fields, {id, fields, ...} evicted, seq...} | {-1} not live | {-2, actual version}
@@ -13,7 +14,7 @@ local now = tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'c', 'e', 'v', 's', 'lc')
 if not state[1] or tonumber(state[2]) <= now then return {-1} end
 if ARGV[10] ~= '' and state[3] ~= ARGV[10] then return {-2, state[3]} end
-local appending = #ARGV > 18
+local appending = #ARGV > 19
 if appending and state[5] == '1' then return {-3} end
 local evicted = {}
 if ARGV[8] == 'set' and ARGV[9] ~= state[4] and ARGV[17] ~= '' then
@@ -36,15 +37,18 @@ if ARGV[8] ~= 'keep' then
 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 set_own(KEYS[1], ARGV[14], ARGV[15], ARGV[16])
-local own = redis.call('HMGET', KEYS[1], 'oi', 'oa')
-local idle, absolute = ttls_of(own[1], own[2], ARGV[3], ARGV[4])
-local e = deadline(tonumber(state[1]), now, idle, absolute)
-if ARGV[11] ~= '' and tonumber(ARGV[11]) < e then e = tonumber(ARGV[11]) end
-redis.call('HSET', KEYS[1], 'l', ARGV[2], 'e', int(e))
+local e = tonumber(state[2])
+if ARGV[19] == '1' then
+  local own = redis.call('HMGET', KEYS[1], 'oi', 'oa')
+  local idle, absolute = ttls_of(own[1], own[2], ARGV[3], ARGV[4])
+  e = deadline(tonumber(state[1]), now, idle, absolute)
+  if ARGV[11] ~= '' and tonumber(ARGV[11]) < e then e = tonumber(ARGV[11]) end
+  redis.call('HSET', KEYS[1], 'l', ARGV[2], 'e', int(e))
+end
 place(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], e, now, tonumber(ARGV[5]), subject)
 local reply = {1, false, evicted}
 if appending then
-  append_events(KEYS[1], KEYS[4], ARGV, 19, now, reply)
+  append_events(KEYS[1], KEYS[4], ARGV, 20, now, reply)
   trim_log(KEYS[4], ARGV[12], ARGV[13], now)
 end
 reply[2] = redis.call('HGETALL', KEYS[1])
