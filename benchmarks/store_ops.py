@@ -12,7 +12,9 @@ pipeline per operation, without the atomic checks, on an identically configured 
 the ratio sessionary/raw says what correctness costs. Last, the blocking API
 (`sessionary.connect_sync`) against the async one: touch at one caller, each from a caller of
 its own kind (a coroutine; a plain thread), and the ratio sync/async says what the hand-off to
-the store's loop thread costs.
+the store's loop thread costs. And encryption at rest: touch and update on a store sealing
+data and metadata with AES-256-GCM (`encryption_keys`) against the same store without, in
+the same round, and the ratio sealed/plain (docs/benchmarks.md records it; target >= 0.85x).
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ from sessionary.backends.redis.scripts import Scripts
 Op = Callable[[int], Awaitable[object]]
 REDIS_URL = os.environ.get("REDIS_BENCH_URL", "redis://127.0.0.1:6379/9")
 PREFIX = f"bench:{os.getpid()}:"
+#: the sealed store's key: any 32 bytes will do for a benchmark
+ENCRYPTION_KEY = bytes(range(32))
+
+
+Key = tuple[str, int]  # (op, tasks)
+
+
+@dataclass
+class Sealing:
+    """touch or update with encryption at rest against without: ops/s, and the median of
+    their ratios slice by slice (steadier than the ratio of the medians on a busy VM)."""
+
+    plain: float
+    sealed: float
+    ratio: float
 
 
 @dataclass
@@ -106,6 +123,70 @@ async def bench_store(name: str, store: Store, n: int, concurrencies: list[int])
         await asyncio.gather(*(web.delete(s) for s in created[start : start + 500]))
     await asyncio.gather(*(web.delete(s) for s in pool))
     return results
+
+
+#: a sealing measurement alternates plain and sealed this many times (slices of its ops)
+SEALING_SLICES = 10
+
+
+async def bench_sealing(url: str, n: int, concurrencies: list[int]) -> dict[Key, Sealing]:
+    """ops/s of touch and update on a store without encryption keys and on one with them
+    (two stores on `url` at once, each with its namespace), alternating in slices of n/10
+    ops, each side first in turn: a drift of the VM's speed (neighbours come and go) then
+    weighs on both sides alike. {(op, tasks): (plain, sealed, median ratio of the slices)}."""
+    data = {"user": 42, "cart": [{"sku": "A-1", "qty": 2}], "flags": {"beta": True}}
+    metadata = {"ua": "Mozilla/5.0 (X11; Linux x86_64)", "ip": "203.0.113.0"}
+    stores = {
+        False: await sessionary.connect(url),
+        True: await sessionary.connect(url, encryption_keys=[ENCRYPTION_KEY]),
+    }
+    ops: dict[bool, dict[str, Op]] = {}
+    pools: dict[bool, tuple[Namespace, list[str]]] = {}
+    try:
+        for sealed, store in stores.items():
+            web = store.namespace(
+                "bench-sealed" if sealed else "bench-plain",
+                idle_ttl=timedelta(minutes=30),
+                absolute_ttl=timedelta(hours=12),
+            )
+            made = await asyncio.gather(
+                *(web.create(data=data, metadata=metadata) for _ in range(1000))
+            )
+            pool = [s.id for s in made]
+            pools[sealed] = (web, pool)
+
+            async def touch(i: int, web: Namespace = web, pool: list[str] = pool) -> None:
+                await web.touch(pool[i % len(pool)])
+
+            async def update(i: int, web: Namespace = web, pool: list[str] = pool) -> None:
+                await web.update(pool[i % len(pool)], data={**data, "n": i})
+
+            ops[sealed] = {"touch": touch, "update": update}
+        out: dict[Key, Sealing] = {}
+        per_slice = max(1, n // SEALING_SLICES)
+        for tasks in concurrencies:
+            for op in ("touch", "update"):
+                for sealed in (False, True):
+                    await timed(ops[sealed][op], min(n // 10, 1000), tasks)
+                plain, sealed_speeds, ratios = [], [], []
+                for turn in range(SEALING_SLICES):
+                    speeds = {}
+                    for sealed in (True, False) if turn % 2 else (False, True):
+                        speeds[sealed] = await timed(ops[sealed][op], per_slice, tasks)
+                    plain.append(speeds[False])
+                    sealed_speeds.append(speeds[True])
+                    ratios.append(speeds[True] / speeds[False])
+                out[(op, tasks)] = Sealing(
+                    statistics.median(plain),
+                    statistics.median(sealed_speeds),
+                    statistics.median(ratios),
+                )
+        return out
+    finally:
+        for web, pool in pools.values():
+            await asyncio.gather(*(web.delete(s) for s in pool))
+        for store in stores.values():
+            await store.close()
 
 
 async def bench_raw_redis(n: int, concurrencies: list[int]) -> dict[tuple[str, int], float]:
@@ -261,6 +342,7 @@ async def main() -> None:
     rounds: list[list[Result]] = []
     raw_rounds: list[dict[tuple[str, int], float]] = []
     sync_rounds: list[dict[str, tuple[float, float]]] = []
+    sealing_rounds: list[dict[str, dict[Key, Sealing]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_number in range(args.rounds):  # interleaved: the VM's speed drifts
             urls = {
@@ -281,6 +363,10 @@ async def main() -> None:
             sync_rounds.append(
                 {name: await bench_sync_touch(urls[name], args.ops) for name in backends}
             )
+            sealed = {
+                name: await bench_sealing(urls[name], args.ops, concurrencies) for name in backends
+            }
+            sealing_rounds.append(sealed)
     results = [
         Result(
             first.backend,
@@ -329,6 +415,24 @@ async def main() -> None:
         "(each call a hand-off to the store's loop thread and back):"
     )
     console.print(blocking)
+    sealing = Table("backend", "op", "tasks", "plain ops/s", "sealed ops/s", "sealed/plain")
+    for name in backends:
+        for op, tasks in sealing_rounds[0][name]:
+            found = [r[name][(op, tasks)] for r in sealing_rounds]
+            sealing.add_row(
+                name,
+                op,
+                str(tasks),
+                f"{statistics.median(f.plain for f in found):,.0f}",
+                f"{statistics.median(f.sealed for f in found):,.0f}",
+                f"{statistics.median(f.ratio for f in found):.2f}x",
+            )
+    console.print(
+        "Encryption at rest (data and metadata sealed with AES-256-GCM) against none, "
+        "touch and update, alternating in slices (the ratio: the median of theirs; "
+        "target: sealed/plain >= 0.85x):"
+    )
+    console.print(sealing)
 
 
 if __name__ == "__main__":

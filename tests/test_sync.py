@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -302,3 +303,30 @@ def test_shared_gives_one_store_per_url_across_threads_and_a_new_one_after_close
         assert shared(url) is replacement
     finally:
         replacement.close()
+
+
+def test_a_blocking_store_seals_with_its_keys_and_shared_tells_keys_apart(
+    tmp_path: Path,
+) -> None:
+    key, other = secrets.token_bytes(32), secrets.token_bytes(32)
+    url = f"sqlite:///{tmp_path / 'sealed.db'}"
+    store = shared(url, encryption_keys=[key])
+    try:
+        web = store.namespace("web", idle_ttl=timedelta(hours=1))
+        session = web.create(data={"note": "plain-marker-text"}, metadata={"m": "meta-marker"})
+        found = web.get(session.id)
+        assert found is not None
+        assert (found.data, found.metadata) == ({"note": "plain-marker-text"}, {"m": "meta-marker"})
+        stored = b"".join(path.read_bytes() for path in tmp_path.glob("sealed.db*"))
+        assert session.id.encode() in stored  # the file holds the session...
+        assert b"plain-marker-text" not in stored  # ...but not its data or metadata in clear
+        assert b"meta-marker" not in stored
+        assert shared(url, encryption_keys=[key]) is store
+        with pytest.raises(ValueError, match="other options"):
+            shared(url, encryption_keys=[other])
+        with pytest.raises(ValueError, match="other options"):
+            shared(url)
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="32 bytes"):
+        connect_sync(url, encryption_keys=["not-a-key"])

@@ -175,3 +175,34 @@ def sqlite_unavailable(where: str, exc: Exception) -> StoreUnavailable | None:
 def _short(session_id: str) -> str:
     """Never print a whole session id: it is a bearer credential."""
     return f"{session_id[:8]}..." if len(session_id) > 8 else "<short id>"
+
+
+class SessionUnreadable(SessionaryError):
+    """A stored session is sealed (encryption at rest) and cannot be opened: sealed under a
+    key this process was not given (`reason` "unknown_key"), or its bytes fail
+    authentication (`reason` "tampered": changed, or copied from another session, namespace
+    or field). Never read as garbage. The web integrations treat such a session as absent
+    (a new one is issued); the API raises this, which says what the operator must do."""
+
+    code = "session_unreadable"
+    #: the session exists but this server's configuration cannot open it: a conflict with
+    #: the stored state, which the operator resolves (adding the key, or deleting it)
+    http_status = 409
+
+    def __init__(self, session_id: str, key_id: str, reason: str) -> None:
+        if reason == "unknown_key":
+            problem = f"is sealed under key {key_id!r}, which is not among encryption_keys"
+            remedy = "add the key that sealed it to encryption_keys, or delete the session"
+        elif not key_id:
+            problem = "is neither sealed nor plain JSON (tampered with)"
+            remedy = "delete the session; if the store's bytes were altered, investigate"
+        else:
+            problem = f"fails authentication under key {key_id!r} (tampered with, or moved)"
+            remedy = "delete the session; if the store's bytes were altered, investigate"
+        super().__init__(f"session {_short(session_id)} {problem}: {remedy}")
+        self.session_id = session_id
+        self.key_id = key_id
+        self.reason = reason
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason, "key_id": self.key_id}

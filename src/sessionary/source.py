@@ -7,14 +7,31 @@ from __future__ import annotations
 import asyncio
 
 from sessionary.clock import Clock
+from sessionary.sealing import EncryptionKeys, parse_keys
 from sessionary.store import Store, connect
 
 
 class StoreSource:
-    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
+    """`encryption_keys` (see `sessionary.connect`) open a store given by URL: checked here,
+    so a bad key is a `ValueError` (naming its position, never the key) when the component
+    is built, not at its first request. An open `Store` has its keys (or none) already."""
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        clock: Clock | None = None,
+        encryption_keys: EncryptionKeys | None = None,
+    ) -> None:
+        if encryption_keys and not isinstance(store, str):
+            raise ValueError(
+                "encryption_keys go with a store URL: open the Store with them "
+                "(connect(url, encryption_keys=...))"
+            )
         self._store = store if isinstance(store, Store) else None
         self._url = store if isinstance(store, str) else None
         self._clock = clock
+        self._keys = parse_keys(encryption_keys) if encryption_keys else None
         self._owned = False
         self._opening = asyncio.Lock()
 
@@ -40,7 +57,9 @@ class StoreSource:
                     raise RuntimeError(
                         "no store yet: pass store=<Store or URL>, or bind() one at startup"
                     )
-                self._store = await connect(self._url, clock=self._clock)
+                self._store = await connect(
+                    self._url, clock=self._clock, encryption_keys=self._keys
+                )
                 self._owned = True
         return self._store
 

@@ -7,6 +7,7 @@ store bytes and keep their indexes (see `sessionary.contract`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -48,8 +49,10 @@ from sessionary.errors import (
     PayloadTooLarge,
     SessionExists,
     SessionNotFound,
+    SessionUnreadable,
     StoreUnavailable,
     ValidationError,
+    VersionConflict,
 )
 from sessionary.events import EventBus, Listener
 from sessionary.logs import (
@@ -64,11 +67,22 @@ from sessionary.logs import (
 )
 from sessionary.model import ConsumeResult, EndReason, EventKind, Session, SessionEvent
 from sessionary.outage import DEFAULT_FAIL_FAST, Breaker, OutageLog, guard
+from sessionary.sealing import (
+    MAGIC,
+    EncryptionKeys,
+    Field,
+    RekeyOutcome,
+    RekeyReport,
+    Sealer,
+    UnreadableLog,
+    refuse_sealed,
+)
 from sessionary.sessionize import SessionizeBackend
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_URL",
+    "SECRETS_NAMESPACE",
     "SECRET_RECHECK",
     "Namespace",
     "SharedSecrets",
@@ -84,9 +98,13 @@ _FOLLOW_PAGE = 1000
 FOLLOW_PAGE_BYTES = 64 * 1024
 _HEALTH_GROUP = "sessionary.health"
 _HEALTH_WINDOW_MS = 60_000
-_SECRETS_NAMESPACE = "sessionary.secrets"
+#: where `Store.shared_secret` keeps its secrets (a namespace like any other: sealed too)
+SECRETS_NAMESPACE = "sessionary.secrets"
 _SECRETS_LIFETIME = timedelta(days=3650)
 SECRET_RECHECK = timedelta(seconds=5)
+#: how many times a sealed rotate, or a rekey of one session, reads again after a
+#: concurrent write before giving up (`VersionConflict`; for a rekey, "busy")
+_RESEAL_ATTEMPTS = 8
 
 DEFAULT_URL = "sqlite:///sessionary.db"
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, encoded
@@ -103,6 +121,7 @@ async def connect(
     clock: Clock | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     fail_fast: timedelta | None = None,
+    encryption_keys: EncryptionKeys | None = None,
 ) -> Store:
     """Open a store.
 
@@ -111,7 +130,12 @@ async def connect(
     a `Backend` object of your own. The default is an SQLite file `sessionary.db` in the
     working directory. Every URL takes `fail_fast_ms` (see `Store`), which the store reads
     and the backend never sees; `fail_fast` overrides it.
+
+    `encryption_keys` turns on encryption at rest (see `sessionary.sealing`): keys of 32
+    random bytes, or base64 text optionally "id:"-prefixed (comma-separated in one str); the
+    first seals, all open. Checked before the store is opened.
     """
+    sealer = Sealer(encryption_keys) if encryption_keys else None
     if url is None or isinstance(url, str):
         url, window = _fail_fast_option(url or DEFAULT_URL)
         backend = await open_backend(url)
@@ -123,6 +147,7 @@ async def connect(
         clock=clock,
         max_payload=max_payload,
         fail_fast=DEFAULT_FAIL_FAST if window is None else window,
+        sealer=sealer,
     )
 
 
@@ -155,8 +180,12 @@ class Store:
         clock: Clock | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         fail_fast: timedelta = DEFAULT_FAIL_FAST,
+        sealer: Sealer | None = None,
     ) -> None:
-        """`fail_fast`: after a call the backend could not get answered (a timeout, the
+        """`sealer`: encryption at rest (see `sessionary.sealing`; None: sessions are stored
+        as plain JSON).
+
+        `fail_fast`: after a call the backend could not get answered (a timeout, the
         server unreachable), the calls within this window fail at once with
         `StoreUnavailable` instead of each waiting its own timeout; then one call probes
         (see `sessionary.outage.Breaker`). `timedelta(0)` turns it off."""
@@ -174,6 +203,10 @@ class Store:
         self._counters: dict[str, Counters] = {}
         self._hub = LogHub(self.guarded, self.clock)
         self._secrets: SharedSecrets | None = None
+        #: seals sessions' data and metadata before the backend sees them (None: plain JSON)
+        self.sealer = sealer
+        #: the sealed sessions this store could not open: counted, logged once each
+        self.unreadable = UnreadableLog()
 
     def namespace(
         self,
@@ -279,7 +312,7 @@ class Store:
         store again at most `SECRET_RECHECK` after this process last did (see
         `SharedSecrets`)."""
         if self._secrets is None:
-            keep = self.namespace(_SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
+            keep = self.namespace(SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
             self._secrets = SharedSecrets(keep, "secret")
         expires_at = self.clock.now_ms() + to_ms(min(lifetime, _SECRETS_LIFETIME))
         return await self._secrets.get(name, expires_at=expires_at)
@@ -423,6 +456,7 @@ class Namespace:
         self._backend = store.guarded
         self._clock = store.clock
         self._events = store._events
+        self._sealer = store.sealer
 
     @property
     def policy_key(self) -> tuple[object, ...]:
@@ -515,8 +549,8 @@ class Namespace:
         subject = _check_subject(subject)
         own = self.own_lifetime(idle_ttl, absolute_ttl)
         own = None if own is KEEP else own
-        encoded_data = EMPTY_OBJECT if data is None else self._encode_data(data)
-        encoded_metadata = EMPTY_OBJECT if metadata is None else self._encode_metadata(metadata)
+        encoded_data = self._encode_data(session_id, {} if data is None else data)
+        encoded_metadata = self._encode_metadata(session_id, {} if metadata is None else metadata)
         now = self._clock.now_ms()
         created = now if created_at is None else _check_ms("created_at", created_at)
         if created > now:
@@ -593,8 +627,8 @@ class Namespace:
         event announcing it land together or not at all. Records activity like `touch`.
         """
         session_id = self._check_id(session_id)
-        encoded_data = None if data is None else self._encode_data(data)
-        encoded_metadata = None if metadata is None else self._encode_metadata(metadata)
+        encoded_data = None if data is None else self._encode_data(session_id, data)
+        encoded_metadata = None if metadata is None else self._encode_metadata(session_id, metadata)
         new_subject = subject if subject is KEEP else _check_subject(subject)
         if expected_version is not None:
             check_int("expected_version", expected_version, 1)
@@ -813,16 +847,30 @@ class Namespace:
         new_subject = subject if subject is KEEP else _check_subject(subject)
         own = self.own_lifetime(idle_ttl, absolute_ttl)
         new_id = ids.new_id(self.id_prefix, shard=ids.shard_of(session_id))
-        record = await self._backend.rotate(
-            self.name,
-            session_id,
-            new_id,
-            self._clock.now_ms(),
-            self.lifetime,
-            new_subject,
-            own_lifetime=own,
-            limit=self.session_limit,
-        )
+        attempt = 0
+        while True:
+            # sealed: the payload re-sealed for the new id (the id is in its associated
+            # data), in the rotate's own atomic step, against the version it was read at
+            data, metadata, version = await self._resealed_for(session_id, new_id)
+            try:
+                record = await self._backend.rotate(
+                    self.name,
+                    session_id,
+                    new_id,
+                    self._clock.now_ms(),
+                    self.lifetime,
+                    new_subject,
+                    own_lifetime=own,
+                    data=data,
+                    metadata=metadata,
+                    expected_version=version,
+                    limit=self.session_limit,
+                )
+                break
+            except VersionConflict:  # only when sealed: a write came between; read again
+                attempt += 1
+                if attempt == _RESEAL_ATTEMPTS:
+                    raise
         await self._ended(record.evicted, "deleted", "evicted")
         session = self._session(record)
         if self._events.wants("rotated"):
@@ -841,11 +889,19 @@ class Namespace:
         return live
 
     async def list_subject(self, subject: str) -> list[Session]:
-        """The live sessions of `subject`, newest first."""
+        """The live sessions of `subject`, newest first. One that cannot be opened
+        (encryption at rest: a key not given, or tampered bytes) is left out, reported to
+        `Store.unreadable`; `revoke_subject` still ends it."""
         subject = _require_subject(subject)
         records = await self._backend.list_subject(self.name, subject, self._clock.now_ms())
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return [self._session(r) for r in records]
+        sessions = []
+        for record in records:
+            try:
+                sessions.append(self._session(record))
+            except SessionUnreadable:
+                continue
+        return sessions
 
     async def revoke_subject(self, subject: str, *, keep: Sequence[str] = ()) -> int:
         """Delete every session of `subject` (log out everywhere); returns how many live ones
@@ -878,7 +934,7 @@ class Namespace:
         if not due:
             return []
         records = await self._backend.claim(self.name, due, now)
-        sessions = [self._session(r) for r in records]
+        sessions = [self._ended_session(r) for r in records]
         if self._events.wants("expired"):
             for session in sessions:
                 await self._events.emit(SessionEvent("expired", session, reason="expired"))
@@ -904,25 +960,144 @@ class Namespace:
         """How many live sessions the namespace holds."""
         return await self._backend.count(self.name, self._clock.now_ms())
 
+    async def rekey(
+        self, *, batch: int = 100, progress: Callable[[RekeyReport], None] | None = None
+    ) -> RekeyReport:
+        """Re-seal every session of the namespace under the current (first) encryption key,
+        `batch` at a time through the backend's scan, calling `progress` after each batch;
+        legacy plaintext sessions get sealed. Returns the counts (see `RekeyReport`).
+
+        Safe while the namespace is in use: each session is re-sealed by a versioned write
+        against the version it was read at; a concurrent write wins and the rekey reads
+        again (that writer sealed under the current key already, so often nothing is left
+        to do). Resumable: a rerun skips what is current. It is no activity: a session's
+        `last_seen_at` and `expires_at` stay as they were, whatever this namespace's
+        policy; it emits no event, and its version grows by one.
+        `ValueError` without encryption keys."""
+        sealer = self._sealer
+        if sealer is None:
+            raise ValueError("rekey needs a store opened with encryption_keys")
+        check_int("batch", batch, 1)
+        report = RekeyReport()
+        cursor: str | None = None
+        while True:
+            found, cursor = await self._backend.scan(self.name, cursor, batch)
+            for outcome in await asyncio.gather(*(self._rekey_one(sealer, i) for i in found)):
+                report.count(outcome)
+            if progress is not None:
+                progress(report)
+            if cursor is None:
+                return report
+
+    async def _rekey_one(self, sealer: Sealer, session_id: str) -> RekeyOutcome:
+        for _ in range(_RESEAL_ATTEMPTS):
+            now = self._clock.now_ms()
+            record = await self._backend.get(self.name, session_id, now)
+            if record is None:
+                return "gone"
+            if sealer.is_current(record.data) and sealer.is_current(record.metadata):
+                return "current"
+            try:
+                self._open(record)
+            except SessionUnreadable:  # reported by _open; left as it is
+                return "unreadable"
+            try:
+                await self._backend.update(
+                    self.name,
+                    session_id,
+                    now,
+                    self.lifetime,
+                    data=self._seal(session_id, "data", record.data),
+                    metadata=self._seal(session_id, "metadata", record.metadata),
+                    subject=KEEP,
+                    expected_version=record.version,
+                    activity=False,  # last seen and expiry stay: a re-seal is no activity
+                )
+            except VersionConflict:
+                continue
+            except SessionNotFound:
+                return "gone"
+            return "resealed"
+        return "busy"
+
     # -- helpers --------------------------------------------------------------------------
 
     def _session(self, record: Record) -> Session:
+        """The snapshot of a record the backend returned (opened first when sealed:
+        `SessionUnreadable`, reported to `Store.unreadable`, if it cannot be; without keys,
+        if it is sealed)."""
+        if (
+            self._sealer is not None
+            or record.data.startswith(MAGIC)
+            or record.metadata.startswith(MAGIC)
+        ):
+            self._open(record)
         return Session.from_record(self.name, record, self.lifetime)
+
+    def _open(self, record: Record) -> None:
+        """Replace the sealed data and metadata of `record` (the store's own copy: backends
+        hand out fresh ones) by their plaintext."""
+        sealer = self._sealer
+        try:
+            if sealer is None:
+                refuse_sealed(record.id, record.data)
+                refuse_sealed(record.id, record.metadata)
+                return
+            record.data = sealer.open(self.name, record.id, "data", record.data)
+            record.metadata = sealer.open(self.name, record.id, "metadata", record.metadata)
+        except SessionUnreadable as error:
+            self.store.unreadable.report(self.name, error)
+            raise
+
+    def _ended_session(self, record: Record) -> Session:
+        """The last state of a session that ended (deleted, expired, reaped, evicted): one
+        that cannot be opened is still announced, with empty data and metadata (and reported
+        as unreadable), so its end is never lost and no reaper gets stuck on it."""
+        try:
+            return self._session(record)
+        except SessionUnreadable:
+            record.data = record.metadata = EMPTY_OBJECT
+            return Session.from_record(self.name, record, self.lifetime)
+
+    async def _resealed_for(
+        self, session_id: str, new_id: str
+    ) -> tuple[bytes | None, bytes | None, int | None]:
+        """Without a sealer, (None, None, None): a rotate keeps the stored bytes, in one
+        round trip. With one, the live session's data and metadata sealed for `new_id`, and
+        the version they were read at (`SessionNotFound`, `SessionUnreadable`)."""
+        if self._sealer is None:
+            return None, None, None
+        found = await self._backend.get(self.name, session_id, self._clock.now_ms())
+        if found is None:
+            raise SessionNotFound(session_id)
+        self._open(found)
+        return (
+            self._seal(new_id, "data", found.data),
+            self._seal(new_id, "metadata", found.metadata),
+            found.version,
+        )
+
+    def _seal(self, session_id: str, field: Field, plaintext: bytes) -> bytes:
+        if self._sealer is None:
+            return plaintext
+        return self._sealer.seal(self.name, session_id, field, plaintext)
 
     def _check_id(self, session_id: object) -> str:
         return ids.validate(session_id, self.id_prefix)
 
-    def _encode_data(self, data: object) -> bytes:
+    def _encode_data(self, session_id: str, data: object) -> bytes:
+        """The data as stored: encoded, size-checked (the plaintext: the cap does not move
+        with encryption), sealed for `session_id` when the store seals."""
         raw = encode_data(data)
         if len(raw) > self.max_payload:
             raise PayloadTooLarge(len(raw), self.max_payload)
-        return raw
+        return self._seal(session_id, "data", raw)
 
-    def _encode_metadata(self, metadata: object) -> bytes:
+    def _encode_metadata(self, session_id: str, metadata: object) -> bytes:
         raw = encode_metadata(metadata)
         if len(raw) > self.max_payload:
             raise PayloadTooLarge(len(raw), self.max_payload)
-        return raw
+        return self._seal(session_id, "metadata", raw)
 
     async def _ended(
         self, records: Sequence[Record], kind: EventKind, reason: EndReason | None = None
@@ -932,7 +1107,7 @@ class Namespace:
         if records and self._events.wants(kind):
             why = reason or ("expired" if kind == "expired" else "deleted")
             for record in records:
-                event = SessionEvent(kind, self._session(record), reason=why)
+                event = SessionEvent(kind, self._ended_session(record), reason=why)
                 await self._events.emit(event)
 
 

@@ -42,6 +42,7 @@ from sessionary.contract import KEEP, Keep, OnMaxSessions
 from sessionary.counters import Charge, ChargeResult, Counters
 from sessionary.logs import Cursor, Event, LogPage
 from sessionary.model import ConsumeResult, Session
+from sessionary.sealing import EncryptionKey, EncryptionKeys, Sealer, parse_keys
 from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL, Namespace, OnUnavailable, Store
 from sessionary.store import connect as connect_async
 
@@ -63,10 +64,17 @@ def connect_sync(
     clock: Clock | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     fail_fast: timedelta | None = None,
+    encryption_keys: EncryptionKeys | None = None,
 ) -> SyncStore:
-    """A blocking store for `url` (the URLs of `sessionary.connect`). Nothing is opened until
-    its first use."""
-    return SyncStore(url, clock=clock, max_payload=max_payload, fail_fast=fail_fast)
+    """A blocking store for `url` (the URLs and options of `sessionary.connect`). Nothing is
+    opened until its first use."""
+    return SyncStore(
+        url,
+        clock=clock,
+        max_payload=max_payload,
+        fail_fast=fail_fast,
+        encryption_keys=encryption_keys,
+    )
 
 
 #: the process's stores by URL (`shared`), and the lock that makes each one once
@@ -80,6 +88,7 @@ def shared(
     clock: Clock | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     fail_fast: timedelta | None = None,
+    encryption_keys: EncryptionKeys | None = None,
 ) -> SyncStore:
     """The process's one `SyncStore` for `url`: however many integrations, apps or threads
     name the same store, they share one loop thread and one set of connections (a store per
@@ -88,20 +97,26 @@ def shared(
     open one with other options is an error (one URL, one configuration), never a silent
     reuse. Safe across fork, as every `SyncStore` is."""
     url = url or DEFAULT_URL
-    options = (clock, max_payload, fail_fast)
+    keys = parse_keys(encryption_keys) if encryption_keys else []
+    options = (clock, max_payload, fail_fast, _key_material(keys))
     with _SHARED_LOCK:
         found = _SHARED.get(url)
         if found is not None and not found._closed:
-            if (found.clock, found.max_payload, found.fail_fast) != options:
+            if found.options != options:
                 raise ValueError(
-                    f"the shared {found!r} is open with other options "
-                    "(clock, max_payload, fail_fast): one URL, one configuration"
+                    f"the shared {found!r} is open with other options (clock, max_payload, "
+                    "fail_fast, encryption_keys): one URL, one configuration"
                 )
             return found
         found = _SHARED[url] = SyncStore(
-            url, clock=clock, max_payload=max_payload, fail_fast=fail_fast
+            url, clock=clock, max_payload=max_payload, fail_fast=fail_fast, encryption_keys=keys
         )
         return found
+
+
+def _key_material(keys: Sequence[EncryptionKey]) -> tuple[tuple[str, bytes], ...]:
+    """Keys by id and secret: what tells two configurations apart."""
+    return tuple((key.id, key.secret) for key in keys)
 
 
 class _Waiter(Generic[T]):
@@ -309,17 +324,26 @@ class SyncStore:
         clock: Clock | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         fail_fast: timedelta | None = None,
+        encryption_keys: EncryptionKeys | None = None,
     ) -> None:
         self.store_url = url or DEFAULT_URL
         self.clock = clock
         self.max_payload = max_payload
         self.fail_fast = fail_fast
+        #: checked now (a bad key is an error here, not at the first call)
+        self.sealer = Sealer(encryption_keys) if encryption_keys else None
         self._lock = threading.Lock()
         self._running: _Running | None = None
         self._closed = False
         self._namespaces: dict[str, SyncNamespace] = {}
         self._counters: dict[str, SyncCounters] = {}
         _OPEN.add(self)
+
+    @property
+    def options(self) -> tuple[object, ...]:
+        """What this store was opened with, beside its URL (keys by id and secret)."""
+        keys = _key_material([] if self.sealer is None else self.sealer.keys)
+        return (self.clock, self.max_payload, self.fail_fast, keys)
 
     # -- running work on the loop ---------------------------------------------------------
 
@@ -362,6 +386,7 @@ class SyncStore:
             clock=self.clock,
             max_payload=self.max_payload,
             fail_fast=self.fail_fast,
+            encryption_keys=None if self.sealer is None else self.sealer.keys,
         )
 
     def _forget_parent(self) -> None:

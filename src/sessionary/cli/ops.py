@@ -1,4 +1,4 @@
-"""Running the service and its chores: serve, reap, migrate, ping."""
+"""Running the service and its chores: serve, reap, vacuum, migrate, rekey, ping."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from sessionary.errors import SessionaryError, StoreUnavailable
 from sessionary.extras import needs
 from sessionary.outage import OutageLog, repeat
 from sessionary.reaper import sweep
-from sessionary.store import DEFAULT_URL, Namespace, connect
+from sessionary.sealing import RekeyReport
+from sessionary.store import DEFAULT_URL, SECRETS_NAMESPACE, Namespace, Store, connect
 
 log = logging.getLogger("sessionary.cli")
 
@@ -52,6 +53,11 @@ config_option = click.option(
     help="A sessionary.toml (flags and SESSIONARY_* environment variables override it).",
 )
 store_option = click.option("--store", help=STORE_HELP)
+
+
+async def _connect(settings: Settings) -> Store:
+    """The store the settings name, with their encryption keys (if any)."""
+    return await connect(settings.store, encryption_keys=settings.encryption())
 
 
 @click.command()
@@ -114,7 +120,7 @@ async def _reap(
     reaper does (backing off, saying so once per outage)."""
     from sessionary.web.app import declare
 
-    store = await connect(settings.store)
+    store = await _connect(settings)
     declared = declare(settings, store)
     try:
         if analytics:
@@ -173,7 +179,7 @@ def vacuum(store: str | None, config: str | None, older_than: str) -> None:
 async def _vacuum(settings: Settings, age: timedelta) -> VacuumReport:
     from sessionary.web.app import declare
 
-    store = await connect(settings.store)
+    store = await _connect(settings)
     declared = declare(settings, store)
     try:
         if declared.analytics is None:
@@ -258,7 +264,7 @@ async def _migrate(
 
     pattern = pattern or LEGACY_PATTERN
 
-    store = await connect(settings.store)
+    store = await _connect(settings)
     legacy = Redis.from_url(legacy_url)
     try:
         name = settings.playground.namespace
@@ -283,6 +289,80 @@ async def _migrate(
     finally:
         await legacy.aclose()
         await store.close()
+
+
+@click.command()
+@click.option(
+    "--namespace",
+    "names",
+    multiple=True,
+    help="Rekey this namespace (repeatable); default: every namespace the settings declare, "
+    "and the store's shared secrets.",
+)
+@click.option("--batch", type=click.IntRange(1), default=100, show_default=True)
+@store_option
+@config_option
+def rekey(names: tuple[str, ...], batch: int, store: str | None, config: str | None) -> None:
+    """Re-seal every session under the current (first) encryption key, and seal those stored
+    in clear: run it after putting a new key first, then drop the old key. Safe while the
+    service runs (a concurrent update wins; the rekey reads again) and resumable (a rerun
+    skips what is current). Prints the counts of each namespace."""
+    settings = _settings(config, store=store)
+    if not settings.encryption_keys:
+        raise click.ClickException(
+            "rekey needs encryption keys: set encryption_keys in the settings, or "
+            "SESSIONARY_ENCRYPTION_KEYS (see docs/encryption.md)"
+        )
+    try:
+        reports = asyncio.run(_rekey(settings, names, batch, Console(stderr=True)))
+    except (StoreUnavailable, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, report in reports.items():
+        click.echo(f"{name}: {report}")
+    if any(report.unreadable for report in reports.values()):
+        click.echo(
+            "unreadable sessions were left as they are: add the key that sealed them to "
+            "encryption_keys and rerun, or let them expire (see docs/encryption.md)"
+        )
+    if any(report.busy for report in reports.values()):
+        click.echo("busy sessions kept changing meanwhile: rerun to finish them")
+
+
+async def _rekey(
+    settings: Settings, names: tuple[str, ...], batch: int, console: Console
+) -> dict[str, RekeyReport]:
+    from sessionary.web.app import declare
+
+    store = await _connect(settings)
+    try:
+        declared = declare(settings, store).namespaces
+        chosen = list(names) or [*declared, SECRETS_NAMESPACE]
+        reports = {}
+        for name in chosen:
+            # a rekey keeps each session's expiry whatever the policy: any one opens it
+            namespace = declared.get(name) or store.namespace(name, absolute_ttl=timedelta(days=1))
+            reports[name] = await _rekey_namespace(namespace, batch, console)
+        return reports
+    finally:
+        await store.close()
+
+
+async def _rekey_namespace(namespace: Namespace, batch: int, console: Console) -> RekeyReport:
+    """One namespace's rekey under a progress bar (its total: the live sessions counted
+    first, so a bar of a busy namespace may end a little off)."""
+    total = await namespace.count()
+    with Progress(
+        TextColumn(f"rekeying {namespace.name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(namespace.name, total=total)
+        return await namespace.rekey(
+            batch=batch,
+            progress=lambda report: progress.update(task, completed=report.examined),
+        )
 
 
 @click.command()

@@ -53,15 +53,25 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.unreadable = Counter(
+            "sessionary_sessions_unreadable",
+            "Sealed sessions that could not be opened (encryption at rest), by reason: "
+            "unknown_key (sealed under a key not configured) or tampered",
+            ["namespace", "reason"],
+            registry=r,
+        )
 
     def watch(self, store: Store) -> None:
-        """Count the store's lifecycle events."""
+        """Count the store's lifecycle events, and the sealed sessions it cannot open."""
 
         def count(event: SessionEvent) -> None:
             self.session_events.labels(event.namespace, event.kind).inc()
 
         for kind in EVENT_KINDS:
             store.on(kind, count)
+        store.unreadable.on(
+            lambda namespace, error: self.unreadable.labels(namespace, error.reason).inc()
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

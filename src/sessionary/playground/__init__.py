@@ -33,7 +33,12 @@ from sessionary.codec import INT64_MAX
 from sessionary.contract import CounterAlgorithm
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.devices import ip_hash
-from sessionary.errors import InvalidSessionId, StoreUnavailable, VersionConflict
+from sessionary.errors import (
+    InvalidSessionId,
+    SessionUnreadable,
+    StoreUnavailable,
+    VersionConflict,
+)
 from sessionary.http.clientip import ClientIP
 from sessionary.http.cookies import CookieSpec
 from sessionary.http.errors import (
@@ -175,6 +180,8 @@ class Playground:
             return await namespace.get(token)
         except InvalidSessionId:
             return None  # a forged or mangled cookie is no session, never adopted
+        except SessionUnreadable:
+            return None  # sealed under a key not given, or tampered: logged, counted, absent
 
     async def _current_or_new(self, scope: Scope) -> tuple[Session, bool]:
         """The visitor's session, or a new one if the client IP may still open one."""

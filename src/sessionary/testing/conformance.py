@@ -35,6 +35,7 @@ from sessionary.errors import (
 from sessionary.model import Session, SessionEvent
 from sessionary.store import Namespace, Store, connect
 from sessionary.testing._counters import CounterConformance
+from sessionary.testing._encryption import EncryptionConformance
 from sessionary.testing._lifetimes import LifetimeConformance
 from sessionary.testing._logs import LogConformance
 from sessionary.testing._machine import machine_for
@@ -53,6 +54,7 @@ MS = timedelta(milliseconds=1)
 
 class StoreConformance(
     CounterConformance,
+    EncryptionConformance,
     LogConformance,
     LifetimeConformance,
     SessionLimitConformance,
