@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/track_http.py
 	$(BIN)/python benchmarks/edge.py
 	$(BIN)/python benchmarks/handoff.py
+	$(BIN)/python benchmarks/session_limits.py
 
 # every benchmark at its smoke size (`--smoke`, seconds each), as CI runs them
 bench-smoke: $(STAMP)

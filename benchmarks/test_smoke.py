@@ -33,6 +33,8 @@ RESULTS: dict[str, list[str]] = {
         rf"│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # touch against its bare script
         rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # the blocking API's touch
         rf"redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        # encryption at rest: sealed against plain
+        rf"sqlite\s*│\s*update\s*│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
     ],
     "ingest.py": [
         rf"sessionary on redis\s*│\s*4 batches\s*│\s*{NUMBER}",
@@ -56,6 +58,10 @@ RESULTS: dict[str, list[str]] = {
     "handoff.py": [
         rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
         rf"redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
+    "session_limits.py": [
+        rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
     ],
     "analytics_stress.py": [r"20 sessions, 20 session_start, 20 session_end, 80 event rows"],
     "edge.py": [

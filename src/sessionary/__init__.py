@@ -7,7 +7,7 @@ session = await web.create(subject="user-1", data={"cart": []})
 
 from sessionary import clock, errors
 from sessionary.clock import Clock, ManualClock, SystemClock
-from sessionary.contract import KEEP, Backend, Lifetime, Record
+from sessionary.contract import KEEP, Backend, Lifetime, OnMaxSessions, Record, SessionLimit
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.devices import Device, DevicePolicy
 from sessionary.errors import (
@@ -17,11 +17,14 @@ from sessionary.errors import (
     SessionaryError,
     SessionExists,
     SessionNotFound,
+    SessionUnreadable,
     StoreUnavailable,
+    TooManySessions,
     ValidationError,
     VersionConflict,
 )
 from sessionary.model import ConsumeResult, Session, SessionEvent
+from sessionary.sealing import EncryptionKey, RekeyReport
 from sessionary.store import Namespace, Store, connect
 from sessionary.sync import SyncCounters, SyncNamespace, SyncStore, connect_sync
 
@@ -38,17 +41,22 @@ __all__ = [
     "Counters",
     "Device",
     "DevicePolicy",
+    "EncryptionKey",
     "InvalidSessionId",
     "Lifetime",
     "ManualClock",
     "Namespace",
+    "OnMaxSessions",
     "PayloadTooDeep",
     "PayloadTooLarge",
     "Record",
+    "RekeyReport",
     "Session",
     "SessionEvent",
     "SessionExists",
+    "SessionLimit",
     "SessionNotFound",
+    "SessionUnreadable",
     "SessionaryError",
     "Store",
     "StoreUnavailable",
@@ -56,6 +64,7 @@ __all__ = [
     "SyncNamespace",
     "SyncStore",
     "SystemClock",
+    "TooManySessions",
     "ValidationError",
     "VersionConflict",
     "__version__",

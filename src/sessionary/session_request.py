@@ -17,7 +17,11 @@ and they are security rules, so they live here once:
   deletes at once;
 * `set_lifetime` ("remember me") gives the session a lifetime of its own, in the same atomic
   step as the rotate that follows it, else at the next save; the response then reissues the
-  id (its cookie's Max-Age follows the lifetime).
+  id (its cookie's Max-Age follows the lifetime);
+* in a namespace with `max_sessions_per_subject` and `on_max_sessions="refuse"`, a login
+  (`rotate(subject=...)`) past the limit raises `TooManySessions` at the call, the session
+  left as it was, for the application to answer as it likes; with "evict_oldest" it
+  succeeds and the subject's least recently active sessions end in the same step.
 
 An integration calls `RequestSession.load` with the id the client presented, hands the
 object to the application, then calls `commit` and sends the cookie the `Outcome` asks for
@@ -38,7 +42,13 @@ import orjson
 
 from sessionary.contract import KEEP, Keep
 from sessionary.devices import Sighting
-from sessionary.errors import InvalidSessionId, SessionNotFound, VersionConflict
+from sessionary.errors import (
+    InvalidSessionId,
+    SessionNotFound,
+    SessionUnreadable,
+    TooManySessions,
+    VersionConflict,
+)
 from sessionary.model import Session
 from sessionary.store import Namespace
 
@@ -57,6 +67,13 @@ class Outcome(enum.Enum):
     NOTHING = "nothing"  # send no cookie
     ISSUE = "issue"  # send the cookie carrying the session's (new) id: `RequestSession.id`
     CLEAR = "clear"  # clear the client's cookie (logged out, or the id it sent is dead)
+
+
+def _refused_at_login(namespace: Namespace, subject: str | Keep | None) -> bool:
+    """Whether giving a new session `subject` may be refused by the namespace's session
+    limit (one that evicts never refuses: its logins may wait for `commit`)."""
+    limit = namespace.session_limit
+    return isinstance(subject, str) and limit is not None and limit.on_max == "refuse"
 
 
 def _fingerprint(data: dict[str, Any]) -> bytes:
@@ -115,7 +132,10 @@ class RequestSession(MutableMapping[str, Any]):
     ) -> RequestSession:
         """The session of the id the client presented, touched (one round trip, sliding its
         idle expiry). No id, or a malformed one: no store call. An unknown, expired or
-        malformed id gives a fresh session marked `stale`. `StoreUnavailable` propagates:
+        malformed id gives a fresh session marked `stale`, and so does a sealed session this
+        store cannot open (encryption at rest: a key not given, or tampered bytes; as Django
+        does on a decode failure; the store logged and counted it, see
+        `Store.unreadable`). `StoreUnavailable` propagates:
         the integration decides between failing closed and open. `device`: what to record
         of the client if the request creates a session."""
         if presented is None:
@@ -124,6 +144,8 @@ class RequestSession(MutableMapping[str, Any]):
             session = await namespace.touch(presented)
         except InvalidSessionId:  # forged or mangled: never reaches the store
             return cls(namespace, stale=True, device=device)
+        except SessionUnreadable:  # absent to the request; left in the store as it is
+            session = None
         loaded = cls(namespace, session, stale=session is None, device=device)
         loaded.looked_up = True
         return loaded
@@ -169,10 +191,19 @@ class RequestSession(MutableMapping[str, Any]):
     async def rotate(self, *, subject: str | Keep | None = KEEP) -> None:
         """Give the session a new id now, optionally setting its subject: call it on login.
         The old id is dead in the same step. A session not stored yet is created with the
-        subject at `commit`."""
+        subject at `commit`, or now in a namespace whose session limit refuses
+        (`max_sessions_per_subject`, `on_max_sessions="refuse"`), so that the refusal
+        reaches the caller here. `TooManySessions` when the limit refuses the subject: the
+        session stays as it was (same id, same subject, nothing written)."""
         self.accessed = True
         if self._session is None:
-            self._subject = subject
+            previous, self._subject = self._subject, subject
+            if _refused_at_login(self._namespace, subject):
+                try:
+                    await self.save()
+                except TooManySessions:
+                    self._subject = previous
+                    raise
             return
         idle_ttl, absolute_ttl = self._lifetime or (KEEP, KEEP)
         self._session = await self._namespace.rotate(
@@ -365,7 +396,8 @@ class RequestSession(MutableMapping[str, Any]):
 
     async def commit(self) -> Outcome:
         """Save if changed, then what the response must tell the client. Store errors
-        (`StoreUnavailable`, `VersionConflict`) propagate for the integration to answer."""
+        (`StoreUnavailable`, `VersionConflict`, `TooManySessions` for a subject set by
+        `set_subject`) propagate for the integration to answer; nothing was written then."""
         if self.changed():
             await self.save()  # creates, updates, or finds it deleted meanwhile
         if self._deleted and self._session is None:

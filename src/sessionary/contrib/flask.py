@@ -42,6 +42,23 @@ a session record the user agent and client IP of the request that created it
 (`sessionary.devices`); off by default, a privacy choice. The IP is `request.remote_addr`:
 behind a proxy, wrap the app in werkzeug's `ProxyFix` so that it is the client's.
 
+Sessions per subject: `SessionInterface(..., max_sessions_per_subject=3,
+on_max_sessions="evict_oldest")` caps the live sessions of one subject (the one
+`regenerate(subject=...)` gives): a login past it ends the subject's least recently active
+session in the same step; with "refuse" (the default) `regenerate` raises
+`SessionLimitReached` instead, a 409 with the service's JSON
+(`{"error": "too_many_sessions", "message": ..., "max_sessions": 3}`) unless the view
+catches it to answer its own way, and the session stays as it was (same id, no subject).
+See docs/account-security.md.
+
+Encryption at rest: `SessionInterface(url, encryption_keys=os.environ["SESSION_KEYS"])` seals
+every session's data and metadata in the store (AES-256-GCM; a list of keys or one
+comma-separated str, each 32 bytes or base64 text optionally prefixed "id:"; the first seals,
+every one opens; see docs/encryption.md). A session that cannot be opened (sealed under a key
+no longer listed, or tampered with) is treated as absent: the request gets a fresh session,
+its cookie is cleared or replaced, and the store logs it to the `sessionary.security` logger.
+A bad key is a `ValueError` naming its position and what is wrong with it, never the key.
+
 A store outage (`StoreUnavailable`) is not a 500: a request that uses the session is
 answered 503 with `Retry-After` and `{"error": "store_unavailable", ...}` (the service's
 JSON), one that does not use it goes on, and the outage is logged once; or, with
@@ -59,13 +76,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from sessionary.contract import KEEP, Keep
+from sessionary.contract import KEEP, Keep, OnMaxSessions
 from sessionary.contrib import outage
 from sessionary.devices import DevicePolicy, Sighting
-from sessionary.errors import StoreUnavailable
+from sessionary.errors import StoreUnavailable, TooManySessions
 from sessionary.extras import needs
 from sessionary.model import Session
 from sessionary.outage import RETRY_AFTER_UNAVAILABLE
+from sessionary.sealing import EncryptionKeys
 from sessionary.session_request import Outcome, RequestSession
 from sessionary.store import Namespace, OnUnavailable
 from sessionary.sync import SyncNamespace, SyncStore, shared
@@ -75,14 +93,20 @@ with needs("flask", "sessionary.contrib.flask"):
     from flask.sessions import SessionInterface as FlaskSessionInterface
     from flask.sessions import SessionMixin
     from werkzeug.datastructures import CallbackDict
-    from werkzeug.exceptions import ServiceUnavailable
+    from werkzeug.exceptions import Conflict, ServiceUnavailable
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
     from flask.wrappers import Request, Response
 
-__all__ = ["ServerSession", "SessionInterface", "SessionStoreUnavailable", "UnavailableSession"]
+__all__ = [
+    "ServerSession",
+    "SessionInterface",
+    "SessionLimitReached",
+    "SessionStoreUnavailable",
+    "UnavailableSession",
+]
 
 _TAGGER = TaggedJSONSerializer()
 _T = TypeVar("_T")
@@ -155,7 +179,8 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         With the store down this raises `SessionStoreUnavailable` (a 503), even when the
         namespace fails open: a login that cannot kill the old id must not go on. (A session
         opened without the store, failing open, has no stored id to kill, and is never
-        saved.)"""
+        saved.) `SessionLimitReached` (a 409) when the subject has as many sessions as the
+        namespace allows and it refuses more: the session stays as it was."""
 
         async def rotate(namespace: Namespace) -> None:
             await self._state_on(namespace).rotate(subject=subject)
@@ -165,6 +190,8 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
                 self._namespace.run(rotate)
             except StoreUnavailable as error:
                 raise SessionStoreUnavailable(error) from None
+            except TooManySessions as error:
+                raise SessionLimitReached(error) from None
         self.accessed = True
         self._regenerated = True
 
@@ -250,6 +277,28 @@ class SessionStoreUnavailable(ServiceUnavailable):
         return [("Content-Type", outage.CONTENT_TYPE), *outage.HEADERS.items()]
 
 
+class SessionLimitReached(Conflict):
+    """A login the namespace's `max_sessions_per_subject` refuses (`on_max_sessions=
+    "refuse"`): a 409 with the JSON body of sessionary's service, raised by `regenerate`.
+    An HTTPException, so Flask answers it as it is (or with the app's own 409 handler),
+    never as a 500; a view may catch it to answer its own way. `error` is the
+    `TooManySessions` (its `max_sessions`, its `subject`)."""
+
+    def __init__(self, error: TooManySessions) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def get_body(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> str:
+        return outage.error_body(self.error).decode()
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", outage.CONTENT_TYPE)]
+
+
 class UnavailableSession(SessionMixin):
     """`flask.session` while the store is down and the namespace fails closed: any use of
     it raises `SessionStoreUnavailable` (a 503), so a view that needs the session is
@@ -320,7 +369,10 @@ class SessionInterface(FlaskSessionInterface):
     Either way the outage is logged once when it starts and once when it ends.
 
     `devices` says what a created session records of its client (nothing by default; see
-    the module docstring).
+    the module docstring). `max_sessions_per_subject` and `on_max_sessions` cap each
+    subject's live sessions (see the module docstring). `encryption_keys` seals the sessions
+    of a store given by URL (see the module docstring); a `SyncStore` of your own is opened
+    with its keys (`connect_sync(url, encryption_keys=...)`).
     """
 
     def __init__(
@@ -331,14 +383,27 @@ class SessionInterface(FlaskSessionInterface):
         absolute_ttl: timedelta | None = None,
         on_unavailable: OnUnavailable = "fail_closed",
         devices: DevicePolicy | None = None,
+        max_sessions_per_subject: int | None = None,
+        on_max_sessions: OnMaxSessions = "refuse",
+        encryption_keys: EncryptionKeys | None = None,
     ) -> None:
         if on_unavailable not in ("fail_closed", "fail_open"):
             raise ValueError("on_unavailable is 'fail_closed' or 'fail_open'")
-        self.store = store if isinstance(store, SyncStore) else shared(store)
+        if isinstance(store, SyncStore):
+            if encryption_keys:
+                raise ValueError(
+                    "encryption_keys go with a store URL: open the SyncStore with them "
+                    "(connect_sync(url, encryption_keys=...))"
+                )
+            self.store = store
+        else:
+            self.store = shared(store, encryption_keys=encryption_keys)
         self.namespace_name = namespace
         self.absolute_ttl = absolute_ttl
         self.on_unavailable = on_unavailable
         self.devices = devices if devices is not None and devices.records else None
+        self.max_sessions_per_subject = max_sessions_per_subject
+        self.on_max_sessions: OnMaxSessions = on_max_sessions
         self._namespace: SyncNamespace | None = None
         self._outage = outage.Outage(f"Flask sessions ({namespace})")
 
@@ -352,6 +417,8 @@ class SessionInterface(FlaskSessionInterface):
                 idle_ttl=app.permanent_session_lifetime,
                 absolute_ttl=self.absolute_ttl,
                 on_unavailable=self.on_unavailable,
+                max_sessions_per_subject=self.max_sessions_per_subject,
+                on_max_sessions=self.on_max_sessions,
             )
         return found
 

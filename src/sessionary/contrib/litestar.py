@@ -44,6 +44,27 @@ How Litestar's store protocol maps onto sessionary:
   namespaces made from this store with `with_namespace` in this process (a Litestar app makes
   them in its configuration, in every process alike).
 
+With encryption keys (`SessionaryStore(url, encryption_keys=os.environ["SESSION_KEYS"])`, or
+an open store that seals sessions, `connect(url, encryption_keys=[...])`), the values are
+sealed in the store (AES-256-GCM, see docs/encryption.md). A key whose session cannot be
+opened (sealed under a key not given, or tampered with) reads as absent and a `set` replaces
+it; the store logs and counts each.
+
+Sessions per subject: with `subject_key`, `max_sessions_per_subject=3` caps the live sessions
+of one subject in the namespace, applied by the `set` that gives a session its subject (a
+login: `request.set_session({"user_id": 42})`). With `on_max_sessions="evict_oldest"` that
+`set` ends the subject's least recently active session in the same step; with "refuse" (the
+default) it raises `TooManySessions` and writes nothing (the session stays as it was, the
+cookie unchanged). Litestar writes the session as the response starts, after the handler,
+where an exception is past its exception handlers (a 500), so use `SessionConfig` (Litestar's
+`ServerSideSessionConfig`, with a middleware that answers it) in its place::
+
+    app = Litestar(..., middleware=[SessionConfig().middleware], stores={"sessions": sessions})
+
+and a refused login is a 409 with the service's JSON
+(`{"error": "too_many_sessions", "message": ..., "max_sessions": 3}`) instead of the
+handler's response, never a 500. See docs/account-security.md.
+
 Expired keys are invisible at once and removed by sessionary's reaper (`sessionary reap`,
 `sessionary.reaper`) like any other session; a `set` on a key whose session expired but was not
 reaped yet removes that session first (only if it is still expired: a concurrent write wins).
@@ -54,7 +75,7 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -63,17 +84,33 @@ import orjson
 
 from sessionary import ids
 from sessionary.clock import Clock, to_ms
-from sessionary.contract import KEEP, Keep
-from sessionary.errors import SessionExists, SessionNotFound, StoreUnavailable
+from sessionary.contract import KEEP, Keep, OnMaxSessions
+from sessionary.contrib import outage
+from sessionary.errors import (
+    SessionExists,
+    SessionNotFound,
+    SessionUnreadable,
+    StoreUnavailable,
+    TooManySessions,
+)
 from sessionary.extras import needs
 from sessionary.model import Session
+from sessionary.sealing import EncryptionKeys
 from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
 
 with needs("litestar", "sessionary.contrib.litestar"):
+    from litestar.connection import ASGIConnection
+    from litestar.middleware.base import DefineMiddleware
+    from litestar.middleware.session.base import SessionMiddleware
+    from litestar.middleware.session.server_side import (
+        ServerSideSessionBackend,
+        ServerSideSessionConfig,
+    )
     from litestar.stores.base import NamespacedStore
+    from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Message
 
-__all__ = ["SessionaryStore"]
+__all__ = ["SessionConfig", "SessionaryStore"]
 
 DEFAULT_ABSOLUTE_TTL = timedelta(days=30)
 _TEXT = "text"
@@ -90,10 +127,15 @@ class _Connection(StoreSource):
     closed when Litestar's lifespan ends (reopened if used again, as a test client's next
     lifespan does); and the namespaces of the family, for `delete_all`."""
 
-    def __init__(self, source: str | Store, clock: Clock | None) -> None:
+    def __init__(
+        self,
+        source: str | Store,
+        clock: Clock | None,
+        encryption_keys: EncryptionKeys | None,
+    ) -> None:
         if isinstance(source, Store) and clock is not None:
             raise ValueError("an open sessionary.Store has its clock already: pass no clock")
-        super().__init__(source, clock=clock)
+        super().__init__(source, clock=clock, encryption_keys=encryption_keys)
         self.namespaces: set[str] = set()
 
 
@@ -105,7 +147,10 @@ class SessionaryStore(NamespacedStore):
     clock; it is never closed here). `absolute_ttl` and `idle_ttl` are the namespace policy:
     the longest any key lives (see the module's docstring). `subject_key`: the key of a
     stored JSON object (a Litestar session dict) naming its owner, for `revoke_subject` and
-    `list_subject`.
+    `list_subject`. `max_sessions_per_subject` and `on_max_sessions` cap the live sessions
+    of one subject (see the module's docstring). `encryption_keys` (see `sessionary.connect`:
+    a list, or one comma-separated str) seal the sessions of a store given by URL; a bad key
+    is a `ValueError` here, naming its position, never the key. An open `Store` has its own.
     """
 
     def __init__(
@@ -117,8 +162,12 @@ class SessionaryStore(NamespacedStore):
         idle_ttl: timedelta | None = None,
         subject_key: str | None = None,
         clock: Clock | None = None,
+        max_sessions_per_subject: int | None = None,
+        on_max_sessions: OnMaxSessions = "refuse",
+        encryption_keys: EncryptionKeys | None = None,
     ) -> None:
-        self._connection = _Connection(store, clock)
+        self._connection = _Connection(store, clock, encryption_keys)
+        self._session_limit = (max_sessions_per_subject, on_max_sessions)
         self.namespace: str = namespace
         self._absolute_ttl = absolute_ttl
         self._idle_ttl = idle_ttl
@@ -152,7 +201,14 @@ class SessionaryStore(NamespacedStore):
         return self._opened
 
     def _namespace_of(self, store: Store, name: str) -> Namespace:
-        return store.namespace(name, absolute_ttl=self._absolute_ttl, idle_ttl=self._idle_ttl)
+        most, on_max = self._session_limit
+        return store.namespace(
+            name,
+            absolute_ttl=self._absolute_ttl,
+            idle_ttl=self._idle_ttl,
+            max_sessions_per_subject=most,
+            on_max_sessions=on_max,
+        )
 
     # -- Litestar's Store protocol ----------------------------------------------------------
 
@@ -176,6 +232,8 @@ class SessionaryStore(NamespacedStore):
                 return
             except SessionNotFound:
                 pass
+            except SessionUnreadable:  # the value written, what else it held cannot be read
+                await namespace.delete(session_id)  # absent: begin it afresh
             try:
                 await namespace.create(
                     id=session_id,
@@ -198,10 +256,10 @@ class SessionaryStore(NamespacedStore):
             expires_at = namespace.store.clock.now_ms() + _positive_ms("renew_for", renew_for)
             try:
                 found = await namespace.update(session_id, expires_at=expires_at)
-            except SessionNotFound:
+            except (SessionNotFound, SessionUnreadable):
                 return None
         else:
-            found = await namespace.get(session_id)
+            found = await _readable(namespace, session_id)
         return None if found is None else _unpack(found.data)
 
     async def delete(self, key: str) -> None:
@@ -222,12 +280,12 @@ class SessionaryStore(NamespacedStore):
     async def exists(self, key: str) -> bool:
         """Whether `key` holds a live value."""
         namespace = await self.sessionary_namespace()
-        return await namespace.get(_session_id(key)) is not None
+        return await _readable(namespace, _session_id(key)) is not None
 
     async def expires_in(self, key: str) -> int | None:
         """Whole seconds until `key` expires, or None if it holds no live value."""
         namespace = await self.sessionary_namespace()
-        found = await namespace.get(_session_id(key))
+        found = await _readable(namespace, _session_id(key))
         if found is None:
             return None
         return max(0, (found.expires_at - namespace.store.clock.now_ms()) // 1000)
@@ -278,6 +336,69 @@ class SessionaryStore(NamespacedStore):
 
     def __repr__(self) -> str:
         return f"SessionaryStore(namespace={self.namespace!r})"
+
+
+class SessionConfig(ServerSideSessionConfig):
+    """Litestar's `ServerSideSessionConfig`, whose middleware answers a login refused by the
+    store's session limit (`TooManySessions`, raised by `SessionaryStore.set` as the
+    response starts) with the service's 409 instead of the handler's response."""
+
+    @property
+    def middleware(self) -> DefineMiddleware:
+        backend = self._backend_class(config=self)
+        return DefineMiddleware(_RefusingSessionMiddleware, backend=backend)
+
+
+class _RefusingSessionMiddleware(SessionMiddleware[ServerSideSessionBackend]):
+    """Litestar's session middleware; a session its store refuses to write (nothing was
+    written, no cookie set) replaces the response with the refusal's 409."""
+
+    def create_send_wrapper(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> Callable[[Message], Awaitable[None]]:
+        refused = False
+
+        async def wrapped_send(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return  # the rest of the handler's response, which is not sent
+            if message["type"] != "http.response.start":
+                await connection.send(message)
+                return
+            try:
+                await self.backend.store_in_message(
+                    connection.scope.get("session"), message, connection
+                )
+            except TooManySessions as error:
+                refused = True
+                body = outage.error_body(error)
+                start: HTTPResponseStartEvent = {
+                    "type": "http.response.start",
+                    "status": error.http_status,
+                    "headers": [
+                        (b"content-type", outage.CONTENT_TYPE.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+                whole: HTTPResponseBodyEvent = {
+                    "type": "http.response.body",
+                    "body": body,
+                    "more_body": False,
+                }
+                await connection.send(start)
+                await connection.send(whole)
+                return
+            await connection.send(message)
+
+        return wrapped_send
+
+
+async def _readable(namespace: Namespace, session_id: str) -> Session | None:
+    """The live session, or None: one that cannot be opened reads as absent."""
+    try:
+        return await namespace.get(session_id)
+    except SessionUnreadable:
+        return None
 
 
 def _session_id(key: str) -> str:

@@ -1,4 +1,5 @@
-"""What every framework engine answers while the session store is down: the service's 503.
+"""What every framework engine answers while the session store is down: the service's 503;
+and, with the same JSON, a login its namespace's session limit refuses (`error_body`).
 
 A store outage is not a bug, so it is never a 500 with a traceback: the client gets `503`,
 `Retry-After` and the JSON body of sessionary's own service (`sessionary.http.errors`), so a
@@ -17,7 +18,7 @@ import threading
 
 import orjson
 
-from sessionary.errors import StoreUnavailable
+from sessionary.errors import SessionaryError, StoreUnavailable
 from sessionary.outage import RETRY_AFTER_UNAVAILABLE, OutageLog
 
 STATUS = 503
@@ -29,6 +30,13 @@ BODY = orjson.dumps(
 HEADERS = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
 
 log = logging.getLogger("sessionary.contrib")
+
+
+def error_body(error: SessionaryError) -> bytes:
+    """The service's JSON body of one of sessionary's errors (its `http_status` is the
+    status): `{"error": "too_many_sessions", "message": "...", "max_sessions": 3}` for a
+    login refused by `max_sessions_per_subject`, the same bytes whatever engine answers."""
+    return orjson.dumps({"error": error.code, "message": str(error), **error.details()})
 
 
 class Outage:

@@ -68,6 +68,16 @@ class SubjectSessionsOut(BaseModel):
 
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
 
+#: the answer of a write giving a session a subject that already holds the namespace's
+#: `max_sessions_per_subject` (with `on_max_sessions = "refuse"`): nothing was written
+_TOO_MANY_SESSIONS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "too_many_sessions: the subject already holds the namespace's "
+        "max_sessions_per_subject live sessions (body: error, message, max_sessions); "
+        "nothing was written"
+    }
+}
+
 
 def _ttl_field() -> Any:
     return Field(None, ge=1, description="a lifetime of its own; left out: the namespace's")
@@ -189,7 +199,12 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
 
     base = "/namespaces/{namespace}"
 
-    @router.post(f"{base}/sessions", status_code=201, response_model=SessionOut)
+    @router.post(
+        f"{base}/sessions",
+        status_code=201,
+        response_model=SessionOut,
+        responses=_TOO_MANY_SESSIONS,
+    )
     async def create(namespace: str, body: CreateIn) -> Response:
         """Create a session."""
         space = resolve(namespace)
@@ -215,7 +230,9 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
             raise SessionNotFound(session_id)
         return _session_response(session)
 
-    @router.patch(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
+    @router.patch(
+        f"{base}/sessions/{{session_id}}", response_model=SessionOut, responses=_TOO_MANY_SESSIONS
+    )
     async def patch(request: Request, namespace: str, session_id: str, body: PatchIn) -> Response:
         """Replace data and/or metadata, set or clear the subject; with `If-Match`, only over
         that version (412 if it moved on)."""
@@ -238,7 +255,11 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
             raise SessionNotFound(session_id)
         return Response(status_code=204)
 
-    @router.post(f"{base}/sessions/{{session_id}}/rotate", response_model=SessionOut)
+    @router.post(
+        f"{base}/sessions/{{session_id}}/rotate",
+        response_model=SessionOut,
+        responses=_TOO_MANY_SESSIONS,
+    )
     async def rotate(namespace: str, session_id: str, body: RotateIn | None = None) -> Response:
         """Give the session a new id; the old one stops working at once."""
         space = resolve(namespace)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -79,6 +79,8 @@ def declare(settings: Settings, store: Store, metrics: AnalyticsMetrics | None =
             idle_ttl=policy.idle_ttl,
             absolute_ttl=policy.absolute_ttl,
             max_absolute_ttl=policy.max_absolute_ttl,
+            max_sessions_per_subject=policy.max_sessions_per_subject,
+            on_max_sessions=policy.on_max_sessions,
             id_prefix=policy.id_prefix,
             max_payload=policy.max_payload,
             on_unavailable=policy.on_unavailable,
@@ -106,6 +108,17 @@ def declare(settings: Settings, store: Store, metrics: AnalyticsMetrics | None =
     return Features(namespaces, groups, runs, analytics=analytics)
 
 
+async def _settle_limited(namespaces: Iterable[Namespace]) -> None:
+    """Touch each namespace with a session limit once at start, so that one the store cannot
+    limit (on Redis: sessions of it spread over hash slots already, see
+    docs/account-security.md) stops the start with its `ValueError` instead of failing every
+    request that uses it. A store down at start is left to `/readyz`, as always."""
+    for namespace in namespaces:
+        if namespace.session_limit is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await namespace.count()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -113,10 +126,15 @@ def create_app(
     clock: Clock | None = None,
 ) -> FastAPI:
     """The service. With `store`, it serves that store (and leaves closing it to you);
-    otherwise it opens `settings.store` at startup and closes it at shutdown."""
+    otherwise it opens `settings.store` at startup (with `settings.encryption_keys`) and
+    closes it at shutdown."""
     settings = settings or Settings()
     metrics = Metrics()
-    source = StoreSource(store if store is not None else settings.store, clock=clock)
+    source = (
+        StoreSource(store, clock=clock)
+        if store is not None
+        else StoreSource(settings.store, clock=clock, encryption_keys=settings.encryption())
+    )
     namespaces: dict[str, Namespace] = {}
     features = Features()
     playground = (
@@ -137,6 +155,7 @@ def create_app(
         opened = await source.get()
         metrics.watch(opened)
         declared = declare(settings, opened, analytics_metrics)
+        await _settle_limited(declared.namespaces.values())
         namespaces.update(declared.namespaces)
         features.runs = declared.runs
         features.analytics = declared.analytics

@@ -20,6 +20,15 @@ login, `await session.delete()` on logout. When the store is down the namespace'
 decides: fail closed (503 JSON, the default) or fail open (no session, logged once per outage
 and counted).
 
+Sessions per subject: in a namespace with `max_sessions_per_subject` (an argument here, or
+a `Namespace` opened with it; see docs/account-security.md), a login past the limit with
+`on_max_sessions="refuse"` raises `TooManySessions` from `await session.rotate(subject=...)`:
+the session stays as it was (same id, no subject, the cookie unchanged) and the application
+answers as it likes; left uncaught, the middleware answers the service's 409
+`{"error": "too_many_sessions", "message": ..., "max_sessions": N}`, never a 500. With
+"evict_oldest" the login succeeds and the subject's least recently active sessions are
+deleted in the same step: their next requests find no session.
+
 Devices: with `devices=DevicePolicy(user_agent=True, ip="truncated")` a session records the
 user agent and client IP of the request that created it (`sessionary.devices`); off by
 default, a privacy choice. The client IP is the socket's peer (the ASGI `client`); behind a
@@ -41,11 +50,17 @@ from typing import TYPE_CHECKING, Literal
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sessionary.contract import OnMaxSessions
 from sessionary.devices import DevicePolicy, Sighting
-from sessionary.errors import StoreUnavailable, VersionConflict
+from sessionary.errors import StoreUnavailable, TooManySessions, VersionConflict
 from sessionary.http.clientip import ClientIP
 from sessionary.http.cookies import CookieSpec
-from sessionary.http.errors import error_response, internal_error_response, unavailable_response
+from sessionary.http.errors import (
+    error_response,
+    internal_error_response,
+    response_for,
+    unavailable_response,
+)
 from sessionary.model import Session
 from sessionary.outage import OutageLog
 from sessionary.session_request import Outcome, RequestSession
@@ -66,8 +81,9 @@ SessionHandle = RequestSession
 class SessionMiddleware:
     """See the module docstring. `store` is a `Store`, a URL opened on first use, or None
     with `namespace` a `Namespace`; a namespace given by name is opened with `idle_ttl`,
-    `absolute_ttl` and `max_absolute_ttl` (the longest lifetime one session may ask for
-    itself: "remember me"), a `Namespace` keeps its own policy. The cookie's Max-Age is the
+    `absolute_ttl`, `max_absolute_ttl` (the longest lifetime one session may ask for
+    itself: "remember me") and `max_sessions_per_subject`/`on_max_sessions` (see the module
+    docstring), a `Namespace` keeps its own policy. The cookie's Max-Age is the
     namespace's absolute ttl (a session with a lifetime of its own: that one). `devices`
     says what a created session records of its client (nothing by default); `client_ip`
     resolves the client's address (default: the socket's peer, no proxy trusted)."""
@@ -81,6 +97,8 @@ class SessionMiddleware:
         idle_ttl: timedelta | None = timedelta(minutes=30),
         absolute_ttl: timedelta | None = timedelta(hours=12),
         max_absolute_ttl: timedelta | None = None,
+        max_sessions_per_subject: int | None = None,
+        on_max_sessions: OnMaxSessions = "refuse",
         transport: Literal["cookie", "header"] = "cookie",
         cookie_name: str = "session",
         header_name: str = "X-Session-Id",
@@ -104,6 +122,7 @@ class SessionMiddleware:
             self._source = StoreSource.of(store)
         self._name = namespace if isinstance(namespace, str) else namespace.name
         self._ttls = (idle_ttl, absolute_ttl, max_absolute_ttl)
+        self._session_limit = (max_sessions_per_subject, on_max_sessions)
         self.transport = transport
         self.header = header_name.lower().encode("latin-1")
         self.cookie = CookieSpec(
@@ -121,8 +140,14 @@ class SessionMiddleware:
         if self._namespace is None:
             store = await self._source.get()
             idle, absolute, bound = self._ttls
+            most, on_max = self._session_limit
             self._namespace = store.namespace(
-                self._name, idle_ttl=idle, absolute_ttl=absolute, max_absolute_ttl=bound
+                self._name,
+                idle_ttl=idle,
+                absolute_ttl=absolute,
+                max_absolute_ttl=bound,
+                max_sessions_per_subject=most,
+                on_max_sessions=on_max,
             )
         return self._namespace
 
@@ -210,7 +235,8 @@ class SessionMiddleware:
     ) -> None:
         """Run the app, writing the session back as its response starts. If the app fails
         before it answers, having rotated the session (the old id is dead already), the 500
-        still carries the new id: a failed response never hides a completed write."""
+        still carries the new id: a failed response never hides a completed write. A
+        `TooManySessions` the app left uncaught (a refused login) is its 409, not a 500."""
         started = replaced = False
 
         async def send_committed(message: Message) -> None:
@@ -242,6 +268,10 @@ class SessionMiddleware:
                     409, "session_conflict", "the session changed too often meanwhile; retry"
                 )(scope, receive, send)
                 return
+            except TooManySessions as exc:  # a subject set by `set_subject`, refused
+                replaced = True
+                await response_for(exc)(scope, receive, send)
+                return
             varies = handle.accessed  # read before the id below marks it accessed
             headers = MutableHeaders(scope=message)
             telling = self._telling(outcome, handle)
@@ -254,14 +284,20 @@ class SessionMiddleware:
 
         try:
             await self.app(scope, receive, send_committed)
-        except Exception:
+        except Exception as exc:
             if not started and scope["type"] == "http":
                 telling = self._telling(handle.outcome_after_failure(), handle)
+                headers = {}
                 if telling is not None:
                     name, value = telling
-                    await internal_error_response(
-                        {name.decode("latin-1"): value.decode("latin-1")}
+                    headers[name.decode("latin-1")] = value.decode("latin-1")
+                if isinstance(exc, TooManySessions):  # a refused login left unanswered: 409
+                    await error_response(
+                        exc.http_status, exc.code, str(exc), headers=headers, **exc.details()
                     )(scope, receive, send)
+                    return
+                if telling is not None:
+                    await internal_error_response(headers)(scope, receive, send)
             raise
 
     def _telling(self, outcome: Outcome, handle: RequestSession) -> tuple[bytes, bytes] | None:

@@ -2,12 +2,15 @@
 
     store = "redis://localhost:6379/0"
     port = 8000
+    encryption_keys = ["k2:base64 of 32 random bytes", "k1:the previous one"]  # optional
     api_keys = ["a-long-random-key", { key = "another", namespaces = ["web"] }]
 
     [namespaces.web]
     idle_ttl = "30m"
     absolute_ttl = "12h"
     max_absolute_ttl = "30d"   # the longest a "remember me" session may ask; default: no bound
+    max_sessions_per_subject = 3       # optional, default no limit (docs/account-security.md)
+    on_max_sessions = "evict_oldest"   # or "refuse" (the default): 409 too_many_sessions
 
     [playground]
     session_limit = 50
@@ -18,7 +21,8 @@
     key = "a-long-random-project-key"
 
 Nested keys come from the environment with a double underscore:
-`SESSIONARY_PLAYGROUND__SESSION_LIMIT=20`; lists as JSON: `SESSIONARY_API_KEYS='["k"]'`.
+`SESSIONARY_PLAYGROUND__SESSION_LIMIT=20`; lists as JSON: `SESSIONARY_API_KEYS='["k"]'`, but
+`SESSIONARY_ENCRYPTION_KEYS` is comma-separated: `k2:base64,k1:base64`.
 An unknown key anywhere, or a bad value, is an error naming the key and what was expected.
 """
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,6 +43,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -48,6 +53,7 @@ from sessionary.analytics.settings import AnalyticsSettings
 from sessionary.http.settings import STRICT, Duration
 from sessionary.playground.settings import PlaygroundSettings
 from sessionary.runs.settings import RunsSettings
+from sessionary.sealing import parse_keys
 from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL
 
 ENV_PREFIX = "SESSIONARY_"
@@ -64,6 +70,11 @@ class NamespaceSettings(BaseModel):
     absolute_ttl: Duration | None = timedelta(hours=12)
     #: the longest lifetime one session may ask for itself ("remember me"); None: no bound
     max_absolute_ttl: Duration | None = None
+    #: the most live sessions one subject may hold here (None: no limit); a session gaining
+    #: a subject past it is refused (409) or evicts the least recently active (see
+    #: docs/account-security.md)
+    max_sessions_per_subject: int | None = Field(None, ge=1)
+    on_max_sessions: Literal["refuse", "evict_oldest"] = "refuse"
     id_prefix: str = ""
     on_unavailable: Literal["fail_closed", "fail_open"] = "fail_closed"
     max_payload: int = Field(DEFAULT_MAX_PAYLOAD, ge=1)
@@ -132,6 +143,28 @@ class Settings(BaseSettings):
     #: client that stops reading can hold of the machine's memory
     send_buffer_bytes: int = Field(128 * 1024, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: encryption at rest (docs/encryption.md): keys of 32 random bytes in base64, each
+    #: optionally "id:"-prefixed; the first seals, all open. Empty: sessions stored in clear
+    encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """`SESSIONARY_ENCRYPTION_KEYS=k2:...,k1:...`: a comma-separated list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _valid_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """Checked at load, naming the key by its position and size, never its text."""
+        parse_keys([key.get_secret_value() for key in keys])
+        return keys
+
+    def encryption(self) -> list[str]:
+        """The encryption keys' text, for `connect(encryption_keys=...)`."""
+        return [key.get_secret_value() for key in self.encryption_keys]
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -183,6 +216,8 @@ def _describe(error: ValidationError) -> str:
         key = ".".join(str(part) for part in problem["loc"])
         if problem["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting")
+        elif key.startswith("encryption_keys"):  # never echo a key
+            lines.append(f"{key}: {problem['msg']}")
         else:
             lines.append(f"{key}: {problem['msg']} (got {problem.get('input')!r})")
     return "\n".join(lines)

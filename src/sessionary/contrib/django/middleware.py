@@ -1,4 +1,5 @@
-"""`SessionMiddleware`: Django's own, answering a store outage with a 503 instead of a 500.
+"""`SessionMiddleware`: Django's own, answering a store outage with a 503 instead of a 500,
+and a login refused by the session limit with a 409.
 
     MIDDLEWARE = [
         "sessionary.contrib.django.SessionMiddleware",  # in place of Django's
@@ -15,6 +16,17 @@ logs the outage once when it starts and once when it ends (`sessionary.contrib.o
   (`process_exception`);
 * when the session cannot be saved as the response goes out (`process_response`).
 
+With `SESSIONARY["max_sessions_per_subject"]` and `"on_max_sessions": "refuse"`, a login
+past the limit fails where the user is recorded: at the save as the response goes out
+(`TooManySessions`). This subclass answers `409` with the service's JSON
+(`{"error": "too_many_sessions", "message": ..., "max_sessions": N}`) instead of the view's
+response, and the login does not take effect: the user is taken out of the session again
+(`django.contrib.auth`'s keys), which is saved as the anonymous session it was before the
+login (its data kept, under the key `login` gave it, sent in the 409's cookie). For a page
+of your own, a login view may look at `sessions_of(user.pk)` before calling `login` (a hint
+for a friendlier answer: only the save decides, atomically). With "evict_oldest" the login
+succeeds and the user's least recently active session ends in the same step.
+
 It also hands the request's client (user agent, `REMOTE_ADDR`) to the session, which
 records it when it is created if `SESSIONARY["devices"]` asks for it (`config`).
 
@@ -28,6 +40,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import (  # type: ignore[import-untyped]
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+)
 from django.contrib.sessions.middleware import (  # type: ignore[import-untyped]
     SessionMiddleware as DjangoSessionMiddleware,
 )
@@ -36,14 +53,15 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from sessionary.contrib import outage
 from sessionary.contrib.django.config import devices
 from sessionary.contrib.django.session_store import SessionStore
-from sessionary.errors import StoreUnavailable
+from sessionary.errors import StoreUnavailable, TooManySessions
 
 _OUTAGE = outage.Outage("Django sessions")
 
 
 class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
-    """Django's `SessionMiddleware`, answering `StoreUnavailable` with a 503 (see the
-    module docstring), and handing the request's client to the session."""
+    """Django's `SessionMiddleware`, answering `StoreUnavailable` with a 503 and a refused
+    login (`TooManySessions`) with a 409 (see the module docstring), and handing the
+    request's client to the session."""
 
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
@@ -62,9 +80,26 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
             answered: HttpResponse = super().process_response(request, response)
         except StoreUnavailable as error:
             return _unavailable(error)
+        except TooManySessions as error:
+            return self._refused(request, error)
         session = getattr(request, "session", None)
         if session is not None and session.accessed:
             _OUTAGE.worked()  # the session was used and nothing failed
+        return answered
+
+    def _refused(self, request: HttpRequest, error: TooManySessions) -> HttpResponse:
+        """The 409 of a login the session limit refused (nothing of it was written): the
+        user taken out of the session again, saved anonymous as Django saves any session,
+        its cookie on the 409."""
+        for key in (SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY):
+            request.session.pop(key, None)
+        refused = HttpResponse(
+            outage.error_body(error), status=error.http_status, content_type=outage.CONTENT_TYPE
+        )
+        try:
+            answered: HttpResponse = super().process_response(request, refused)
+        except StoreUnavailable as unavailable:
+            return _unavailable(unavailable)
         return answered
 
 

@@ -58,7 +58,7 @@ from sessionary.contrib.django import payload
 from sessionary.contrib.django.config import namespace
 from sessionary.contrib.django.expiry import expiry_of
 from sessionary.devices import Sighting
-from sessionary.errors import InvalidSessionId, SessionNotFound
+from sessionary.errors import InvalidSessionId, SessionNotFound, SessionUnreadable
 from sessionary.session_request import RequestSession
 from sessionary.store import Namespace
 
@@ -95,12 +95,12 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     def exists(self, session_key: str | None) -> bool:
         if not _well_formed(session_key):
             return False
-        return namespace().run(lambda n: n.get(session_key)) is not None
+        return namespace().run(lambda n: _readable(n, session_key))
 
     async def aexists(self, session_key: str | None) -> bool:
         if not _well_formed(session_key):
             return False
-        return await namespace().arun(lambda n: n.get(session_key)) is not None
+        return await namespace().arun(lambda n: _readable(n, session_key))
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -277,6 +277,16 @@ async def _lifetime_asked(n: Namespace, state: RequestSession, session: dict[str
         return False
     state.set_lifetime(idle_ttl=expiry.idle_ttl, absolute_ttl=expiry.absolute_ttl)
     return True
+
+
+async def _readable(n: Namespace, session_key: str) -> bool:
+    """Whether `session_key` is a live session this process can open: one sealed under a key
+    it was not given (or tampered with) is absent to Django, as `load` treats it (the store
+    logged and counted it)."""
+    try:
+        return await n.get(session_key) is not None
+    except SessionUnreadable:
+        return False
 
 
 async def _reap_all(n: Namespace) -> int:
