@@ -10,8 +10,7 @@ import asyncio
 import base64
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -31,12 +30,12 @@ from sessionary import (
     VersionConflict,
     connect,
 )
-from sessionary.backends import open_backend
 from sessionary.cli import main
 from sessionary.contract import Backend, Record
 from sessionary.http.metrics import Metrics
 from sessionary.sealing import MAGIC, Nonces, Sealer, parse_keys
 from sessionary.session_request import Outcome, RequestSession
+from sessionary.testing._encryption import stores
 from sessionary.web import CurrentSession, SessionMiddleware
 from sessionary.web.settings import SettingsError, load_settings
 from tests.web.conftest import client_for
@@ -51,20 +50,6 @@ KeySet = Sequence[EncryptionKey | bytes | str] | None
 def text_key(secret: bytes, key_id: str | None = None) -> str:
     encoded = base64.b64encode(secret).decode()
     return encoded if key_id is None else f"{key_id}:{encoded}"
-
-
-@asynccontextmanager
-async def stores(url: str, clock: ManualClock, *keysets: KeySet) -> AsyncIterator[list[Store]]:
-    """Stores over one backend (memory too), each with its own keys (None: none): as
-    processes sharing a store with different configurations."""
-    backend = await open_backend(url)
-    try:
-        yield [
-            Store(backend, clock=clock, sealer=None if keys is None else Sealer(keys))
-            for keys in keysets
-        ]
-    finally:
-        await backend.close()
 
 
 def web(store: Store, name: str = "web") -> Namespace:

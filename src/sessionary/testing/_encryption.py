@@ -36,11 +36,12 @@ BINARY = bytes(range(256)) + b"\x00\xff\xfe"
 
 
 @asynccontextmanager
-async def _stores(
+async def stores(
     url: str, clock: ManualClock, *keysets: EncryptionKeys | None
 ) -> AsyncIterator[list[Store]]:
-    """Stores over one backend, each with its own keys (None: none): as processes sharing a
-    store with different configurations."""
+    """Stores over one backend (memory too), each with its own keys (None: none): as
+    processes sharing a store with different configurations. For a backend's own tests of
+    encryption, too."""
     backend = await open_backend(url)
     try:
         yield [
@@ -118,7 +119,7 @@ class EncryptionConformance:
     async def test_a_blob_moved_to_another_session_namespace_or_field_fails(
         self, store_url: str, clock: ManualClock
     ) -> None:
-        async with _stores(store_url, clock, [KEY_A]) as (store,):
+        async with stores(store_url, clock, [KEY_A]) as (store,):
             ns, other = _web(store), _web(store, "sealed-other")
             victim = await ns.create(data={"role": "admin"}, metadata={"ua": "x"})
             blob = await _stored(store, victim.id)
@@ -141,7 +142,7 @@ class EncryptionConformance:
     async def test_rotation_with_two_keys_then_the_old_key_dropped(
         self, store_url: str, clock: ManualClock
     ) -> None:
-        async with _stores(store_url, clock, [KEY_A], [KEY_B, KEY_A], [KEY_B]) as (a, ba, b):
+        async with stores(store_url, clock, [KEY_A], [KEY_B, KEY_A], [KEY_B]) as (a, ba, b):
             made = [await _web(a).create(data={"n": n}, metadata={"m": str(n)}) for n in range(12)]
             for session in made:  # the new configuration opens what the old sealed
                 found = await _web(ba).get(session.id)
@@ -167,7 +168,7 @@ class EncryptionConformance:
     async def test_legacy_plaintext_is_read_then_sealed_by_rekey(
         self, store_url: str, clock: ManualClock
     ) -> None:
-        async with _stores(store_url, clock, None, [KEY_A]) as (bare, sealed):
+        async with stores(store_url, clock, None, [KEY_A]) as (bare, sealed):
             legacy = await _web(bare).create(data={"cart": [1]}, metadata={"ua": "old"})
             assert not (await _stored(bare, legacy.id)).data.startswith(MAGIC)
             got = await _web(sealed).touch(legacy.id)  # turning encryption on logs no one out
@@ -181,7 +182,7 @@ class EncryptionConformance:
 
     @pytest.mark.asyncio
     async def test_rotate_reseals_for_the_new_id(self, store_url: str, clock: ManualClock) -> None:
-        async with _stores(store_url, clock, [KEY_A]) as (store,):
+        async with stores(store_url, clock, [KEY_A]) as (store,):
             ns = _web(store)
             session = await ns.create(data={"cart": ["a"]}, metadata={"ua": "x"})
             before = await _stored(store, session.id)
@@ -206,7 +207,7 @@ class EncryptionConformance:
         again on a conflict) for as long as the rekey runs: every increment survives, and
         every session ends under the new key."""
         sessions, writers = 12, 8
-        async with _stores(store_url, clock, [KEY_A], [KEY_B, KEY_A], [KEY_B]) as (a, ba, b):
+        async with stores(store_url, clock, [KEY_A], [KEY_B, KEY_A], [KEY_B]) as (a, ba, b):
             made = [(await _web(a).create(data={"n": 0})).id for _ in range(sessions)]
             rng = random.Random(7)
             rekeyed = asyncio.Event()
@@ -250,7 +251,7 @@ class EncryptionConformance:
     ) -> None:
         """Deleted or reaped, a session this store cannot open is announced with empty data
         (its end is never lost, no reaper gets stuck) and counted as unreadable."""
-        async with _stores(store_url, clock, [KEY_A], [KEY_B]) as (a, b):
+        async with stores(store_url, clock, [KEY_A], [KEY_B]) as (a, b):
             doomed = await _web(a).create(data={"x": 1}, subject="s")
             deleted = await _web(a).create(data={"x": 2})
             heard: list[SessionEvent] = []
