@@ -16,29 +16,43 @@ exclusively after `Last-Event-ID` (or `?after=`), sends a heartbeat comment ever
 closes after `end`; a client going away never cancels the run. If the store stops answering,
 an `event: error` with `{"error": "store_unavailable", "last": <cursor>}` ends the stream (the
 client resumes with `Last-Event-ID`); a reader that takes nothing for the send timeout is
-disconnected.
+disconnected. A resume point at or past the run's `end` is answered `204 No Content`, which
+makes a browser's `EventSource` stop reconnecting.
+
+Browsers: `SessionAuthenticator` lets the application's own session cookie authenticate (the
+session's subject is the caller; `FirstOf` combines it with Bearer keys). With `origins`,
+pages of those exact origins may call with credentials (CORS: preflights answered on every
+route, `Access-Control-Allow-Origin` on every response to them, the event stream and errors
+included); other origins get no CORS header, so their browser keeps the answer from them.
+A POST authenticated by a cookie (any request without a Bearer key) must prove it comes from
+a page of this origin or an allowed one, by its `Origin`, else, without one, by
+`Sec-Fetch-Site: same-origin`; otherwise 403 `csrf_rejected` before anything happens. Why
+these headers and not a CSRF token: see the README, "A browser page following a run".
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal, Protocol
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from sse_starlette import ServerSentEvent
 from starlette.responses import Response
 
 from sessionary.errors import StoreUnavailable
-from sessionary.http.bearer import BearerKeys, unauthorized
-from sessionary.http.errors import JSONResponse
-from sessionary.http.handlers import guarded
+from sessionary.http.bearer import BearerKeys, presented_key, unauthorized
+from sessionary.http.errors import JSONResponse, ResponseError, error_response
+from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.sse import SEND_TIMEOUT_S, BoundedEventStream, unavailable_event
 from sessionary.logs import Cursor, LogReset
-from sessionary.runs.model import Run, RunNotFound
+from sessionary.runs.model import TERMINAL, Run, RunNotFound
 from sessionary.runs.service import Runs
-from sessionary.runs.settings import RunsUser
+from sessionary.runs.settings import RunsUser, exact_origin
+from sessionary.session_request import RequestSession
+from sessionary.store import Namespace
 
 HEARTBEAT_S = 15
 # one event of the stream, as the OpenAPI document describes it
@@ -70,6 +84,123 @@ class ApiKeyAuthenticator:
 
     async def __call__(self, request: Request) -> str | None:
         return self._keys.match(request)
+
+
+class SessionAuthenticator:
+    """The subject of the live session named by the request's session cookie (the one
+    sessionary's `SessionMiddleware`, or the application, sets), so a browser page, whose
+    `EventSource` cannot send an `Authorization` header, calls as its logged-in user. None
+    without the cookie, for an unknown, expired, malformed or unreadable id, and for a
+    session without a subject (not logged in); never creates a session. It touches the
+    session as the middleware does (one round trip, sliding its idle expiry): a user
+    following a long run is active, and is not logged out halfway. The store down is a
+    `StoreUnavailable` (503) whatever the namespace's outage policy: failing open here
+    would let no one in anyway, and saying so tells the client to try again.
+
+    `namespace` is the sessions' `Namespace`, or a function returning it (the store may
+    open after the router is built). `cookie_name` is the cookie's name; its `__Host-`
+    form (what the middleware sends over https) is read first when the browser sends it."""
+
+    def __init__(
+        self, namespace: Namespace | Callable[[], Namespace], cookie_name: str = "session"
+    ) -> None:
+        self._namespace = namespace
+        self._names = (f"__Host-{cookie_name}", cookie_name)
+
+    async def __call__(self, request: Request) -> str | None:
+        presented = next(
+            (request.cookies[name] for name in self._names if request.cookies.get(name)), None
+        )
+        if presented is None:
+            return None
+        namespace = self._namespace
+        loaded = await RequestSession.load(
+            namespace if isinstance(namespace, Namespace) else namespace(), presented
+        )
+        return loaded.subject
+
+
+class FirstOf:
+    """The first subject any of `authenticators` finds, asked in order (Bearer keys
+    first, then the session cookie, say)."""
+
+    def __init__(self, *authenticators: Authenticator) -> None:
+        self._authenticators = authenticators
+
+    async def __call__(self, request: Request) -> str | None:
+        for authenticate in self._authenticators:
+            subject = await authenticate(request)
+            if subject is not None:
+                return subject
+        return None
+
+
+_ALLOWED_HEADERS = "Content-Type, Last-Event-ID, Authorization"
+_PREFLIGHT_MAX_AGE = "600"
+
+
+class Cors:
+    """The CORS and CSRF rules of the runs routes for an allow-list of exact origins
+    (see the module docstring)."""
+
+    def __init__(self, origins: Sequence[str]) -> None:
+        if isinstance(origins, str):
+            raise ValueError("origins is a list of origins, not one string")
+        self.origins = frozenset(exact_origin(origin) for origin in origins)
+
+    def allowed(self, request: Request) -> str | None:
+        """The request's `Origin`, when it is in the allow-list."""
+        origin = request.headers.get("origin")
+        return origin if origin is not None and origin.lower() in self.origins else None
+
+    def sign(self, request: Request, response: Response) -> None:
+        """Let an allowed origin's page read `response`, with credentials."""
+        if not self.origins:
+            return
+        response.headers.add_vary_header("Origin")
+        origin = self.allowed(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+
+    def preflight(self, request: Request, methods: str) -> Response:
+        """The answer to an `OPTIONS` (a browser's preflight) at a path serving `methods`:
+        what an allowed origin may send; to any other, nothing of CORS, so its browser
+        refuses to send the request."""
+        response = Response(status_code=204, headers={"Allow": methods})
+        if self.allowed(request) is not None:
+            response.headers["Access-Control-Allow-Methods"] = methods
+            response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
+            response.headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
+        return response
+
+    def check_same_origin(self, request: Request) -> None:
+        """Refuse (403 `csrf_rejected`) a cookie-authenticated state change that no page of
+        this origin or an allowed one made. A browser sends `Origin` with every cross-origin
+        POST, and with same-origin POSTs in all current engines; lacking it, Fetch Metadata's
+        `Sec-Fetch-Site` (set by the browser, unforgeable by a page) says same-origin or not.
+        A request with neither is not from a current browser's page: refused too, as a
+        cookie is a browser's credential."""
+        origin = request.headers.get("origin")
+        if origin is not None:
+            if origin.lower() == _own_origin(request) or self.allowed(request) is not None:
+                return
+            reason = f"a request from {origin!r} may not use the session cookie here"
+        elif request.headers.get("sec-fetch-site") == "same-origin":
+            return
+        else:
+            reason = "a cookie-authenticated request must carry Origin (or Sec-Fetch-Site)"
+        raise ResponseError(error_response(403, "csrf_rejected", reason))
+
+
+def _own_origin(request: Request) -> str:
+    """The origin the request was sent to (its scheme and Host), as a browser writes it:
+    without the scheme's default port."""
+    url = request.url
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    port = "" if url.port is None or url.port == default else f":{url.port}"
+    return f"{url.scheme}://{(url.hostname or '').lower()}{port}"
 
 
 class StartIn(BaseModel):
@@ -107,11 +238,14 @@ def runs_router(
     *,
     heartbeat_s: float = HEARTBEAT_S,
     send_timeout_s: float = SEND_TIMEOUT_S,
+    origins: Sequence[str] = (),
 ) -> APIRouter:
     """The routes, over the `Runs` that `runs()` returns (known once the store is open).
     `on_start` is given each run started here (to hand it to a worker); event streams send
     a heartbeat comment every `heartbeat_s` seconds, and disconnect a reader that takes
-    nothing for `send_timeout_s` (see `sessionary.http.sse`)."""
+    nothing for `send_timeout_s` (see `sessionary.http.sse`). `origins`: the exact origins
+    whose pages may call with credentials (CORS); `"*"` is a ValueError."""
+    cors = Cors(origins)
 
     async def caller(request: Request) -> str:
         """Who calls: authenticated once per request, before the body or a parameter is
@@ -124,7 +258,34 @@ def runs_router(
             setattr(request.state, _CALLER, subject)
         return str(subject)
 
-    router = APIRouter(prefix="/api/v1/conversations", tags=["runs"], route_class=guarded(caller))
+    async def admit(request: Request) -> None:
+        """Before anything else: a preflight needs no credentials; any other request is
+        authenticated, and a POST without a Bearer key (a cookie's, then) proves its
+        origin. A Bearer key is exempt: no browser sends one by itself, and a page of
+        another origin can set the header only if a preflight from our allow-list let it."""
+        if request.method == "OPTIONS":
+            return
+        await caller(request)
+        if request.method == "POST" and presented_key(request) is None:
+            cors.check_same_origin(request)
+
+    class RunsRoute(JSONErrorRoute):
+        """A runs route: `admit` first; CORS headers on whatever it answers."""
+
+        async def check(self, request: Request) -> None:
+            await admit(request)
+
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            answer = super().get_route_handler()
+
+            async def signed(request: Request) -> Response:
+                response = await answer(request)
+                cors.sign(request, response)
+                return response
+
+            return signed
+
+    router = APIRouter(prefix="/api/v1/conversations", tags=["runs"], route_class=RunsRoute)
 
     async def own_run(request: Request, conversation_id: str, run_id: str) -> Run:
         subject = await caller(request)
@@ -236,6 +397,9 @@ def runs_router(
         if position:  # checked before the stream starts: a bad cursor is a 400, not a stream
             cursor = Cursor.parse(position, runs().runs.name, run.id)
             await runs().runs.read(run.id, after=cursor, limit=1)
+            if run.status in TERMINAL and run.cursor is not None and cursor >= run.cursor:
+                # past the `end`: nothing will ever come, and a 204 stops EventSource
+                return Response(status_code=204, headers={"Cache-Control": "no-store"})
         return BoundedEventStream(
             _stream(runs(), run.id, cursor),
             ping=heartbeat_s,
@@ -243,7 +407,27 @@ def runs_router(
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    served: dict[str, set[str]] = {}
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            served.setdefault(route.path, set()).update(route.methods or ())
+    for path, methods in served.items():
+        router.add_api_route(
+            path.removeprefix(router.prefix),
+            _preflight(cors, ", ".join(sorted(methods))),
+            methods=["OPTIONS"],
+            include_in_schema=False,
+        )
     return router
+
+
+def _preflight(cors: Cors, methods: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    """The `OPTIONS` route of a path serving `methods`: a browser's preflight."""
+
+    async def preflight(request: Request) -> Response:
+        return cors.preflight(request, methods)
+
+    return preflight
 
 
 async def _stream(runs: Runs, run_id: str, after: Cursor | None) -> AsyncIterator[ServerSentEvent]:

@@ -9,6 +9,12 @@
   appends exactly one final `end` event.
 * A worker's lease is a session too (idle ttl: the lease): the worker renews it by touching it;
   when it lapses the reaper claims it, exactly once, and this feature fails the run.
+* The lease bound: a run whose worker died ends with an `error` event, heard by its
+  followers, at most `lease_bound` = 1.25 x lease after the worker's last renewal. The lease
+  lapses one lease after that renewal; `watch_leases`, which the service runs in every
+  process, sweeps the leases every lease / 4, so the first sweep at or after the lapse comes
+  at most a quarter lease later. Any number of sweepers and reapers may race: the store hands
+  each lapsed lease to exactly one, and the terminal transition appends exactly one `end`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import statistics
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -34,6 +40,7 @@ from sessionary.errors import (
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
 from sessionary.model import Session, SessionEvent
 from sessionary.outage import Backoff, unless_cancelled
+from sessionary.reaper import run_forever
 from sessionary.runs.model import (
     ACTIVE,
     TERMINAL,
@@ -217,6 +224,31 @@ class Runs:
         marks it running; `p.emit(...)` appends; leaving completes it (or fails it, on an
         exception), unless `p.complete`/`p.fail` did already."""
         return Producer(self, run_id, worker)
+
+    @property
+    def lease_check_every(self) -> timedelta:
+        """How often `watch_leases` sweeps the leases: a quarter lease, so that a lapsed
+        lease is found at most that long after it lapsed."""
+        return self.settings.lease_ttl / 4
+
+    @property
+    def lease_bound(self) -> timedelta:
+        """The longest from a worker's last renewal to its run's `end`, when it died:
+        one lease (until the lease lapses) plus `lease_check_every` (until a sweep finds
+        it), 1.25 x the lease. (Plus the sweep's own round trips.)"""
+        return self.settings.lease_ttl + self.lease_check_every
+
+    async def watch_leases(
+        self, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    ) -> None:
+        """Sweep the leases every `lease_check_every` until cancelled, failing the run of
+        each lapsed one: what keeps `lease_bound`. A sweep of the leases alone, rather than
+        the general reaper (whose period is set for sessions, 30 s by default, and sweeps
+        every namespace) run more often, or a check by each follower of its run: one indexed
+        query per process per period whatever the number of runs and followers, and a run
+        nobody follows (its conversation's queue waits on it) ends in time too. A store down
+        meanwhile: tried again later, as the reaper does."""
+        await run_forever([self.leases], every=self.lease_check_every, sleep=sleep)
 
     async def reap(self, limit: int = 1000) -> int:
         """Claim lapsed leases (their runs error) and expired runs and conversations;

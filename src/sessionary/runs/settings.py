@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from sessionary.codec import MAX_SAFE_INT
 from sessionary.http.settings import STRICT, Duration
@@ -17,6 +18,25 @@ class RunsUser(BaseModel):
 
     key: SecretStr = Field(min_length=16)
     subject: str = Field(min_length=1, max_length=256)
+
+
+def exact_origin(text: str) -> str:
+    """`text` as a browser sends it in `Origin` (scheme://host[:port], lower case, no path),
+    else a ValueError: a CORS allow-list with credentials holds exact origins only, never
+    `*` (a browser refuses `*` with credentials anyway, and any page could read the runs)."""
+    if text.strip() == "*":
+        raise ValueError("'*' is not allowed with credentials: list each origin")
+    parts = urlsplit(text.strip())
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(f"{text!r} is not an origin: write it like 'https://app.example'")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 class RunsSettings(BaseModel):
@@ -43,3 +63,17 @@ class RunsSettings(BaseModel):
     #: "package.module:function" producing each run started over HTTP in the service's own
     #: process (see sessionary.runs.worker); None: the application's workers do it
     handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    #: the origins of browser pages (other than the service's own) allowed to call the runs
+    #: API with credentials (CORS); exact origins like "https://app.example", never "*"
+    cors_origins: list[str] = Field(default_factory=list)
+    #: the namespace (of `[namespaces]`) whose session cookie also authenticates a caller (the
+    #: session's subject); None: Bearer keys only
+    session_namespace: str | None = None
+    #: the name of that session cookie as the browser sends it (`__Host-session` is read
+    #: first when present)
+    session_cookie: str = Field("session", min_length=1, max_length=256)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        return [exact_origin(origin) for origin in origins]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -39,7 +39,13 @@ from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
 from sessionary.playground import Playground
 from sessionary.reaper import run_forever
 from sessionary.runs import Runs
-from sessionary.runs.http import ApiKeyAuthenticator, runs_router
+from sessionary.runs.http import (
+    ApiKeyAuthenticator,
+    Authenticator,
+    FirstOf,
+    SessionAuthenticator,
+    runs_router,
+)
 from sessionary.runs.model import Run
 from sessionary.runs.worker import Worker, load_handler
 from sessionary.source import StoreSource
@@ -119,6 +125,23 @@ async def _settle_limited(namespaces: Iterable[Namespace]) -> None:
                 await namespace.count()
 
 
+def runs_authenticator(
+    settings: Settings, namespaces: Callable[[], dict[str, Namespace]]
+) -> Authenticator:
+    """Who calls the runs API: a Bearer key of `[runs] users`, or, with `[runs]
+    session_namespace`, the subject of that namespace's session named by the
+    `session_cookie` (`namespaces()`: the declared namespaces, once the store is open)."""
+    keys = ApiKeyAuthenticator(settings.runs.users)
+    name = settings.runs.session_namespace
+    if name is None:
+        return keys
+    if name not in settings.namespaces:
+        raise SettingsError(f"runs.session_namespace: no namespace {name!r} in [namespaces]")
+    return FirstOf(
+        keys, SessionAuthenticator(lambda: namespaces()[name], settings.runs.session_cookie)
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -175,7 +198,7 @@ def create_app(
                 name="sessionary-analytics-jobs",
             )
         groups = declared.groups
-        reaper = None
+        reaper = leases = None
         if settings.reaper.enabled:
             reaper = asyncio.create_task(
                 run_forever(
@@ -186,6 +209,10 @@ def create_app(
                 ),
                 name="sessionary-reaper",
             )
+            if features.runs is not None:  # its lease bound: swept every lease / 4
+                leases = asyncio.create_task(
+                    features.runs.watch_leases(), name="sessionary-run-leases"
+                )
         try:
             yield
         finally:
@@ -196,10 +223,11 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await jobs
             await features.close_sink()
-            if reaper is not None:
-                reaper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reaper
+            for task in (reaper, leases):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await source.close()
 
     app = FastAPI(
@@ -247,9 +275,10 @@ def create_app(
         app.include_router(
             runs_router(
                 opened_runs,
-                ApiKeyAuthenticator(settings.runs.users),
+                runs_authenticator(settings, lambda: namespaces),
                 hand_over,
                 send_timeout_s=settings.runs.stream_send_timeout.total_seconds(),
+                origins=settings.runs.cors_origins,
             )
         )
     if settings.analytics.enabled:
