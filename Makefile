@@ -21,6 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(BIN)/pytest
 
 lint: $(STAMP)
