@@ -25,8 +25,9 @@ Keying: each stream of each MCP session gets its own log, a session of the names
 writes its logs, and it picks a stream's log id once, in one step with no await between looking
 and choosing, so concurrent first events of a stream share it; they all create it, and
 `SessionExists` means another one did first. The log's subject is the MCP session id and its
-data names the stream and the session's random group (which this process uses to recognise
-its own sessions). Two MCP sessions never share a log, however their stream ids collide.
+data names the stream, the session's random group (which this process uses to recognise its
+own sessions) and the replica's owner lease (below). Two MCP sessions never share a log,
+however their stream ids collide.
 
 Event ids are "<log id>/<cursor>", e.g. "Zm9v...(43 characters)/17-1a2b3c4d": enough for any
 replica to find the log, unguessable (a log id has 256 random bits), and checked strictly on
@@ -42,8 +43,35 @@ replica that does not hold its MCP session (the SDK's session manager keeps sess
 and answers 404 for others). `wrap` answers such a GET with Last-Event-ID itself: it checks
 that the event id belongs to that MCP session, replays what is stored, and follows the log as
 the replica running the request appends to it, without gap or duplicate, until the request's
-response, or until nothing came for `tail_idle` (the client then reconnects). Other requests
-of a session (POST, DELETE) still need the replica that holds it.
+response, until nothing came for `tail_idle` (the client then reconnects), or until the owner
+of the stream went away (below). Other requests of a session (POST, DELETE) still need the
+replica that holds it.
+
+Owner leases: the replica that writes a stream may die mid-request, and then nothing would
+ever end the stream for a client following it elsewhere. So each replica (each
+`StoreEventStore`) holds an owner lease, a session of the namespace "<namespace>.owners" whose
+idle ttl is `lease` (default 15 s), named in every log it creates; it takes the lease before it
+stores an event, and renews it every `lease / 3` while it holds an MCP session. One lease per
+replica, not per stream or per MCP session, because the SDK keeps sessions in the process's
+memory: all of a replica's streams end with it, so one key renewed three times a lease answers
+for all of them, and the store's writes grow with replicas, not with streams. A replica
+following a stream for a client asks whether the owner's lease stands when it starts and then
+every `lease_check_every` (`lease / 10`) without news; once it lapsed with the request
+unanswered, the follower stores the request's JSON-RPC error response, code
+`REQUEST_ABANDONED` (-32030, an implementation-defined server error, apart from the SDK's and
+MCP's own codes) and message `REQUEST_ABANDONED_MESSAGE` ("the server running this request went
+away; retry it"), with the request's id (a number if the stream id is one's decimal form, as
+clients' ids nearly always are, else the string), sends it and ends the stream. Exactly once:
+a response closes its log (a final event), so whichever comes first of the response and the
+error responses of racing followers is stored, the others are refused, and every follower
+sends the one stored. The bound (`lease_bound`): a client following the request learns it at
+most `lease + lease / 10` (1.1 x the lease) after the owner died, plus a few round trips to the
+store: the lease lapses at most one lease after its last renewal, which came before the death,
+and a follower looks within `lease / 10` after that (a client that reconnects later learns it at
+once). A reconnect for the GET stream of a session whose replica went away is not answered from
+the store: the SDK says 404 (the session is gone). A replica cut off from the store for a lease
+may find its requests given up once it is back: their streams go on in new logs, and a client
+connected to it live still gets everything.
 
 Lifetimes: every log lives `ttl` from its creation (appends do not extend it). A stream that
 outlives it goes on in a fresh log (with a new id), so an old event id never names a newer
@@ -57,6 +85,9 @@ Limits: on the replica that holds the session, the SDK replays and then attaches
 stream; a message stored in between is kept but not sent live (the SDK's own window; a reply
 from another replica follows the log and has none). The stream of the initialize request,
 which starts before the session has an id, resumes only on the replica that holds the session.
+A request is given up only when its replica went away (its lease lapsed), not when it is slow,
+and only for a client that follows it on another replica: a client connected to the replica
+running it waits for the tool, however long it takes.
 If the store fails, `store_event` does not raise (an error would stop the SDK's message loop of
 the session, and everything it sends): the message goes out with an id that replays nothing,
 the stream's next stored event is preceded by a marker, and a replay across the hole stops
@@ -68,11 +99,12 @@ once per retry interval.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import secrets
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -92,16 +124,24 @@ with needs("mcp", "sessionary.mcp"):
         EventStore,
         StreamId,
     )
-    from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
+    from mcp_types import (
+        ErrorData,
+        JSONRPCError,
+        JSONRPCMessage,
+        JSONRPCResponse,
+        jsonrpc_message_adapter,
+    )
     from pydantic import ValidationError as PydanticValidationError
     from sse_starlette import ServerSentEvent
     from starlette.datastructures import Headers
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary import ids
+from sessionary.clock import to_ms
 from sessionary.errors import (
     InvalidCursor,
     InvalidSessionId,
+    LogClosed,
     PayloadTooLarge,
     SessionExists,
     SessionNotFound,
@@ -110,9 +150,9 @@ from sessionary.errors import (
 )
 from sessionary.http.sse import BoundedEventStream
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
-from sessionary.store import FOLLOW_PAGE_BYTES, Store
+from sessionary.store import FOLLOW_PAGE_BYTES, Namespace, Store
 
-__all__ = ["StoreEventStore"]
+__all__ = ["REQUEST_ABANDONED", "REQUEST_ABANDONED_MESSAGE", "StoreEventStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +164,15 @@ _PAGE = 500
 _MAX_EVENT_ID = 128  # a log id (43) + "/" + a cursor (at most 27); anything longer is not ours
 _SESSION_ID_RE = re.compile(r"[\x21-\x7e]{1,256}")  # the SDK's rule, within a subject's length
 _ATTEMPTS = 4
+_INTEGER_RE = re.compile(r"0|-?[1-9][0-9]{0,17}")  # an int as str() writes it (18 digits at most)
+
+#: The JSON-RPC error code of a request given up because the replica running it went away: an
+#: implementation-defined server error (-32000..-32099), clear of the SDK's own (-32000
+#: connection closed, -32001 request timeout) and of those MCP defines (-32002, -32020..-32022,
+#: -32042), so a client can tell it apart and retry.
+REQUEST_ABANDONED = -32030
+#: The message of that error response.
+REQUEST_ABANDONED_MESSAGE = "the server running this request went away; retry it"
 
 
 @dataclass(eq=False)
@@ -151,6 +200,57 @@ class _Opened:
     log_id: str
     cursor: Cursor
     stream_id: str
+    owner: str | None  # the owner lease of the replica that writes the log (None: no lease)
+
+
+class _OwnerLease:
+    """This replica's owner lease: a session of the owners namespace, whose idle ttl is the
+    lease, renewed (touched) every third of it while the replica holds an MCP session. One per
+    replica, not per stream or per MCP session: the SDK keeps sessions in the process's memory,
+    so every stream a replica writes ends with it, and one key renewed three times a lease
+    vouches for all of them (writes grow with replicas, not with streams or sessions)."""
+
+    def __init__(self, owners: Namespace, lease: timedelta, holding: Callable[[], bool]) -> None:
+        self.id = ids.new_id()
+        self._owners = owners
+        self._renew_every_ms = max(1, to_ms(lease) // 3)
+        self._holding = holding
+        self._renewed_at: int | None = None  # the store's clock when the last renewal began
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def hold(self) -> None:
+        """Make sure the lease stands for two thirds of a lease at least, and is kept renewed.
+        Called before each event is stored, so no follower ever finds an event of a stream
+        whose owner holds no lease (after a time without sessions, the lease had lapsed)."""
+        renewed_at = self._renewed_at
+        if renewed_at is None or self._owners.store.clock.now_ms() - renewed_at >= (
+            self._renew_every_ms
+        ):
+            await self._renew()
+        if self._renewer is None or self._renewer.done():
+            # a context of its own: inheriting the caller's would keep its MCP session's
+            # binding alive, and with it the lease, for ever
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._keep(), name="sessionary-mcp-owner-lease", context=contextvars.Context()
+            )
+
+    async def _keep(self) -> None:
+        """Renew every third of a lease while this replica holds an MCP session."""
+        while True:
+            await asyncio.sleep(self._renew_every_ms / 1000)
+            if not self._holding():
+                return  # the next event stored takes the lease again first
+            try:
+                await self._renew()
+            except StoreUnavailable as exc:
+                logger.warning("could not renew this replica's MCP owner lease: %s", exc)
+
+    async def _renew(self) -> None:
+        began = self._owners.store.clock.now_ms()
+        if await self._owners.touch(self.id) is None:  # first, or lapsed: take it again
+            with suppress(SessionExists):  # a concurrent renewal took it first
+                await self._owners.create(id=self.id)
+        self._renewed_at = began
 
 
 class StoreEventStore(EventStore):
@@ -159,6 +259,9 @@ class StoreEventStore(EventStore):
     `ttl` is each stream log's life, `max_events` how many events each keeps, `max_payload`
     the largest encoded message it stores (default: the store's), `tail_idle` how long a
     replica serving a reconnect for another one waits for news before ending the response.
+    `lease` is this replica's owner lease (kept in the namespace "<namespace>.owners"): once
+    it lapsed, another replica gives up the requests this one left unanswered (see the
+    module's docstring, "Owner leases").
     """
 
     def __init__(
@@ -170,9 +273,12 @@ class StoreEventStore(EventStore):
         max_events: int = 10_000,
         max_payload: int | None = None,
         tail_idle: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(seconds=15),
     ) -> None:
         if not isinstance(tail_idle, timedelta) or tail_idle <= timedelta(0):
             raise ValueError("tail_idle is a positive datetime.timedelta")
+        if not isinstance(lease, timedelta) or to_ms(lease) < 3:
+            raise ValueError("lease is a datetime.timedelta of 3 ms or more")
         self._ns = store.namespace(
             namespace,
             absolute_ttl=ttl,
@@ -180,6 +286,8 @@ class StoreEventStore(EventStore):
             max_payload=max_payload,
         )
         self._tail_idle_s = tail_idle.total_seconds()
+        self.lease = lease
+        self._owners = store.namespace(f"{namespace}.owners", idle_ttl=lease)
         # Per instance, so two stores in one process (two MCP apps, or tests' replicas) never
         # see each other's bindings.
         self._bound: ContextVar[_Binding | None] = ContextVar(
@@ -188,6 +296,22 @@ class StoreEventStore(EventStore):
         # The MCP sessions this process runs, while something (the session's message loop, a
         # request in flight) still holds their binding.
         self._local: weakref.WeakValueDictionary[str, _Binding] = weakref.WeakValueDictionary()
+        self._lease = _OwnerLease(self._owners, lease, lambda: bool(self._local))
+
+    @property
+    def lease_check_every(self) -> timedelta:
+        """How often a replica following another's stream, with no news, asks whether the
+        owner's lease lapsed: a tenth of the lease."""
+        return self.lease / 10
+
+    @property
+    def lease_bound(self) -> timedelta:
+        """How long after the replica running a request died a client following the request
+        elsewhere gets the error response, at most: the lease lapses at most one lease after
+        its last renewal (which came before the death), and a follower asks within
+        `lease_check_every` after that: 1.1 x the lease (plus a few round trips to the store;
+        a client that reconnects only after that gets it at once)."""
+        return self.lease + self.lease_check_every
 
     # -- binding requests to MCP sessions --------------------------------------------------
 
@@ -305,26 +429,37 @@ class StoreEventStore(EventStore):
             kind, data = PRIMING, None
         else:
             kind, data = MESSAGE, message.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        answer = _answers(message, stream_id)
         stream = _StreamLog()
         for _ in range(_ATTEMPTS):
             found = binding.streams.get(stream_id)
             stream = binding.streams.setdefault(stream_id, stream) if found is None else found
             try:
+                await self._lease.hold()
                 if not stream.ready:
                     await self._create(stream.log_id, stream_id, binding)
                     stream.ready = True
-                cursor = await self._append(stream, kind, data)
+                # the response closes the log: it or another replica's error response for
+                # the same request (see _abandon), whichever comes first, and never both
+                cursor = await self._append(stream, kind, data, final=answer)
             except StoreUnavailable as exc:
                 return _unstored(stream, exc)
-            except SessionNotFound:
-                # The log expired (or was deleted): the stream goes on in a fresh one, with a
-                # new id, so no old event id can name a new event. Whoever notices first
-                # moves it, once.
+            except (SessionNotFound, LogClosed) as exc:
+                # The log expired (or was deleted), or another replica closed it, giving the
+                # request up while this replica's lease had lapsed: the stream goes on in a
+                # fresh log, with a new id, so no old event id can name a new event. Whoever
+                # notices first moves it, once.
+                if isinstance(exc, LogClosed):
+                    logger.warning(
+                        "another replica gave up MCP request %r (this replica's owner lease had "
+                        "lapsed); what it still sends is stored in a new log",
+                        stream_id[:32],
+                    )
                 if binding.streams.get(stream_id) is stream:
                     del binding.streams[stream_id]
                 stream = _StreamLog()
                 continue
-            if _answers(message, stream_id) and binding.streams.get(stream_id) is stream:
+            if answer and binding.streams.get(stream_id) is stream:
                 # The request's stream is complete: forget it, so a session's memory does not
                 # grow with its requests (a priming the SDK stores after a late replay opens a
                 # log of its own, which a replay after it finds complete).
@@ -375,9 +510,14 @@ class StoreEventStore(EventStore):
         self, session_id: str, last_event_id: str, scope: Scope, receive: Receive, send: Send
     ) -> bool:
         """Answer the reconnect from the store if `last_event_id` is one of this session's;
-        False (nothing sent) if not."""
+        False (nothing sent) if not, or if it is of the session's GET stream and the replica
+        that held the session went away (the SDK then answers 404: the session is gone)."""
         opened = await self._open(last_event_id, None, session_id)
         if opened is None:
+            return False
+        owner_gone = await self._owner_gone(opened)
+        if owner_gone and opened.stream_id == GET_STREAM_KEY:
+            _refuse(last_event_id, "the replica that held its MCP session went away")
             return False
         try:
             page = await self._ns.read(
@@ -390,15 +530,21 @@ class StoreEventStore(EventStore):
             _refuse(last_event_id, "events after it were trimmed away")
             return False
         response = BoundedEventStream(
-            self._tail(opened, page.events),
+            self._tail(opened, page.events, owner_gone),
             headers={MCP_SESSION_ID_HEADER: session_id, "Cache-Control": "no-cache, no-transform"},
         )
         await response(scope, receive, send)
         return True
 
-    async def _tail(self, opened: _Opened, first: list[LogEvent]) -> AsyncIterator[ServerSentEvent]:
+    async def _tail(
+        self, opened: _Opened, first: list[LogEvent], owner_gone: bool
+    ) -> AsyncIterator[ServerSentEvent]:
         """The events after `opened.cursor`: `first`, then the log followed, until the
-        request's response, a gap, the log's end, or `tail_idle` without news."""
+        request's response, a gap, the log's end, or `tail_idle` without news. While nothing
+        comes, every `lease_check_every` it asks whether the owner's lease lapsed; once it
+        did (`owner_gone`: it had already), an unanswered request is given up (`_abandon`),
+        and the follow brings the error response stored, or whatever closed the log first;
+        a GET stream just ends."""
         position = opened.cursor
         for event in first:
             sse, done = self._sse(opened, event)
@@ -407,17 +553,40 @@ class StoreEventStore(EventStore):
             if done:
                 return
             position = event.cursor
+        if owner_gone:
+            await self._abandon(opened)
+        checking = opened.owner is not None and not owner_gone
         follow = cast(
             "AsyncGenerator[LogEvent | LogReset, None]",
             self._ns.follow(opened.log_id, after=position),
         )
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + self._tail_idle_s
+        check_s = self.lease_check_every.total_seconds()
+        # the next item, awaited across checks: cancelling a wait for it would end the follow
+        coming: asyncio.Future[LogEvent | LogReset] | None = None
         try:
             while True:
+                if coming is None:
+                    coming = asyncio.ensure_future(anext(follow))
+                left = quiet_until - loop.time()
+                wait_s = min(left, check_s) if checking else left
+                await asyncio.wait({coming}, timeout=max(0.0, wait_s))
+                if not coming.done():
+                    if loop.time() >= quiet_until:
+                        return  # quiet: the client reconnects if it needs to
+                    if checking and await self._owner_gone(opened):
+                        checking = False
+                        if opened.stream_id == GET_STREAM_KEY:
+                            return  # its session is gone; a reconnect is refused (404)
+                        await self._abandon(opened)
+                    continue
+                arrived, coming = coming, None
                 try:
-                    async with asyncio.timeout(self._tail_idle_s):
-                        item = await anext(follow)
-                except (TimeoutError, StopAsyncIteration):
-                    return  # quiet, or the log ended: the client reconnects if it needs to
+                    item = arrived.result()
+                except StopAsyncIteration:
+                    return  # the log ended
+                quiet_until = loop.time() + self._tail_idle_s
                 if isinstance(item, LogReset):
                     logger.warning("stopped following an MCP stream: events were trimmed away")
                     return
@@ -427,7 +596,44 @@ class StoreEventStore(EventStore):
                 if done:
                     return
         finally:
+            if coming is not None:
+                coming.cancel()
+                await asyncio.wait({coming})
             await follow.aclose()
+
+    async def _owner_gone(self, opened: _Opened) -> bool:
+        """Whether the lease of the replica that writes the log lapsed (False if the log
+        names none, or the store cannot tell now: a follower asks again later)."""
+        if opened.owner is None:
+            return False
+        try:
+            return await self._owners.get(opened.owner) is None
+        except StoreUnavailable:
+            return False
+
+    async def _abandon(self, opened: _Opened) -> None:
+        """Give up the request of `opened`, whose owner went away unanswered: close its log
+        with the request's error response. Exactly one of racing followers (and of the
+        owner's own late response) closes it, since a log refuses appends after its final
+        event; the others' appends fail with `LogClosed`, and all of them then send what
+        closed it."""
+        error = JSONRPCError(
+            jsonrpc="2.0",
+            id=_request_id(opened.stream_id),
+            error=ErrorData(code=REQUEST_ABANDONED, message=REQUEST_ABANDONED_MESSAGE),
+        )
+        data = error.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        try:
+            await self._ns.append(opened.log_id, MESSAGE, data, final=True)
+        except LogClosed:
+            return  # answered, or given up by another follower first
+        except (SessionNotFound, StoreUnavailable) as exc:
+            logger.warning("could not give up an MCP request whose replica went away: %s", exc)
+            return
+        logger.warning(
+            "gave up MCP request %r: the replica running it went away (its lease lapsed)",
+            opened.stream_id[:32],
+        )
 
     def _sse(self, opened: _Opened, event: LogEvent) -> tuple[ServerSentEvent | None, bool]:
         """The SSE form of a stored event (None for a priming one) and whether it ends the
@@ -452,17 +658,18 @@ class StoreEventStore(EventStore):
             await self._ns.create(
                 id=log_id,
                 subject=binding.session,
-                data={"stream": stream_id, "group": binding.group},
+                data={"stream": stream_id, "group": binding.group, "owner": self._lease.id},
             )
 
-    async def _append(self, stream: _StreamLog, kind: str, data: Any) -> Cursor:
-        """Append one event (after a marker, if the last one of this stream was lost)."""
+    async def _append(self, stream: _StreamLog, kind: str, data: Any, *, final: bool) -> Cursor:
+        """Append one event (after a marker, if the last one of this stream was lost); a
+        `final` one closes the log."""
         lost = [Event(UNSTORABLE, {"reason": "the store was unavailable"})] if stream.gap else []
         try:
-            cursors = await self._ns.extend(stream.log_id, [*lost, Event(kind, data)])
+            cursors = await self._ns.extend(stream.log_id, [*lost, Event(kind, data, final=final)])
         except (PayloadTooLarge, ValidationError) as exc:
             logger.warning("an MCP message could not be stored (it will not be resumable): %s", exc)
-            marker = Event(UNSTORABLE, {"reason": str(exc)[:200]})
+            marker = Event(UNSTORABLE, {"reason": str(exc)[:200]}, final=final)
             cursors = await self._ns.extend(stream.log_id, [*lost, marker])
         stream.gap = False
         cursor = cursors[-1]
@@ -497,13 +704,14 @@ class StoreEventStore(EventStore):
             return None
         stream_id = log.data.get("stream")
         owner_group = log.data.get("group")
+        owner = log.data.get("owner")  # absent from logs written before owner leases
         mine = (group is not None and owner_group == group) or (
             session is not None and log.subject == session
         )
         if not isinstance(stream_id, str) or not mine:
             _refuse(event_id, "it belongs to another MCP session")
             return None
-        return _Opened(log_id, cursor, stream_id)
+        return _Opened(log_id, cursor, stream_id, owner if isinstance(owner, str) else None)
 
 
 def _answers(message: JSONRPCMessage | None, stream_id: str) -> bool:
@@ -514,6 +722,13 @@ def _answers(message: JSONRPCMessage | None, stream_id: str) -> bool:
         and message.id is not None
         and str(message.id) == stream_id
     )
+
+
+def _request_id(stream_id: str) -> int | str:
+    """The JSON-RPC id of the request whose stream is `stream_id` (the SDK names a request's
+    stream `str(id)`): a number if the stream id is one's canonical decimal form, as clients'
+    ids nearly always are, else the string."""
+    return int(stream_id) if _INTEGER_RE.fullmatch(stream_id) else stream_id
 
 
 def _unstored(stream: _StreamLog, exc: Exception) -> EventId:
