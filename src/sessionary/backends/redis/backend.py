@@ -17,6 +17,10 @@ each script declares every key it touches in KEYS:
                               tag per project, so a batch is one script (see analytics.lua)
     <prefix>an:projects       set: every project that ever ingested
 
+A namespace with a session limit lives in one slot instead (`_ShardKeys`, `_settle_layout`):
+`<prefix>{web}:07:s:<id>`, `<prefix>{web}:07:x`, one subject index `<prefix>{web}:u` for
+every shard, and the marker `<prefix>{web}:layout`.
+
 Every read-modify-write is one Lua script. Every key has a TTL that runs `grace_ms` past the
 latest `expires_at` it serves, so nothing is immortal and a reaper can still read what it
 expires; a session whose key Redis dropped before any reaper came is cleaned out of the
@@ -357,7 +361,8 @@ def _session_limit_args(limit: SessionLimit | None) -> tuple[str, str]:
 
 class _ShardKeys:
     """A shard's keys: in a slot of its own (`{<ns>:<shard>}`), or, in a namespace kept in one
-    slot for a session limit, in the namespace's (`{<ns>}:<shard>`)."""
+    slot for a session limit, in the namespace's (`{<ns>}:<shard>`), where one subject index
+    (`{<ns>}:u`) serves every shard, so a limit reads a subject's sessions in one lookup."""
 
     __slots__ = ("expiry", "log", "session", "subjects")
 
@@ -365,7 +370,7 @@ class _ShardKeys:
         tag = f"{prefix}{{{ns}}}:{shard:02d}" if one_slot else f"{prefix}{{{ns}:{shard:02d}}}"
         self.session = f"{tag}:s:"
         self.expiry = f"{tag}:x"
-        self.subjects = f"{tag}:u"
+        self.subjects = f"{prefix}{{{ns}}}:u" if one_slot else f"{tag}:u"
         self.log = f"{tag}:l:"
 
 
@@ -557,14 +562,12 @@ class RedisBackend:
         self._limits[ns] = limit
 
     def _limit_keys(self, ns: str, limit: SessionLimit | None) -> list[str]:
-        """What `admit` in common.lua reads: per shard its expiry and subject index."""
+        """What `admit` in common.lua reads: the namespace's subject index, then each shard's
+        expiry index."""
         if limit is None:
             return []
-        return [key for shard in range(ids.SHARDS) for key in self._index_keys(ns, shard)]
-
-    def _index_keys(self, ns: str, shard: int) -> tuple[str, str]:
-        keys = self.shard_keys(ns, shard)
-        return keys.expiry, keys.subjects
+        shards = [self.shard_keys(ns, shard) for shard in range(ids.SHARDS)]
+        return [shards[0].subjects, *(keys.expiry for keys in shards)]
 
     async def _settle_layout(self, ns: str) -> None:
         """Learn, once per process, whether `ns` lives in one slot: a namespace with a session
@@ -805,6 +808,13 @@ class RedisBackend:
         """Per shard, the ids the subject index names for `subject`."""
         raw = subject.encode()
         low, high, cut = b"[" + raw + b"\x00", b"(" + raw + b"\x01", len(raw) + 1
+        if self._one_slot[ns]:  # one index for every shard: each id names its shard
+            per_shard: list[list[str]] = [[] for _ in range(ids.SHARDS)]
+            index = self.shard_keys(ns, 0).subjects
+            for member in await self.calls.call("ZRANGEBYLEX", index, low, high):
+                session_id = member[cut:].decode()
+                per_shard[ids.shard_of(session_id)].append(session_id)
+            return per_shard
         members = await self._fan_out(lambda pipe, k: pipe.zrangebylex(k.subjects, low, high), ns)
         return [[m[cut:].decode() for m in found] for found in members]
 

@@ -117,24 +117,24 @@ local function trim_log(log_key, max_len, max_age, now)
 end
 
 -- a session limit ("max sessions per subject"), for a namespace kept in one hash slot:
--- KEYS[first..first+31] hold, per shard, its expiry then its subject index. Makes room for
--- one more live session of `subject` beside `self_id` (which is not counted): returns false
--- when the `max` others are live and `mode` is 'refuse'; else removes the least recently
--- active others beyond max - 1 (ties: created first, then id) and returns them as
--- {id, fields, ...}. Expired sessions neither count nor go.
+-- KEYS[first] is its subject index (one for every shard), KEYS[first + 1 + shard] each
+-- shard's expiry index. Makes room for one more live session of `subject` beside `self_id`
+-- (which is not counted): returns false when the `max` others are live and `mode` is
+-- 'refuse'; else removes the least recently active others beyond max - 1 (ties: created
+-- first, then id) and returns them as {id, fields, ...}. Expired sessions neither count nor go.
 local function admit(first, subject, self_id, max, mode, now)
   local live = {}
   local low, high = '[' .. subject .. '\0', '(' .. subject .. '\1'
-  for shard = 0, 15 do
-    local expiry, subjects = KEYS[first + 2 * shard], KEYS[first + 2 * shard + 1]
-    local base = string.sub(expiry, 1, -2)  -- "<tag>:" of the shard's keys
-    for _, member in ipairs(redis.call('ZRANGEBYLEX', subjects, low, high)) do
-      local id = string.sub(member, #subject + 2)
-      if id ~= self_id then
-        local state = redis.call('HMGET', base .. 's:' .. id, 'l', 'c', 'e', 's')
-        if state[3] and tonumber(state[3]) > now and state[4] == subject then
-          live[#live + 1] = {tonumber(state[1]), tonumber(state[2]), id, base}
-        end
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[first], low, high)) do
+    local id = string.sub(member, #subject + 2)
+    if id ~= self_id then
+      -- its shard: where its last character is among the 16 an id ends with (ids._SHARD_CHARS)
+      local shard = string.find('AEIMQUYcgkosw048', string.sub(id, -1), 1, true) - 1
+      local expiry = KEYS[first + 1 + shard]
+      local base = string.sub(expiry, 1, -2)  -- "<tag>:" of the shard's keys
+      local state = redis.call('HMGET', base .. 's:' .. id, 'l', 'c', 'e', 's')
+      if state[3] and tonumber(state[3]) > now and state[4] == subject then
+        live[#live + 1] = {tonumber(state[1]), tonumber(state[2]), id, base}
       end
     end
   end
@@ -154,7 +154,7 @@ local function admit(first, subject, self_id, max, mode, now)
     evicted[#evicted + 1] = redis.call('HGETALL', key)
     redis.call('DEL', key, base .. 'l:' .. id)
     redis.call('ZREM', base .. 'x', id)
-    redis.call('ZREM', base .. 'u', subject .. '\0' .. id)
+    redis.call('ZREM', KEYS[first], subject .. '\0' .. id)
   end
   return evicted
 end
