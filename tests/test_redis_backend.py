@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -180,6 +181,7 @@ async def test_shards_spread_over_the_nodes_of_a_cluster(
 
 
 def every_operation(web: Namespace, session_id: str) -> list[Callable[[], Awaitable[Any]]]:
+    jobs = web.store.queue("jobs")
     return [
         lambda: web.create(),
         lambda: web.get(session_id),
@@ -193,6 +195,12 @@ def every_operation(web: Namespace, session_id: str) -> list[Callable[[], Awaita
         lambda: web.reap(),
         lambda: web.count(),
         lambda: web.store.ping(),
+        lambda: jobs.enqueue("job", b"x"),
+        lambda: jobs.claim("w1", HOUR),
+        lambda: jobs.renew("job", "w1", HOUR),
+        lambda: jobs.ack("job", "w1"),
+        lambda: jobs.depth(),
+        lambda: jobs.wait(HOUR),
     ]
 
 
@@ -326,3 +334,126 @@ async def test_a_process_without_the_limit_follows_a_limited_namespace(
     finally:
         await plain.close()
         await limited.close()
+
+
+# -- work queues ----------------------------------------------------------------------------
+
+
+def redis_backend(store: Store) -> RedisBackend:
+    backend = store.backend
+    assert isinstance(backend, RedisBackend)
+    return backend
+
+
+async def test_a_queues_keys_share_one_slot_and_live_no_longer_than_its_items(
+    store: Store, redis_client: Redis, redis_prefix: str
+) -> None:
+    """Every queue call is one script over the queue's keys, so they share a slot; while
+    items are in the queue nothing of it expires, and its last ack removes every key."""
+    backend = redis_backend(store)
+    for n in range(3):
+        assert await backend.enqueue("jobs", f"item-{n}", b"x", 1_000)
+    held = await backend.claim_work("jobs", "w1", 1_000, 60_000, 2)
+    keys = await keys_of(redis_client, redis_prefix)
+    assert sorted(keys) == sorted(k.encode() for k in backend._queue_keys("jobs"))
+    assert len({key_slot(key) for key in keys}) == 1
+    assert [await redis_client.pttl(key) for key in keys] == [-1] * 4
+    for item in held:
+        assert await backend.ack_work("jobs", item.id, "w1")
+    [last] = await backend.claim_work("jobs", "w1", 2_000, 60_000, 1)
+    assert last.id == "item-2"
+    assert await backend.ack_work("jobs", last.id, "w1")
+    assert await keys_of(redis_client, redis_prefix) == []
+
+
+async def test_a_lease_lapses_by_the_stores_clock_never_the_servers_idle_time(
+    store: Store, redis_client: Redis
+) -> None:
+    """The consumer group's idle times are the server's clock: made to look idle for a day,
+    an item under lease stays with its holder; lapsed on the store's clock, an item the
+    server saw claimed a moment ago goes to the next claimer."""
+    backend = redis_backend(store)
+    stream = backend._queue_keys("jobs")[0]
+    assert await backend.enqueue("jobs", "a", b"x", 0)
+    [item] = await backend.claim_work("jobs", "w1", 0, 1_000, 1)
+    [(entry_id, _)] = await redis_client.xrange(stream)
+    await redis_client.xclaim(stream, "workers", "w1", 0, [entry_id], idle=86_400_000, justid=True)
+    [pending] = await redis_client.xpending_range(stream, "workers", "-", "+", 1)
+    assert pending["time_since_delivered"] >= 86_400_000
+    assert await backend.claim_work("jobs", "w2", 999, 1_000, 1) == []
+    assert await backend.queue_depth("jobs", 999) == (0, 1)
+    [again] = await backend.claim_work("jobs", "w2", 1_000, 1_000, 1)
+    assert (again.id, again.deliveries, again.lease_until) == ("a", 2, 2_000)
+    assert not await backend.ack_work("jobs", "a", "w1")
+    assert await backend.ack_work("jobs", "a", "w2")
+    assert item.deliveries == 1
+
+
+async def test_items_lapsed_together_are_claimed_in_enqueue_order(store: Store) -> None:
+    """Held items sit in the leases set by seq zero-padded: ties in lease_until keep the
+    enqueue order even where the seqs' digits differ in number (9 before 10)."""
+    backend = redis_backend(store)
+    for n in range(12):
+        assert await backend.enqueue("jobs", f"item-{n}", b"x", 0)
+    assert len(await backend.claim_work("jobs", "w1", 0, 1_000, 12)) == 12
+    lapsed = await backend.claim_work("jobs", "w2", 1_000, 1_000, 12)
+    assert [item.id for item in lapsed] == [f"item-{n}" for n in range(12)]
+
+
+async def test_a_wait_started_before_the_queue_emptied_wakes_on_the_next_item(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter's position is the queue's last seq; an emptied queue leaves no counter, yet
+    the seqs of a queue started again begin past it (at now * 1000), so the next item still
+    wakes every waiter. (A real wait, bounded loosely.)"""
+    backend = redis_backend(store)
+    for n in range(3):  # seqs 1_000_000, then one up each: more than one a ms
+        assert await backend.enqueue("jobs", f"item-{n}", b"x", 1_000)
+    items = await backend.claim_work("jobs", "w1", 1_000, 60_000, 3)
+    positioned = asyncio.Event()
+    wait_stream = backend.waits.wait
+
+    async def wait_after_position(key: str, after: int, timeout_ms: int) -> list[Any]:
+        positioned.set()
+        return await wait_stream(key, after, timeout_ms)
+
+    monkeypatch.setattr(backend.waits, "wait", wait_after_position)
+    waiting = asyncio.ensure_future(backend.wait_queue("jobs", 10_000))
+    await positioned.wait()
+    for item in items:
+        assert await backend.ack_work("jobs", item.id, "w1")
+    assert not waiting.done()
+    started = time.monotonic()
+    assert await backend.enqueue("jobs", "next", b"x", 1_001)
+    await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 5
+
+
+async def test_the_group_keeps_only_the_consumers_that_hold_items(
+    store: Store, redis_client: Redis
+) -> None:
+    """Workers come and go under names of their own: a consumer leaves the group once it
+    holds nothing (its last ack, or its last lapsed item taken over), so a queue that never
+    empties does not keep every name it ever saw."""
+    backend = redis_backend(store)
+    stream = backend._queue_keys("jobs")[0]
+    for n in range(12):
+        assert await backend.enqueue("jobs", f"item-{n}", b"x", 0)
+    assert len(await backend.claim_work("jobs", "keeper", 0, 60_000, 2)) == 2
+    for n in range(5):
+        [item] = await backend.claim_work("jobs", f"passing-{n}", 0, 60_000, 1)
+        assert await backend.ack_work("jobs", item.id, f"passing-{n}")
+    assert len(await backend.claim_work("jobs", "lapsing", 0, 1_000, 2)) == 2
+    assert len(await backend.claim_work("jobs", "busy", 0, 60_000, 2)) == 2
+    [first, second] = await backend.claim_work("jobs", "taker", 1_000, 60_000, 2)
+    assert (first.deliveries, second.deliveries) == (2, 2)
+
+    async def consumers() -> set[str]:
+        found = await redis_client.xinfo_consumers(stream, "workers")
+        return {c["name"].decode() for c in found}
+
+    assert await consumers() == {"keeper", "busy", "taker"}
+    assert await backend.ack_work("jobs", first.id, "taker")
+    assert await consumers() == {"keeper", "busy", "taker"}  # it still holds one
+    assert await backend.ack_work("jobs", second.id, "taker")
+    assert await consumers() == {"keeper", "busy"}

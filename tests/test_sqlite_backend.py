@@ -115,6 +115,46 @@ async def test_wal_mode_and_the_indexes_serve_the_queries(tmp_path: Path) -> Non
         )
 
 
+async def test_a_file_without_the_work_table_gains_it_and_claims_use_the_index(
+    tmp_path: Path,
+) -> None:
+    """A file of schema 2 from before work queues (no `work` table) opens, keeps its
+    sessions and gains the table; the version stays (an older sessionary ignores the table).
+    A claim's picks are range scans of `work_by_lease`, never a scan of the table."""
+    path = tmp_path / "before-queues.db"
+    url = f"sqlite:///{path}"
+    store = await connect(url)
+    session = await store.namespace("web", idle_ttl=HOUR).create()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE work")  # its index goes with it
+    store = await connect(url)
+    try:
+        assert await store.namespace("web", idle_ttl=HOUR).get(session.id) is not None
+        jobs = store.queue("jobs")
+        assert await jobs.enqueue("job", b"payload")
+        [item] = await jobs.claim("w", HOUR)
+        assert (item.id, item.payload) == ("job", b"payload")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        lapsed = db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM work WHERE queue = ?1 AND lease_until <= ?2 "
+            "ORDER BY lease_until, seq LIMIT 5",
+            ("jobs", 0),
+        ).fetchall()
+        waiting = db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM work WHERE queue = ? AND lease_until IS NULL "
+            "ORDER BY seq LIMIT 5",
+            ("jobs",),
+        ).fetchall()
+    for plan in (lapsed, waiting):
+        details = " ".join(row[3] for row in plan)
+        assert "work_by_lease" in details
+        assert "TEMP B-TREE" not in details  # in index order: no sort of the queue
+
+
 async def test_a_lock_held_too_long_is_unavailable_then_recovers(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     store = await connect(f"sqlite:///{path}?busy_timeout_ms=100")

@@ -44,7 +44,11 @@ class TestSyncSQLite(SyncStoreConformance):
         backend = backend_of(store)
         assert isinstance(backend, SQLiteBackend)
         with sqlite3.connect(backend.path) as db:
-            return int(db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+            return int(
+                db.execute(
+                    "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM work)"
+                ).fetchone()[0]
+            )
 
 
 class TestSyncRedis(SyncStoreConformance):

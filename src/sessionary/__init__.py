@@ -24,9 +24,10 @@ from sessionary.errors import (
     VersionConflict,
 )
 from sessionary.model import ConsumeResult, Session, SessionEvent
+from sessionary.queues import QueueDepth, WorkItem, WorkQueue
 from sessionary.sealing import EncryptionKey, RekeyReport
 from sessionary.store import Namespace, Store, connect
-from sessionary.sync import SyncCounters, SyncNamespace, SyncStore, connect_sync
+from sessionary.sync import SyncCounters, SyncNamespace, SyncStore, SyncWorkQueue, connect_sync
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "OnMaxSessions",
     "PayloadTooDeep",
     "PayloadTooLarge",
+    "QueueDepth",
     "Record",
     "RekeyReport",
     "Session",
@@ -63,10 +65,13 @@ __all__ = [
     "SyncCounters",
     "SyncNamespace",
     "SyncStore",
+    "SyncWorkQueue",
     "SystemClock",
     "TooManySessions",
     "ValidationError",
     "VersionConflict",
+    "WorkItem",
+    "WorkQueue",
     "__version__",
     "clock",
     "connect",

@@ -26,6 +26,11 @@ Rules every backend keeps (the conformance suite checks each):
   `TooManySessions` and changes nothing; with "evict_oldest" the least recently active
   others are removed in that step and returned (`plan_admission`). Expired sessions never
   count and are never evicted.
+* A work queue hands each item to one consumer at a time: `claim_work` holds it until
+  `now + lease_ms` (store clock), and no other claim gets it until that lease lapses or the
+  holder acks it. A lapsed item goes to the next claim (its holder's included) with
+  `deliveries` one higher; `renew_work` and `ack_work` succeed only for the current holder.
+  Lapsed items are claimed before waiting ones, waiting ones in enqueue order.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "OnMaxSessions",
     "Record",
     "SessionLimit",
+    "WorkItem",
     "plan_admission",
 ]
 
@@ -283,12 +289,25 @@ class CounterState:
     previous: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """An item handed to a consumer: `deliveries` counts the claims of it, this one included
+    (1 the first time; more after a consumer's lease lapsed and another claimed it)."""
+
+    id: str
+    payload: bytes
+    deliveries: int
+    enqueued_at: int
+    lease_until: int
+
+
 class Backend(Protocol):
     """Where sessions live. Every method may raise `StoreUnavailable`; none hides it as absence.
 
-    `ns` is a validated namespace name, ids are validated before they arrive, payloads are
-    encoded and size-checked, and `now` comes from the store's clock: a backend never reads
-    the wall clock for session state.
+    `ns` and `queue` are validated names (one rule for both), ids and consumers are
+    validated before they arrive, payloads are encoded and size-checked, and `now` comes
+    from the store's clock: a backend never reads the wall clock for session state or
+    leases.
     """
 
     def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
@@ -465,6 +484,45 @@ class Backend(Protocol):
 
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         """Remove up to `limit` counters whose window ended; returns how many went."""
+        ...
+
+    async def enqueue(self, queue: str, item_id: str, payload: bytes, now: int) -> bool:
+        """Add an item at the queue's tail; False, and nothing changes, if an item with that
+        id is in the queue (waiting or held)."""
+        ...
+
+    async def claim_work(
+        self, queue: str, consumer: str, now: int, lease_ms: int, limit: int
+    ) -> list[WorkItem]:
+        """Hand up to `limit` items to `consumer`, each held until `now + lease_ms`: first
+        items whose holder's lease lapsed (`lease_until <= now`; soonest lapsed first), then
+        waiting items in enqueue order. At any moment an item is held by at most one
+        consumer; a lapsed item is free to anyone, its previous holder included. Atomic with
+        every other queue call: racing claimers never get the same item at once. (Named
+        apart from `claim`, which is the reaper's claim of expired sessions.)"""
+        ...
+
+    async def renew_work(
+        self, queue: str, item_id: str, consumer: str, now: int, lease_ms: int
+    ) -> bool:
+        """Hold the item until `now + lease_ms`; True only if `consumer` holds it (its lease
+        may have lapsed as long as nobody claimed it since). False: it was claimed by
+        another or is gone; the caller must stop working on it."""
+        ...
+
+    async def ack_work(self, queue: str, item_id: str, consumer: str) -> bool:
+        """Remove an item `consumer` holds (done); False, and nothing changes, if it does
+        not hold it."""
+        ...
+
+    async def queue_depth(self, queue: str, now: int) -> tuple[int, int]:
+        """(waiting, held) items: never claimed, or claimed but lapsed, count as waiting."""
+        ...
+
+    async def wait_queue(self, queue: str, timeout_ms: int) -> None:
+        """Return when an item may have been enqueued (after this call began), or after
+        `timeout_ms`; costs nothing while it waits but a connection. Lapsed leases do not
+        wake it: a worker claims again at least every lease."""
         ...
 
     async def ping(self) -> None:

@@ -107,13 +107,14 @@ class InvalidSessionId(SessionaryError):
 
 
 class PayloadTooLarge(SessionaryError):
-    """The encoded data and metadata of a session exceed the namespace's cap."""
+    """An encoded payload (a session's data or metadata, an event's data, a queue item)
+    exceeds its cap."""
 
     code = "payload_too_large"
     http_status = 413
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"encoded session payload is {size} bytes; the limit is {limit}")
+    def __init__(self, size: int, limit: int, what: str = "session payload") -> None:
+        super().__init__(f"encoded {what} is {size} bytes; the limit is {limit}")
         self.size = size
         self.limit = limit
 

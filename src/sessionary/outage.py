@@ -9,8 +9,8 @@
   runs); its answer closes the circuit, or opens it for another window. Any answer closes
   it, and so does a quick refusal (read-only, out of memory, disk full, connection
   refused): failing fast would save no time, and reads may still work. Long waits
-  (`wait_log`) are never the probe, and their length opens nothing. Checking the circuit is
-  an attribute read: no round trip is added.
+  (`wait_log`, `wait_queue`) are never the probe, and their length opens nothing.
+  Checking the circuit is an attribute read: no round trip is added.
 
   Why in the store layer and not in each backend: the rule ("it made us wait for nothing,
   so do not wait again for a moment") does not depend on how a backend talks to its
@@ -59,7 +59,8 @@ DEFAULT_BACKOFF_CAP_S = 60.0
 RETRY_AFTER_UNAVAILABLE = 30
 
 _UNGUARDED = frozenset({"close"})  # always runs: releasing resources needs no store
-_WAITS = frozenset({"wait_log"})  # long waits: not a probe (others would fail meanwhile)
+#: long waits: not a probe (others would fail meanwhile)
+_WAITS = frozenset({"wait_log", "wait_queue"})
 
 
 class OutageLog:

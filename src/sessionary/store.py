@@ -67,6 +67,7 @@ from sessionary.logs import (
 )
 from sessionary.model import ConsumeResult, EndReason, EventKind, Session, SessionEvent
 from sessionary.outage import DEFAULT_FAIL_FAST, Breaker, OutageLog, guard
+from sessionary.queues import WorkQueue
 from sessionary.sealing import (
     MAGIC,
     EncryptionKeys,
@@ -201,6 +202,7 @@ class Store:
         self._events = EventBus()
         self._namespaces: dict[str, Namespace] = {}
         self._counters: dict[str, Counters] = {}
+        self._queues: dict[str, WorkQueue] = {}
         self._hub = LogHub(self.guarded, self.clock)
         self._secrets: SharedSecrets | None = None
         #: seals sessions' data and metadata before the backend sees them (None: plain JSON)
@@ -294,6 +296,15 @@ class Store:
         found = self._counters.get(group)
         if found is None:
             found = self._counters[group] = Counters(self, group)
+        return found
+
+    def queue(self, name: str) -> WorkQueue:
+        """The work queue `name` (see `sessionary.queues`): named like a namespace."""
+        if not isinstance(name, str) or not _NAMESPACE_RE.fullmatch(name):
+            raise ValueError(f"queue name {name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}")
+        found = self._queues.get(name)
+        if found is None:
+            found = self._queues[name] = WorkQueue(self, name)
         return found
 
     @property
@@ -787,7 +798,7 @@ class Namespace:
                 raise ValidationError("a final event can only come last")
             data = encode_value(event.data, "event data")
             if len(data) > self.max_payload:
-                raise PayloadTooLarge(len(data), self.max_payload)
+                raise PayloadTooLarge(len(data), self.max_payload, "event data")
             items.append(
                 LogItem(check_type(event.type), data, event.producer, event.seq, event.final)
             )

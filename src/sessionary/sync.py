@@ -1,4 +1,5 @@
-"""The blocking API: `connect_sync`, `SyncStore`, `SyncNamespace` and `SyncCounters`.
+"""The blocking API: `connect_sync`, `SyncStore`, `SyncNamespace`, `SyncCounters` and
+`SyncWorkQueue`.
 
 For sync code (Django, Flask, scripts, worker threads). There is no second implementation of
 anything: a `SyncStore` owns one event-loop thread holding an ordinary async `Store`, and every
@@ -42,11 +43,19 @@ from sessionary.contract import KEEP, Keep, OnMaxSessions
 from sessionary.counters import Charge, ChargeResult, Counters
 from sessionary.logs import Cursor, Event, LogPage
 from sessionary.model import ConsumeResult, Session
+from sessionary.queues import QueueDepth, WorkItem, WorkQueue
 from sessionary.sealing import EncryptionKey, EncryptionKeys, Sealer, parse_keys
 from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL, Namespace, OnUnavailable, Store
 from sessionary.store import connect as connect_async
 
-__all__ = ["SyncCounters", "SyncNamespace", "SyncStore", "connect_sync", "shared"]
+__all__ = [
+    "SyncCounters",
+    "SyncNamespace",
+    "SyncStore",
+    "SyncWorkQueue",
+    "connect_sync",
+    "shared",
+]
 
 T = TypeVar("T")
 Target = TypeVar("Target")
@@ -337,6 +346,7 @@ class SyncStore:
         self._closed = False
         self._namespaces: dict[str, SyncNamespace] = {}
         self._counters: dict[str, SyncCounters] = {}
+        self._queues: dict[str, SyncWorkQueue] = {}
         _OPEN.add(self)
 
     @property
@@ -444,6 +454,15 @@ class SyncStore:
                 found = self._counters[group] = SyncCounters(self, group)
             return found
 
+    def queue(self, name: str) -> SyncWorkQueue:
+        """The work queue `name` (see `sessionary.queues`)."""
+        self.run(lambda store: _opened(store.queue(name)))
+        with self._lock:
+            found = self._queues.get(name)
+            if found is None:
+                found = self._queues[name] = SyncWorkQueue(self, name)
+            return found
+
     def ping(self, *, write: bool = False) -> None:
         """See `Store.ping`."""
         self.run(lambda store: store.ping(write=write))
@@ -472,7 +491,7 @@ class SyncStore:
 
 
 async def _opened(target: T) -> T:
-    """Open a namespace or counter group on the loop (the store's registries are the loop's
+    """Open a namespace, counter group or queue on the loop (the store's registries are the loop's
     alone), then hand it back."""
     return target
 
@@ -726,3 +745,41 @@ class SyncCounters(_Facade[Counters]):
 
     def __repr__(self) -> str:
         return f"SyncCounters({self.group!r}, {self.sync_store!r})"
+
+
+class SyncWorkQueue(_Facade[WorkQueue]):
+    """The `WorkQueue` API of one queue, blocking (a worker thread's loop)."""
+
+    def __init__(self, sync_store: SyncStore, name: str) -> None:
+        super().__init__(sync_store)
+        self.name = name
+
+    def _resolve(self, store: Store) -> WorkQueue:
+        return store.queue(self.name)
+
+    def enqueue(self, item_id: str, payload: bytes) -> bool:
+        """See `WorkQueue.enqueue`."""
+        return self.run(lambda queue: queue.enqueue(item_id, payload))
+
+    def claim(self, consumer: str, lease: timedelta, limit: int = 1) -> list[WorkItem]:
+        """See `WorkQueue.claim`."""
+        return self.run(lambda queue: queue.claim(consumer, lease, limit))
+
+    def renew(self, item_id: str, consumer: str, lease: timedelta) -> bool:
+        """See `WorkQueue.renew`."""
+        return self.run(lambda queue: queue.renew(item_id, consumer, lease))
+
+    def ack(self, item_id: str, consumer: str) -> bool:
+        """See `WorkQueue.ack`."""
+        return self.run(lambda queue: queue.ack(item_id, consumer))
+
+    def depth(self) -> QueueDepth:
+        """See `WorkQueue.depth`."""
+        return self.run(lambda queue: queue.depth())
+
+    def wait(self, timeout: timedelta) -> None:
+        """See `WorkQueue.wait`: blocks this thread (not the store's loop) meanwhile."""
+        self.run(lambda queue: queue.wait(timeout))
+
+    def __repr__(self) -> str:
+        return f"SyncWorkQueue({self.name!r}, {self.sync_store!r})"

@@ -26,4 +26,8 @@ class TestSQLiteCoreInstall(StoreConformance):
     async def footprint(self, store: Store) -> int:
         assert isinstance(store.backend, SQLiteBackend)
         with sqlite3.connect(store.backend.path) as db:
-            return int(db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+            return int(
+                db.execute(
+                    "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM work)"
+                ).fetchone()[0]
+            )

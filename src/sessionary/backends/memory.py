@@ -6,7 +6,8 @@ use from several threads or processes; for tests, demos and single-process tools
 The expiry heap holds `(expires_at, id)` entries and is never searched: a touch pushes a new
 entry and leaves the old one to be recognised as stale (its time no longer matches the
 session's) when it reaches the top. The heap is rebuilt when stale entries outnumber live
-sessions, so its size stays proportional to the live set whatever the touch rate.
+sessions, so its size stays proportional to the live set whatever the touch rate. A work
+queue's leases sit in a heap kept the same way (a renew pushes, the stale entry is skipped).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sessionary.backends.signals import LogSignals
+from sessionary.backends.signals import LogSignals, QueueKey
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
@@ -34,6 +35,7 @@ from sessionary.contract import (
     Record,
     SessionLimit,
     SubjectChange,
+    WorkItem,
     plan_admission,
     plan_append,
     plan_charges,
@@ -213,6 +215,67 @@ class _CounterGroup:
 
 
 @dataclass(slots=True)
+class _Work:
+    id: str
+    payload: bytes
+    enqueued_at: int
+    seq: int  # enqueue order; also tells a re-enqueued id's heap entries from the old one's
+    deliveries: int = 0
+    holder: str | None = None
+    lease_until: int = 0
+
+
+@dataclass(slots=True)
+class _Queue:
+    items: dict[str, _Work] = field(default_factory=dict)
+    waiting: deque[str] = field(default_factory=deque)  # never claimed, in enqueue order
+    leases: list[tuple[int, int, str]] = field(default_factory=list)  # (lease_until, seq, id)
+    order: itertools.count[int] = field(default_factory=itertools.count)
+
+    def enqueue(self, item_id: str, payload: bytes, now: int) -> bool:
+        if item_id in self.items:
+            return False
+        self.items[item_id] = _Work(item_id, payload, now, next(self.order))
+        self.waiting.append(item_id)
+        return True
+
+    def claim(self, consumer: str, now: int, lease_ms: int, limit: int) -> list[WorkItem]:
+        chosen: list[WorkItem] = []
+        while self.leases and self.leases[0][0] <= now and len(chosen) < limit:
+            lease_until, seq, item_id = heapq.heappop(self.leases)
+            work = self.items.get(item_id)
+            if work is not None and work.seq == seq and work.lease_until == lease_until:
+                # lent at once: a second entry of the same lease is stale from here on
+                chosen.append(self.lend(work, consumer, now + lease_ms))
+        while self.waiting and len(chosen) < limit:
+            work = self.items[self.waiting.popleft()]
+            chosen.append(self.lend(work, consumer, now + lease_ms))
+        return chosen
+
+    def lend(self, work: _Work, consumer: str, lease_until: int) -> WorkItem:
+        work.holder = consumer
+        work.deliveries += 1
+        self.hold(work, lease_until)
+        return WorkItem(work.id, work.payload, work.deliveries, work.enqueued_at, lease_until)
+
+    def hold(self, work: _Work, lease_until: int) -> None:
+        if work.lease_until == lease_until:
+            return  # its heap entry stands
+        work.lease_until = lease_until
+        heapq.heappush(self.leases, (lease_until, work.seq, work.id))
+        held = len(self.items) - len(self.waiting)
+        if len(self.leases) > 2 * held + _COMPACT_SLACK:
+            self.leases = [
+                (w.lease_until, w.seq, w.id) for w in self.items.values() if w.holder is not None
+            ]
+            heapq.heapify(self.leases)
+
+    def held_by(self, item_id: str, consumer: str) -> _Work | None:
+        work = self.items.get(item_id)
+        return work if work is not None and work.holder == consumer else None
+
+
+@dataclass(slots=True)
 class _Project:
     """A project's sessionization state. Devices never map to None; a pointer set to None
     by the rules is removed after each step."""
@@ -269,6 +332,7 @@ class MemoryBackend:
         self._counters: dict[str, _CounterGroup] = {}
         self._signals = LogSignals()
         self._projects: dict[str, _Project] = {}
+        self._queues: dict[str, _Queue] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:
@@ -291,7 +355,9 @@ class MemoryBackend:
             + sum(len(log.entries) + 1 for log in s.logs.values())
             for s in self._spaces.values()
         )
-        return sessions + sum(len(g.values) + len(g.heap) for g in self._counters.values())
+        queues = sum(len(q.items) + len(q.leases) for q in self._queues.values())
+        counters = sum(len(g.values) + len(g.heap) for g in self._counters.values())
+        return sessions + counters + queues
 
     def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
         """Nothing to arrange: every call sees the whole namespace."""
@@ -538,6 +604,55 @@ class MemoryBackend:
 
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         return self._group(group).sweep(now, limit)
+
+    # -- work queues ------------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, item_id: str, payload: bytes, now: int) -> bool:
+        found = self._queues.get(queue)
+        if found is None:
+            found = self._queues[queue] = _Queue()
+        added = found.enqueue(item_id, payload, now)
+        if added:
+            self._signals.notify(QueueKey(queue))
+        return added
+
+    async def claim_work(
+        self, queue: str, consumer: str, now: int, lease_ms: int, limit: int
+    ) -> list[WorkItem]:
+        found = self._queues.get(queue)
+        return [] if found is None else found.claim(consumer, now, lease_ms, limit)
+
+    async def renew_work(
+        self, queue: str, item_id: str, consumer: str, now: int, lease_ms: int
+    ) -> bool:
+        found = self._queues.get(queue)
+        work = None if found is None else found.held_by(item_id, consumer)
+        if found is None or work is None:
+            return False
+        found.hold(work, now + lease_ms)
+        return True
+
+    async def ack_work(self, queue: str, item_id: str, consumer: str) -> bool:
+        found = self._queues.get(queue)
+        if found is None or found.held_by(item_id, consumer) is None:
+            return False
+        del found.items[item_id]
+        if not found.items:  # an empty queue holds nothing: no trace of it stays
+            del self._queues[queue]
+        return True
+
+    async def queue_depth(self, queue: str, now: int) -> tuple[int, int]:
+        found = self._queues.get(queue)
+        if found is None:
+            return 0, 0
+        lapsed = sum(
+            1 for w in found.items.values() if w.holder is not None and w.lease_until <= now
+        )
+        waiting = len(found.waiting) + lapsed
+        return waiting, len(found.items) - waiting
+
+    async def wait_queue(self, queue: str, timeout_ms: int) -> None:
+        await self._signals.wait(QueueKey(queue), timeout_ms)
 
     # -- analytics (SessionizeBackend) ------------------------------------------------------------
 

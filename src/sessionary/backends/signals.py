@@ -1,8 +1,10 @@
-"""In-process wake-ups for followers of an event log (memory and SQLite backends).
+"""In-process wake-ups for followers of an event log and waiters on a work queue (memory
+and SQLite backends).
 
 A follower takes the log's current signal *before* it reads, so an append landing between
-its read and its wait still wakes it. `notify_all` wakes every follower (to read again): the
-SQLite backend's one poller calls it when another process changed the file.
+its read and its wait still wakes it. `notify_all` wakes every follower and waiter (to read
+again): the SQLite backend's one poller calls it when another process changed the file.
+A queue's signal is keyed by `QueueKey`, which never equals a log's `(ns, session_id)`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 
 from sessionary.contract import LogEntry, LogSlice
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKey:
+    """The signal of the work queue `name`, notified on every enqueue to it."""
+
+    name: str
 
 
 class LogSignals:
@@ -54,3 +64,10 @@ class LogSignals:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await event.wait()
+
+    async def wait(self, key: Hashable, timeout_ms: int) -> None:
+        """Return on the next `notify(key)` or `notify_all()`, or after `timeout_ms`."""
+        event = self.signal(key)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_ms / 1000):
+                await event.wait()

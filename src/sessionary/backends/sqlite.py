@@ -8,7 +8,8 @@ so that other work (a new request) takes turns with them. A session operation is
 statement that decides for itself (`UPDATE ... WHERE guard RETURNING`); a counter charge reads,
 decides and writes, which is atomic because a writing transaction is `BEGIN IMMEDIATE`: it
 holds the write lock from its first statement, and several processes on one file take turns
-instead of deadlocking.
+instead of deadlocking. A work queue's claim picks its items and marks them held in that same
+writing transaction, so racing processes never hand out one item twice.
 
 URL: `sqlite:///relative.db`, `sqlite:////absolute/path.db` or `sqlite:///:memory:`, with
 optional query parameters `synchronous` (OFF, NORMAL (default), FULL, EXTRA) and
@@ -30,7 +31,7 @@ import orjson
 
 from sessionary.backends import sqlite_analytics as analytics
 from sessionary.backends.handoff import Outcome, settle
-from sessionary.backends.signals import LogSignals
+from sessionary.backends.signals import LogSignals, QueueKey
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
@@ -47,6 +48,7 @@ from sessionary.contract import (
     Record,
     SessionLimit,
     SubjectChange,
+    WorkItem,
     plan_admission,
     plan_append,
     plan_charges,
@@ -64,7 +66,9 @@ from sessionary.sessionize import Hit, IngestOutcome, OutboxEntry, Rules, Vacuum
 
 T = TypeVar("T")
 
-#: 2 added a session's own lifetime (own_idle_ms, own_absolute_ms); see `_migrate`
+#: 2 added a session's own lifetime (own_idle_ms, own_absolute_ms); see `_migrate`. A new
+#: table (`work`, the analytics ones) needs no new version: `_SCHEMA` creates it in any file
+#: as it opens, and an older sessionary leaves it alone.
 SCHEMA_VERSION = 2
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sessions (
@@ -116,6 +120,20 @@ _SCHEMA = (
         UPDATE log_entries SET session_id = new.id
         WHERE namespace = old.namespace AND session_id = old.id;
     END""",
+    # work queues' items: `seq` (the rowid) is enqueue order; `lease_until` is NULL while an
+    # item waits (never claimed), else when its holder's lease lapses (the store's clock)
+    """CREATE TABLE IF NOT EXISTS work (
+        seq         INTEGER PRIMARY KEY,
+        queue       TEXT    NOT NULL,
+        id          TEXT    NOT NULL,
+        payload     BLOB    NOT NULL,
+        enqueued_at INTEGER NOT NULL,
+        deliveries  INTEGER NOT NULL DEFAULT 0,
+        holder      TEXT,
+        lease_until INTEGER,
+        UNIQUE (queue, id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS work_by_lease ON work (queue, lease_until, seq)",
     *analytics.SCHEMA,
 )
 
@@ -257,9 +275,34 @@ _SWEEP_COUNTERS = (
     "(SELECT key FROM counters WHERE grp = ?1 AND resets_at <= ?2 LIMIT ?3)"
 )
 
+_WORK_ENQUEUE = (
+    "INSERT INTO work (queue, id, payload, enqueued_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+# ?1 queue, ?2 now, ?3 limit: lapsed items (soonest lapsed first), then waiting ones in order
+_WORK_CLAIMABLE = (
+    "SELECT seq FROM ("
+    "SELECT seq, 0 AS pass, lease_until AS k FROM (SELECT seq, lease_until FROM work "
+    "WHERE queue = ?1 AND lease_until <= ?2 ORDER BY lease_until, seq LIMIT ?3) "
+    "UNION ALL SELECT seq, 1, seq FROM (SELECT seq FROM work "
+    "WHERE queue = ?1 AND lease_until IS NULL ORDER BY seq LIMIT ?3)"
+    ") ORDER BY pass, k, seq LIMIT ?3"
+)
+_WORK_HOLD = (
+    "UPDATE work SET holder = ?, lease_until = ?, deliveries = deliveries + 1 "
+    "WHERE seq IN (SELECT value FROM json_each(?)) "
+    "RETURNING seq, id, payload, deliveries, enqueued_at, lease_until"
+)
+_WORK_RENEW = "UPDATE work SET lease_until = ? WHERE queue = ? AND id = ? AND holder = ?"
+_WORK_ACK = "DELETE FROM work WHERE queue = ? AND id = ? AND holder = ?"
+_WORK_DEPTH = (
+    "SELECT coalesce(sum(lease_until IS NULL OR lease_until <= ?2), 0), "
+    "coalesce(sum(lease_until > ?2), 0) FROM work WHERE queue = ?1"
+)
+
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _MAX_BATCH = 512
-#: how often, while anyone follows a log, the backend asks whether another process wrote
+#: how often, while anyone follows a log or waits on a queue, the backend asks whether
+#: another process wrote
 _OTHERS_POLL_S = 0.05
 
 
@@ -552,7 +595,7 @@ class SQLiteBackend:
         self._writer = _Writer(path, synchronous.upper(), busy_timeout_ms)
         self._closed = False
         self._signals = LogSignals()
-        self._waiting = 0  # wait_log calls under way
+        self._waiting = 0  # wait_log and wait_queue calls under way
         self._data_version: int | None = None  # as the poller last read it
         self._poller: asyncio.Task[None] | None = None
 
@@ -853,9 +896,7 @@ class SQLiteBackend:
         # _OTHERS_POLL_S, by one poller for all the logs waited on (see _poll_others)
         self._waiting += 1
         try:
-            loop = asyncio.get_running_loop()
-            if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
-                self._poller = loop.create_task(self._poll_others(), name="sessionary-sqlite-poll")
+            self._watch_others()
             return await self._signals.wait_log(
                 (ns, session_id),
                 lambda: self.read_log(ns, session_id, after, WAIT_MAX_ENTRIES, now, WAIT_MAX_BYTES),
@@ -864,22 +905,38 @@ class SQLiteBackend:
         finally:
             self._waiting -= 1
 
+    def _watch_others(self) -> None:
+        """Make sure the poller runs on this loop (a caller of it counts in `_waiting`)."""
+        loop = asyncio.get_running_loop()
+        if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
+            self._poller = loop.create_task(self._poll_others(), name="sessionary-sqlite-poll")
+
     async def _poll_others(self) -> None:
-        """While anyone waits on a log: every _OTHERS_POLL_S one statement (`PRAGMA
-        data_version`) tells whether another process committed to the file, and if one did,
-        every waiter reads its log again. One statement per tick however many logs are
-        followed (a poll per log cost 20 reads a second each). A waiter takes its signal
-        before it reads and the version is read on the same thread after that read, so a
-        commit its read missed changes the version from the poller's previous reading."""
+        """While anyone waits on a log or a queue: every _OTHERS_POLL_S one statement
+        (`PRAGMA data_version`) tells whether another process committed to the file, and if
+        one did, every waiter reads its log again (a queue's waiter returns). One statement
+        per tick however many are waiting (a poll per log cost 20 reads a second each).
+
+        The first reading is taken at once, as the baseline: the poller starts before its
+        first waiter's read is queued and runs after it on the same thread, and every later
+        waiter takes its signal before it reads, so a commit a read missed changes the
+        version from the poller's previous reading. A baseline from an earlier run of the
+        poller would wake everyone for commits long past (a queue's waiter for nothing)."""
+        self._data_version = await self._other_writes()
         while self._waiting and not self._closed:
             await asyncio.sleep(_OTHERS_POLL_S)
-            try:
-                version: int | None = await self._submit(_data_version, writes=False)
-            except StoreUnavailable:  # the waiters' own reads meet it; all read once it is back
-                version = None
+            version = await self._other_writes()
             changed, self._data_version = version != self._data_version, version
             if changed and version is not None:
                 self._signals.notify_all()
+
+    async def _other_writes(self) -> int | None:
+        """`PRAGMA data_version`, or None while the store fails (the waiters' own reads meet
+        the failure; all read again once it is back)."""
+        try:
+            return await self._submit(_data_version, writes=False)
+        except StoreUnavailable:
+            return None
 
     async def charge_counters(
         self, group: str, charges: Sequence[CounterCharge], now: int
@@ -912,6 +969,69 @@ class SQLiteBackend:
             return db.execute(_SWEEP_COUNTERS, (group, now, limit)).rowcount
 
         return await self._submit(run, writes=True)
+
+    # -- work queues ------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, item_id: str, payload: bytes, now: int) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            return db.execute(_WORK_ENQUEUE, (queue, item_id, payload, now)).rowcount > 0
+
+        added = await self._submit(run, writes=True)
+        if added:
+            self._signals.notify(QueueKey(queue))
+        return added
+
+    async def claim_work(
+        self, queue: str, consumer: str, now: int, lease_ms: int, limit: int
+    ) -> list[WorkItem]:
+        lease_until = now + lease_ms
+
+        def run(db: sqlite3.Connection) -> list[WorkItem]:
+            # pick, then hold: one writing transaction, so no other claim comes between
+            order = [row[0] for row in db.execute(_WORK_CLAIMABLE, (queue, now, limit))]
+            if not order:
+                return []
+            wanted = orjson.dumps(order).decode()
+            held = {
+                row[0]: WorkItem(row[1], _blob(row[2]), row[3], row[4], row[5])
+                for row in db.execute(_WORK_HOLD, (consumer, lease_until, wanted))
+            }
+            return [held[seq] for seq in order]
+
+        return await self._submit(run, writes=True)
+
+    async def renew_work(
+        self, queue: str, item_id: str, consumer: str, now: int, lease_ms: int
+    ) -> bool:
+        args = (now + lease_ms, queue, item_id, consumer)
+
+        def run(db: sqlite3.Connection) -> bool:
+            return db.execute(_WORK_RENEW, args).rowcount > 0
+
+        return await self._submit(run, writes=True)
+
+    async def ack_work(self, queue: str, item_id: str, consumer: str) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            return db.execute(_WORK_ACK, (queue, item_id, consumer)).rowcount > 0
+
+        return await self._submit(run, writes=True)
+
+    async def queue_depth(self, queue: str, now: int) -> tuple[int, int]:
+        def run(db: sqlite3.Connection) -> tuple[int, int]:
+            waiting, held = db.execute(_WORK_DEPTH, (queue, now)).fetchone()
+            return int(waiting), int(held)
+
+        return await self._submit(run, writes=False)
+
+    async def wait_queue(self, queue: str, timeout_ms: int) -> None:
+        # an enqueue from this process wakes at once; another process's within
+        # _OTHERS_POLL_S (any commit of another process wakes it: "may have been enqueued")
+        self._waiting += 1
+        try:
+            self._watch_others()
+            await self._signals.wait(QueueKey(queue), timeout_ms)
+        finally:
+            self._waiting -= 1
 
     # -- analytics (SessionizeBackend): each call is one step in `sqlite_analytics` ----------------
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import random
+import secrets
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -13,7 +17,7 @@ import pytest
 
 from sessionary import ids
 from sessionary.clock import ManualClock
-from sessionary.contract import OnMaxSessions
+from sessionary.contract import OnMaxSessions, WorkItem
 from sessionary.counters import Charge
 from sessionary.errors import TooManySessions
 from sessionary.model import Session
@@ -138,6 +142,63 @@ def _login_in_process(
             refused = sum(isinstance(s, TooManySessions) for s in done)
             assert len(rotated) + refused == logins, done
             return rotated, refused, [event.session.id for event in heard]
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+def _work_in_process(url: str, queue: str, now: int, barrier: Any, results: Any) -> None:
+    """Three workers (tasks) claiming and acking until the queue is empty; reports (the ids
+    this process acked, how many of its acks were refused). The clock stands still: no
+    lease lapses, so no item may reach two holders."""
+
+    async def worker(
+        store: Store, consumer: str, held: Sequence[WorkItem] = ()
+    ) -> tuple[list[str], int]:
+        jobs = store.queue(queue)
+        rng = random.Random(consumer)
+        done: list[str] = []
+        refused = 0
+        taken = list(held)
+        while taken:
+            for item in taken:
+                if await jobs.ack(item.id, consumer):
+                    done.append(item.id)
+                else:
+                    refused += 1
+            taken = await jobs.claim(consumer, timedelta(hours=1), limit=rng.randint(1, 8))
+        return done, refused
+
+    async def work() -> tuple[list[str], int]:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            first = f"p{os.getpid()}-w0"
+            barrier.wait()
+            held = await store.queue(queue).claim(first, timedelta(hours=1), limit=1)
+            barrier.wait()  # every process holds an item: from here they race for the rest
+            parts = await asyncio.gather(
+                worker(store, first, held),
+                *(worker(store, f"p{os.getpid()}-w{n}") for n in (1, 2)),
+            )
+            return [i for done, _ in parts for i in done], sum(r for _, r in parts)
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(work()))
+
+
+def _wait_in_process(url: str, queue: str, now: int, barrier: Any, results: Any) -> None:
+    """Wait (up to a minute) for an item another process enqueues; reports the seconds."""
+
+    async def work() -> float:
+        store = await connect(url, clock=ManualClock(now))
+        try:
+            jobs = store.queue(queue)
+            barrier.wait()
+            started = time.monotonic()
+            await jobs.wait(timedelta(minutes=1))
+            return time.monotonic() - started
         finally:
             await store.close()
 
@@ -276,6 +337,41 @@ class MultiProcessConformance:
             assert await later.shared_secret("mp-secret") == known
         finally:
             await later.close()
+
+    @pytest.mark.asyncio
+    async def test_workers_in_several_processes_take_each_item_once(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        """400 items, 4 processes of 3 workers each claiming 1 to 8 at a time: every item
+        is acked exactly once overall, and no ack of a claimed item is refused."""
+        name = f"mp-work-{secrets.token_hex(4)}"
+        jobs = store.queue(name)
+        wanted = [f"job-{n}" for n in range(400)]
+        for item_id in wanted:
+            assert await jobs.enqueue(item_id, item_id.encode())
+        reports = await _run_processes(_work_in_process, (store_url, name, clock.now_ms()), 4)
+        acked = Counter(item_id for done, _ in reports for item_id in done)
+        assert acked == Counter(wanted)
+        assert [refused for _, refused in reports] == [0, 0, 0, 0]
+        assert all(done for done, _ in reports)  # each held one while all raced
+        assert tuple(await jobs.depth()) == (0, 0)
+
+    @pytest.mark.asyncio
+    async def test_an_enqueue_wakes_a_wait_in_another_process(
+        self, store: Store, store_url: str, clock: ManualClock
+    ) -> None:
+        name = f"mp-wake-{secrets.token_hex(4)}"
+        jobs = store.queue(name)
+        waiting = asyncio.create_task(
+            _run_processes(_wait_in_process, (store_url, name, clock.now_ms()), 1)
+        )
+        n = 0
+        while not waiting.done() and n < 1200:  # until it wakes (the child starts slowly)
+            await jobs.enqueue(f"wake-{n}", b"")
+            n += 1
+            await asyncio.wait({waiting}, timeout=0.05)
+        [waited] = await waiting
+        assert waited < 30  # woken, long before the minute it would wait
 
 
 async def _follow(ns: Any, session_id: str) -> list[Any]:

@@ -3,7 +3,8 @@
 The suite is async and speaks to a `Store`; `SyncBackedStore` presents that surface with every
 operation the blocking API has (namespaces: create, get, touch, update, consume, rotate,
 delete, list_subject, revoke_subject, reap, clear, count, append, extend, read; counter groups:
-charge, refund, read, set, sweep; the store: ping, close) carried out by the REAL blocking
+charge, refund, read, set, sweep; work queues: enqueue, claim, renew, ack, depth, wait; the
+store: ping, close) carried out by the REAL blocking
 method, called in a worker thread (`asyncio.to_thread`) as a sync caller would call it.
 
 What the blocking API does not have goes to the async store on the facade's loop through
@@ -33,8 +34,9 @@ from sessionary.counters import Charge, ChargeResult
 from sessionary.events import Listener
 from sessionary.logs import Cursor, Event, LogEvent, LogPage, LogReset
 from sessionary.model import ConsumeResult, EventKind, Session
+from sessionary.queues import QueueDepth, WorkItem
 from sessionary.store import Namespace, Store
-from sessionary.sync import SyncCounters, SyncNamespace, SyncStore, connect_sync
+from sessionary.sync import SyncCounters, SyncNamespace, SyncStore, SyncWorkQueue, connect_sync
 from sessionary.testing._values import exact, json_objects, metadata_objects
 from sessionary.testing.conformance import StoreConformance
 
@@ -86,6 +88,9 @@ class SyncBackedStore:
 
     def counters(self, group: str) -> SyncBackedCounters:
         return SyncBackedCounters(self.sync_store.counters(group))
+
+    def queue(self, name: str) -> SyncBackedQueue:
+        return SyncBackedQueue(self.sync_store.queue(name))
 
     def on(self, kind: EventKind, listener: Listener) -> Callable[[], None]:
         async def subscribe(store: Store) -> Callable[[], None]:
@@ -221,6 +226,32 @@ class SyncBackedCounters:
 
     async def sweep(self, limit: int = 1000) -> int:
         return await asyncio.to_thread(self.blocking.sweep, limit)
+
+
+class SyncBackedQueue:
+    """The `WorkQueue` surface, each operation a call of the blocking `SyncWorkQueue`."""
+
+    def __init__(self, blocking: SyncWorkQueue) -> None:
+        self.blocking = blocking
+        self.name = blocking.name
+
+    async def enqueue(self, item_id: str, payload: bytes) -> bool:
+        return await asyncio.to_thread(self.blocking.enqueue, item_id, payload)
+
+    async def claim(self, consumer: str, lease: timedelta, limit: int = 1) -> list[WorkItem]:
+        return await asyncio.to_thread(self.blocking.claim, consumer, lease, limit)
+
+    async def renew(self, item_id: str, consumer: str, lease: timedelta) -> bool:
+        return await asyncio.to_thread(self.blocking.renew, item_id, consumer, lease)
+
+    async def ack(self, item_id: str, consumer: str) -> bool:
+        return await asyncio.to_thread(self.blocking.ack, item_id, consumer)
+
+    async def depth(self) -> QueueDepth:
+        return await asyncio.to_thread(self.blocking.depth)
+
+    async def wait(self, timeout: timedelta) -> None:  # noqa: ASYNC109 (the blocking API's)
+        await asyncio.to_thread(self.blocking.wait, timeout)
 
 
 class SyncStoreConformance(StoreConformance):

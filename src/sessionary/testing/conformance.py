@@ -39,6 +39,7 @@ from sessionary.testing._encryption import EncryptionConformance
 from sessionary.testing._lifetimes import LifetimeConformance
 from sessionary.testing._logs import LogConformance
 from sessionary.testing._machine import machine_for
+from sessionary.testing._queues import QueueConformance
 from sessionary.testing._session_limits import SessionLimitConformance
 from sessionary.testing._sessionize import SessionizeConformance
 from sessionary.testing._values import (
@@ -57,6 +58,7 @@ class StoreConformance(
     EncryptionConformance,
     LogConformance,
     LifetimeConformance,
+    QueueConformance,
     SessionLimitConformance,
     SessionizeConformance,
 ):

@@ -16,20 +16,26 @@ each script declares every key it touches in KEYS:
     <prefix>{an:<project>}:*  analytics: a project's sessionization state and outbox, one
                               tag per project, so a batch is one script (see analytics.lua)
     <prefix>an:projects       set: every project that ever ingested
+    <prefix>{q:<queue>}:*     a work queue: a stream with the consumer group `workers`, the
+                              leases (by the store's clock), the holders and the item ids,
+                              one tag per queue, so every queue call is one script (see
+                              queue.lua); no TTL (an item waits as long as it must): they
+                              go with the queue's last item
 
 A namespace with a session limit lives in one slot instead (`_ShardKeys`, `_settle_layout`):
 `<prefix>{web}:07:s:<id>`, `<prefix>{web}:07:x`, one subject index `<prefix>{web}:u` for
 every shard, and the marker `<prefix>{web}:layout`.
 
-Every read-modify-write is one Lua script. Every key has a TTL that runs `grace_ms` past the
-latest `expires_at` it serves, so nothing is immortal and a reaper can still read what it
-expires; a session whose key Redis dropped before any reaper came is cleaned out of the
-indexes when they are next read.
+Every read-modify-write is one Lua script. Every key of a session has a TTL that runs
+`grace_ms` past the latest `expires_at` it serves, so nothing is immortal and a reaper can
+still read what it expires; a session whose key Redis dropped before any reaper came is
+cleaned out of the indexes when they are next read.
 
 URL options (query parameters): `prefix` (default "sessionary:"), `grace_ms` (default one
 hour), `max_connections` (default 64), `pool_timeout` (how long a call waits for a free
 connection when all are busy, default 5 s), `wait_connections` (the connections followers of
-event logs block on, shared by all of them, default 4; see waits.py), and redis-py's own, such as
+event logs and waiters on work queues block on, shared by all of them, default 4; see
+waits.py), and redis-py's own, such as
 `socket_connect_timeout` (default 2 s) and `socket_timeout` (default 5 s); `wait_replicas`
 (default 0) and `wait_timeout_ms` (default 1000): a write answers only once that many replicas
 acknowledged it, else `StoreUnavailable` (see batching.py). Commands are not retried on their
@@ -83,6 +89,7 @@ from sessionary.contract import (
     Record,
     SessionLimit,
     SubjectChange,
+    WorkItem,
 )
 from sessionary.errors import (
     LogClosed,
@@ -460,7 +467,11 @@ class RedisBackend:
         if wait_replicas < 0 or wait_timeout_ms < 1:
             raise ValueError("wait_replicas >= 0 and wait_timeout_ms >= 1")
         replication = (
-            Replication(wait_replicas, wait_timeout_ms, {self._scripts.read_log.sha})
+            Replication(
+                wait_replicas,
+                wait_timeout_ms,
+                {self._scripts.read_log.sha, self._scripts.queue_depth.sha},
+            )
             if wait_replicas
             else None
         )
@@ -1005,6 +1016,89 @@ class RedisBackend:
 
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         return 0  # every counter key carries a TTL ending with its window: Redis sweeps
+
+    # -- work queues: one hash tag per queue, see queue.lua --------------------------------
+
+    def _queue_keys(self, queue: str) -> tuple[str, str, str, str]:
+        """The queue's stream, leases, holders and items (the KEYS of every queue script)."""
+        tag = f"{self.prefix}{{q:{queue}}}:"
+        return tag + "s", tag + "l", tag + "h", tag + "i"
+
+    @_translate_errors
+    async def enqueue(self, queue: str, item_id: str, payload: bytes, now: int) -> bool:
+        return bool(
+            await self._scripts.run(
+                self.calls,
+                self._scripts.queue_enqueue,
+                self._queue_keys(queue),
+                (item_id, payload, now),
+            )
+        )
+
+    @_translate_errors
+    async def claim_work(
+        self, queue: str, consumer: str, now: int, lease_ms: int, limit: int
+    ) -> list[WorkItem]:
+        """New items come from the consumer group with XREADGROUP, lapsed ones are taken
+        over with XCLAIM, both inside the script; which leases lapsed is read from the
+        leases set (the store's clock), never from the group's idle times (the server's)."""
+        flat = await self._scripts.run(
+            self.calls,
+            self._scripts.queue_claim,
+            self._queue_keys(queue),
+            (consumer, now, lease_ms, limit),
+        )
+        lease_until = now + lease_ms
+        return [
+            WorkItem(flat[i].decode(), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), lease_until)
+            for i in range(0, len(flat), 4)
+        ]
+
+    @_translate_errors
+    async def renew_work(
+        self, queue: str, item_id: str, consumer: str, now: int, lease_ms: int
+    ) -> bool:
+        return bool(
+            await self._scripts.run(
+                self.calls,
+                self._scripts.queue_renew,
+                self._queue_keys(queue),
+                (item_id, consumer, now + lease_ms),
+            )
+        )
+
+    @_translate_errors
+    async def ack_work(self, queue: str, item_id: str, consumer: str) -> bool:
+        return bool(
+            await self._scripts.run(
+                self.calls,
+                self._scripts.queue_ack,
+                self._queue_keys(queue),
+                (item_id, consumer),
+            )
+        )
+
+    @_translate_errors
+    async def queue_depth(self, queue: str, now: int) -> tuple[int, int]:
+        waiting, held = await self._scripts.run(
+            self.calls, self._scripts.queue_depth, self._queue_keys(queue), (now,)
+        )
+        return int(waiting), int(held)
+
+    async def wait_queue(self, queue: str, timeout_ms: int) -> None:
+        """XREAD BLOCK on the queue's stream after its last seq, over the wait lanes that
+        serve `wait_log` (see `waits.py`): any entry added since wakes it (seqs never fall
+        back, see queue.lua). Like `wait_log` it holds no connection slot while it blocks."""
+        stream, _, holders, _ = self._queue_keys(queue)
+        try:
+            if not self.ready:
+                await self.initialize()
+            last = await self.calls.call("HGET", holders, "n")
+            await self.waits.wait(stream, 0 if last is None else int(last), timeout_ms)
+        except _UNAVAILABLE as exc:
+            if (failure := _unavailable(self.where, exc)) is None:
+                raise
+            raise failure from exc
 
     # -- analytics (SessionizeBackend): one hash tag per project, see analytics.py ---------
 

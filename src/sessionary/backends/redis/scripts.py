@@ -2,7 +2,7 @@
 
 Each `*.lua` file beside this module is one script, with `common.lua` prepended (and, for
 scripts that share more, helper files named at load: the analytics scripts share
-`analytics.lua`). Calls go
+`analytics.lua`, the work-queue scripts `queue.lua`). Calls go
 out as EVALSHA; a NOSCRIPT answer (after SCRIPT FLUSH, a restart or a failover to a server
 that never saw the script) loads the script and runs that call again: NOSCRIPT means the
 script did not run, so running it again is safe (no other failure is ever retried). Nothing is
@@ -76,6 +76,11 @@ class Scripts:
         self.append = Script.load("append")
         self.read_log = Script.load("read_log")
         self.set_counters = Script.load("set_counters")
+        self.queue_enqueue = Script.load("queue_enqueue", ("queue",))
+        self.queue_claim = Script.load("queue_claim", ("queue",))
+        self.queue_renew = Script.load("queue_renew", ("queue",))
+        self.queue_ack = Script.load("queue_ack", ("queue",))
+        self.queue_depth = Script.load("queue_depth", ("queue",))
 
     async def run(
         self, calls: Batcher, script: Script, keys: Sequence[str], args: Sequence[Arg]
