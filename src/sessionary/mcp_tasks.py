@@ -98,9 +98,8 @@ class TaskUpdateParams(TaskParams):
     input_responses: dict[str, Any] | None = None
 
 
-class Task(Result):
-    """A task as `tasks/get` answers it (SEP-2663 `DetailedTask`): `result` on a completed
-    task, `error` on a failed one."""
+class _TaskState(Result):
+    """What every answer about a task carries (SEP-2663 `Task`)."""
 
     task_id: str
     status: TaskStatus
@@ -109,21 +108,20 @@ class Task(Result):
     last_updated_at: str
     ttl_ms: int | None
     poll_interval_ms: int | None = None
+
+
+class Task(_TaskState):
+    """A task as `tasks/get` answers it (SEP-2663 `DetailedTask`): `result` on a completed
+    task, `error` on a failed one."""
+
     result: dict[str, Any] | None = None
     error: ErrorData | None = None
 
 
-class CreatedTask(Result):
+class CreatedTask(_TaskState):
     """The answer to a `tools/call` made a task (`CreateTaskResult`): no result yet."""
 
     result_type: Literal["task"] = "task"
-    task_id: str
-    status: TaskStatus
-    status_message: str | None = None
-    created_at: str
-    last_updated_at: str
-    ttl_ms: int | None
-    poll_interval_ms: int | None = None
 
 
 class GetTaskRequest(Request[TaskParams, Literal["tasks/get"]]):
