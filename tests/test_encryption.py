@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from sessionary import (
     EncryptionKey,
@@ -35,9 +34,10 @@ from sessionary.contract import Backend, Record
 from sessionary.http.metrics import Metrics
 from sessionary.sealing import MAGIC, Nonces, Sealer, parse_keys
 from sessionary.session_request import Outcome, RequestSession
-from sessionary.testing._encryption import stores
+from sessionary.testing._encryption import stored, stores
 from sessionary.web import CurrentSession, SessionMiddleware
 from sessionary.web.settings import SettingsError, load_settings
+from tests.at_rest import stored_bytes
 from tests.web.conftest import client_for
 
 IDLE = timedelta(minutes=30)
@@ -56,41 +56,6 @@ def web(store: Store, name: str = "web") -> Namespace:
     return store.namespace(name, idle_ttl=IDLE)
 
 
-async def stored(store: Store, session_id: str, ns: str = "web") -> Record:
-    """What the backend holds, as bytes."""
-    record = await store.backend.get(ns, session_id, store.clock.now_ms())
-    assert record is not None
-    return record
-
-
-async def raw_bytes(url: str, tmp_path: Path, redis_client: Redis, prefix: str) -> bytes:
-    """Every byte the store keeps outside the process: the SQLite files (the database, its
-    WAL), or every value under the test's Redis prefix; b"" for memory."""
-    if url.startswith("sqlite"):
-        files = await asyncio.to_thread(lambda: sorted(tmp_path.glob("store.db*")))
-        return b"".join([await asyncio.to_thread(path.read_bytes) for path in files])
-    if not url.startswith("redis"):
-        return b""
-    found = []
-    async for key in redis_client.scan_iter(match=f"{prefix}*", count=1000):
-        kind = (await redis_client.type(key)).decode()
-        if kind == "hash":
-            for field, value in (await redis_client.hgetall(key)).items():
-                found += [field, value]
-        elif kind == "zset":
-            found += await redis_client.zrange(key, 0, -1)
-        elif kind == "string":
-            found.append(await redis_client.get(key) or b"")
-        elif kind == "list":
-            found += await redis_client.lrange(key, 0, -1)
-        elif kind == "stream":
-            for _, entry in await redis_client.xrange(key):
-                found += [b for pair in entry.items() for b in pair]
-        else:
-            raise AssertionError(f"a {kind} key the test cannot read: {key!r}")
-    return b"\n".join(found)
-
-
 # -- the bytes at rest ------------------------------------------------------------------------
 
 
@@ -98,9 +63,6 @@ async def raw_bytes(url: str, tmp_path: Path, redis_client: Redis, prefix: str) 
 async def test_no_plaintext_of_data_or_metadata_reaches_the_store(
     store_url: str,
     clock: ManualClock,
-    tmp_path: Path,
-    redis_client: Redis,
-    redis_prefix: str,
     sealed: bool,
 ) -> None:
     """The marker is in data (key and value) and metadata; written by create, update and
@@ -119,11 +81,11 @@ async def test_no_plaintext_of_data_or_metadata_reaches_the_store(
         assert touched is not None
         assert touched.data == {"cart": [f"{MARKER}-updated"]}
         assert touched.metadata == {"device": f"{MARKER}-metadata"}
-        record = await stored(store, rotated.id)
+        record = await stored(store, rotated.id, "web")
         in_memory = record.data + record.metadata
     finally:
         await store.close()
-    at_rest = await raw_bytes(store_url, tmp_path, redis_client, redis_prefix)
+    at_rest = await asyncio.to_thread(stored_bytes, store_url)
     marker = MARKER.encode()
     if sealed:
         assert marker not in in_memory
@@ -159,7 +121,7 @@ async def test_a_changed_byte_never_yields_garbage(clock: ManualClock, where: in
     async with stores("memory://", clock, [KEY_A]) as (store,):
         ns = web(store)
         session = await ns.create(data={"role": "user"})
-        record = await stored(store, session.id)
+        record = await stored(store, session.id, "web")
         changed = bytearray(record.data)
         changed[where] ^= 0x01
         await store.backend.delete("web", session.id)
@@ -247,7 +209,7 @@ async def test_a_concurrent_update_wins_over_the_rekey_which_reads_again(
             got = await web(rival).get(session_id)
             assert got is not None
             assert (got.data, got.metadata) == ({"rival": True}, {"m": "x"})  # the rival won
-            record = await stored(rival, session_id)
+            record = await stored(rival, session_id, "web")
             assert rekeying.sealer is not None
             assert rekeying.sealer.is_current(record.metadata)
 

@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 
 from sessionary import ManualClock, connect
 from sessionary.contrib.litestar import SessionaryStore
-from tests.contrib.at_rest import MARKER, NEW, OLD, SHORT_KEY_TEXT, stored_bytes
+from tests.at_rest import MARKER, NEW, OLD, SHORT_KEY_TEXT, stored_bytes
 from tests.contrib.test_litestar import _app, _present, _session_id, _user
 
 pytestmark = pytest.mark.timeout(300)

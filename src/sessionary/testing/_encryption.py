@@ -56,7 +56,8 @@ def _web(store: Store, name: str = "sealed") -> Namespace:
     return store.namespace(name, idle_ttl=IDLE)
 
 
-async def _stored(store: Store, session_id: str, ns: str = "sealed") -> Record:
+async def stored(store: Store, session_id: str, ns: str = "sealed") -> Record:
+    """What the backend holds for a live session, as bytes."""
     record = await store.backend.get(ns, session_id, store.clock.now_ms())
     assert record is not None
     return record
@@ -122,7 +123,7 @@ class EncryptionConformance:
         async with stores(store_url, clock, [KEY_A]) as (store,):
             ns, other = _web(store), _web(store, "sealed-other")
             victim = await ns.create(data={"role": "admin"}, metadata={"ua": "x"})
-            blob = await _stored(store, victim.id)
+            blob = await stored(store, victim.id)
             moves = {
                 "another session": (ns, ids.new_id(), blob.data, blob.metadata),
                 "another namespace": (other, victim.id, blob.data, blob.metadata),
@@ -170,13 +171,13 @@ class EncryptionConformance:
     ) -> None:
         async with stores(store_url, clock, None, [KEY_A]) as (bare, sealed):
             legacy = await _web(bare).create(data={"cart": [1]}, metadata={"ua": "old"})
-            assert not (await _stored(bare, legacy.id)).data.startswith(MAGIC)
+            assert not (await stored(bare, legacy.id)).data.startswith(MAGIC)
             got = await _web(sealed).touch(legacy.id)  # turning encryption on logs no one out
             assert got is not None
             assert (got.data, got.metadata) == ({"cart": [1]}, {"ua": "old"})
             report = await _web(sealed).rekey()
             assert (report.examined, report.resealed) == (1, 1)
-            assert _current(sealed, [await _stored(sealed, legacy.id)])
+            assert _current(sealed, [await stored(sealed, legacy.id)])
             with pytest.raises(SessionUnreadable):  # a store without the key cannot read it
                 await _web(bare).get(legacy.id)
 
@@ -185,14 +186,14 @@ class EncryptionConformance:
         async with stores(store_url, clock, [KEY_A]) as (store,):
             ns = _web(store)
             session = await ns.create(data={"cart": ["a"]}, metadata={"ua": "x"})
-            before = await _stored(store, session.id)
+            before = await stored(store, session.id)
             rotated = await ns.rotate(session.id, subject="u1")
             assert (rotated.data, rotated.metadata, rotated.subject) == (
                 {"cart": ["a"]},
                 {"ua": "x"},
                 "u1",
             )
-            after = await _stored(store, rotated.id)
+            after = await stored(store, rotated.id)
             assert after.data != before.data
             assert after.version == before.version + 1
             touched = await ns.touch(rotated.id)
@@ -240,7 +241,7 @@ class EncryptionConformance:
 
             await asyncio.gather(*(writer() for _ in range(writers)), rekey())
             assert (await _web(ba).rekey()).complete  # picks up any session left busy
-            records = [await _stored(b, session_id) for session_id in made]
+            records = [await stored(b, session_id) for session_id in made]
             assert _current(b, records)
             counts = [await _web(b).get(session_id) for session_id in made]
             assert sum(s.data["n"] for s in counts if s is not None) == increments > 0

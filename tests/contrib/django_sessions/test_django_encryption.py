@@ -17,7 +17,7 @@ from django.test import Client, override_settings
 from sessionary.contrib.django import SessionStore, close_stores, revoke_user, sessions_of
 from sessionary.contrib.django.config import namespace
 from sessionary.sync import connect_sync
-from tests.contrib.at_rest import MARKER, NEW, OLD, SHORT_KEY_TEXT, stored_bytes
+from tests.at_rest import MARKER, NEW, OLD, SHORT_KEY_TEXT, stored_bytes
 
 from .stores import on_store
 from .test_django_example import _count, _logged_in

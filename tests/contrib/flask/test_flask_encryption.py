@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sessionary.contrib.flask import ServerSession, SessionInterface
 from sessionary.sealing import EncryptionKeys
 from sessionary.sync import connect_sync
-from tests.contrib.at_rest import MARKER, NEW, OLD, SHORT_KEY_TEXT, stored_bytes
+from tests.at_rest import MARKER, NEW, OLD, SHORT_KEY_TEXT, stored_bytes
 
 
 @contextmanager
