@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from sessionary import ids
 from sessionary.backends import open_backend
@@ -1148,3 +1148,12 @@ def _require_subject(subject: object) -> str:
             f"subject is 1 to {MAX_SUBJECT_LENGTH} characters without control characters"
         )
     return check_text("subject", subject)
+
+
+def without_password(url: str) -> str:
+    """`url` fit to print or log: its password, if any, replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()

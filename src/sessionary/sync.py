@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, cast
-from urllib.parse import urlsplit
 
 from sessionary.clock import Clock
 from sessionary.contract import KEEP, Keep, OnMaxSessions
@@ -45,7 +44,14 @@ from sessionary.logs import Cursor, Event, LogPage
 from sessionary.model import ConsumeResult, Session
 from sessionary.queues import QueueDepth, WorkItem, WorkQueue
 from sessionary.sealing import EncryptionKey, EncryptionKeys, Sealer, parse_keys
-from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL, Namespace, OnUnavailable, Store
+from sessionary.store import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_URL,
+    Namespace,
+    OnUnavailable,
+    Store,
+    without_password,
+)
 from sessionary.store import connect as connect_async
 
 __all__ = [
@@ -487,21 +493,13 @@ class SyncStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SyncStore({_without_password(self.store_url)!r})"
+        return f"SyncStore({without_password(self.store_url)!r})"
 
 
 async def _opened(target: T) -> T:
     """Open a namespace, counter group or queue on the loop (the store's registries are the loop's
     alone), then hand it back."""
     return target
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 class _Facade(Generic[Target]):

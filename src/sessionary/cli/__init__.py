@@ -1,4 +1,5 @@
-"""The `sessionary` command: `serve`, `reap`, `vacuum`, `migrate`, `rekey`, `ping`, `demo`.
+"""The `sessionary` command: `serve`, `worker`, `reap`, `vacuum`, `migrate`, `rekey`, `ping`,
+`demo`.
 
 It needs the `server` extra; `sessionary.__main__` (the console script) turns its absence into
 one line instead of this module's import error.
@@ -27,9 +28,18 @@ def main() -> None:
 
 def _register() -> None:
     with needs("server", _WHAT):
-        from sessionary.cli import demo, ops
+        from sessionary.cli import demo, ops, worker
 
-    for command in (ops.serve, ops.reap, ops.vacuum, ops.migrate, ops.rekey, ops.ping, demo.demo):
+    for command in (
+        ops.serve,
+        worker.worker,
+        ops.reap,
+        ops.vacuum,
+        ops.migrate,
+        ops.rekey,
+        ops.ping,
+        demo.demo,
+    ):
         main.add_command(command)
 
 

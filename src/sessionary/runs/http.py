@@ -38,7 +38,7 @@ from typing import Any, Literal, Protocol
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
 from starlette.responses import Response
 
@@ -49,7 +49,7 @@ from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.sse import SEND_TIMEOUT_S, BoundedEventStream, unavailable_event
 from sessionary.logs import Cursor, LogReset
 from sessionary.runs.model import TERMINAL, Run, RunNotFound
-from sessionary.runs.service import Runs
+from sessionary.runs.service import MAX_RETRIES, Runs
 from sessionary.runs.settings import RunsUser, exact_origin
 from sessionary.session_request import RequestSession
 from sessionary.store import Namespace
@@ -208,6 +208,8 @@ class StartIn(BaseModel):
 
     multitask: Literal["reject", "enqueue", "interrupt"] = "reject"
     input: Any = None
+    #: times a run whose worker died goes back to the queue before it ends as error
+    retries: int = Field(0, ge=0, le=MAX_RETRIES)
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -222,6 +224,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "cursor": None if run.cursor is None else str(run.cursor),
         "result": run.result,
         "error": run.error,
+        "attempt": run.attempt,
+        "retries": run.retries,
     }
 
 
@@ -359,7 +363,11 @@ def runs_router(
         interrupt (cancel it)."""
         body = body or StartIn()
         run = await runs().start(
-            conversation_id, await caller(request), body.multitask, input=body.input
+            conversation_id,
+            await caller(request),
+            body.multitask,
+            input=body.input,
+            retries=body.retries,
         )
         if on_start is not None:
             on_start(run)

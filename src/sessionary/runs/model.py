@@ -40,6 +40,9 @@ class Run:
     result: Any = None
     error: str | None = None
     version: int = 0
+    #: executions begun (each retry begins one more) and retries allowed after the first
+    attempt: int = 0
+    retries: int = 0
 
     @property
     def active(self) -> bool:
@@ -69,6 +72,8 @@ class Run:
             result=data.get("result"),
             error=data.get("error"),
             version=session.version,
+            attempt=int(data.get("attempt", 0)),
+            retries=int(data.get("retries", 0)),
         )
 
 

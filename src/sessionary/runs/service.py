@@ -9,12 +9,16 @@
   appends exactly one final `end` event.
 * A worker's lease is a session too (idle ttl: the lease): the worker renews it by touching it;
   when it lapses the reaper claims it, exactly once, and this feature fails the run.
-* The lease bound: a run whose worker died ends with an `error` event, heard by its
-  followers, at most `lease_bound` = 1.25 x lease after the worker's last renewal. The lease
+* The lease bound: a run whose worker died ends with an `error` event (or, started with
+  `retries=N` and not yet retried N times, goes back to `queued` with a `retry` event, its
+  event log continuing), heard by its followers, at most `lease_bound` = 1.25 x lease after
+  the worker's last renewal. The lease
   lapses one lease after that renewal; `watch_leases`, which the service runs in every
   process, sweeps the leases every lease / 4, so the first sweep at or after the lapse comes
   at most a quarter lease later. Any number of sweepers and reapers may race: the store hands
   each lapsed lease to exactly one, and the terminal transition appends exactly one `end`.
+* Dispatch: with `dispatch="queue"` every run started is also put on the store's `runs` work
+  queue (`sessionary.queues`), where `Worker.consume` (`sessionary worker`) claims it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 from sessionary import ids
 from sessionary.clock import to_ms
+from sessionary.codec import check_int
 from sessionary.errors import (
     LogClosed,
     SessionExists,
@@ -40,6 +45,7 @@ from sessionary.errors import (
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
 from sessionary.model import Session, SessionEvent
 from sessionary.outage import Backoff, unless_cancelled
+from sessionary.queues import WorkQueue
 from sessionary.reaper import run_forever
 from sessionary.runs.model import (
     ACTIVE,
@@ -62,6 +68,10 @@ log = logging.getLogger("sessionary.runs")
 
 _RECENT = 20
 _ATTEMPTS = 50
+#: the most retries a run may be started with
+MAX_RETRIES = 100
+#: the work queue of runs for `Worker.consume` (`sessionary worker`)
+QUEUE = "runs"
 
 
 class Runs:
@@ -80,6 +90,8 @@ class Runs:
         )
         self.leases = store.namespace("runs.leases", idle_ttl=settings.lease_ttl)
         self.stats = store.namespace("runs.stats", absolute_ttl=timedelta(days=3650))
+        #: where runs wait for a `Worker.consume` when `settings.dispatch` is "queue"
+        self.queue: WorkQueue = store.queue(QUEUE)
         store.on("expired", self._on_expired)
 
     @property
@@ -108,13 +120,23 @@ class Runs:
     # -- starting, reading, cancelling ------------------------------------------------------
 
     async def start(
-        self, conversation_id: str, owner: str, policy: Policy = "reject", *, input: Any = None
+        self,
+        conversation_id: str,
+        owner: str,
+        policy: Policy = "reject",
+        *,
+        input: Any = None,
+        retries: int = 0,
     ) -> Run:
         """A new run of the conversation. While another is active: `reject` raises
         `ActiveRunExists`, `enqueue` queues the new one behind it, `interrupt` cancels it (its
-        events are kept) and makes the new one active."""
+        events are kept) and makes the new one active. `retries`: how many times a run whose
+        worker died (its lease lapsed) goes back to `queued`, with a `retry` event, for a
+        worker to take it again, before it ends as `error`. With `dispatch="queue"` the run
+        is on the `runs` work queue when this returns."""
         if policy not in ("reject", "enqueue", "interrupt"):
             raise ValidationError("policy is 'reject', 'enqueue' or 'interrupt'")
+        check_int("a run's retries", retries, 0, MAX_RETRIES)
         conversation = await self.conversation(conversation_id, owner)
         created: Session | None = None
         for _ in range(_ATTEMPTS):
@@ -138,6 +160,8 @@ class Runs:
                         "status": "queued",
                         "status_at": now,
                         "input": input,
+                        "retries": retries,
+                        "attempt": 0,
                     },
                 )
                 await self.runs.append(created.id, "status", {"status": "queued"})
@@ -154,8 +178,21 @@ class Runs:
             except VersionConflict:
                 conversation = await self.conversation(conversation_id, owner)
                 continue
+            if self.settings.dispatch == "queue":
+                await self._dispatch(created.id)
             return await self.get(created.id)
         raise StoreUnavailable("the conversation kept changing; try again")
+
+    async def _dispatch(self, run_id: str) -> None:
+        """Put the run on the work queue. If the store fails here, the run ends as `error`
+        (best effort) and the caller hears `StoreUnavailable`: a run nobody will execute is
+        never left looking queued."""
+        try:
+            await self.queue.enqueue(run_id, b"")
+        except StoreUnavailable:
+            with contextlib.suppress(StoreUnavailable):
+                await self._finish(run_id, "error", error="the run could not be dispatched")
+            raise
 
     async def get(self, run_id: str, subject: str | None = None) -> Run:
         session = await self.runs.get(run_id)
@@ -274,27 +311,33 @@ class Runs:
         to: Status,
         *,
         frm: frozenset[str],
-        extra: dict[str, Any],
-        event: Event,
+        extra: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]],
+        event: Event | Callable[[dict[str, Any]], Event],
         expires_at: int | None = None,
+        attempt: int | None = None,
     ) -> Session | None:
         """Move the run to `to` if it is in `frm`, with `event` in the same atomic step;
-        None if it was not in `frm` (someone else moved it first)."""
+        None if it was not in `frm` (someone else moved it first). `extra` and `event` may
+        be functions of the run's data as this attempt reads it. With `attempt`, only that
+        attempt of the run (the producer that started it) may move it."""
         for _ in range(_ATTEMPTS):
             session = await self.runs.get(run_id)
             if session is None:
                 raise RunNotFound("no such run")
             if session.data.get("status") not in frm:
                 return None
+            if attempt is not None and session.data.get("attempt", 0) != attempt:
+                return None
             now = self.store.clock.now_ms()
-            data = {**session.data, **extra, "status": to, "status_at": now}
+            changes = extra(session.data) if callable(extra) else extra
+            data = {**session.data, **changes, "status": to, "status_at": now}
             try:
                 return await self.runs.update(
                     run_id,
                     data=data,
                     expected_version=session.version,
                     expires_at=expires_at,
-                    append=[event],
+                    append=[event(session.data) if callable(event) else event],
                 )
             except VersionConflict:
                 continue
@@ -310,8 +353,11 @@ class Runs:
         result: Any = None,
         error: str | None = None,
         advance: bool = True,
+        attempt: int | None = None,
     ) -> bool:
-        """The one terminal transition: True for the caller that made it."""
+        """The one terminal transition: True for the caller that made it. With `attempt`
+        (a producer's), only while that attempt is running: a producer that lost its lease
+        cannot end a run retried meanwhile."""
         now = self.store.clock.now_ms()
         body: dict[str, Any] = {"status": status}
         if error is not None:
@@ -321,10 +367,11 @@ class Runs:
         finished = await self._transition(
             run_id,
             status,
-            frm=ACTIVE,
+            frm=ACTIVE if attempt is None else frozenset({"running"}),
             extra={"finished_at": now, "result": result, "error": error},
             event=Event("end", body, final=True),
             expires_at=now + to_ms(self.settings.retention),
+            attempt=attempt,
         )
         if finished is None:
             return False
@@ -390,12 +437,41 @@ class Runs:
         if event.namespace != self.leases.name:
             return
         run_id = event.session.data.get("run_id")
-        if isinstance(run_id, str):
-            failed = await self._finish(
-                run_id, "error", error="the worker stopped renewing its lease"
+        if not isinstance(run_id, str):
+            return
+        reason = "the worker stopped renewing its lease"
+        if await self._retry(run_id, reason):
+            log.warning("run %s...: its worker vanished (lease expired); retrying", run_id[:12])
+        elif await self._finish(run_id, "error", error=reason):
+            log.warning("run %s...: its worker vanished (lease expired)", run_id[:12])
+
+    async def _retry(self, run_id: str, reason: str, attempt: int | None = None) -> bool:
+        """Back to `queued`, with a `retry` event, if the run still has a retry left: True
+        for the caller that did it (the one claiming the lapsed lease, or the producer of
+        `attempt` giving the run up). The lease goes first, so that the producer of the
+        next attempt can take it as soon as the run is queued."""
+        with contextlib.suppress(RunNotFound):
+            run = await self.runs.get(run_id)
+            if run is None or int(run.data.get("attempt", 0)) > int(run.data.get("retries", 0)):
+                return False
+            await self.leases.delete(_lease_id(run_id))
+            retried = await self._transition(
+                run_id,
+                "queued",
+                frm=frozenset({"running"}),
+                attempt=attempt,
+                extra={"worker": None},
+                event=lambda data: Event(
+                    "retry",
+                    {
+                        "attempt": int(data.get("attempt", 0)) + 1,
+                        "retries": int(data.get("retries", 0)),
+                        "error": reason,
+                    },
+                ),
             )
-            if failed:
-                log.warning("run %s...: its worker vanished (lease expired)", run_id[:12])
+            return retried is not None
+        return False
 
 
 _WATCH_PAUSE_S = 0.05  # so a producer gone quiet right after an emit hears a cancel this late
@@ -419,6 +495,10 @@ class Producer:
         self._position: Cursor | None = None
         self._emitted = 0  # the seq in the log of this producer's latest event
         self._tasks: list[asyncio.Task[None]] = []
+        #: which execution of the run this is (1, then one more per retry), once entered
+        self.attempt = 0
+        self._lost = False  # the lease lapsed under this producer: the run is not its own
+        self._name = worker  # as it signs its events: the worker, per attempt
 
     @property
     def done(self) -> bool:
@@ -430,6 +510,13 @@ class Producer:
         """True once the run was cancelled (or ended by someone else, or lost its lease):
         stop producing. Check it between chunks."""
         return self._ended.is_set()
+
+    @property
+    def lost(self) -> bool:
+        """True once this producer's lease lapsed (it was paused or cut off longer than a
+        lease): the run failed or went back to the queue for a retry, and this producer may
+        no longer emit or end it."""
+        return self._lost
 
     async def until_cancelled(self) -> None:
         """Return when `cancelled` becomes true (to race it against generating a chunk)."""
@@ -444,17 +531,26 @@ class Producer:
         except SessionExists:
             raise RunBusy("another worker holds this run") from None
         now = runs.store.clock.now_ms()
+
+        def attempt(data: dict[str, Any]) -> int:
+            return int(data.get("attempt", 0)) + 1
+
         started = await runs._transition(
             self.run_id,
             "running",
             frm=frozenset({"queued"}),
-            extra={"started_at": now, "worker": self.worker},
-            event=Event("status", {"status": "running", "worker": self.worker}),
+            extra=lambda data: {"started_at": now, "worker": self.worker, "attempt": attempt(data)},
+            event=lambda data: Event(
+                "status", {"status": "running", "worker": self.worker, "attempt": attempt(data)}
+            ),
         )
         if started is None:
             await runs.leases.delete(lease)
             current = await runs.get(self.run_id)
             raise RunFinished(self.run_id, current.status)
+        self.attempt = int(started.data["attempt"])
+        # a retry's events are signed anew: the dedup of retried appends is per signature
+        self._name = f"{self.attempt}:{self.worker}"[:128]
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._renew(lease), name="sessionary-run-lease"),
@@ -467,6 +563,8 @@ class Producer:
         `RunFinished` once the run ended (a cancel, say)."""
         if type == "end":
             raise ValidationError("'end' is the run's own last event: call complete or fail")
+        if self._lost:
+            raise RunBusy("this worker's lease on the run lapsed: it is no longer its own")
         async with self._emitting:
             self._seq += 1
             return await self._append(type, data)
@@ -475,7 +573,7 @@ class Producer:
         for attempt in range(3):
             try:
                 cursor = await self._runs.runs.append(
-                    self.run_id, type, data, producer=self.worker, seq=self._seq
+                    self.run_id, type, data, producer=self._name, seq=self._seq
                 )
                 if cursor is not None:
                     self._emitted = cursor.seq
@@ -500,7 +598,9 @@ class Producer:
     async def _end(self, status: Status, *, result: Any = None, error: str | None = None) -> bool:
         self._done = True
         await self._stop_tasks()
-        return await self._runs._finish(self.run_id, status, result=result, error=error)
+        return await self._runs._finish(
+            self.run_id, status, result=result, error=error, attempt=self.attempt
+        )
 
     async def __aexit__(
         self,
@@ -514,10 +614,14 @@ class Producer:
         if exc is None:
             await self.complete()
         elif isinstance(exc, asyncio.CancelledError):
-            # the worker's task was cancelled (its process shutting down, say): say so now
-            # rather than leave readers to the lease; if even that fails, the lease will
+            # the worker's task was cancelled (its process shutting down, say): say so now,
+            # retrying the run if it has a retry left, rather than leave readers to the
+            # lease; if even that fails, the lease will
+            self._done = True
+            reason = "the worker was stopped mid-run"
             with contextlib.suppress(StoreUnavailable):
-                await self.fail("the worker was stopped mid-run")
+                if not await self._runs._retry(self.run_id, reason, attempt=self.attempt):
+                    await self.fail(reason)
         else:
             await self.fail(f"{type(exc).__name__}: {exc}")
 
@@ -545,7 +649,7 @@ class Producer:
             await asyncio.sleep(every)
             try:
                 if await self._runs.leases.touch(lease) is None:
-                    self._ended.set()  # the lease lapsed: the run is lost to this worker
+                    self._lose()  # the lease lapsed: the run is lost to this worker
                     return
             except StoreUnavailable:
                 unless_cancelled()
@@ -564,6 +668,9 @@ class Producer:
                 async for event in self._runs.runs.follow(self.run_id, position):
                     if isinstance(event, LogEvent):
                         position = event.cursor
+                        if event.type == "retry":  # lapsed while this one was cut off
+                            self._lose()
+                            return
                         if event.final:
                             break
                         if event.cursor.seq == self._emitted:
@@ -573,6 +680,10 @@ class Producer:
             except StoreUnavailable:
                 unless_cancelled()
                 await asyncio.sleep(backoff.next())
+
+    def _lose(self) -> None:
+        self._lost = True
+        self._ended.set()
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:

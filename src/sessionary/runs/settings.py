@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -63,6 +64,13 @@ class RunsSettings(BaseModel):
     #: "package.module:function" producing each run started over HTTP in the service's own
     #: process (see sessionary.runs.worker); None: the application's workers do it
     handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    #: "queue": every run started is put on the store's `runs` work queue, where
+    #: `sessionary worker` processes (on any machine) claim and execute them, and so does
+    #: this process when `handler` is set; "none": runs are executed by `handler` in this
+    #: process, if set, else by the application (`Runs.producer`, or its Celery task)
+    dispatch: Literal["none", "queue"] = "none"
+    #: with `dispatch = "queue"` and a `handler`: how many runs this process executes at once
+    concurrency: int = Field(16, ge=1, le=10_000)
     #: the origins of browser pages (other than the service's own) allowed to call the runs
     #: API with credentials (CORS); exact origins like "https://app.example", never "*"
     cors_origins: list[str] = Field(default_factory=list)

@@ -182,8 +182,14 @@ def create_app(
         namespaces.update(declared.namespaces)
         features.runs = declared.runs
         features.analytics = declared.analytics
+        consuming = None
         if declared.runs is not None and handler is not None:
             features.worker = Worker(declared.runs, handler)
+            if settings.runs.dispatch == "queue":  # a worker like any other, in process
+                consuming = asyncio.create_task(
+                    features.worker.consume(settings.runs.concurrency),
+                    name="sessionary-runs-worker",
+                )
         await features.open_sink(settings)
         jobs = None
         if features.analytics is not None and settings.analytics.jobs:
@@ -216,6 +222,10 @@ def create_app(
         try:
             yield
         finally:
+            if consuming is not None:
+                consuming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consuming
             if features.worker is not None:
                 await features.worker.close()
             if jobs is not None:
@@ -269,7 +279,8 @@ def create_app(
             return features.runs
 
         def hand_over(run: Run) -> None:
-            if features.worker is not None:
+            # with dispatch = "queue" the run is on the queue already, for whichever worker
+            if features.worker is not None and settings.runs.dispatch == "none":
                 features.worker.submit(run)
 
         app.include_router(
