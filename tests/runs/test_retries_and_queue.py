@@ -16,6 +16,7 @@ from sessionary.errors import ValidationError
 from sessionary.logs import LogEvent
 from sessionary.queues import QueueDepth
 from sessionary.runs import Producer, RunBusy, Runs, RunsSettings
+from sessionary.runs.service import _lease_id
 from sessionary.runs.worker import Worker
 from tests.servers import eventually
 
@@ -86,6 +87,48 @@ async def test_a_dead_workers_run_is_retried_then_fails_when_out_of_retries(
     running = [e.data for e in events if e.type == "status" and e.data["status"] == "running"]
     assert [(d["worker"], d["attempt"]) for d in running] == [("w1", 1), ("w2", 2)]
     assert [e.cursor.seq for e in events] == list(range(1, 8))  # one log, no gap
+
+
+async def test_a_worker_that_died_before_starting_its_run_leaves_it_queued(
+    runs: Runs, clock: ManualClock
+) -> None:
+    """Between taking the lease and marking the run running, the worker dies: the run
+    never ran, so it is neither failed nor retried; it stays queued (a `status` event wakes
+    whoever waits on it) for the next worker."""
+    conversation = await runs.create_conversation("alice")
+    run = await runs.start(conversation.id, "alice")
+    await runs.leases.create(id=_lease_id(run.id), data={"run_id": run.id, "worker": "dead"})
+    clock.advance(LEASE)
+    await runs.reap()
+    after = await runs.get(run.id)
+    assert (after.status, after.attempt, after.error) == ("queued", 0, None)
+    assert [(e.type, e.data) for e in await events_of(runs, run.id)][-1] == (
+        "status",
+        {"status": "queued", "lease": "lapsed"},
+    )
+    async with runs.producer(run.id, worker="w2") as producer:
+        assert producer.attempt == 1
+        await producer.complete("done")
+    assert (await runs.get(run.id)).status == "completed"
+
+
+async def test_a_lost_producer_gives_the_run_back_and_never_touches_the_next_attempt(
+    runs: Runs, clock: ManualClock
+) -> None:
+    conversation = await runs.create_conversation("alice")
+    run = await runs.start(conversation.id, "alice", retries=1)
+    lost = runs.producer(run.id, worker="w1")
+    await lost.__aenter__()
+    await dies(lost)
+    clock.advance(LEASE)
+    await runs.reap()  # retried: attempt 2 may begin
+    async with runs.producer(run.id, worker="w2") as current:
+        lost._lose()
+        await lost.__aexit__(None, None, None)  # it comes back, finds it lost the run
+        assert await runs.leases.get(_lease_id(run.id)) is not None  # w2's lease untouched
+        assert (await runs.get(run.id)).status == "running"
+        await current.complete("by w2")
+    assert (await runs.get(run.id)).result == "by w2"
 
 
 async def test_a_run_without_retries_errors_as_before(runs: Runs, clock: ManualClock) -> None:

@@ -30,7 +30,7 @@ import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sessionary import ids
 from sessionary.clock import to_ms
@@ -65,6 +65,8 @@ from sessionary.runs.settings import RunsSettings
 from sessionary.store import Namespace, Store
 
 log = logging.getLogger("sessionary.runs")
+
+T = TypeVar("T")
 
 _RECENT = 20
 _ATTEMPTS = 50
@@ -440,10 +442,27 @@ class Runs:
         if not isinstance(run_id, str):
             return
         reason = "the worker stopped renewing its lease"
-        if await self._retry(run_id, reason):
+        if await self._unstarted(run_id):
+            log.warning("run %s...: its worker vanished before starting it", run_id[:12])
+        elif await self._retry(run_id, reason):
             log.warning("run %s...: its worker vanished (lease expired); retrying", run_id[:12])
         elif await self._finish(run_id, "error", error=reason):
             log.warning("run %s...: its worker vanished (lease expired)", run_id[:12])
+
+    async def _unstarted(self, run_id: str) -> bool:
+        """The run of a lapsed lease is still `queued`: its worker died between taking the
+        lease and starting it. It never ran, so it stays queued; a `status` event wakes a
+        worker waiting on it (`Worker.execute`). True if it was so."""
+        with contextlib.suppress(RunNotFound):
+            woken = await self._transition(
+                run_id,
+                "queued",
+                frm=frozenset({"queued"}),
+                extra={},
+                event=Event("status", {"status": "queued", "lease": "lapsed"}),
+            )
+            return woken is not None
+        return False
 
     async def _retry(self, run_id: str, reason: str, attempt: int | None = None) -> bool:
         """Back to `queued`, with a `retry` event, if the run still has a retry left: True
@@ -454,6 +473,10 @@ class Runs:
             run = await self.runs.get(run_id)
             if run is None or int(run.data.get("attempt", 0)) > int(run.data.get("retries", 0)):
                 return False
+            if attempt is not None and (
+                run.data.get("attempt") != attempt or run.data.get("status") != "running"
+            ):
+                return False  # not this attempt's any more: nor is the lease
             await self.leases.delete(_lease_id(run_id))
             retried = await self._transition(
                 run_id,
@@ -570,22 +593,37 @@ class Producer:
             return await self._append(type, data)
 
     async def _append(self, type: str, data: Any) -> Cursor | None:
-        for attempt in range(3):
+        async def append() -> Cursor | None:
             try:
-                cursor = await self._runs.runs.append(
+                return await self._runs.runs.append(
                     self.run_id, type, data, producer=self._name, seq=self._seq
                 )
-                if cursor is not None:
-                    self._emitted = cursor.seq
-                return cursor
             except LogClosed:
                 self._ended.set()
                 current = await self._runs.get(self.run_id)
                 raise RunFinished(self.run_id, current.status) from None
+
+        cursor = await self._through_outage(append)
+        if cursor is not None:
+            self._emitted = cursor.seq
+        return cursor
+
+    async def _through_outage(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, tried again while the store is unavailable (after 50 ms, 100 ms...,
+        up to 1 s apart), for as long as the lease outlives the outage: a lease, from the
+        first failure. Meanwhile the handler waits in its `emit` (the store is where its
+        events go), and a retried append is never stored twice (its seq). Longer than that,
+        the run is lost to this producer anyway: `StoreUnavailable`."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._runs.settings.lease_ttl.total_seconds()
+        backoff = Backoff(0.05, 1.0)
+        while True:
+            try:
+                return await call()
             except StoreUnavailable:
-                if attempt == 2:
+                if loop.time() >= give_up:
                     raise
-        raise AssertionError("unreachable")
+                await asyncio.sleep(backoff.next())
 
     async def complete(self, result: Any = None) -> bool:
         """End the run as completed; False if it had ended already (cancelled, say)."""
@@ -598,8 +636,10 @@ class Producer:
     async def _end(self, status: Status, *, result: Any = None, error: str | None = None) -> bool:
         self._done = True
         await self._stop_tasks()
-        return await self._runs._finish(
-            self.run_id, status, result=result, error=error, attempt=self.attempt
+        return await self._through_outage(
+            lambda: self._runs._finish(
+                self.run_id, status, result=result, error=error, attempt=self.attempt
+            )
         )
 
     async def __aexit__(
@@ -611,19 +651,25 @@ class Producer:
         await self._stop_tasks()
         if self._done:
             return
-        if exc is None:
+        if self._lost:  # whatever the handler did, its lease lapsed: it did not finish
+            await self._give_back("the worker lost its lease mid-run")
+        elif exc is None:
             await self.complete()
         elif isinstance(exc, asyncio.CancelledError):
-            # the worker's task was cancelled (its process shutting down, say): say so now,
-            # retrying the run if it has a retry left, rather than leave readers to the
-            # lease; if even that fails, the lease will
-            self._done = True
-            reason = "the worker was stopped mid-run"
-            with contextlib.suppress(StoreUnavailable):
-                if not await self._runs._retry(self.run_id, reason, attempt=self.attempt):
-                    await self.fail(reason)
+            # the worker's task was cancelled (its process shutting down, say): say so now
+            # rather than leave readers to the lease
+            await self._give_back("the worker was stopped mid-run")
         else:
             await self.fail(f"{type(exc).__name__}: {exc}")
+
+    async def _give_back(self, reason: str) -> None:
+        """This attempt ends unfinished: the run is retried if it has a retry left, else it
+        fails (either only while it is still this attempt's); if even that fails, the lease
+        will."""
+        self._done = True
+        with contextlib.suppress(StoreUnavailable):
+            if not await self._runs._retry(self.run_id, reason, attempt=self.attempt):
+                await self._runs._finish(self.run_id, "error", error=reason, attempt=self.attempt)
 
     async def _await_turn(self) -> None:
         """Wait until the run is its conversation's active run (or raise if it ended)."""

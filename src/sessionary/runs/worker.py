@@ -130,7 +130,9 @@ class Worker:
                 return
             # running under another producer's lease: follow until it ends or is retried
             async for event in self.runs.events(run_id, after=run.cursor):
-                if isinstance(event, LogEvent) and (event.final or event.type == "retry"):
+                if isinstance(event, LogEvent) and (
+                    event.final or event.type in ("retry", "status")
+                ):
                     break
 
     async def consume(self, concurrency: int = 1) -> None:
