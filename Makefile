@@ -21,6 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-postgres
+	scripts/ensure-rabbitmq
 	scripts/ensure-chromium
 	$(BIN)/pytest
 
@@ -32,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/ensure-redis
+	scripts/ensure-rabbitmq
 	scripts/ensure-wrk
 	$(BIN)/python benchmarks/store_ops.py
 	$(BIN)/python benchmarks/middleware.py
@@ -42,10 +44,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/edge.py
 	$(BIN)/python benchmarks/handoff.py
 	$(BIN)/python benchmarks/session_limits.py
+	$(BIN)/python benchmarks/run_dispatch.py
 
 # every benchmark at its smoke size (`--smoke`, seconds each), as CI runs them
 bench-smoke: $(STAMP)
 	scripts/ensure-redis
+	scripts/ensure-rabbitmq
 	$(BIN)/pytest benchmarks/test_smoke.py
 
 clean:

@@ -21,7 +21,8 @@ import pytest
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")  # as the tests use
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-HELPERS = {"middleware_apps.py"}  # the applications middleware.py serves: not a benchmark
+#: not benchmarks: the applications middleware.py serves, the Celery app run_dispatch.py runs
+HELPERS = {"middleware_apps.py", "run_dispatch_app.py"}
 NUMBER = r"[\d,.]+"
 
 # For each benchmark, patterns its output must match: one result row or line each.
@@ -62,6 +63,13 @@ RESULTS: dict[str, list[str]] = {
     "session_limits.py": [
         rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
         rf"redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
+    "run_dispatch.py": [
+        rf"bare Celery round trip\s*│\s*-\s*│\s*{NUMBER}\s*│\s*1.00x",
+        rf"sessionary runs through Celery\s*│\s*sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"sessionary runs through Celery\s*│\s*redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"sessionary worker\s*│\s*sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"sessionary worker\s*│\s*redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
     ],
     "analytics_stress.py": [r"20 sessions, 20 session_start, 20 session_end, 80 event rows"],
     "edge.py": [

@@ -24,6 +24,7 @@ PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 #: every package an extra brings (and the ones those bring that sessionary imports)
 EVERY_OPTIONAL = (
     "asyncpg",
+    "celery",
     "click",
     "django",
     "fastapi",
@@ -147,6 +148,13 @@ def test_the_mcp_event_store_without_mcp_names_the_extra() -> None:
     assert line == "sessionary.mcp needs the mcp package: pip install 'sessionary[mcp]'"
 
 
+def test_the_celery_task_without_celery_names_the_extra() -> None:
+    line = missing_line(["celery"], "import sessionary.runs.celery")
+    assert line == (
+        "sessionary.runs.celery needs the celery package: pip install 'sessionary[celery]'"
+    )
+
+
 def test_the_web_middleware_without_starlette_names_the_extra() -> None:
     line = missing_line(["starlette"], "import sessionary.web")
     assert line == "sessionary.web needs the starlette package: pip install 'sessionary[starlette]'"
@@ -231,7 +239,17 @@ def test_the_command_runs_with_the_server_extra(launcher: str) -> None:
 
 
 #: what the `server` extra does not bring
-BESIDE_SERVER = ("asyncpg", "django", "flask", "hiredis", "litestar", "mcp", "mcp_types", "redis")
+BESIDE_SERVER = (
+    "asyncpg",
+    "celery",
+    "django",
+    "flask",
+    "hiredis",
+    "litestar",
+    "mcp",
+    "mcp_types",
+    "redis",
+)
 
 
 def run_command(blocked: Iterable[str], *args: str) -> subprocess.CompletedProcess[str]:
