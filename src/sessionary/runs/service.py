@@ -141,6 +141,7 @@ class Runs:
         check_int("a run's retries", retries, 0, MAX_RETRIES)
         conversation = await self.conversation(conversation_id, owner)
         created: Session | None = None
+        queued_at: Cursor | None = None
         for _ in range(_ATTEMPTS):
             state = conversation.data
             active = await self._live_run(state.get("active"))
@@ -166,7 +167,7 @@ class Runs:
                         "attempt": 0,
                     },
                 )
-                await self.runs.append(created.id, "status", {"status": "queued"})
+                queued_at = await self.runs.append(created.id, "status", {"status": "queued"})
             fresh = dict(state)
             if active is None:
                 fresh["active"] = created.id
@@ -182,7 +183,7 @@ class Runs:
                 continue
             if self.settings.dispatch == "queue":
                 await self._dispatch(created.id)
-            return await self.get(created.id)
+            return Run.of(created, queued_at, None)  # as it was started: queued
         raise StoreUnavailable("the conversation kept changing; try again")
 
     async def _dispatch(self, run_id: str) -> None:
@@ -419,21 +420,19 @@ class Runs:
             return
 
     async def _remember(self, duration: int) -> None:
-        """Keep the namespace's latest durations too (best effort: only an estimate)."""
+        """Keep the namespace's latest durations too: best effort, one try (it is only an
+        estimate; a completion racing another for it skips it rather than retry, which
+        under many workers would cost every completion rounds of conflicts)."""
         stats_id = ids.derived("runs.durations")
-        for _ in range(5):
-            found = await self.stats.get(stats_id)
-            try:
-                if found is None:
-                    await self.stats.create(id=stats_id, data={"durations": [duration]})
-                else:
-                    recent = [*found.data.get("durations", []), duration][-_RECENT:]
-                    await self.stats.update(
-                        stats_id, data={"durations": recent}, expected_version=found.version
-                    )
-                return
-            except (VersionConflict, SessionExists):
-                continue
+        found = await self.stats.get(stats_id)
+        with contextlib.suppress(VersionConflict, SessionExists):
+            if found is None:
+                await self.stats.create(id=stats_id, data={"durations": [duration]})
+            else:
+                recent = [*found.data.get("durations", []), duration][-_RECENT:]
+                await self.stats.update(
+                    stats_id, data={"durations": recent}, expected_version=found.version
+                )
 
     async def _on_expired(self, event: SessionEvent) -> None:
         if event.namespace != self.leases.name:
