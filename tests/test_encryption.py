@@ -409,5 +409,5 @@ def test_the_rekey_command_reseals_reports_and_resumes(tmp_path: Path) -> None:
 
     config.write_text(f'store = "{url}"\n')
     refused = CliRunner().invoke(main, ["rekey", "--config", str(config)])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # the settings' mistake, as every operator's mistake
     assert "rekey needs encryption keys" in refused.output

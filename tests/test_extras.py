@@ -265,9 +265,9 @@ def test_the_command_needs_the_server_extra_alone() -> None:
 
 def test_a_command_on_a_redis_store_without_redis_names_the_extra() -> None:
     done = run_command(BESIDE_SERVER, "ping", "--store", "redis://127.0.0.1:6379/0")
-    assert (done.returncode, done.stdout) == (1, "")
+    assert (done.returncode, done.stdout) == (2, "")  # as every missing extra: the line alone
     assert done.stderr == (
-        "Error: a redis:// store needs the redis package: pip install 'sessionary[redis]'\n"
+        "a redis:// store needs the redis package: pip install 'sessionary[redis]'\n"
     )
 
 

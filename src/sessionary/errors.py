@@ -132,6 +132,16 @@ class StoreUnavailable(SessionaryError):
     http_status = 503
 
 
+class BadStoreURL(StoreUnavailable, ValueError):
+    """The store URL cannot work as written, and waiting will not help: a scheme no backend
+    serves, a malformed URL, an SQLite file in a directory that does not exist or written by
+    a newer sessionary, a Redis database index out of range or credentials it refuses. The
+    message names the fix. A `ValueError`, as URL parsing always raised, and a
+    `StoreUnavailable`, what a call under way hears when the server refuses the URL (a 503
+    to HTTP clients, the store's outage policy applying): `Store.verify` is what fails a
+    start on it at once."""
+
+
 class ValidationError(SessionaryError, ValueError):
     """An argument has the wrong type or value (non-JSON data, a bad counter name, ...)."""
 

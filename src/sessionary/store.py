@@ -45,6 +45,7 @@ from sessionary.contract import (
 )
 from sessionary.counters import MAX_COUNT, Counters, check_amount, check_limit
 from sessionary.errors import (
+    BadStoreURL,
     InvalidCursor,
     PayloadTooLarge,
     SessionExists,
@@ -138,8 +139,14 @@ async def connect(
     """
     sealer = Sealer(encryption_keys) if encryption_keys else None
     if url is None or isinstance(url, str):
-        url, window = _fail_fast_option(url or DEFAULT_URL)
-        backend = await open_backend(url)
+        given = url or DEFAULT_URL
+        try:
+            url, window = _fail_fast_option(given)
+            backend = await open_backend(url)
+        except BadStoreURL:
+            raise
+        except ValueError as exc:  # an option of the URL, by its parser's words
+            raise BadStoreURL(f"store {without_password(given)}: {exc}") from None
     else:
         backend, window = url, None
     window = fail_fast if fail_fast is not None else window
@@ -349,6 +356,22 @@ class Store:
             outage = self.breaker.outage
             if outage is not None and outage.down:
                 raise StoreUnavailable(f"calls to the store failed lately: {outage.error}")
+
+    async def verify(self, *, answering: bool = False) -> None:
+        """Raise `BadStoreURL` if the store answers but refuses what its URL asks (a Redis
+        database index out of range, credentials it refuses), so that a service or a command
+        fails at start, with the fix, instead of failing every call. A store that does not
+        answer passes (it may come up later: `/readyz` says when), unless `answering` (a
+        command that is done at once has nothing to wait for): then its `StoreUnavailable`.
+        One ping of the backend, past the outage guard: nothing logged, the breaker
+        untouched."""
+        try:
+            await self.backend.ping()
+        except BadStoreURL:
+            raise
+        except StoreUnavailable:
+            if answering:
+                raise
 
     async def close(self) -> None:
         await self._hub.close()

@@ -54,6 +54,7 @@ def error_line(*args: str, exit_code: int) -> str:
             "cannot import the run handler's module 'missing.module': No module named 'missing'",
         ),
         (("--handler", "os:nothing"), "'os' has no function 'nothing'"),
+        (("--handler", "os:getcwd"), "os:getcwd is not an async function"),
         (("--handler", RELEASED, "--grace", "soon"), "Invalid value for --grace: 'soon'"),
         (("--handler", RELEASED, "--concurrency", "0"), "Invalid value for '--concurrency'"),
     ],

@@ -66,7 +66,7 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     config = tmp_path / "sessionary.toml"
     config.write_text("port = 8000\n[playground]\nsession_limt = 5\n")
     result = CliRunner().invoke(main, ["serve", "--config", str(config)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the operator's mistake, as click's usage errors
     assert "playground.session_limt: unknown setting" in result.output
 
 

@@ -9,11 +9,13 @@ third party adds a scheme with an entry point in the group
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import cast
 
 from sessionary.contract import Backend
+from sessionary.errors import BadStoreURL
 from sessionary.extras import require
 
 _REDIS_SCHEMES = frozenset(
@@ -32,7 +34,7 @@ _REDIS_SCHEMES = frozenset(
 async def open_backend(url: str) -> Backend:
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ValueError(f"a store URL looks like scheme://..., not {url!r}")
+        raise BadStoreURL(f"the store URL {url!r} has no scheme: {_with_a_scheme(url)}")
     if scheme == "memory":
         from sessionary.backends.memory import MemoryBackend
 
@@ -49,6 +51,15 @@ async def open_backend(url: str) -> Backend:
     for entry in entry_points(group="sessionary.backends", name=scheme):
         factory = cast(Callable[[str], Awaitable[Backend]], entry.load())
         return await factory(url)
-    raise ValueError(
+    raise BadStoreURL(
         f"no backend for scheme {scheme!r}: use memory://, sqlite:///path or redis://host:port/db"
     )
+
+
+def _with_a_scheme(url: str) -> str:
+    """The fix of a URL written without its scheme, as the operator most likely meant it."""
+    if re.fullmatch(r"[\w.-]+:\d+(/\d+)?", url):  # host:port, as redis-cli takes it
+        return f"write redis://{url}" + ("" if "/" in url else "/0")
+    if url.endswith((".db", ".sqlite", ".sqlite3")):
+        return f"write sqlite:///{url}"
+    return "write sqlite:///path.db, redis://host:6379/0 or memory://"

@@ -24,6 +24,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -55,6 +56,7 @@ from sessionary.contract import (
     within_bytes,
 )
 from sessionary.errors import (
+    BadStoreURL,
     LogClosed,
     SessionExists,
     SessionNotFound,
@@ -470,6 +472,10 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         try:
             connection = self._open()
+        except BadStoreURL as exc:
+            self.startup_error = exc
+            self.started_ok.set()
+            return
         except (sqlite3.Error, OSError) as exc:
             self.startup_error = StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}")
             self.started_ok.set()
@@ -510,9 +516,10 @@ class _Writer(threading.Thread):
         try:
             (found,) = connection.execute("PRAGMA user_version").fetchone()
             if found > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"the file has schema version {found}; this sessionary knows up to "
-                    f"{SCHEMA_VERSION}: upgrade sessionary"
+                raise BadStoreURL(
+                    f"the SQLite store {Path(self.path).resolve()} was written by a newer "
+                    f"sessionary (schema {found}; this one knows up to {SCHEMA_VERSION}): "
+                    "upgrade sessionary, or use another file"
                 )
             for statement in _SCHEMA:
                 connection.execute(statement)
@@ -602,6 +609,7 @@ class SQLiteBackend:
     @classmethod
     async def open(cls, url: str) -> SQLiteBackend:
         path, options = parse_url(url)
+        _check_path(path)
         backend = cls(path, **options)
         await backend.start()
         return backend
@@ -1091,16 +1099,35 @@ class SQLiteBackend:
         return f"SQLiteBackend({self.path!r})"
 
 
+def _check_path(path: str) -> None:
+    """Paths SQLite cannot open ("unable to open database file"), said with their fix."""
+    if path == ":memory:":
+        return
+    where = Path(path)
+    if where.is_dir():
+        raise BadStoreURL(
+            f"the SQLite store {where.resolve()} is a directory: name a file in it, as "
+            f"sqlite:///{where / 'sessionary.db'}"
+        )
+    if not where.parent.is_dir():
+        raise BadStoreURL(
+            f"the directory {where.parent.resolve()} of the SQLite store does not exist: "
+            f"create it, or fix the store URL"
+        )
+
+
 def parse_url(url: str) -> tuple[str, dict[str, Any]]:
     """`sqlite:///rel.db?synchronous=FULL` -> ("rel.db", {"synchronous": "FULL"})."""
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc:
-        raise ValueError(
-            f"an SQLite URL is sqlite:///relative.db or sqlite:////absolute.db, not {url!r}"
+        meant = f"write sqlite:///{parts.netloc}{parts.path}, " if parts.netloc else ""
+        raise BadStoreURL(
+            f"an SQLite URL has three slashes before a relative path, four before an absolute "
+            f"one: {meant}not {url!r}"
         )
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path:
-        raise ValueError(f"the SQLite URL {url!r} names no file")
+        raise BadStoreURL(f"the SQLite URL {url!r} names no file: write sqlite:///sessionary.db")
     options: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "synchronous":

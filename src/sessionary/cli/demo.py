@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from sessionary import __version__
-from sessionary.cli import STORE_HELP
+from sessionary.cli.ops import _connect, _one_line, _settings, config_option, store_option
 from sessionary.clock import to_datetime
-from sessionary.errors import StoreUnavailable, VersionConflict
+from sessionary.errors import VersionConflict
 from sessionary.model import EVENT_KINDS, Session, SessionEvent
-from sessionary.store import DEFAULT_URL, Store, connect
+from sessionary.store import Store
+
+if TYPE_CHECKING:
+    from sessionary.web.settings import Settings
 
 
 @click.command()
-@click.option("--store", "url", default=DEFAULT_URL, show_default=True, help=STORE_HELP)
-def demo(url: str) -> None:
+@store_option
+@config_option
+def demo(store: str | None, config: str | None) -> None:
     """Walk through the session lifecycle on a store, printing each step."""
-    try:
-        asyncio.run(_demo(url, Console()))
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = _settings(config, store=store)
+    with _one_line():
+        asyncio.run(_demo(settings, Console()))
 
 
 def _short(session: Session) -> str:
     return f"{session.id[:10]}..."
 
 
-async def _demo(url: str, console: Console) -> None:
-    store = await connect(url)
+async def _demo(settings: Settings, console: Console) -> None:
+    store = await _connect(settings)
     try:
         await _walk_through(store, console)
     finally:

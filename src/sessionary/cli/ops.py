@@ -1,11 +1,19 @@
-"""Running the service and its chores: serve, reap, vacuum, migrate, rekey, ping."""
+"""Running the service and its chores: serve, reap, vacuum, migrate, rekey, ping.
+
+Every mistake an operator makes is one line on stderr naming it and its fix, never a
+traceback: bad settings, a bad store URL, a port in use exit with status 2 (as click's usage
+errors); a store that does not answer exits with 1. Reports go to stderr as well, where
+progress bars are; only what a script reads (`ping`'s "ok") goes to stdout.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,12 +30,12 @@ from rich.progress import (
 
 from sessionary.cli import STORE_HELP
 from sessionary.clock import parse_duration
-from sessionary.errors import SessionaryError, StoreUnavailable
+from sessionary.errors import BadStoreURL, StoreUnavailable
 from sessionary.extras import needs
 from sessionary.outage import OutageLog, repeat
 from sessionary.reaper import sweep
 from sessionary.sealing import RekeyReport
-from sessionary.store import DEFAULT_URL, SECRETS_NAMESPACE, Namespace, Store, connect
+from sessionary.store import SECRETS_NAMESPACE, Namespace, Store, connect, without_password
 
 log = logging.getLogger("sessionary.cli")
 
@@ -38,13 +46,40 @@ if TYPE_CHECKING:
     from sessionary.web.settings import Settings
 
 
+class OperatorError(click.ClickException):
+    """A mistake of the operator's (the settings, a store URL, a port): one line naming it
+    and its fix, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__("; ".join(line for line in message.splitlines() if line))
+
+
 def _settings(config: str | None, **flags: Any) -> Settings:
     from sessionary.web.settings import SettingsError, load_settings
 
     try:
         return load_settings(config, **flags)
     except SettingsError as exc:
-        raise click.ClickException(f"bad settings:\n{exc}") from None
+        raise OperatorError(f"bad settings: {exc}") from None
+
+
+@contextlib.contextmanager
+def _one_line(
+    mistakes: tuple[type[Exception], ...] = (), failures: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """What goes wrong in a command, in one line: a bad store URL or one of `mistakes` is
+    the operator's to fix (exit 2); the store not answering, the machine refusing, or one of
+    `failures` is the moment's (exit 1)."""
+    operators: tuple[type[Exception], ...] = (BadStoreURL, *mistakes)
+    moments: tuple[type[Exception], ...] = (StoreUnavailable, OSError, *failures)
+    try:
+        yield
+    except operators as exc:
+        raise OperatorError(str(exc)) from None
+    except moments as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 config_option = click.option(
@@ -55,9 +90,17 @@ config_option = click.option(
 store_option = click.option("--store", help=STORE_HELP)
 
 
-async def _connect(settings: Settings) -> Store:
-    """The store the settings name, with their encryption keys (if any)."""
-    return await connect(settings.store, encryption_keys=settings.encryption())
+async def _connect(settings: Settings, *, answering: bool = True) -> Store:
+    """The store the settings name, with their encryption keys (if any), once it is known
+    not to refuse its URL and (if `answering`, as a command done at once wants) to answer:
+    one line then, not the outage log's warning before it (`Store.verify`)."""
+    store = await connect(settings.store, encryption_keys=settings.encryption())
+    try:
+        await store.verify(answering=answering)
+    except BaseException:
+        await store.close()
+        raise
+    return store
 
 
 @click.command()
@@ -66,22 +109,51 @@ async def _connect(settings: Settings) -> Store:
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
 @config_option
 def serve(store: str | None, host: str | None, port: int | None, config: str | None) -> None:
-    """Run the HTTP service: admin API, playground, runs, /healthz, /readyz, /metrics, /docs."""
-    import uvicorn
-
+    """Run the HTTP service: admin API, playground, runs, /healthz, /readyz, /metrics, /docs.
+    Says on stderr, once it serves, where it stores, what it serves and where the docs are."""
     from sessionary.web.app import create_app
-    from sessionary.web.server import uvicorn_config
+    from sessionary.web.server import CannotListen
+    from sessionary.web.server import serve as run
     from sessionary.web.settings import SettingsError
 
     settings = _settings(config, store=store, host=host, port=port)
-    try:
+    # ValueError: a setting the store cannot honour (a session limit it cannot keep)
+    with _one_line(mistakes=(SettingsError, CannotListen, ValueError)):
         app = create_app(settings)
-    except SettingsError as exc:
-        raise click.ClickException(f"bad settings:\n{exc}") from None
-    server = uvicorn.Server(uvicorn_config(app, settings))
-    server.run()
-    if not server.started:  # it could not start (say, the port is taken): as uvicorn.run
-        raise SystemExit(3)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, once everything is closed
+            run(app, settings, lambda: click.echo(_serving(settings), err=True))
+
+
+def _serving(settings: Settings) -> str:
+    """What `serve` says once it serves: where it stores, what it serves, where the docs are."""
+    from sessionary.web.server import base_url
+
+    keys = len(settings.api_keys)
+    features = [f"admin API ({keys or 'no'} key{'' if keys == 1 else 's'})"]
+    for name, enabled in (
+        ("playground", settings.playground.enabled),
+        ("runs", settings.runs.enabled),
+        ("analytics", settings.analytics.enabled),
+        ("reaper", settings.reaper.enabled),
+    ):
+        if enabled:
+            features.append(name)
+    url = base_url(settings)
+    return (
+        f"sessionary: storing in {_where(settings.store)}\n"
+        f"sessionary: serving {', '.join(features)} on {url}\n"
+        f"sessionary: API docs at {url}/docs"
+    )
+
+
+def _where(store: str) -> str:
+    """The store's URL fit to print: without its password; an SQLite file's absolute path."""
+    from sessionary.backends.sqlite import parse_url
+
+    if store.startswith("sqlite:"):
+        path, _ = parse_url(store)
+        return path if path == ":memory:" else str(Path(path).resolve())
+    return without_password(store)
 
 
 @click.command()
@@ -101,12 +173,8 @@ def reap(store: str | None, config: str | None, every: str | None, analytics: bo
         interval = None if every is None else parse_duration(every)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--every") from None
-    try:
+    with _one_line(), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_reap(settings, interval, analytics, Console(stderr=True)))
-    except (StoreUnavailable, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
 
 
 async def _reap(
@@ -120,7 +188,7 @@ async def _reap(
     reaper does (backing off, saying so once per outage)."""
     from sessionary.web.app import declare
 
-    store = await _connect(settings)
+    store = await _connect(settings, answering=every is None)  # else rides out its outage
     declared = declare(settings, store)
     try:
         if analytics:
@@ -165,14 +233,13 @@ def vacuum(store: str | None, config: str | None, older_than: str) -> None:
         age = parse_duration(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    try:
+    with _one_line():
         report = asyncio.run(_vacuum(settings, age))
-    except (StoreUnavailable, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(
         f"closed {report.closed} sessions, forgot {report.states} device states, "
         f"{report.index} index entries, {report.pointers} profile pointers, "
-        f"{report.dedup} event ids"
+        f"{report.dedup} event ids",
+        err=True,  # where `reap` reports
     )
 
 
@@ -243,10 +310,8 @@ def migrate(
         from redis.exceptions import RedisError
 
     settings = _settings(config, store=store)
-    try:
+    with _one_line(failures=(RedisError,)):
         report = asyncio.run(_migrate(settings, legacy, pattern, delete_legacy))
-    except (StoreUnavailable, RedisError) as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(
         f"migrated {report.migrated}, already there {report.already_there}, "
         f"expired {report.expired}, skipped {len(report.skipped)}"
@@ -309,14 +374,12 @@ def rekey(names: tuple[str, ...], batch: int, store: str | None, config: str | N
     skips what is current). Prints the counts of each namespace."""
     settings = _settings(config, store=store)
     if not settings.encryption_keys:
-        raise click.ClickException(
+        raise OperatorError(
             "rekey needs encryption keys: set encryption_keys in the settings, or "
             "SESSIONARY_ENCRYPTION_KEYS (see docs/encryption.md)"
         )
-    try:
+    with _one_line(failures=(ValueError,)):
         reports = asyncio.run(_rekey(settings, names, batch, Console(stderr=True)))
-    except (StoreUnavailable, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
     for name, report in reports.items():
         click.echo(f"{name}: {report}")
     if any(report.unreadable for report in reports.values()):
@@ -366,19 +429,19 @@ async def _rekey_namespace(namespace: Namespace, batch: int, console: Console) -
 
 
 @click.command()
-@click.option("--store", "url", default=DEFAULT_URL, show_default=True, help=STORE_HELP)
-def ping(url: str) -> None:
-    """Check that the store answers (exit 1 if not)."""
+@store_option
+@config_option
+def ping(store: str | None, config: str | None) -> None:
+    """Check that the store answers (exit 1 if not, 2 if its URL is wrong)."""
+    settings = _settings(config, store=store)
 
     async def run() -> None:
-        store = await connect(url)
+        opened = await _connect(settings)
         try:
-            await store.ping()
+            await opened.ping()
         finally:
-            await store.close()
+            await opened.close()
 
-    try:
+    with _one_line():
         asyncio.run(run())
-    except (SessionaryError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"ok: {url}")
+    click.echo(f"ok: {without_password(settings.store)}")

@@ -13,12 +13,13 @@ from datetime import timedelta
 import click
 
 from sessionary.cli import STORE_HELP
-from sessionary.cli.ops import _settings
+from sessionary.cli.ops import OperatorError, _connect, _one_line, _settings
 from sessionary.clock import parse_duration
-from sessionary.errors import SessionaryError, StoreUnavailable
-from sessionary.runs import Runs, RunsSettings
+from sessionary.errors import SessionaryError
+from sessionary.runs import Runs
 from sessionary.runs.worker import Handler, Worker, load_handler
-from sessionary.store import Store, connect, without_password
+from sessionary.store import without_password
+from sessionary.web.settings import Settings
 
 log = logging.getLogger("sessionary.worker")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -70,48 +71,36 @@ def worker(
         raise click.BadParameter(str(exc), param_hint="--grace") from None
     path = handler or settings.runs.handler
     if path is None:
-        raise click.UsageError("name the run handler: --handler package.module:function")
+        raise OperatorError("name the run handler: --handler package.module:function")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, "")  # as `python -m` and uvicorn: the application's own modules
     try:
         function = load_handler(path)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise OperatorError(f"--handler: {exc}") from None
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
-    try:
-        asyncio.run(
-            _work(
-                settings.store,
-                settings.encryption(),
-                settings.runs,
-                function,
-                path,
-                name,
-                concurrency,
-                grace_period,
-            )
-        )
-    except (StoreUnavailable, SessionaryError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    with _one_line(failures=(SessionaryError,)):
+        asyncio.run(_work(settings, function, path, name, concurrency, grace_period))
 
 
 async def _work(
-    url: str,
-    keys: list[str],
-    settings: RunsSettings,
+    settings: Settings,
     handler: Handler,
     path: str,
     name: str | None,
     concurrency: int,
     grace: timedelta,
 ) -> None:
-    opened: Store = await connect(url, encryption_keys=keys)
+    # a store that is down may come up: the worker waits for it, as `serve` does; one that
+    # refuses its URL is a mistake to fix now
+    opened = await _connect(settings, answering=False)
+    url = settings.store
     try:
-        runs = Runs(opened, settings)
+        runs = Runs(opened, settings.runs)
         executor = Worker(runs, handler, name=name)
         click.echo(
             f"worker {executor.name}: runs of {without_password(url)}, {concurrency} at a time, "
-            f"with {path} (lease {settings.lease_ttl}); SIGTERM or Ctrl-C stops it",
+            f"with {path} (lease {settings.runs.lease_ttl}); SIGTERM or Ctrl-C stops it",
             err=True,
         )
         loop = asyncio.get_running_loop()

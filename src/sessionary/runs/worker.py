@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -65,6 +66,11 @@ def load_handler(path: str) -> Handler:
     handler = getattr(module, attribute, None)
     if not callable(handler):
         raise ValueError(f"{module_name!r} has no function {attribute!r}")
+    if not (
+        inspect.iscoroutinefunction(handler)
+        or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
+    ):
+        raise ValueError(f"{path} is not an async function: write `async def {attribute}(...)`")
     return handler  # type: ignore[no-any-return]
 
 

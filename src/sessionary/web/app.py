@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import PlainTextResponse, Response
@@ -49,7 +51,7 @@ from sessionary.runs.http import (
 from sessionary.runs.model import Run
 from sessionary.runs.worker import Worker, load_handler
 from sessionary.source import StoreSource
-from sessionary.store import Namespace, Store
+from sessionary.store import Namespace, Store, without_password
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
 from sessionary.web.settings import Settings, SettingsError
@@ -69,8 +71,16 @@ class Features:
     analytics: Sessionizer | None = None
 
     async def open_sink(self, settings: Settings) -> None:
+        """Open the analytics sink; a file or server that cannot be opened is a
+        `StoreUnavailable` naming it (its driver's own error says not which it was)."""
         if self.analytics is not None:
-            self.analytics.sink = await sink_from_url(settings.analytics.sink)
+            url = settings.analytics.sink
+            try:
+                self.analytics.sink = await sink_from_url(url)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(
+                    f"cannot open the analytics sink {without_password(url)}: {exc}"
+                ) from exc
 
     async def close_sink(self) -> None:
         if self.analytics is not None and self.analytics.sink is not None:
@@ -142,6 +152,28 @@ def runs_authenticator(
     )
 
 
+@asynccontextmanager
+async def _running(work: Coroutine[Any, Any, object], name: str) -> AsyncIterator[None]:
+    """`work` as a background task for the context's duration: cancelled and awaited at its
+    end."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def id_prefixes(settings: Settings) -> set[str]:
+    """The id prefixes of the namespaces the admin API reaches (for its document): those of
+    `[namespaces]`, the runs feature's (conversations, runs) and none (the others')."""
+    prefixes = {""} | {policy.id_prefix for policy in settings.namespaces.values()}
+    if settings.runs.enabled:
+        prefixes |= {"conv_", "run_"}
+    return prefixes
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -175,70 +207,51 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        opened = await source.get()
-        metrics.watch(opened)
-        declared = declare(settings, opened, analytics_metrics)
-        await _settle_limited(declared.namespaces.values())
-        namespaces.update(declared.namespaces)
-        features.runs = declared.runs
-        features.analytics = declared.analytics
-        consuming = None
-        if declared.runs is not None and handler is not None:
-            features.worker = Worker(declared.runs, handler)
-            if settings.runs.dispatch == "queue":  # a worker like any other, in process
-                consuming = asyncio.create_task(
-                    features.worker.consume(settings.runs.concurrency),
-                    name="sessionary-runs-worker",
+        """Each resource is a context on one stack: closed at shutdown, or as soon as a
+        later step of the startup fails, in the reverse order of opening. Opened: the store
+        (checked against its URL when opened here), the tasks sweeping it (reaper, run
+        leases), the analytics sink and the jobs draining into it, the runs worker and its
+        queue consumer; so the consumer stops first, the store closes last."""
+        async with contextlib.AsyncExitStack() as closing:
+            closing.push_async_callback(source.close)
+            opened = await source.get()
+            if store is None:
+                await opened.verify()
+            metrics.watch(opened)
+            declared = declare(settings, opened, analytics_metrics)
+            await _settle_limited(declared.namespaces.values())
+            namespaces.update(declared.namespaces)
+            features.runs = declared.runs
+            features.analytics = declared.analytics
+            if settings.reaper.enabled:
+                reaping = run_forever(
+                    namespaces.values(),
+                    declared.groups,
+                    every=settings.reaper.every,
+                    batch=settings.reaper.batch,
                 )
-        await features.open_sink(settings)
-        jobs = None
-        if features.analytics is not None and settings.analytics.jobs:
-            a = settings.analytics
-            jobs = asyncio.create_task(
-                features.analytics.run_forever(
+                await closing.enter_async_context(_running(reaping, "sessionary-reaper"))
+                if features.runs is not None:  # its lease bound: swept every lease / 4
+                    leases = features.runs.watch_leases()
+                    await closing.enter_async_context(_running(leases, "sessionary-run-leases"))
+            await features.open_sink(settings)
+            closing.push_async_callback(features.close_sink)
+            if features.analytics is not None and settings.analytics.jobs:
+                a = settings.analytics
+                jobs = features.analytics.run_forever(
                     reap_every=a.reap_every,
                     drain_every=a.drain_every,
                     vacuum_every=a.vacuum_every,
                     vacuum_age=a.vacuum_age,
-                ),
-                name="sessionary-analytics-jobs",
-            )
-        groups = declared.groups
-        reaper = leases = None
-        if settings.reaper.enabled:
-            reaper = asyncio.create_task(
-                run_forever(
-                    namespaces.values(),
-                    groups,
-                    every=settings.reaper.every,
-                    batch=settings.reaper.batch,
-                ),
-                name="sessionary-reaper",
-            )
-            if features.runs is not None:  # its lease bound: swept every lease / 4
-                leases = asyncio.create_task(
-                    features.runs.watch_leases(), name="sessionary-run-leases"
                 )
-        try:
+                await closing.enter_async_context(_running(jobs, "sessionary-analytics-jobs"))
+            if declared.runs is not None and handler is not None:
+                features.worker = Worker(declared.runs, handler)
+                closing.push_async_callback(features.worker.close)
+                if settings.runs.dispatch == "queue":  # a worker like any other, in process
+                    consuming = features.worker.consume(settings.runs.concurrency)
+                    await closing.enter_async_context(_running(consuming, "sessionary-runs-worker"))
             yield
-        finally:
-            if consuming is not None:
-                consuming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consuming
-            if features.worker is not None:
-                await features.worker.close()
-            if jobs is not None:
-                jobs.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await jobs
-            await features.close_sink()
-            for task in (reaper, leases):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            await source.close()
 
     app = FastAPI(
         title="sessionary",

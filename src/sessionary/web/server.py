@@ -16,11 +16,17 @@ wait (see `sessionary.http.sse` for what the process itself holds).
 Each request's scope offers `sessionary.http.sse.ABORT_EXTENSION`: an event stream whose
 reader stalled past its send timeout drops the connection through it, at once and without an
 error in uvicorn's log (it takes the client as gone).
+
+`serve` binds the port first and runs the application's lifespan itself, around uvicorn: a
+port in use, or a startup that fails (a bad store URL, a sink that does not open), is an
+exception its caller says in one line, before anything says the service started, rather
+than uvicorn's traceback and exit status 3.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import weakref
 from collections.abc import Callable
@@ -165,3 +171,71 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         **overrides,
     }
     return uvicorn.Config(app, **options)
+
+
+class CannotListen(OSError):
+    """The address `serve` was asked to listen on cannot be bound; the message names the fix."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` and listening (so a client connecting meanwhile waits
+    in the backlog), as uvicorn would make it; else `CannotListen`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(_why_not(exc, host, port)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _why_not(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} is in use on {host}: stop what listens there, or serve on another "
+            "port with --port (or SESSIONARY_PORT)"
+        )
+    if error.errno == errno.EACCES:
+        return (
+            f"port {port} needs privileges this process does not have: serve on a port above "
+            "1023 with --port (or SESSIONARY_PORT)"
+        )
+    return (
+        f"cannot listen on {host} port {port} ({error.strerror or error}): set --host to an "
+        "address of this machine (127.0.0.1 for it alone, 0.0.0.0 for every interface)"
+    )
+
+
+def base_url(settings: Settings) -> str:
+    """Where the service answers, as a browser writes it."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def serve(app: FastAPI, settings: Settings, started: Callable[[], None]) -> None:
+    """Serve `app` as `sessionary serve` does, until SIGTERM or Ctrl-C: bind the port
+    (`CannotListen`), run the app's startup (whatever it raises propagates, and nothing has
+    been said yet), call `started`, serve, then run the app's shutdown, on uvicorn's event
+    loop (uvloop where installed). uvicorn's signal handling covers the app's startup and
+    shutdown too: a signal while the store closes waits for it (and is raised again once
+    everything is closed, as uvicorn does: Ctrl-C is a KeyboardInterrupt then)."""
+    sock = listening_socket(settings.host, settings.port)
+    server = uvicorn.Server(uvicorn_config(app, settings, lifespan="off"))
+    with (
+        sock,
+        server.capture_signals(),
+        asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner,
+    ):
+        runner.run(_serving(app, server, sock, started))
+
+
+async def _serving(
+    app: FastAPI, server: uvicorn.Server, sock: socket.socket, started: Callable[[], None]
+) -> None:
+    async with app.router.lifespan_context(app):
+        started()
+        await server.serve(sockets=[sock])

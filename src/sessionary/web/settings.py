@@ -21,18 +21,24 @@
     key = "a-long-random-project-key"
 
 Nested keys come from the environment with a double underscore:
-`SESSIONARY_PLAYGROUND__SESSION_LIMIT=20`; lists as JSON: `SESSIONARY_API_KEYS='["k"]'`, but
-`SESSIONARY_ENCRYPTION_KEYS` is comma-separated: `k2:base64,k1:base64`.
-An unknown key anywhere, or a bad value, is an error naming the key and what was expected.
+`SESSIONARY_PLAYGROUND__SESSION_LIMIT=20`; lists and tables as JSON, but the keys are
+comma-separated too: `SESSIONARY_API_KEYS=key-one,key-two` (or `'["key-one"]'`) and
+`SESSIONARY_ENCRYPTION_KEYS=k2:base64,k1:base64`.
+An unknown key anywhere, or a bad value, is an error naming the key and what was expected; a
+TOML syntax error names the file, line and column. A secret (a key) is never echoed in an
+error: a wrong one is described by its length.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     Field,
@@ -41,6 +47,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -48,13 +55,14 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from sessionary.analytics.settings import AnalyticsSettings
 from sessionary.http.settings import STRICT, Duration
 from sessionary.playground.settings import PlaygroundSettings
 from sessionary.runs.settings import RunsSettings
 from sessionary.sealing import parse_keys
-from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL
+from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL, without_password
 
 ENV_PREFIX = "SESSIONARY_"
 
@@ -124,7 +132,7 @@ class Settings(BaseSettings):
     store: str = DEFAULT_URL
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_keys: list[ApiKey] = Field(default_factory=list)
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
     namespaces: dict[str, NamespaceSettings] = Field(
         default_factory=lambda: {"web": NamespaceSettings()}
     )
@@ -150,9 +158,9 @@ class Settings(BaseSettings):
     @field_validator("encryption_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
-        """`SESSIONARY_ENCRYPTION_KEYS=k2:...,k1:...`: a comma-separated list."""
+        """`SESSIONARY_ENCRYPTION_KEYS=k2:...,k1:...`: a comma-separated list (or JSON)."""
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            return _json_or_comma_separated(value)
         return value
 
     @field_validator("encryption_keys")
@@ -169,6 +177,11 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_may_be_plain_strings(cls, value: Any) -> Any:
+        """A key alone stands for a key allowed everywhere; from the environment, the list is
+        JSON (`'["k1", {"key": "k2", "namespaces": ["web"]}]'`) or, as an operator first
+        writes it, comma-separated (`k1,k2`)."""
+        if isinstance(value, str):
+            value = _json_or_comma_separated(value)
         if isinstance(value, list):
             return [{"key": item} if isinstance(item, str) else item for item in value]
         return value
@@ -186,6 +199,16 @@ class Settings(BaseSettings):
         if cls.toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
         return tuple(sources)
+
+
+def _json_or_comma_separated(text: str) -> Any:
+    """A list from the environment: JSON when it looks like JSON, else comma-separated."""
+    if text.lstrip().startswith("["):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ValueError("starts like a JSON list but is not valid JSON") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def load_settings(config: str | Path | None = None, **flags: Any) -> Settings:
@@ -207,17 +230,70 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> Settings:
         loaded: Settings = reading(**given)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config {path}: {_toml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--config {path}: cannot read it as UTF-8 TOML: {exc}") from None
+    except SourceError as exc:  # an environment variable that is not the JSON it must be
+        raise SettingsError(_describe_source(exc)) from None
     return loaded
+
+
+def _toml_problem(error: tomllib.TOMLDecodeError) -> str:
+    """The position first, as an editor wants it ("line 2, column 11: Illegal character");
+    Python 3.11's error carries it only in its text."""
+    text = str(error)
+    found = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", text, re.DOTALL)
+    if found is None:
+        return f"{text} (not valid TOML)"
+    what, line, column = found.groups()
+    return f"line {line}, column {column}: {what} (not valid TOML)"
+
+
+def _describe_source(error: SourceError) -> str:
+    found = re.search(r'field "([^"]+)"', str(error))
+    if found is None:
+        return str(error)
+    variable = ENV_PREFIX + found.group(1).upper()
+    return f"{variable}: not valid JSON (a table or a list from the environment is JSON)"
+
+
+#: the settings whose values are secrets (at any depth): never echoed in an error
+_SECRETS = frozenset({"key", "api_keys", "encryption_keys", "ip_hash_secret"})
 
 
 def _describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"])
+        found = problem.get("input")
         if problem["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting")
-        elif key.startswith("encryption_keys"):  # never echo a key
-            lines.append(f"{key}: {problem['msg']}")
+        elif _SECRETS.intersection(str(part) for part in problem["loc"]):
+            lines.append(f"{key}: {_secret_problem(problem)}")
+        elif isinstance(found, str):
+            lines.append(f"{key}: {problem['msg']} (got {_fit_to_show(found)})")
+        elif isinstance(found, dict | list):  # may hold a key
+            lines.append(f"{key}: {problem['msg']} (got a {type(found).__name__})")
         else:
-            lines.append(f"{key}: {problem['msg']} (got {problem.get('input')!r})")
+            lines.append(f"{key}: {problem['msg']} (got {found!r})")
     return "\n".join(lines)
+
+
+def _fit_to_show(text: str) -> str:
+    """`text` quoted, a URL's password out of it (out of logs and terminals)."""
+    try:
+        return repr(without_password(text))
+    except ValueError:  # not even a URL's shape: it may still hold one's password
+        return f"a text of {len(text)} characters"
+
+
+def _secret_problem(problem: ErrorDetails) -> str:
+    """What is wrong with a secret, by its length, never its text."""
+    found, shortest = problem.get("input"), problem.get("ctx", {}).get("min_length")
+    if problem["type"] == "too_short" and isinstance(found, str):
+        return (
+            f"this key has {len(found)} characters, a key needs at least {shortest}: make one "
+            "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    return problem["msg"]

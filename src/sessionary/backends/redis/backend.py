@@ -59,11 +59,12 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
+    AuthenticationError,
     RedisClusterException,
     ResponseError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
@@ -92,6 +93,7 @@ from sessionary.contract import (
     WorkItem,
 )
 from sessionary.errors import (
+    BadStoreURL,
     LogClosed,
     SessionExists,
     SessionNotFound,
@@ -230,6 +232,16 @@ def _unavailable(where: str, exc: Exception) -> StoreUnavailable | None:
     # some errors carry no text (redis-py's MaxConnectionsError, a full connection pool)
     text = str(exc) or type(exc).__name__
     reply = f"{code} {text}" if code and not text.startswith(code) else text
+    if isinstance(exc, AuthenticationError):
+        return BadStoreURL(
+            f"Redis at {where} refuses the store URL's credentials ({reply}): fix the user "
+            "and password in the URL (redis://user:password@host:port/db)"
+        )
+    if isinstance(exc, ResponseError) and "DB index is out of range" in text:
+        return BadStoreURL(
+            f"Redis at {where} has no such database ({reply}): use an index below its "
+            f"'databases' setting (16 by default), as in redis://{where}/0"
+        )
     return StoreUnavailable(f"Redis at {where} is unavailable: {reply}")
 
 
