@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from sessionary.errors import TooManySessions
 
@@ -47,9 +47,12 @@ __all__ = [
     "KEEP",
     "MAX_RATE_PRODUCT",
     "Backend",
+    "CheckPage",
     "CounterAlgorithm",
     "CounterCharge",
     "CounterState",
+    "Finding",
+    "IndexCheck",
     "Keep",
     "Lifetime",
     "LifetimeChange",
@@ -671,3 +674,61 @@ def plan_append(
         closed = closed or item.final
         seqs.append(last)
     return LogPlan(seqs, entries, last, closed, producers)
+
+
+# -- reconciliation: `sessionary check` ---------------------------------------------------------
+
+#: what a check finds (`Finding.kind`): stable codes, for scripts reading `sessionary check --json`
+SUBJECT_INDEX_ORPHAN: Final = "subject_index_orphan"  # names no stored session of that subject
+SUBJECT_INDEX_MISSING: Final = "subject_index_missing"  # a session its subject's index misses
+EXPIRY_INDEX_ORPHAN: Final = "expiry_index_orphan"  # names no stored session
+EXPIRY_INDEX_MISSING: Final = "expiry_index_missing"  # a session not indexed at its expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One inconsistency a check found: `kind` a stable code (the constants above, or a
+    feature's own), `namespace` where (a namespace, or a feature's place such as an analytics
+    project), `id` the session or entry concerned (None: the finding is about a whole place),
+    `detail` what is wrong in words, `repaired` whether this check fixed it."""
+
+    kind: str
+    namespace: str
+    id: str | None
+    detail: str
+    repaired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPage:
+    """What one step of `IndexCheck.check_indexes` found and examined (index entries and
+    records), and the cursor to pass next (None: the namespace is done)."""
+
+    findings: list[Finding]
+    cursor: str | None
+    examined: int
+
+
+@runtime_checkable
+class IndexCheck(Protocol):
+    """A backend that can reconcile its indexes with its records (`sessionary check`). Apart
+    from `Backend` so that a third party's backend without it still is one: the store says
+    it cannot check that backend rather than refusing it.
+
+    What a backend keeps beside its records (the subject index that `list_subject` and
+    `revoke_subject` read, the expiry index that `due` reads) must name exactly the stored
+    sessions: an entry naming no stored session (of that subject) is an orphan, a session its
+    index does not name (at its `expires_at`, for the expiry index) is missing. A session
+    missing from the expiry index is never reaped; one missing from its subject's index
+    survives "log out everywhere"."""
+
+    async def check_indexes(
+        self, ns: str, now: int, cursor: str | None, batch: int, *, repair: bool
+    ) -> CheckPage:
+        """Examine about `batch` index entries or records (pass the cursor returned, None to
+        start, until it comes back None) and report what is inconsistent. Each finding is
+        decided in one atomic step with its repair (with `repair`): an orphan entry is dropped,
+        a missing entry is added from the record; nothing else is ever changed, and what
+        changed meanwhile (a session deleted between the scan and the decision) is not a
+        finding. Safe while the namespace is in use."""
+        ...

@@ -293,6 +293,11 @@ class SessionizeBackend(Protocol):
 
     async def open_sessions(self, project: str) -> int: ...
 
+    async def idle_sessions(self, project: str, cutoff: int) -> int:
+        """How many open sessions' last event is before `cutoff`: with the wall-clock
+        backstop as cutoff, the sessions a reaper owes a close (`sessionary check`)."""
+        ...
+
     async def watermark(self, project: str) -> int | None:
         """The newest event time the project has seen, if any."""
         ...

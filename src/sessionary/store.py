@@ -34,6 +34,8 @@ from sessionary.contract import (
     NO_LIMITS,
     Backend,
     CounterState,
+    Finding,
+    IndexCheck,
     Keep,
     Lifetime,
     LifetimeChange,
@@ -993,6 +995,63 @@ class Namespace:
     async def count(self) -> int:
         """How many live sessions the namespace holds."""
         return await self._backend.count(self.name, self._clock.now_ms())
+
+    async def check(
+        self,
+        *,
+        repair: bool = False,
+        batch: int = 500,
+        limit: int = 10_000,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Finding]:
+        """Reconcile the backend's indexes of this namespace with its records (`sessionary
+        check`; see `sessionary.contract.IndexCheck` for what is found and how it is
+        repaired): with `repair`, what can be repaired safely is, in the step that finds it.
+        Walks the namespace `batch` entries at a time, calling `progress(examined, found)`
+        after each step, and stops once `limit` findings are in (rerun for the rest).
+        Safe while the namespace is in use; emits no event. `TypeError` if the backend
+        cannot check its indexes (a third party's without `IndexCheck`)."""
+        check_int("batch", batch, 1)
+        check_int("limit", limit, 1)
+        backend = self._backend
+        if not isinstance(backend, IndexCheck):
+            raise TypeError(f"{backend!r} cannot check its indexes (no IndexCheck)")
+        findings: list[Finding] = []
+        examined = 0
+        cursor: str | None = None
+        while len(findings) < limit:
+            now = self._clock.now_ms()
+            page = await backend.check_indexes(self.name, now, cursor, batch, repair=repair)
+            findings.extend(page.findings)
+            examined += page.examined
+            if progress is not None:
+                progress(examined, len(findings))
+            if (cursor := page.cursor) is None:
+                break
+        return findings
+
+    async def walk(self, batch: int = 100) -> AsyncIterator[list[Session]]:
+        """The live sessions of the namespace, a page of about `batch` at a time, through the
+        backend's scan: for maintenance and checks that must look at every session (a
+        feature's `check`), never for a request. A session changed meanwhile comes as it is
+        when its page is read; one that is unreadable (sealed under a key this store lacks)
+        is left out (`Store.unreadable` counts it)."""
+        check_int("batch", batch, 1)
+        cursor: str | None = None
+        while True:
+            found, cursor = await self._backend.scan(self.name, cursor, batch)
+            read = await asyncio.gather(*(self._readable(session_id) for session_id in found))
+            if page := [session for session in read if session is not None]:
+                yield page
+            if cursor is None:
+                return
+
+    async def _readable(self, session_id: str) -> Session | None:
+        """The live session, or None when it is gone or cannot be opened (reported)."""
+        try:
+            return await self.get(session_id)
+        except SessionUnreadable:
+            return None
 
     async def rekey(
         self, *, batch: int = 100, progress: Callable[[RekeyReport], None] | None = None

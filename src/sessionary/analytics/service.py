@@ -28,6 +28,7 @@ from sessionary.analytics.events import TrackEvent
 from sessionary.analytics.metrics import AnalyticsMetrics
 from sessionary.analytics.sink import Sink
 from sessionary.clock import to_ms
+from sessionary.contract import Finding
 from sessionary.errors import ValidationError
 from sessionary.outage import OutageLog, repeat
 from sessionary.sessionize import Hit, IngestOutcome, Rules, VacuumReport
@@ -37,6 +38,11 @@ log = logging.getLogger("sessionary.analytics")
 
 MAX_SKEW_MS = 60_000  # a timestamp further in the future than this is the receive time
 MAX_BATCH = 1000
+#: what `Sessionizer.check` finds (`Finding.kind`)
+OPEN_PAST_TIMEOUT = "analytics_open_past_timeout"
+OUTBOX_BACKLOG = "analytics_outbox_backlog"
+#: how many outbox entries `check` counts at most (it reads them to count them)
+_BACKLOG_COUNT = 1000
 _PROJECT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -197,6 +203,60 @@ class Sessionizer:
                 drained += len(entries)
                 self.metrics.found.labels("drainer", "entries").inc(len(entries))
         return drained
+
+    async def check(
+        self, *, repair: bool = False, backlog_age: timedelta = timedelta(minutes=5)
+    ) -> list[Finding]:
+        """What the jobs owe, per project (`sessionary check`): sessions open past their
+        timeout + reap lag (the wall-clock backstop: a reaper closes them, so some found here
+        mean none runs), and an outbox whose oldest entry was written more than `backlog_age`
+        ago (a drainer that does not run, or a sink that refuses). With `repair`, what the
+        jobs do: close those sessions (emitting their session_end), and drain the outbox to
+        the sink if this Sessionizer has one.
+
+        An outbox entry's age is that of its hits' receipt; an entry the reaper wrote (it
+        holds closes only) tells no age, and is counted without one. Sink rows missing for
+        acknowledged entries cannot be told: an entry is gone once acknowledged, and the
+        sink stores what it was given without a record of what it was sent."""
+        now = self.store.clock.now_ms()
+        findings: list[Finding] = []
+        for project in await self.projects():
+            rules = self.rules(project)
+            place = f"analytics:{project}"
+            cutoff = now - rules.timeout_ms - rules.reap_lag_ms
+            overdue = await self.backend.idle_sessions(project, cutoff)
+            if overdue:
+                if repair:  # as the reaper: until nothing idle is left to close
+                    while await self.backend.close_idle(project, rules, now, _BACKLOG_COUNT):
+                        pass
+                repaired = repair and await self.backend.idle_sessions(project, cutoff) == 0
+                findings.append(
+                    Finding(
+                        OPEN_PAST_TIMEOUT,
+                        place,
+                        None,
+                        f"{overdue} sessions open past timeout + reap lag",
+                        repaired,
+                    )
+                )
+            entries = await self.backend.outbox(project, _BACKLOG_COUNT)
+            received = [hit.received_at for hit in entries[0].hits] if entries else []
+            if received and now - max(received) > to_ms(backlog_age):
+                count = f"{len(entries)}+" if len(entries) == _BACKLOG_COUNT else len(entries)
+                age = (now - max(received)) // 1000
+                drained = repair and self.sink is not None
+                if drained:
+                    await self.drain()
+                findings.append(
+                    Finding(
+                        OUTBOX_BACKLOG,
+                        place,
+                        entries[0].id,
+                        f"{count} outbox entries undrained, the oldest written {age} s ago",
+                        drained and not await self.backend.outbox(project, 1),
+                    )
+                )
+        return findings
 
     async def run_forever(
         self,

@@ -20,12 +20,17 @@ from dataclasses import dataclass, field
 
 from sessionary.backends.signals import LogSignals, QueueKey
 from sessionary.contract import (
+    EXPIRY_INDEX_MISSING,
     KEEP,
     NO_LIMITS,
+    SUBJECT_INDEX_MISSING,
+    SUBJECT_INDEX_ORPHAN,
     WAIT_MAX_BYTES,
     WAIT_MAX_ENTRIES,
+    CheckPage,
     CounterCharge,
     CounterState,
+    Finding,
     Lifetime,
     LifetimeChange,
     LogEntry,
@@ -551,6 +556,63 @@ class MemoryBackend:
         found = sorted(i for i in self._space(ns).sessions if i > after)[:limit]
         return found, found[-1] if len(found) == limit else None
 
+    async def check_indexes(
+        self, ns: str, now: int, cursor: str | None, batch: int, *, repair: bool
+    ) -> CheckPage:
+        """The whole namespace in one step (it is all in this process's memory, and the step
+        never awaits, so it is atomic). The expiry heap holds stale entries by design (see
+        the module docstring): an entry naming a gone session is no orphan here, and only a
+        session without an entry at its `expires_at` is a finding."""
+        space = self._space(ns)
+        findings: list[Finding] = []
+        for subject, named in list(space.subjects.items()):
+            for session_id in sorted(named):
+                record = space.sessions.get(session_id)
+                if record is not None and record.subject == subject:
+                    continue
+                findings.append(
+                    Finding(
+                        SUBJECT_INDEX_ORPHAN,
+                        ns,
+                        session_id,
+                        "the subject index names no stored session of its subject",
+                        repair,
+                    )
+                )
+                if repair:
+                    named.discard(session_id)
+            if not named:
+                del space.subjects[subject]
+        scheduled = set(space.heap)
+        for record in list(space.sessions.values()):
+            owner = record.subject
+            if owner is not None and record.id not in space.subjects.get(owner, ()):
+                findings.append(
+                    Finding(
+                        SUBJECT_INDEX_MISSING,
+                        ns,
+                        record.id,
+                        "a session its subject's index does not name",
+                        repair,
+                    )
+                )
+                if repair:
+                    space.subjects.setdefault(owner, set()).add(record.id)
+            if (record.expires_at, record.id) not in scheduled:
+                findings.append(
+                    Finding(
+                        EXPIRY_INDEX_MISSING,
+                        ns,
+                        record.id,
+                        f"not in the expiry index at its expires_at {record.expires_at}",
+                        repair,
+                    )
+                )
+                if repair:
+                    space.schedule(record)
+        examined = len(space.sessions) + sum(len(named) for named in space.subjects.values())
+        return CheckPage(findings, None, examined)
+
     async def append(
         self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits
     ) -> list[int | None]:
@@ -737,6 +799,16 @@ class MemoryBackend:
         if state is None:
             return 0
         return sum(1 for s in state.devices.values() if s is not None and s.session is not None)
+
+    async def idle_sessions(self, project: str, cutoff: int) -> int:
+        state = self._projects.get(project)
+        if state is None:
+            return 0
+        return sum(
+            1
+            for s in state.devices.values()
+            if s is not None and s.session is not None and s.session.last < cutoff
+        )
 
     async def watermark(self, project: str) -> int | None:
         state = self._projects.get(project)

@@ -38,6 +38,7 @@ from sessionary.contract import (
     NO_LIMITS,
     WAIT_MAX_BYTES,
     WAIT_MAX_ENTRIES,
+    CheckPage,
     CounterCharge,
     CounterState,
     Lifetime,
@@ -863,6 +864,15 @@ class SQLiteBackend:
         found = await self._submit(run, writes=False)
         return found, found[-1] if len(found) == limit else None
 
+    async def check_indexes(
+        self, ns: str, now: int, cursor: str | None, batch: int, *, repair: bool
+    ) -> CheckPage:
+        """Nothing to reconcile: the subject and expiry "indexes" here are SQL indexes of the
+        `sessions` table, which SQLite writes in the same statement as the row, so they can
+        never disagree with it (short of a corrupt file, which `PRAGMA integrity_check`
+        reports). Examines nothing."""
+        return CheckPage([], None, 0)
+
     async def append(
         self, ns: str, session_id: str, now: int, items: Sequence[LogItem], limits: LogLimits
     ) -> list[int | None]:
@@ -1076,6 +1086,11 @@ class SQLiteBackend:
 
     async def open_sessions(self, project: str) -> int:
         return await self._submit(lambda db: analytics.open_sessions(db, project), writes=False)
+
+    async def idle_sessions(self, project: str, cutoff: int) -> int:
+        return await self._submit(
+            lambda db: analytics.idle_sessions(db, project, cutoff), writes=False
+        )
 
     async def watermark(self, project: str) -> int | None:
         return await self._submit(lambda db: analytics.watermark(db, project), writes=False)

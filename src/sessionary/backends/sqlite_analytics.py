@@ -135,6 +135,7 @@ _OUTBOX = "SELECT id, entry FROM sz_outbox WHERE project = ? ORDER BY id LIMIT ?
 _ACK = "DELETE FROM sz_outbox WHERE project = ? AND id = ?"
 _PROJECTS = "SELECT project FROM sz_meta ORDER BY project"
 _OPEN = "SELECT count(*) FROM sz_devices WHERE project = ? AND last IS NOT NULL"
+_IDLE_COUNT = "SELECT count(*) FROM sz_devices WHERE project = ? AND last < ?"
 
 
 # -- the steps ------------------------------------------------------------------------------
@@ -219,6 +220,10 @@ def projects(db: sqlite3.Connection) -> list[str]:
 
 def open_sessions(db: sqlite3.Connection, project: str) -> int:
     return int(db.execute(_OPEN, (project,)).fetchone()[0])
+
+
+def idle_sessions(db: sqlite3.Connection, project: str, cutoff: int) -> int:
+    return int(db.execute(_IDLE_COUNT, (project, cutoff)).fetchone()[0])
 
 
 def watermark(db: sqlite3.Connection, project: str) -> int | None:

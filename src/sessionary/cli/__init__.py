@@ -1,5 +1,5 @@
-"""The `sessionary` command: `serve`, `worker`, `reap`, `vacuum`, `migrate`, `rekey`, `ping`,
-`demo`.
+"""The `sessionary` command: `serve`, `worker`, `reap`, `vacuum`, `migrate`, `rekey`, `check`,
+`ping`, `demo`.
 
 It needs the `server` extra; `sessionary.__main__` (the console script) turns its absence into
 one line instead of this module's import error.
@@ -28,7 +28,7 @@ def main() -> None:
 
 def _register() -> None:
     with needs("server", _WHAT):
-        from sessionary.cli import demo, ops, worker
+        from sessionary.cli import check, demo, ops, worker
 
     for command in (
         ops.serve,
@@ -37,6 +37,7 @@ def _register() -> None:
         ops.vacuum,
         ops.migrate,
         ops.rekey,
+        check.check,
         ops.ping,
         demo.demo,
     ):

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from sessionary import ids
 from sessionary.clock import to_ms
 from sessionary.codec import check_int
+from sessionary.contract import Finding
 from sessionary.errors import (
     LogClosed,
     SessionExists,
@@ -74,6 +75,8 @@ _ATTEMPTS = 50
 MAX_RETRIES = 100
 #: the work queue of runs for `Worker.consume` (`sessionary worker`)
 QUEUE = "runs"
+#: what `Runs.check` finds (`Finding.kind`)
+RUNS_LEASE_LAPSED = "runs_lease_lapsed"
 
 
 class Runs:
@@ -297,6 +300,45 @@ class Runs:
         for namespace in self.namespaces:
             claimed += len(await namespace.reap(limit))
         return claimed
+
+    async def check(self, *, repair: bool = False, batch: int = 100) -> list[Finding]:
+        """Runs `running` whose worker's lease is gone or lapsed (`sessionary check`): the
+        sweep fails or retries such a run once it claims the lapsed lease, so one found here
+        means no sweep runs (`watch_leases`, `sessionary reap`), or its lease was lost, in
+        which case nothing ever ends the run but its `run_max_age`.
+
+        Walks the runs (`Namespace.walk`); a run is reported only when it is still running at
+        the version first read after its lease was found missing, so a run ending or retried
+        meanwhile is no finding. With `repair`, what the sweep does for a lapsed lease, as
+        that attempt (a worker that took the run up again since is never disturbed): back to
+        `queued` with a `retry` event if it has retries left, else ended with an `error`."""
+        findings: list[Finding] = []
+        async for page in self.runs.walk(batch):
+            for run in page:
+                if run.data.get("status") != "running":
+                    continue
+                if await self.leases.get(_lease_id(run.id)) is not None:
+                    continue
+                again = await self.runs.get(run.id)
+                if again is None or again.version != run.version:
+                    continue  # it moved on since it was read
+                repaired = False
+                if repair:
+                    attempt = int(run.data.get("attempt", 0))
+                    reason = "the worker's lease was gone (sessionary check)"
+                    repaired = await self._retry(run.id, reason, attempt) or await self._finish(
+                        run.id, "error", error=reason, attempt=attempt
+                    )
+                findings.append(
+                    Finding(
+                        RUNS_LEASE_LAPSED,
+                        self.runs.name,
+                        run.id,
+                        "running, but its worker's lease is gone or lapsed",
+                        repaired,
+                    )
+                )
+        return findings
 
     # -- inside ------------------------------------------------------------------------------
 

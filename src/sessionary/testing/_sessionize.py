@@ -394,6 +394,20 @@ class SessionizeConformance:
         assert (await a.reap()).outcome == int(closes)
 
     @pytest.mark.asyncio
+    async def test_idle_sessions_counts_open_sessions_last_seen_before_the_cutoff(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        """What `sessionary check` reports as owed a close: open sessions only, and a
+        session whose last event is at the cutoff is not before it."""
+        a = self.analytics(store, clock)
+        await a.ingest(a.hit("d1", 0), a.hit("d2", 10))
+        counts = [await a.sz.idle_sessions(a.project, a.t0 + at) for at in (0, 1, 10, 11)]
+        assert counts == [0, 1, 1, 2]
+        clock.advance(T + a.rules.reap_lag_ms + 11)
+        assert (await a.reap()).outcome == 2
+        assert await a.sz.idle_sessions(a.project, clock.now_ms()) == 0
+
+    @pytest.mark.asyncio
     async def test_a_session_extended_after_the_close_was_due_stays_open(
         self, store: Store, clock: ManualClock
     ) -> None:

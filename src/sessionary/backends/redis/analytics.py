@@ -269,6 +269,10 @@ class RedisAnalytics:
     async def open_sessions(self, project: str) -> int:
         return int(await self.calls.call("ZCARD", self.keys(project)[1]))
 
+    async def idle_sessions(self, project: str, cutoff: int) -> int:
+        """From the idle index (device -> last event of its open session)."""
+        return int(await self.calls.call("ZCOUNT", self.keys(project)[1], "-inf", f"({cutoff}"))
+
     async def watermark(self, project: str) -> int | None:
         found = await self.calls.call("GET", self.keys(project)[6])
         return None if found is None else int(found)

@@ -71,6 +71,7 @@ from redis.exceptions import (
 )
 
 from sessionary import ids
+from sessionary.backends.redis import check
 from sessionary.backends.redis.analytics import RedisAnalytics
 from sessionary.backends.redis.scripts import Batcher, Client, Replication, Script, Scripts
 from sessionary.backends.redis.sentinel import sentinel_client
@@ -78,6 +79,7 @@ from sessionary.backends.redis.waits import StreamWaits, seq_of
 from sessionary.contract import (
     KEEP,
     NO_LIMITS,
+    CheckPage,
     CounterAlgorithm,
     CounterCharge,
     CounterState,
@@ -169,6 +171,7 @@ _NAMESPACED = frozenset(
         "claim",
         "count",
         "scan",
+        "check_indexes",
         "append",
         "read_log",
         "wait_log",
@@ -928,6 +931,13 @@ class RedisBackend:
                 shard += 1
         return found, None if shard >= ids.SHARDS else f"{shard}:{position}"
 
+    @_translate_errors
+    async def check_indexes(
+        self, ns: str, now: int, cursor: str | None, batch: int, *, repair: bool
+    ) -> CheckPage:
+        """Expiry indexes, then subject indexes, then session keys: see check.py."""
+        return await check.check_indexes(self, ns, now, cursor, batch, repair=repair)
+
     # -- event logs: a stream beside each session, in its hash tag ------------------------
 
     @_translate_errors
@@ -1145,6 +1155,10 @@ class RedisBackend:
     @_translate_errors
     async def open_sessions(self, project: str) -> int:
         return await self.analytics.open_sessions(project)
+
+    @_translate_errors
+    async def idle_sessions(self, project: str, cutoff: int) -> int:
+        return await self.analytics.idle_sessions(project, cutoff)
 
     @_translate_errors
     async def watermark(self, project: str) -> int | None:
