@@ -42,6 +42,15 @@ INT64_MAX = 2**63 - 1
 MAX_SAFE_INT = 2**53 - 1
 
 
+def integral(value: object) -> object:
+    """A float with no fractional part (`3.0`) as the int it is, anything else as it is: an
+    OpenAPI document's `integer` (JSON Schema's) is such a number, so a client may send one;
+    a bool, a string or `1.5` is left for the caller's check to refuse."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 def _orjson_depth() -> int:
     """How deep orjson encodes before it refuses (254 in orjson 3)."""
     value: list[Any] = []

@@ -28,7 +28,9 @@ _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # The 16 characters a canonical token can end with, in shard order.
 _SHARD_CHARS = _ALPHABET[::4]
 _SHARD_OF_CHAR = {c: i for i, c in enumerate(_SHARD_CHARS)}
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{42}[" + re.escape(_SHARD_CHARS) + "]")
+#: a token as a regular expression (what an OpenAPI document states as a `pattern`)
+TOKEN_PATTERN = r"[A-Za-z0-9_-]{42}[" + re.escape(_SHARD_CHARS) + "]"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,15}_")
 
 

@@ -33,7 +33,9 @@ from sessionary.contract import Backend, LogEntry
 from sessionary.errors import InvalidCursor, ValidationError
 from sessionary.outage import unless_cancelled
 
-_CURSOR_RE = re.compile(r"(\d{1,18})-([0-9a-f]{8})")
+#: a cursor as a regular expression (what an OpenAPI document states as a `pattern`)
+CURSOR_PATTERN = r"(\d{1,18})-([0-9a-f]{8})"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
 _TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 _PRODUCER_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 

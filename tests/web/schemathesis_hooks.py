@@ -3,8 +3,8 @@
 Two processes import this module: schemathesis (through SCHEMATHESIS_HOOKS), for its hooks, and
 `sessionary serve`, for `instant`, the run handler of the service under test.
 
-The hooks make the fuzzer reach past the 404 of a random id and throw the inputs the service
-must refuse cleanly:
+The hooks make the fuzzer reach past the 404 of a random id and, in the hostile run
+(HOSTILE set in the environment), throw the inputs the service must refuse cleanly:
 
 * path parameters: besides the generated ones, the ids of sessions, conversations and their
   runs and the analytics project that the test created before the run (FUZZ_IDS, JSON in the
@@ -20,21 +20,38 @@ must refuse cleanly:
   copies, and values nested around the most orjson encodes (254 levels), which schemathesis
   cannot take as examples;
 * failures: a 503 is not a server error when the operation documents it and it carries
-  Retry-After (the service's answer to a store that cannot answer); any other 5xx is.
+  Retry-After (the service's answer to a store that cannot answer); any other 5xx is. And a
+  well-formed value that only the server's state can judge is rightly refused, though the
+  document cannot say so: a log or page cursor this server did not issue (400
+  `invalid_cursor`), an If-Match naming another version (412 `version_conflict`), the id of
+  another namespace (400 `invalid_session_id`: the admin API's session id pattern is that of
+  every namespace, as one path parameter cannot depend on another); and a conversation the
+  fuzzer just created has no run yet (the runs API's 404 `no_active_session`,
+  `no_background_task`), which is not a created resource that cannot be found. Nor is an
+  integer past 64 bits schema-valid, though the fuzzer, comparing as doubles, takes
+  2^63 + 192 to be within a `maximum` of 2^63 - 1.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import orjson
 import schemathesis
 from hypothesis import strategies as st
+from schemathesis.openapi.checks import EnsureResourceAvailability, RejectedPositiveData
 
 from sessionary.runs.service import Producer
 
 FUZZ_IDS = "SESSIONARY_FUZZ_IDS"
+#: set (to anything) for the hostile run: hostile bodies and query values besides generated ones
+HOSTILE = "SESSIONARY_FUZZ_HOSTILE"
+#: the codes of a refusal that no schema can foretell (see the module docstring)
+STATEFUL_REFUSALS = frozenset({"invalid_cursor", "version_conflict", "invalid_session_id"})
+#: the runs API's 404 of a conversation without a run
+NO_RUN_YET = frozenset({"no_active_session", "no_background_task"})
 HOSTILE_NUMBERS: list[Any] = [
     2**63 - 1, 2**63, 2**64, -(2**63), -(2**63) - 1, 10**30, True, False, "3", 1.5, -1,
 ]  # fmt: skip
@@ -103,6 +120,10 @@ def fuzz_ids() -> dict[str, Any]:
     return dict(orjson.loads(os.environ.get(FUZZ_IDS, "{}")))
 
 
+def hostile() -> bool:
+    return bool(os.environ.get(HOSTILE))
+
+
 # known-good values of the fields a base body needs (the rest: by type)
 GOOD = {"name": "screen_view", "device_id": "d1", "github_url": "https://github.com/a/b"}
 PLACEHOLDERS = {"integer": 1, "number": 1, "string": "x", "boolean": True, "object": {},
@@ -150,7 +171,7 @@ def parameter_examples(name: str, method: str, path: str, ids: dict[str, Any]) -
         "project_id": [ids["project"]],
         "counter": ["c"],
     }
-    return live.get(name) or HOSTILE_QUERY.get(name, [])
+    return live.get(name) or (HOSTILE_QUERY.get(name, []) if hostile() else [])
 
 
 @schemathesis.hook
@@ -165,7 +186,7 @@ def before_load_schema(context: schemathesis.HookContext, raw_schema: dict[str, 
                 if values:
                     parameter["examples"] = {f"e{n}": {"value": v} for n, v in enumerate(values)}
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
-            if body is not None:
+            if body is not None and hostile():
                 bodies = example_bodies(resolve(body["schema"], raw_schema))
                 if "oneOf" in body["schema"]:  # schemathesis' oneOf check fails on surrogates
                     bodies = [b for b in bodies if utf8(b)]
@@ -184,7 +205,8 @@ def utf8(value: Any) -> bool:
 def flatmap_path_parameters(
     context: schemathesis.HookContext, path_parameters: dict[str, Any] | None
 ) -> st.SearchStrategy[dict[str, Any] | None]:
-    if not path_parameters:
+    if not path_parameters or not declared(context.operation, path_parameters):
+        # none, or a negative case: left as it is (a live id would make it valid)
         return st.just(path_parameters)
     ids = fuzz_ids()
     live: list[dict[str, Any]] = []
@@ -212,9 +234,21 @@ def flatmap_path_parameters(
     return st.one_of(st.just(path_parameters), st.sampled_from(live))
 
 
+def declared(operation: Any, values: dict[str, Any]) -> bool:
+    """Whether each path parameter's value matches its declared pattern, if it has one."""
+    for parameter in operation.definition.raw.get("parameters", []):
+        pattern = parameter.get("schema", {}).get("pattern")
+        value = values.get(parameter["name"])
+        if pattern and isinstance(value, str) and not re.search(pattern, value):
+            return False
+    return True
+
+
 @schemathesis.hook
 def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy[Any]:
-    """The generated body, a deep one or a hostile one: a third each."""
+    """The generated body, a deep one or a hostile one: a third each (the hostile run)."""
+    if not hostile():
+        return st.just(body)
     return st.one_of(
         st.just(body), st.sampled_from(deep_bodies(body)), st.sampled_from(hostile_bodies(body))
     )
@@ -225,6 +259,8 @@ def flatmap_query(
     context: schemathesis.HookContext, query: dict[str, Any] | None
 ) -> st.SearchStrategy[dict[str, Any] | None]:
     operation = context.operation
+    if not hostile():
+        return st.just(query)
     names = [n for n in HOSTILE_QUERY if operation is not None and n in operation.query]
     variants = [{**(query or {}), n: bad} for n in names for bad in HOSTILE_QUERY[n]]
     if not variants:
@@ -239,9 +275,36 @@ def filter_failure(
     case: schemathesis.Case,
     response: schemathesis.Response,
 ) -> bool:
-    """Keep every failure but a documented 503 with Retry-After."""
+    """Keep every failure but a documented 503 with Retry-After, and a refusal of well-formed
+    data that only the server's state can judge (STATEFUL_REFUSALS)."""
     documented = str(response.status_code) in case.operation.definition.raw.get("responses", {})
-    return not (response.status_code == 503 and documented and "retry-after" in response.headers)
+    if response.status_code == 503 and documented and "retry-after" in response.headers:
+        return False
+    if isinstance(failure, EnsureResourceAvailability):
+        return error_code(response, "code") not in NO_RUN_YET and error_code(response) != (
+            "run_not_found"
+        )
+    if isinstance(failure, RejectedPositiveData):
+        return error_code(response) not in STATEFUL_REFUSALS and not past_64_bits(case.body)
+    return True
+
+
+def past_64_bits(value: Any) -> bool:
+    """Whether a JSON value holds an integer past what 64 bits hold (signed)."""
+    if isinstance(value, dict):
+        return any(past_64_bits(v) for v in value.values())
+    if isinstance(value, list):
+        return any(past_64_bits(v) for v in value)
+    return type(value) is int and not -(2**63) <= value < 2**63
+
+
+def error_code(response: schemathesis.Response, field: str = "error") -> str | None:
+    """The `error` (or another `field`) of an error body, None for any other response."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(field) if isinstance(body, dict) else None
 
 
 async def instant(producer: Producer, input: Any) -> dict[str, bool]:

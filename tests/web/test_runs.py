@@ -129,8 +129,9 @@ async def test_no_run_gives_the_404_bodies(client: httpx.AsyncClient) -> None:
     conversation = await new_conversation(client)
     active = await client.get(f"{BASE}/{conversation}/active-session", headers=ALICE)
     assert active.status_code == 404
-    assert active.json() == {
+    assert active.json() == {  # the original product's body, and the error body's message
         "error": "No active session found",
+        "message": "No active session found",
         "code": "no_active_session",
         "conversationId": conversation,
     }
@@ -138,6 +139,7 @@ async def test_no_run_gives_the_404_bodies(client: httpx.AsyncClient) -> None:
     assert status.status_code == 404
     assert status.json() == {
         "error": "No background task found",
+        "message": "No background task found",
         "code": "no_background_task",
         "conversationId": conversation,
     }

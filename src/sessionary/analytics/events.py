@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from sessionary.codec import INT64_MAX, check_text, encode_value
+from sessionary.codec import INT64_MAX, check_text, encode_value, integral
 from sessionary.errors import ValidationError
 
 RESERVED_NAMES = frozenset({"session_start", "session_end"})
@@ -29,7 +29,8 @@ _KNOWN = frozenset(
 )
 
 #: An event as JSON Schema, for the OpenAPI document (`parse` is what decides); null is
-#: the same as leaving a field out, but for name and revenue.
+#: the same as leaving a field out, but for name and revenue. An integer may come as a JSON
+#: number with no fractional part (`3.0`), as JSON Schema's `integer` allows.
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name"],
@@ -113,14 +114,14 @@ class TrackEvent:
             not isinstance(event_id, str) or not _ID_RE.fullmatch(event_id)
         ):
             raise BadEvent("event_id is 1-128 characters of letters, digits and _.:-")
-        timestamp = raw.get("timestamp")
+        timestamp = integral(raw.get("timestamp"))
         if timestamp is not None and (
             type(timestamp) is not int or not 0 <= timestamp <= INT64_MAX
         ):
             raise BadEvent(
                 f"timestamp is an integer number of ms since the epoch (UTC), 0 to {INT64_MAX}"
             )
-        revenue = raw.get("revenue", 0)
+        revenue = integral(raw.get("revenue", 0))
         if type(revenue) is not int or abs(revenue) > MAX_REVENUE:
             raise BadEvent("revenue is an integer in minor units (cents), at most 10^12")
         text = {key: _text(raw, key) for key in ("device_id", "profile_id", *_TEXT_LIMITS)}

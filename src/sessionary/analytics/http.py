@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Security
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from sessionary.analytics.events import EVENT_SCHEMA, BadEvent, TrackEvent
-from sessionary.analytics.service import MAX_BATCH, Sessionizer
+from sessionary.analytics.service import _PROJECT_RE, MAX_BATCH, Sessionizer
 from sessionary.analytics.sink import Sink, Stats
 from sessionary.codec import INT64_MAX
 from sessionary.http.bearer import BearerKeys
@@ -28,6 +29,7 @@ from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import JSONErrorRoute, guarded
 from sessionary.http.limits import ByteBudget
+from sessionary.http.openapi import ADMIN_KEY, PROJECT_KEY, STORE, errors
 from sessionary.sessionize import SessionRow
 
 # ms since the epoch, as a backend stores them; `from` is a Python keyword
@@ -35,20 +37,33 @@ From = Annotated[int | None, Query(alias="from", ge=0, le=INT64_MAX)]
 To = Annotated[int | None, Query(ge=0, le=INT64_MAX)]
 
 
-# /track reads its body itself (a bad event of a batch is reported, the others kept)
-TRACK_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "oneOf": [
-                    EVENT_SCHEMA,
-                    {"type": "array", "items": EVENT_SCHEMA, "maxItems": MAX_BATCH},
-                ]
-            }
-        }
-    },
-}
+#: a project's id, as the settings take it
+ProjectId = Annotated[str, Path(json_schema_extra={"pattern": f"^{_PROJECT_RE.pattern}$"})]
+#: a page cursor of the sessions (base64url, as `sessionary.analytics.sink` issues it)
+PAGE_CURSOR = {"pattern": "^[A-Za-z0-9_-]+$"}
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="events accepted")
+    duplicates: int = Field(description="events already tracked (by event_id): ignored")
+    late: int = Field(description="events too late for their session: ignored")
+
+
+def track_body(projects: Sequence[str]) -> dict[str, Any]:
+    """The body of /track, which reads it itself (a bad event of a batch is reported, the
+    others kept): one event or a batch. An event's project_id, when it says one, is the
+    key's project (one of `projects`)."""
+    event = {**EVENT_SCHEMA, "properties": dict(EVENT_SCHEMA["properties"])}
+    event["properties"]["project_id"] = {
+        "type": ["string", "null"],
+        "enum": [*projects, None],
+        "description": "the key's project (or left out)",
+    }
+    batch = {"type": "array", "items": event, "maxItems": MAX_BATCH}
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [event, batch]}}},
+    }
 
 
 def session_json(row: SessionRow) -> dict[str, Any]:
@@ -101,10 +116,31 @@ def analytics_router(
     raises a `ResponseError` for a request without the admin key; the project routes call it
     before they look at anything else of the request."""
     router = APIRouter(prefix="/api/v1", tags=["analytics"], route_class=JSONErrorRoute)
-    project_routes = APIRouter(route_class=guarded(authorize_admin))
+    project_routes = APIRouter(
+        route_class=guarded(authorize_admin),
+        dependencies=[Security(ADMIN_KEY)],
+        responses=errors(400, 401, 403, 404, 422, *STORE),
+    )
     known = frozenset(projects)
 
-    @router.post("/track", status_code=202, openapi_extra={"requestBody": TRACK_BODY})
+    @router.post(
+        "/track",
+        status_code=202,
+        response_model=Accepted,
+        dependencies=[Security(PROJECT_KEY)],
+        openapi_extra={"requestBody": track_body(projects)},
+        responses=errors(
+            401,
+            413,
+            *STORE,
+            described={
+                400: "invalid_json, batch_too_large; invalid_events: the one event sent is "
+                "invalid (errors)",
+                422: "invalid_events: some events of the batch are invalid (errors); the "
+                "others were accepted (accepted, duplicates, late)",
+            },
+        ),
+    )
     async def track(request: Request) -> Response:
         """Track one event (a JSON object) or a batch (an array of up to 1,000). 503
         `overloaded` with Retry-After while the batches in flight fill the server's budget."""
@@ -161,13 +197,16 @@ def analytics_router(
 
     @project_routes.get("/projects/{project_id}/sessions")
     async def sessions(
-        project_id: str,
+        project_id: ProjectId,
         start: From = None,
         to: To = None,
         device_id: Annotated[str | None, Query(max_length=256)] = None,
         profile_id: Annotated[str | None, Query(max_length=256)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        after: Annotated[str | None, Query(max_length=512)] = None,
+        after: Annotated[
+            str | None,
+            Query(max_length=512, description="the page's cursor", json_schema_extra=PAGE_CURSOR),
+        ] = None,
     ) -> Response:
         """Sessions that started in [from, to), newest first; `next` pages on."""
         project = project_for_admin(project_id)
@@ -181,7 +220,7 @@ def analytics_router(
 
     @project_routes.get("/projects/{project_id}/stats")
     async def stats(
-        project_id: str,
+        project_id: ProjectId,
         start: From = None,
         to: To = None,
     ) -> Response:

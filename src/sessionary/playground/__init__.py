@@ -29,7 +29,7 @@ with needs("server", "sessionary.playground"):
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary.clock import iso_utc, to_ms
-from sessionary.codec import INT64_MAX
+from sessionary.codec import MAX_SAFE_INT
 from sessionary.contract import CounterAlgorithm
 from sessionary.counters import Charge, ChargeResult, CounterReading, Counters
 from sessionary.devices import ip_hash
@@ -50,6 +50,7 @@ from sessionary.http.errors import (
 )
 from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.metrics import Metrics
+from sessionary.http.openapi import STORE, Integral, errors
 from sessionary.model import Session
 from sessionary.outage import OutageLog
 from sessionary.playground.settings import PlaygroundSettings
@@ -72,7 +73,7 @@ class RepoIn(BaseModel):
 
     github_url: str = Field(pattern=r"^https://github\.com/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/?$")
     name: str = Field(min_length=1, max_length=200)
-    file_count: int = Field(0, ge=0, le=INT64_MAX)
+    file_count: Integral = Field(0, ge=0, le=MAX_SAFE_INT)
     repo_id: str | None = Field(None, min_length=1, max_length=100)
 
 
@@ -267,9 +268,18 @@ class Playground:
     # -- the routes -------------------------------------------------------------------------
 
     def _routes(self) -> APIRouter:
-        router = APIRouter(tags=["playground"], route_class=JSONErrorRoute)
+        router = APIRouter(
+            tags=["playground"], route_class=JSONErrorRoute, responses=errors(*STORE)
+        )
+        no_session = {404: "no playground session (session_not_found): GET /session first"}
+        conflict = {409: "conflict: the session kept changing; try again"}
 
-        @router.get("/session")
+        @router.get(
+            "/session",
+            responses=errors(
+                described={429: "this client IP opened its quota of sessions (quota_exceeded)"}
+            ),
+        )
         async def get_session(request: Request, response: Response) -> dict[str, Any]:
             """The visitor's session (created, with its cookie, when there is none)."""
             try:
@@ -284,7 +294,20 @@ class Playground:
             response.headers["Cache-Control"] = "no-store"
             return self._view(session, searches, store.clock.now_ms())
 
-        @router.put("/session/indexed-repo", status_code=201)
+        @router.put(
+            "/session/indexed-repo",
+            status_code=201,
+            responses=errors(
+                400,
+                413,
+                422,
+                described={
+                    **no_session,
+                    409: "already_indexed: another repository holds the slot (indexed_repo); "
+                    "conflict: the session kept changing",
+                },
+            ),
+        )
         async def reserve_repo(request: Request, repo: RepoIn) -> JSONResponse:
             """Take the session's one repository slot (409 while another repo holds it)."""
             store, namespace, _ = await self._spaces()
@@ -328,7 +351,11 @@ class Playground:
                 error_response(409, "conflict", "the session kept changing; try again")
             )
 
-        @router.delete("/session/indexed-repo", status_code=204)
+        @router.delete(
+            "/session/indexed-repo",
+            status_code=204,
+            responses=errors(described={**no_session, **conflict}),
+        )
         async def free_repo(request: Request) -> Response:
             """Empty the repository slot."""
             _, namespace, _ = await self._spaces()

@@ -33,12 +33,13 @@ these headers and not a CSRF token: see the README, "A browser page following a 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Security
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from sse_starlette import ServerSentEvent
 from starlette.responses import Response
 
@@ -46,6 +47,15 @@ from sessionary.errors import StoreUnavailable
 from sessionary.http.bearer import BearerKeys, presented_key, unauthorized
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import JSONErrorRoute
+from sessionary.http.openapi import (
+    LOG_CURSOR,
+    STORE,
+    USER_KEY,
+    Integral,
+    errors,
+    id_pattern,
+    session_cookie,
+)
 from sessionary.http.sse import SEND_TIMEOUT_S, BoundedEventStream, unavailable_event
 from sessionary.logs import Cursor, LogReset
 from sessionary.runs.model import TERMINAL, Run, RunNotFound
@@ -55,7 +65,8 @@ from sessionary.session_request import RequestSession
 from sessionary.store import Namespace
 
 HEARTBEAT_S = 15
-# one event of the stream, as the OpenAPI document describes it
+# one event of the stream, as the OpenAPI document describes it (OpenAPI 3.1: the schema of a
+# text/event-stream is each event's); heartbeats are comments
 SSE_EVENT = {
     "type": "object",
     "properties": {
@@ -65,6 +76,19 @@ SSE_EVENT = {
         "retry": {"type": "integer"},
     },
 }
+# the ids of the runs feature's namespaces (`sessionary.runs.service`)
+CONVERSATION_ID = Path(
+    description="a conversation id: conv_ and 43 characters",
+    json_schema_extra={"pattern": id_pattern("conv_")},
+)
+RUN_ID = Path(
+    description="a run id: run_ and 43 characters",
+    json_schema_extra={"pattern": id_pattern("run_")},
+)
+# empty: from the start, as without it (what a client that has seen no event may send)
+CURSOR_SCHEMA = {"pattern": f"^(?:{LOG_CURSOR.strip('^$')})?$"}
+ConversationId = Annotated[str, CONVERSATION_ID]
+RunId = Annotated[str, RUN_ID]
 _CALLER = "sessionary_runs_caller"
 RETRY_MS = 3000
 
@@ -209,7 +233,50 @@ class StartIn(BaseModel):
     multitask: Literal["reject", "enqueue", "interrupt"] = "reject"
     input: Any = None
     #: times a run whose worker died goes back to the queue before it ends as error
-    retries: int = Field(0, ge=0, le=MAX_RETRIES)
+    retries: Integral = Field(0, ge=0, le=MAX_RETRIES)
+
+
+class RunOut(BaseModel):
+    runId: str
+    conversationId: str
+    status: str = Field(description="queued, running, completed, error, cancelled, interrupted")
+    createdAt: int
+    startedAt: int | None
+    lastActivity: int
+    finishedAt: int | None
+    cursor: str | None = Field(description="the cursor of its last event")
+    result: Any
+    error: str | None
+    attempt: int
+    retries: int
+
+
+class ConversationOut(BaseModel):
+    conversationId: str
+    owner: str
+    createdAt: int
+
+
+class ActiveSessionOut(BaseModel):
+    sessionId: str = Field(description="the run's id")
+    status: Literal["active", "completed", "idle"]
+    cursor: str | None
+    conversationId: str
+    startedAt: int
+    lastActivity: int
+
+
+class TaskStatusOut(BaseModel):
+    isActive: bool
+    sessionId: str
+    estimatedCompletion: int = Field(description="ms since the epoch: an estimate")
+    conversationId: str
+    status: str
+
+
+class RunStatusOut(BaseModel):
+    runId: str
+    status: str
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -243,12 +310,14 @@ def runs_router(
     heartbeat_s: float = HEARTBEAT_S,
     send_timeout_s: float = SEND_TIMEOUT_S,
     origins: Sequence[str] = (),
+    cookie: str | None = None,
 ) -> APIRouter:
     """The routes, over the `Runs` that `runs()` returns (known once the store is open).
     `on_start` is given each run started here (to hand it to a worker); event streams send
     a heartbeat comment every `heartbeat_s` seconds, and disconnect a reader that takes
     nothing for `send_timeout_s` (see `sessionary.http.sse`). `origins`: the exact origins
-    whose pages may call with credentials (CORS); `"*"` is a ValueError."""
+    whose pages may call with credentials (CORS); `"*"` is a ValueError. `cookie`: the name
+    of the session cookie that `authenticate` accepts, for the document (None: none)."""
     cors = Cors(origins)
 
     async def caller(request: Request) -> str:
@@ -289,7 +358,18 @@ def runs_router(
 
             return signed
 
-    router = APIRouter(prefix="/api/v1/conversations", tags=["runs"], route_class=RunsRoute)
+    # a Bearer key or the session cookie (either: OpenAPI's alternatives)
+    schemes: list[Callable[..., Any]] = [USER_KEY]
+    if cookie is not None:
+        schemes.append(session_cookie(cookie))
+    router = APIRouter(
+        prefix="/api/v1/conversations",
+        tags=["runs"],
+        route_class=RunsRoute,
+        dependencies=[Security(scheme) for scheme in schemes],
+        responses=errors(400, 401, 403, 413, 422, *STORE),
+    )
+    not_found = errors(404)
 
     async def own_run(request: Request, conversation_id: str, run_id: str) -> Run:
         subject = await caller(request)
@@ -299,7 +379,7 @@ def runs_router(
             raise RunNotFound("no such run in this conversation")
         return run
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, response_model=ConversationOut)
     async def create_conversation(request: Request) -> Response:
         """A conversation owned by the caller."""
         made = await runs().create_conversation(await caller(request))
@@ -307,14 +387,21 @@ def runs_router(
             {"conversationId": made.id, "owner": made.owner, "createdAt": made.created_at}, 201
         )
 
-    @router.get("/{conversation_id}/active-session")
-    async def active_session(request: Request, conversation_id: str) -> Response:
+    @router.get(
+        "/{conversation_id}/active-session",
+        response_model=ActiveSessionOut,
+        responses=errors(
+            described={404: "no such conversation, or no run in it (code: no_active_session)"}
+        ),
+    )
+    async def active_session(request: Request, conversation_id: ConversationId) -> Response:
         """The conversation's active run, else its latest run still retained."""
         run = await runs().latest(conversation_id, await caller(request))
         if run is None:
             return JSONResponse(
                 {
                     "error": "No active session found",
+                    "message": "No active session found",
                     "code": "no_active_session",
                     "conversationId": conversation_id,
                 },
@@ -331,8 +418,14 @@ def runs_router(
             }
         )
 
-    @router.get("/{conversation_id}/task-status")
-    async def task_status(request: Request, conversation_id: str) -> Response:
+    @router.get(
+        "/{conversation_id}/task-status",
+        response_model=TaskStatusOut,
+        responses=errors(
+            described={404: "no such conversation, or no run in it (code: no_background_task)"}
+        ),
+    )
+    async def task_status(request: Request, conversation_id: ConversationId) -> Response:
         """Whether a run is going on, and an estimate of when it ends (from the durations of
         recent runs: an estimate, not a promise)."""
         run = await runs().latest(conversation_id, await caller(request))
@@ -340,6 +433,7 @@ def runs_router(
             return JSONResponse(
                 {
                     "error": "No background task found",
+                    "message": "No background task found",
                     "code": "no_background_task",
                     "conversationId": conversation_id,
                 },
@@ -355,9 +449,17 @@ def runs_router(
             }
         )
 
-    @router.post("/{conversation_id}/runs", status_code=201)
+    @router.post(
+        "/{conversation_id}/runs",
+        status_code=201,
+        response_model=RunOut,
+        responses={
+            **not_found,
+            **errors(described={409: "run_active: another run is active (activeRunId)"}),
+        },
+    )
     async def start(
-        request: Request, conversation_id: str, body: StartIn | None = None
+        request: Request, conversation_id: ConversationId, body: StartIn | None = None
     ) -> Response:
         """Start a run; while another is active, `multitask` says: reject (409), enqueue, or
         interrupt (cancel it)."""
@@ -373,34 +475,74 @@ def runs_router(
             on_start(run)
         return JSONResponse(run_json(run), 201)
 
-    @router.get("/{conversation_id}/runs/{run_id}")
-    async def read_run(request: Request, conversation_id: str, run_id: str) -> Response:
+    @router.get("/{conversation_id}/runs/{run_id}", response_model=RunOut, responses=not_found)
+    async def read_run(
+        request: Request, conversation_id: ConversationId, run_id: RunId
+    ) -> Response:
         return JSONResponse(run_json(await own_run(request, conversation_id, run_id)))
 
-    @router.post("/{conversation_id}/runs/{run_id}/cancel", status_code=202)
-    async def cancel(request: Request, conversation_id: str, run_id: str) -> Response:
+    @router.post(
+        "/{conversation_id}/runs/{run_id}/cancel",
+        status_code=202,
+        response_model=RunStatusOut,
+        responses={
+            **not_found,
+            **errors(described={409: "run_finished: the run already ended (runId, status)"}),
+        },
+    )
+    async def cancel(request: Request, conversation_id: ConversationId, run_id: RunId) -> Response:
         """Cancel the run (409 if it already ended)."""
         run = await own_run(request, conversation_id, run_id)
         cancelled = await runs().cancel(run.id, run.owner)
         return JSONResponse({"runId": run.id, "status": cancelled.status}, 202)
 
-    @router.post("/{conversation_id}/stop", status_code=202)
-    async def stop(request: Request, conversation_id: str) -> Response:
+    @router.post(
+        "/{conversation_id}/stop",
+        status_code=202,
+        response_model=RunStatusOut,
+        responses={
+            **not_found,
+            **errors(described={409: "no run is active, or it already ended"}),
+        },
+    )
+    async def stop(request: Request, conversation_id: ConversationId) -> Response:
         """Cancel the conversation's active run."""
         stopped = await runs().stop(conversation_id, await caller(request))
         return JSONResponse({"runId": stopped.id, "status": stopped.status}, 202)
 
     @router.get(
         "/{conversation_id}/runs/{run_id}/events",
-        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}},
+        response_class=Response,  # not JSON: the 200 is declared below
+        responses={
+            200: {
+                "description": "the events, then live ones until `end`",
+                "content": {"text/event-stream": {"schema": SSE_EVENT}},
+            },
+            204: {"description": "the resume point is at or past the run's `end`"},
+            **not_found,
+        },
     )
     async def events(
-        request: Request, conversation_id: str, run_id: str, after: str | None = None
+        request: Request,
+        conversation_id: ConversationId,
+        run_id: RunId,
+        after: Annotated[
+            str | SkipJsonSchema[None],
+            Query(description="resume after this cursor", json_schema_extra=CURSOR_SCHEMA),
+        ] = None,
+        last_event_id: Annotated[
+            str | SkipJsonSchema[None],
+            Header(
+                alias="Last-Event-ID",
+                description="resume after this cursor (what EventSource sends); over `after`",
+                json_schema_extra=CURSOR_SCHEMA,
+            ),
+        ] = None,
     ) -> Response:
         """The run's events as Server-Sent Events: replayed after `Last-Event-ID` (or
         `?after=`, or from the start), then live until `end`."""
         run = await own_run(request, conversation_id, run_id)
-        position = request.headers.get("last-event-id") or after
+        position = last_event_id or after
         cursor = None
         if position:  # checked before the stream starts: a bad cursor is a 400, not a stream
             cursor = Cursor.parse(position, runs().runs.name, run.id)

@@ -9,22 +9,26 @@ its body); bodies are strict JSON (an integer is a JSON integer: not a bool, not
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from fastapi import APIRouter, Header, Path, Query, Request, Security
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 
+from sessionary.codec import MAX_SAFE_INT
 from sessionary.contract import KEEP, Keep
 from sessionary.counters import MAX_COUNT
 from sessionary.devices import Device
 from sessionary.errors import SessionNotFound
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import guarded
+from sessionary.http.openapi import ADMIN_KEY, STORE, Integral, errors, id_pattern
 from sessionary.model import Session
-from sessionary.store import Namespace
+from sessionary.store import _COUNTER_RE, MAX_SUBJECT_LENGTH, Namespace
 from sessionary.web.auth import ApiKeys
 
 
@@ -66,31 +70,68 @@ class SubjectSessionsOut(BaseModel):
     sessions: list[SessionOut] = Field(description="newest first")
 
 
+class RevokedOut(BaseModel):
+    revoked: int = Field(description="how many sessions were deleted")
+
+
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
 
-#: the answer of a write giving a session a subject that already holds the namespace's
-#: `max_sessions_per_subject` (with `on_max_sessions = "refuse"`): nothing was written
-_TOO_MANY_SESSIONS: dict[int | str, dict[str, Any]] = {
-    409: {
-        "description": "too_many_sessions: the subject already holds the namespace's "
-        "max_sessions_per_subject live sessions (body: error, message, max_sessions); "
-        "nothing was written"
+#: a subject as the store takes it (`sessionary.store`): 1 to 256 characters, no control one
+SUBJECT_SCHEMA: JsonDict = {
+    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+    "minLength": 1,
+    "maxLength": MAX_SUBJECT_LENGTH,
+}
+#: the conflict of a read: a session sealed under a key this server was not given
+_UNREADABLE = (
+    "session_unreadable: the session is sealed under a key this server was not given, or "
+    "tampered with (reason, key_id)"
+)
+#: the conflicts of a write: also a subject that already holds the namespace's
+#: `max_sessions_per_subject` (with `on_max_sessions = "refuse"`: nothing was written)
+_CONFLICTS = {
+    409: "too_many_sessions: the subject already holds the namespace's "
+    f"max_sessions_per_subject live sessions (max_sessions); nothing was written. {_UNREADABLE}"
+}
+#: metadata as the store takes it: keys are not empty
+METADATA_SCHEMA: JsonDict = {"propertyNames": {"minLength": 1}}
+Subject = Annotated[str, Path(json_schema_extra=SUBJECT_SCHEMA)]
+Counter = Annotated[str, Path(json_schema_extra={"pattern": f"^{_COUNTER_RE.pattern}$"})]
+#: a session's version, as its ETag
+_ETAG_HEADER = {
+    "ETag": {
+        "description": 'the session\'s version, quoted: "3" (send it back in If-Match)',
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
     }
 }
 
 
+#: a ttl in ms, up to what a JSON number holds exactly (and a timedelta: a larger one was a
+#: 500); the bounds stated for the document too: behind Integral's validator, pydantic writes
+#: them as "ge" and "le", which JSON Schema does not know
+TtlMs = Annotated[
+    Integral,
+    Field(ge=1, le=MAX_SAFE_INT, json_schema_extra={"minimum": 1, "maximum": MAX_SAFE_INT}),
+]
+
+
 def _ttl_field() -> Any:
-    return Field(None, ge=1, description="a lifetime of its own; left out: the namespace's")
+    return Field(None, description="a lifetime of its own; left out: the namespace's")
+
+
+def _subject_field() -> Any:
+    return Field(None, json_schema_extra=SUBJECT_SCHEMA)
 
 
 class CreateIn(BaseModel):
     model_config = _STRICT_BODY
 
-    subject: str | None = None
+    subject: str | None = _subject_field()
     data: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, str] = Field(default_factory=dict)
-    idle_ttl_ms: StrictInt | None = _ttl_field()
-    absolute_ttl_ms: StrictInt | None = _ttl_field()
+    metadata: dict[str, str] = Field(default_factory=dict, json_schema_extra=METADATA_SCHEMA)
+    idle_ttl_ms: TtlMs | None = _ttl_field()
+    absolute_ttl_ms: TtlMs | None = _ttl_field()
 
 
 class PatchIn(BaseModel):
@@ -99,8 +140,8 @@ class PatchIn(BaseModel):
     model_config = _STRICT_BODY
 
     data: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
-    subject: str | None = None
+    metadata: dict[str, str] | None = Field(None, json_schema_extra=METADATA_SCHEMA)
+    subject: str | None = _subject_field()
 
 
 class RotateIn(BaseModel):
@@ -109,16 +150,22 @@ class RotateIn(BaseModel):
 
     model_config = _STRICT_BODY
 
-    subject: str | None = None
-    idle_ttl_ms: StrictInt | None = _ttl_field()
-    absolute_ttl_ms: StrictInt | None = _ttl_field()
+    subject: str | None = _subject_field()
+    idle_ttl_ms: TtlMs | None = _ttl_field()
+    absolute_ttl_ms: TtlMs | None = _ttl_field()
 
 
 class ConsumeIn(BaseModel):
     model_config = _STRICT_BODY
 
-    amount: StrictInt = Field(1, ge=-MAX_COUNT, le=MAX_COUNT)
-    limit: StrictInt | None = Field(None, ge=0, le=MAX_COUNT)
+    amount: Integral = Field(1, ge=-MAX_COUNT, le=MAX_COUNT)
+    limit: (
+        Annotated[
+            Integral,
+            Field(ge=0, le=MAX_COUNT, json_schema_extra={"minimum": 0, "maximum": MAX_COUNT}),
+        ]
+        | None
+    ) = None
 
 
 class ConsumeOut(BaseModel):
@@ -129,6 +176,8 @@ class ConsumeOut(BaseModel):
 
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+#: what If-Match takes: a version (an ETag this API sent, weak or not, quoted or not) or "*"
+IF_MATCH_PATTERN = r'^(?:\*|(?:W/)?"?[1-9][0-9]{0,17}"?)$'
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -169,14 +218,37 @@ def _session_response(session: Session, status: int = 200) -> JSONResponse:
     return JSONResponse(session_json(session), status, {"ETag": f'"{session.version}"'})
 
 
-def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKeys) -> APIRouter:
+def admin_router(
+    namespaces: Callable[[], Mapping[str, Namespace]],
+    keys: ApiKeys,
+    id_prefixes: Iterable[str] = ("",),
+) -> APIRouter:
     """The /v1 routes over the namespaces `namespaces()` returns (known once the store is
-    open)."""
+    open). `id_prefixes`: the id prefixes of those namespaces, for the document's pattern
+    of a session id."""
 
     def key_first(request: Request) -> None:
         keys.require(request, request.path_params.get("namespace"))
 
-    router = APIRouter(prefix="/v1", tags=["admin"], route_class=guarded(key_first))
+    router = APIRouter(
+        prefix="/v1",
+        tags=["admin"],
+        route_class=guarded(key_first),
+        dependencies=[Security(ADMIN_KEY)],
+        responses=errors(400, 401, 403, 404, 422, *STORE),
+    )
+    session_id_schema = {"pattern": id_pattern(*id_prefixes)}
+    # (defaults, not Annotated aliases: these are made here, from `id_prefixes`)
+    session_id_path = Path(
+        description="a session id: the namespace's id_prefix, then 43 characters",
+        json_schema_extra=session_id_schema,
+    )
+    kept_query = Query(
+        None,
+        description="a session to keep (repeatable)",
+        json_schema_extra={"items": {"type": "string", **session_id_schema}},
+    )
+    body_errors = errors(413, 422)  # what a body, or a payload in it, may be refused with
 
     def resolve(name: str) -> Namespace:
         found = namespaces().get(name)
@@ -203,7 +275,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         f"{base}/sessions",
         status_code=201,
         response_model=SessionOut,
-        responses=_TOO_MANY_SESSIONS,
+        responses={201: {"headers": _ETAG_HEADER}, **body_errors, **errors(described=_CONFLICTS)},
     )
     async def create(namespace: str, body: CreateIn) -> Response:
         """Create a session."""
@@ -217,13 +289,19 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         )
         return _session_response(session, 201)
 
-    @router.get(f"{base}/sessions/{{session_id}}", response_model=SessionOut)
-    async def read(namespace: str, session_id: str) -> Response:
+    read_responses = {200: {"headers": _ETAG_HEADER}, **errors(described={409: _UNREADABLE})}
+
+    @router.get(
+        f"{base}/sessions/{{session_id}}", response_model=SessionOut, responses=read_responses
+    )
+    async def read(namespace: str, session_id: str = session_id_path) -> Response:
         """Read a live session (a peek: it does not extend it)."""
         return _session_response(await live(resolve(namespace), session_id))
 
-    @router.post(f"{base}/sessions/{{session_id}}/touch", response_model=SessionOut)
-    async def touch(namespace: str, session_id: str) -> Response:
+    @router.post(
+        f"{base}/sessions/{{session_id}}/touch", response_model=SessionOut, responses=read_responses
+    )
+    async def touch(namespace: str, session_id: str = session_id_path) -> Response:
         """Record activity: slides the idle expiry, never past the absolute cap."""
         session = await resolve(namespace).touch(session_id)
         if session is None:
@@ -231,13 +309,32 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         return _session_response(session)
 
     @router.patch(
-        f"{base}/sessions/{{session_id}}", response_model=SessionOut, responses=_TOO_MANY_SESSIONS
+        f"{base}/sessions/{{session_id}}",
+        response_model=SessionOut,
+        responses={
+            **read_responses,
+            **body_errors,
+            **errors(412, described=_CONFLICTS),
+        },
     )
-    async def patch(request: Request, namespace: str, session_id: str, body: PatchIn) -> Response:
+    async def patch(
+        namespace: str,
+        *,
+        session_id: str = session_id_path,
+        body: PatchIn,
+        if_match: Annotated[
+            str | SkipJsonSchema[None],
+            Header(
+                alias="If-Match",
+                description='write only over this version: an ETag of the session ("3"), or *',
+                json_schema_extra={"pattern": IF_MATCH_PATTERN},
+            ),
+        ] = None,
+    ) -> Response:
         """Replace data and/or metadata, set or clear the subject; with `If-Match`, only over
         that version (412 if it moved on)."""
         space = resolve(namespace)
-        expected = _if_match(request)
+        expected = _if_match(if_match)
         subject: str | Keep | None = body.subject if "subject" in body.model_fields_set else KEEP
         session = await space.update(
             session_id,
@@ -249,7 +346,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
         return _session_response(session)
 
     @router.delete(f"{base}/sessions/{{session_id}}", status_code=204)
-    async def delete(namespace: str, session_id: str) -> Response:
+    async def delete(namespace: str, session_id: str = session_id_path) -> Response:
         """Delete a session (404 if there was no live one)."""
         if not await resolve(namespace).delete(session_id):
             raise SessionNotFound(session_id)
@@ -258,9 +355,11 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     @router.post(
         f"{base}/sessions/{{session_id}}/rotate",
         response_model=SessionOut,
-        responses=_TOO_MANY_SESSIONS,
+        responses={**read_responses, **body_errors, **errors(described=_CONFLICTS)},
     )
-    async def rotate(namespace: str, session_id: str, body: RotateIn | None = None) -> Response:
+    async def rotate(
+        namespace: str, session_id: str = session_id_path, body: RotateIn | None = None
+    ) -> Response:
         """Give the session a new id; the old one stops working at once."""
         space = resolve(namespace)
         subject: str | Keep | None = KEEP
@@ -278,16 +377,20 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
             await space.rotate(session_id, subject=subject, idle_ttl=idle, absolute_ttl=absolute)
         )
 
-    @router.get(f"{base}/subjects/{{subject}}/sessions", response_model=SubjectSessionsOut)
-    async def list_subject(namespace: str, subject: str) -> Response:
+    @router.get(
+        f"{base}/subjects/{{subject}}/sessions",
+        response_model=SubjectSessionsOut,
+        responses=errors(described={409: _UNREADABLE}),
+    )
+    async def list_subject(namespace: str, subject: Subject) -> Response:
         """The live sessions of a subject, newest first, each with its `device` when one was
         recorded ("where am I logged in")."""
         sessions = await resolve(namespace).list_subject(subject)
         return JSONResponse({"sessions": [session_json(s) for s in sessions]})
 
-    @router.delete(f"{base}/subjects/{{subject}}/sessions")
+    @router.delete(f"{base}/subjects/{{subject}}/sessions", response_model=RevokedOut)
     async def revoke_subject(
-        namespace: str, subject: str, keep: Annotated[list[str] | None, Query()] = None
+        namespace: str, subject: Subject, keep: list[str] | None = kept_query
     ) -> Response:
         """Delete every session of a subject (log out everywhere), but those named by `keep`
         (repeatable: `?keep=<id>&keep=<id>`; "log out my other devices"), in one atomic
@@ -298,9 +401,14 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     @router.post(
         f"{base}/sessions/{{session_id}}/counters/{{counter}}/consume",
         response_model=ConsumeOut,
-        responses={429: {"description": "the charge would pass the limit; nothing was charged"}},
+        responses={
+            **body_errors,
+            **errors(described={429: "the charge would pass the limit; nothing was charged"}),
+        },
     )
-    async def consume(namespace: str, session_id: str, counter: str, body: ConsumeIn) -> Response:
+    async def consume(
+        namespace: str, *, session_id: str = session_id_path, counter: Counter, body: ConsumeIn
+    ) -> Response:
         """Charge a session counter atomically against a limit (a negative amount refunds)."""
         space = resolve(namespace)
         result = await space.consume(session_id, counter, amount=body.amount, limit=body.limit)
@@ -329,8 +437,7 @@ def admin_router(namespaces: Callable[[], Mapping[str, Namespace]], keys: ApiKey
     return router
 
 
-def _if_match(request: Request) -> int | None:
-    header = request.headers.get("if-match")
+def _if_match(header: str | None) -> int | None:
     if header is None or header.strip() == "*":
         return None
     match = _ETAG.match(header)

@@ -38,6 +38,7 @@ from sessionary.http.errors import JSONResponse, unavailable_response
 from sessionary.http.handlers import install_error_handlers
 from sessionary.http.limits import BodyLimit, ByteBudget
 from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
+from sessionary.http.openapi import errors, operation_id
 from sessionary.playground import Playground
 from sessionary.reaper import run_forever
 from sessionary.runs import Runs
@@ -54,6 +55,7 @@ from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store, without_password
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
+from sessionary.web.docs import install_docs
 from sessionary.web.settings import Settings, SettingsError
 
 
@@ -258,7 +260,11 @@ def create_app(
         version=__version__,
         description="Server-side sessions: admin API, playground sessions with quotas.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs: served from this process, not a CDN
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
+    install_docs(app)
     app.state.sessionary = source
     app.state.features = features  # the runs feature and its worker, once started
 
@@ -267,7 +273,7 @@ def create_app(
         """The process is up."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=errors(503))
     async def readyz() -> Response:
         """The store answers and takes a write: 200, or 503 with Retry-After."""
         try:
@@ -277,12 +283,19 @@ def create_app(
             return unavailable_response(f"the store does not answer: {exc}")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses={200: {"description": "the Prometheus text format"}},
+    )
     async def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.include_router(admin_router(lambda: namespaces, ApiKeys(settings.api_keys)))
+    app.include_router(
+        admin_router(lambda: namespaces, ApiKeys(settings.api_keys), id_prefixes(settings))
+    )
     if playground is not None:
         playground.install(app)
     if settings.runs.enabled:
@@ -303,6 +316,7 @@ def create_app(
                 hand_over,
                 send_timeout_s=settings.runs.stream_send_timeout.total_seconds(),
                 origins=settings.runs.cors_origins,
+                cookie=settings.runs.session_cookie if settings.runs.session_namespace else None,
             )
         )
     if settings.analytics.enabled:
