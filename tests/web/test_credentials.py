@@ -15,6 +15,8 @@ ROUTES = [
     ("POST", f"{WEB}/sessions", "admin API key"),
     ("GET", "/api/v1/projects/shop/sessions", "admin API key"),
     ("POST", "/api/v1/track", "project key"),
+    ("GET", "/api/v1/conversations/conv_x/active-session", "runs key"),
+    ("POST", "/api/v1/conversations", "runs key"),
 ]
 
 

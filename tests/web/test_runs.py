@@ -99,6 +99,12 @@ async def test_every_route_checks_credentials_and_ownership(
     assert (elsewhere.status_code, elsewhere.json()["error"]) == (404, "run_not_found")
     malformed = await client.get(f"{BASE}/{conversation}/runs/not-a-run", headers=ALICE)
     assert (malformed.status_code, malformed.json()["error"]) == (400, "invalid_session_id")
+    assert malformed.json()["message"].startswith("a run id ")  # named for what it is
+    bad = await client.get(f"{BASE}/not-a-conversation/active-session", headers=ALICE)
+    assert (bad.status_code, bad.json()["message"]) == (
+        400,
+        "a conversation id has 48 characters, not 18",
+    )
     # nothing above touched the run
     assert (await runs_of(app).get(run["runId"])).status == "queued"
 

@@ -326,8 +326,10 @@ def runs_router(
         subject = getattr(request.state, _CALLER, None)
         if subject is None:
             subject = await authenticate(request)
+            if subject is None and presented_key(request) is not None:
+                raise unauthorized("the runs key is not valid")  # as the admin API says it
             if subject is None:
-                raise unauthorized("send credentials: Authorization: Bearer <key>")
+                raise unauthorized("send the runs key as 'Authorization: Bearer <key>'")
             setattr(request.state, _CALLER, subject)
         return str(subject)
 

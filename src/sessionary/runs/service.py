@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import statistics
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from sessionary.clock import to_ms
 from sessionary.codec import check_int
 from sessionary.contract import Finding
 from sessionary.errors import (
+    InvalidSessionId,
     LogClosed,
     SessionExists,
     StoreUnavailable,
@@ -115,7 +116,8 @@ class Runs:
     async def conversation(self, conversation_id: str, subject: str | None = None) -> Session:
         """The conversation's session: `ConversationNotFound`, or `NotOwner` when it belongs
         to someone other than `subject` (None: no check)."""
-        found = await self.conversations.get(conversation_id)
+        with _called("conversation"):
+            found = await self.conversations.get(conversation_id)
         if found is None:
             raise ConversationNotFound("no such conversation")
         if subject is not None and found.subject != subject:
@@ -201,7 +203,8 @@ class Runs:
             raise
 
     async def get(self, run_id: str, subject: str | None = None) -> Run:
-        session = await self.runs.get(run_id)
+        with _called("run"):
+            session = await self.runs.get(run_id)
         if session is None:
             raise RunNotFound("no such run")
         if subject is not None and session.subject != subject:
@@ -539,6 +542,16 @@ class Runs:
 
 
 _WATCH_PAUSE_S = 0.05  # so a producer gone quiet right after an emit hears a cancel this late
+
+
+@contextlib.contextmanager
+def _called(what: str) -> Iterator[None]:
+    """A malformed id is named for what it is (a conversation id, a run id), not for the
+    session that holds it; the error (and its code) stay the store's."""
+    try:
+        yield
+    except InvalidSessionId as exc:
+        raise InvalidSessionId(str(exc).replace("session id", f"{what} id")) from None
 
 
 def _lease_id(run_id: str) -> str:
