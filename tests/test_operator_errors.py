@@ -48,6 +48,30 @@ def one_line(done: subprocess.CompletedProcess[str], status: int = 2) -> str:
     return lines[0]
 
 
+# -- usage ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("nope",), "Error: No such command 'nope'. (see 'sessionary --help')"),
+        (
+            ("serve", "--port", "eighty"),
+            "Error: Invalid value for '--port': 'eighty' is not a valid integer. "
+            "(see 'sessionary serve --help')",
+        ),
+        (
+            ("reap", "--bogus"),
+            "Error: No such option '--bogus'. (see 'sessionary reap --help')",
+        ),
+    ],
+)
+def test_a_usage_mistake_is_one_line_with_where_help_is(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    assert one_line(sessionary(tmp_path, *args)) == said
+
+
 # -- settings ---------------------------------------------------------------------------------
 
 

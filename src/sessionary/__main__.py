@@ -12,9 +12,9 @@ from sessionary.extras import MissingExtra
 
 def main() -> None:
     try:
-        from sessionary.cli import main as command
+        from sessionary.cli import run
 
-        command()
+        run()
     except MissingExtra as missing:
         print(missing, file=sys.stderr)
         raise SystemExit(2) from None

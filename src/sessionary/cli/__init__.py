@@ -45,3 +45,22 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The command as the console script runs it: a usage mistake (an unknown option, a bad
+    value) is one line naming it and where help is, exit status 2, as every operator mistake
+    (click would print the usage block above it)."""
+    try:
+        code = main.main(prog_name="sessionary", standalone_mode=False)
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"Error: {exc.format_message()}{where}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
