@@ -4,8 +4,9 @@ logical database of its own, and cleaned up afterwards."""
 from __future__ import annotations
 
 import os
+import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,17 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def paused(private_redis: RedisServer) -> Iterator[Callable[[bool], None]]:
+    """`paused(True)` stops the private redis-server with SIGSTOP (it keeps its data and its
+    connections, and answers nothing), `paused(False)` lets it go on; it goes on at the end."""
+    assert private_redis.process is not None
+    pid = private_redis.process.pid
+
+    def pause(stopped: bool) -> None:
+        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+    yield pause
+    pause(False)

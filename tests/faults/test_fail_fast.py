@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,18 +38,6 @@ class Skew:
 
     def __call__(self) -> float:
         return time.monotonic() + self.ahead
-
-
-@pytest.fixture
-def paused(private_redis: RedisServer) -> Iterator[Callable[[bool], None]]:
-    assert private_redis.process is not None
-    pid = private_redis.process.pid
-
-    def pause(stopped: bool) -> None:
-        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
-
-    yield pause
-    pause(False)
 
 
 @pytest_asyncio.fixture

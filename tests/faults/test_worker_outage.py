@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
-import pytest
 import pytest_asyncio
 
 from sessionary import Store, StoreUnavailable, connect
@@ -25,18 +22,6 @@ from tests.servers import RedisServer, eventually
 CHUNKS = 20
 TIMEOUT_S = 0.3
 SETTINGS = RunsSettings(lease_ttl="10s", dispatch="queue")
-
-
-@pytest.fixture
-def paused(private_redis: RedisServer) -> Iterator[Callable[[bool], None]]:
-    assert private_redis.process is not None
-    pid = private_redis.process.pid
-
-    def pause(stopped: bool) -> None:
-        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
-
-    yield pause
-    pause(False)
 
 
 @pytest_asyncio.fixture
