@@ -55,7 +55,7 @@ def error_line(*args: str, exit_code: int) -> str:
         ),
         (("--handler", "os:nothing"), "'os' has no function 'nothing'"),
         (("--handler", "os:getcwd"), "os:getcwd is not an async function"),
-        (("--handler", RELEASED, "--grace", "soon"), "Invalid value for --grace: 'soon'"),
+        (("--handler", RELEASED, "--grace", "soon"), "Invalid value for '--grace':"),
         (("--handler", RELEASED, "--concurrency", "0"), "Invalid value for '--concurrency'"),
     ],
 )

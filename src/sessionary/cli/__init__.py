@@ -7,13 +7,43 @@ one line instead of this module's import error.
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
 from sessionary import __version__
+from sessionary.clock import parse_duration
 from sessionary.extras import needs
 
 _WHAT = "the sessionary command"
 
 with needs("server", _WHAT):
     import click
+
+
+if TYPE_CHECKING:  # generic for type checkers; not subscriptable at run time before click 8.2
+    _DurationBase = click.ParamType[timedelta]
+else:
+    _DurationBase = click.ParamType
+
+
+class Duration(_DurationBase):
+    """An option's duration, written like '30s', '5m', '7d' (`parse_duration`): a
+    `timedelta`, or click's usage error naming the option."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
 
 STORE_HELP = (
     "Store URL: sqlite:///file.db (default: sessionary.db here), memory://, redis://host:6379/0"

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 
+from sessionary.cli import DURATION
 from sessionary.cli.ops import _connect, _one_line, _settings, config_option, store_option
-from sessionary.clock import parse_duration
 from sessionary.contract import Finding
 from sessionary.store import SECRETS_NAMESPACE
 
@@ -50,6 +50,7 @@ _EXAMPLES = 3
 )
 @click.option(
     "--backlog-age",
+    type=DURATION,
     default="5m",
     show_default=True,
     help="An analytics outbox whose oldest entry is older than this is a finding.",
@@ -60,7 +61,7 @@ def check(
     repair: bool,
     as_json: bool,
     limit: int,
-    backlog_age: str,
+    backlog_age: timedelta,
     store: str | None,
     config: str | None,
 ) -> None:
@@ -68,12 +69,8 @@ def check(
     whose lease lapsed and analytics work the jobs owe. Exit 1 if anything is wrong (after
     --repair: if anything is left), 0 if all is clean."""
     settings = _settings(config, store=store)
-    try:
-        age = parse_duration(backlog_age)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--backlog-age") from None
     with _one_line():
-        findings = asyncio.run(_check(settings, repair, limit, age, Console(stderr=True)))
+        findings = asyncio.run(_check(settings, repair, limit, backlog_age, Console(stderr=True)))
     if as_json:
         click.echo(json.dumps([_as_json(finding) for finding in findings], indent=2))
     else:

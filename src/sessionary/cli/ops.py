@@ -28,8 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from sessionary.cli import STORE_HELP
-from sessionary.clock import parse_duration
+from sessionary.cli import DURATION, STORE_HELP
 from sessionary.errors import BadStoreURL, StoreUnavailable
 from sessionary.extras import needs
 from sessionary.outage import OutageLog, repeat
@@ -159,22 +158,20 @@ def _where(store: str) -> str:
 @click.command()
 @store_option
 @config_option
-@click.option("--every", help="Keep sweeping at this interval (like '30s'); default: once.")
+@click.option(
+    "--every", type=DURATION, help="Keep sweeping at this interval (like '30s'); default: once."
+)
 @click.option(
     "--analytics",
     is_flag=True,
     help="Also close idle analytics sessions (emitting session_end) and drain to the sink.",
 )
-def reap(store: str | None, config: str | None, every: str | None, analytics: bool) -> None:
+def reap(store: str | None, config: str | None, every: timedelta | None, analytics: bool) -> None:
     """Expire due sessions (each exactly once, however many reapers run) and sweep finished
     counters, in every configured namespace."""
     settings = _settings(config, store=store)
-    try:
-        interval = None if every is None else parse_duration(every)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--every") from None
     with _one_line(), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_reap(settings, interval, analytics, Console(stderr=True)))
+        asyncio.run(_reap(settings, every, analytics, Console(stderr=True)))
 
 
 async def _reap(
@@ -223,18 +220,16 @@ async def _reap(
 @click.command()
 @store_option
 @config_option
-@click.option("--older-than", default="7d", show_default=True, help="Forget state this old.")
-def vacuum(store: str | None, config: str | None, older_than: str) -> None:
+@click.option(
+    "--older-than", type=DURATION, default="7d", show_default=True, help="Forget state this old."
+)
+def vacuum(store: str | None, config: str | None, older_than: timedelta) -> None:
     """Clean analytics state: close sessions idle longer than --older-than (emitting the
     session_end owed), forget old device states, orphaned index entries and pointers, and
     event ids past the duplicate window; then drain to the sink. Prints what it cleaned."""
     settings = _settings(config, store=store)
-    try:
-        age = parse_duration(older_than)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than") from None
     with _one_line():
-        report = asyncio.run(_vacuum(settings, age))
+        report = asyncio.run(_vacuum(settings, older_than))
     click.echo(
         f"closed {report.closed} sessions, forgot {report.states} device states, "
         f"{report.index} index entries, {report.pointers} profile pointers, "

@@ -12,9 +12,8 @@ from datetime import timedelta
 
 import click
 
-from sessionary.cli import STORE_HELP
+from sessionary.cli import DURATION, STORE_HELP
 from sessionary.cli.ops import OperatorError, _connect, _one_line, _settings
-from sessionary.clock import parse_duration
 from sessionary.errors import SessionaryError
 from sessionary.runs import Runs
 from sessionary.runs.worker import Handler, Worker, load_handler
@@ -42,6 +41,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 @click.option("--name", help="This worker's name in runs and logs (default: host-pid).")
 @click.option(
     "--grace",
+    type=DURATION,
     default="30s",
     show_default=True,
     help="On SIGTERM or Ctrl-C: how long the runs going on may take to end before they are "
@@ -57,7 +57,7 @@ def worker(
     handler: str | None,
     concurrency: int,
     name: str | None,
-    grace: str,
+    grace: timedelta,
     store: str | None,
     config: str | None,
 ) -> None:
@@ -65,10 +65,6 @@ def worker(
     "queue"`), `--concurrency` at a time, until SIGTERM or Ctrl-C. Any number of workers, on
     any machines sharing the store: each run is executed by one worker at a time."""
     settings = _settings(config, store=store)
-    try:
-        grace_period = parse_duration(grace)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--grace") from None
     path = handler or settings.runs.handler
     if path is None:
         raise OperatorError("name the run handler: --handler package.module:function")
@@ -80,7 +76,7 @@ def worker(
         raise OperatorError(f"--handler: {exc}") from None
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     with _one_line(failures=(SessionaryError,)):
-        asyncio.run(_work(settings, function, path, name, concurrency, grace_period))
+        asyncio.run(_work(settings, function, path, name, concurrency, grace))
 
 
 async def _work(
