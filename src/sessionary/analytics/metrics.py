@@ -26,6 +26,8 @@ class AnalyticsMetrics:
             "Open sessions (as of the last reaper run)",
             ["project"],
             registry=r,
+            # a count of the whole store: across processes, the latest any reaper saw
+            multiprocess_mode="mostrecent",
         )
         self.ingest_latency = Histogram(
             "sessionary_analytics_ingest_duration_seconds",

@@ -32,7 +32,7 @@ from sessionary.cli import DURATION, STORE_HELP
 from sessionary.errors import BadStoreURL, StoreUnavailable
 from sessionary.extras import needs
 from sessionary.outage import OutageLog, repeat
-from sessionary.reaper import sweep
+from sessionary.reaper import Sweep, sweep
 from sessionary.sealing import RekeyReport
 from sessionary.store import SECRETS_NAMESPACE, Namespace, Store, connect, without_password
 
@@ -111,6 +111,7 @@ def serve(store: str | None, host: str | None, port: int | None, config: str | N
     """Run the HTTP service: admin API, playground, runs, /healthz, /readyz, /metrics, /docs.
     Says on stderr, once it serves, where it stores, what it serves and where the docs are."""
     from sessionary.web.app import create_app
+    from sessionary.web.log_format import say
     from sessionary.web.server import CannotListen
     from sessionary.web.server import serve as run
     from sessionary.web.settings import SettingsError
@@ -120,7 +121,7 @@ def serve(store: str | None, host: str | None, port: int | None, config: str | N
     with _one_line(mistakes=(SettingsError, CannotListen, ValueError)):
         app = create_app(settings)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, once everything is closed
-            run(app, settings, lambda: click.echo(_serving(settings), err=True))
+            run(app, settings, lambda: say(_serving(settings), log, settings.log_format))
 
 
 def _serving(settings: Settings) -> str:
@@ -169,9 +170,14 @@ def _where(store: str) -> str:
 def reap(store: str | None, config: str | None, every: timedelta | None, analytics: bool) -> None:
     """Expire due sessions (each exactly once, however many reapers run) and sweep finished
     counters, in every configured namespace."""
+    from sessionary.web.log_format import use_json_logs
+
     settings = _settings(config, store=store)
+    json_logs = settings.log_format == "json"
+    if json_logs:  # no progress bars then: its reports are records
+        use_json_logs(settings.log_level)
     with _one_line(), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_reap(settings, every, analytics, Console(stderr=True)))
+        asyncio.run(_reap(settings, every, analytics, Console(stderr=True, quiet=json_logs)))
 
 
 async def _reap(
@@ -195,17 +201,22 @@ async def _reap(
         namespaces, groups = declared.namespaces, declared.groups
 
         async def once() -> None:
-            await _sweep_once(
+            found = await _sweep_once(
                 list(namespaces.values()),
                 groups,
                 settings.reaper.batch,
                 console,
                 transient=every is not None,
             )
+            json_logs = settings.log_format == "json"
+            if json_logs:
+                log.info("reaped", extra={"expired": found.expired, "swept": found.counters})
             if analytics and declared.analytics is not None:
                 closed = await declared.analytics.reap(settings.reaper.batch)
                 drained = await declared.analytics.drain()
                 console.print(f"analytics: closed {closed} sessions, drained {drained} entries")
+                if json_logs:
+                    log.info("analytics reaped", extra={"closed": closed, "drained": drained})
 
         if every is None:
             await once()
@@ -262,7 +273,7 @@ async def _sweep_once(
     console: Console,
     *,
     transient: bool,
-) -> None:
+) -> Sweep:
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -281,6 +292,7 @@ async def _sweep_once(
     swept = ", ".join(f"{k} {v}" for k, v in found.counters.items()) or "none"
     console.print(f"expired: {expired}", soft_wrap=True)
     console.print(f"counters swept: {swept}", soft_wrap=True)
+    return found
 
 
 @click.command()

@@ -18,6 +18,7 @@ from sessionary.errors import SessionaryError
 from sessionary.runs import Runs
 from sessionary.runs.worker import Handler, Worker, load_handler
 from sessionary.store import without_password
+from sessionary.web.log_format import say, use_json_logs
 from sessionary.web.settings import Settings
 
 log = logging.getLogger("sessionary.worker")
@@ -74,7 +75,10 @@ def worker(
         function = load_handler(path)
     except ValueError as exc:
         raise OperatorError(f"--handler: {exc}") from None
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    if settings.log_format == "json":
+        use_json_logs(settings.log_level)
+    else:
+        logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     with _one_line(failures=(SessionaryError,)):
         asyncio.run(_work(settings, function, path, name, concurrency, grace))
 
@@ -94,10 +98,11 @@ async def _work(
     try:
         runs = Runs(opened, settings.runs)
         executor = Worker(runs, handler, name=name)
-        click.echo(
+        say(
             f"worker {executor.name}: runs of {without_password(url)}, {concurrency} at a time, "
             f"with {path} (lease {settings.runs.lease_ttl}); SIGTERM or Ctrl-C stops it",
-            err=True,
+            log,
+            settings.log_format,
         )
         loop = asyncio.get_running_loop()
         stopping: asyncio.Task[None] | None = None

@@ -1,24 +1,79 @@
-"""Prometheus metrics of the service, in a registry of its own (one per application)."""
+"""Prometheus metrics of the service, in a registry of its own (one per application).
+
+One process, one registry: a scrape of `/metrics` sees that process alone. A service of
+several processes (`sessionary serve` processes behind a balancer, `sessionary reap
+--analytics --every` beside them) shares a directory instead, named by the environment
+variable `PROMETHEUS_MULTIPROC_DIR` (prometheus_client's multiprocess mode): each process
+writes its values to files of its own there, and `/metrics` of any of them reports what
+every process sharing the directory counted, summed (a process that ended included: its
+counts happened). The variable, not a setting: prometheus_client chooses where values live
+when it is imported, from the environment, before any setting is read, and every process
+started from the same environment inherits it.
+
+The directory is the operator's to create, and to empty whenever the whole group starts
+again (files of processes long gone would otherwise count on, and a new process that gets
+an old one's pid would carry on from its numbers).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionary.model import EVENT_KINDS, SessionEvent
 from sessionary.store import Store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: the environment variable naming the directory the processes of one service share
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class MetricsDirError(ValueError):
+    """`PROMETHEUS_MULTIPROC_DIR` cannot be used; the message names the fix."""
+
+
+def shared_directory() -> str | None:
+    """The directory this process shares its metrics through, or None (its own registry
+    only). `MetricsDirError` when the variable names no directory, or was set after
+    prometheus_client chose to keep values in memory: either would serve numbers that are
+    not what every process counted (or fail every request that counts)."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if not directory:
+        return None
+    if not os.path.isdir(directory):
+        raise MetricsDirError(
+            f"{MULTIPROCESS_DIR}={directory}: no such directory: create it (empty) before "
+            "starting the service's processes, or unset the variable"
+        )
+    if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+        raise MetricsDirError(
+            f"{MULTIPROCESS_DIR} was set after prometheus_client was imported: set it in the "
+            "environment the process starts with"
+        )
+    return directory
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.directory = shared_directory()
         r = self.registry
+        self.processes = Gauge(
+            "sessionary_processes",
+            "Processes of the service serving now (with PROMETHEUS_MULTIPROC_DIR: those "
+            "alive and sharing the directory)",
+            registry=r,
+            multiprocess_mode="livesum",  # a process that ended drops out (`alive`)
+        )
         self.requests = Counter(
             "sessionary_http_requests",
             "HTTP requests served",
@@ -73,8 +128,28 @@ class Metrics:
             lambda namespace, error: self.unreadable.labels(namespace, error.reason).inc()
         )
 
+    @contextlib.contextmanager
+    def alive(self) -> Iterator[None]:
+        """This process counts in `sessionary_processes` while the context lasts; at its end,
+        with a shared directory, its live gauges' files are removed (its counters stay: what
+        it counted happened)."""
+        self.processes.set(1)
+        try:
+            yield
+        finally:
+            if self.directory is None:
+                self.processes.set(0)
+            else:  # its file goes: a process killed outright stays counted until emptied
+                mark_process_dead(os.getpid(), self.directory)  # type: ignore[no-untyped-call]
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The metrics in Prometheus' text format: this process's, or (with a shared
+        directory) every process's, merged from the directory's files."""
+        if self.directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.directory)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     def instrument(self, app: ASGIApp) -> ASGIApp:
         """An ASGI wrapper counting requests and timing them by route template."""

@@ -215,6 +215,7 @@ def create_app(
         leases), the analytics sink and the jobs draining into it, the runs worker and its
         queue consumer; so the consumer stops first, the store closes last."""
         async with contextlib.AsyncExitStack() as closing:
+            closing.enter_context(metrics.alive())
             closing.push_async_callback(source.close)
             opened = await source.get()
             if store is None:

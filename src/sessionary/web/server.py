@@ -38,6 +38,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sessionary.http.sse import ABORT_EXTENSION
+from sessionary.web.log_format import json_log_config
 from sessionary.web.settings import Settings
 
 
@@ -170,6 +171,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "http": LimitedHttpTools.limited(limits),
         **overrides,
     }
+    if settings.log_format == "json":
+        options.setdefault("log_config", json_log_config(settings.log_level))
     return uvicorn.Config(app, **options)
 
 

@@ -63,6 +63,7 @@ from sessionary.playground.settings import PlaygroundSettings
 from sessionary.runs.settings import RunsSettings
 from sessionary.sealing import parse_keys
 from sessionary.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL, without_password
+from sessionary.web.log_format import LogFormat
 
 ENV_PREFIX = "SESSIONARY_"
 
@@ -151,6 +152,8 @@ class Settings(BaseSettings):
     #: client that stops reading can hold of the machine's memory
     send_buffer_bytes: int = Field(128 * 1024, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: "json": every log line of serve, worker and reap a JSON object (web/log_format.py)
+    log_format: LogFormat = "text"
     #: encryption at rest (docs/encryption.md): keys of 32 random bytes in base64, each
     #: optionally "id:"-prefixed; the first seals, all open. Empty: sessions stored in clear
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
