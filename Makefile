@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
 	$(BIN)/python benchmarks/session_limits.py
 	$(BIN)/python benchmarks/run_dispatch.py
+	$(BIN)/python benchmarks/tracing.py
 
 # every benchmark at its smoke size (`--smoke`, seconds each), as CI runs them
 bench-smoke: $(STAMP)

@@ -71,6 +71,11 @@ RESULTS: dict[str, list[str]] = {
         rf"sessionary worker\s*│\s*sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
         rf"sessionary worker\s*│\s*redis\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
     ],
+    "tracing.py": [
+        rf"memory\s*│\s*touch\s*│\s*unconfigured\s*│\s*{NUMBER}\s*│\s*{NUMBER}x\s*│\s*-?{NUMBER}",
+        rf"sqlite\s*│\s*update\s*│\s*in-memory\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"redis\s*│\s*touch\s*│\s*no-op provider\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
     "analytics_stress.py": [r"20 sessions, 20 session_start, 20 session_end, 80 event rows"],
     "edge.py": [
         rf"sqlite\s*│\s*header flood\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}",

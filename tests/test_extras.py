@@ -33,6 +33,7 @@ EVERY_OPTIONAL = (
     "litestar",
     "mcp",
     "mcp_types",
+    "opentelemetry",
     "prometheus_client",
     "pydantic",
     "pydantic_settings",

@@ -39,6 +39,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar, cast
 
 from sessionary.contract import Backend
 from sessionary.errors import StoreUnavailable
+from sessionary.telemetry import backend_kind, traced
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -204,17 +205,21 @@ class Breaker:
 class _Guarded:
     """A backend whose coroutine methods go through a `Breaker`, each wrapped once (on first
     use), whatever methods the backend has: the contract's, the analytics contract's, or
-    more of a third party's."""
+    more of a third party's. Each call is also a span when the application traces
+    (`sessionary.telemetry`); the span is outside the breaker, so a call that fails fast
+    while the circuit is open is seen too."""
 
     def __init__(self, backend: Backend, breaker: Breaker) -> None:
         self._inner = backend
         self._breaker = breaker
+        self._kind = backend_kind(backend)
 
     def __getattr__(self, name: str) -> Any:
         found = getattr(self._inner, name)
         if name in _UNGUARDED or not inspect.iscoroutinefunction(found):
             return found
-        wrapped = self._breaker.wrap(found, waits=name in _WAITS)
+        guarded = self._breaker.wrap(found, waits=name in _WAITS)
+        wrapped = traced(guarded, name, self._kind, like=found)
         self.__dict__[name] = wrapped  # the next lookup is a plain attribute
         return wrapped
 

@@ -119,6 +119,9 @@ class RequestSession(MutableMapping[str, Any]):
         self.looked_up = False
         #: `save` found the session deleted by another request: it stays deleted.
         self.deleted_meanwhile = False
+        #: `rotate` gave the stored session a new id (for telemetry: read without marking
+        #: the session accessed)
+        self.rotated = False
 
     @classmethod
     def fresh(cls, namespace: Namespace, *, device: Sighting | None = None) -> RequestSession:
@@ -210,7 +213,7 @@ class RequestSession(MutableMapping[str, Any]):
             self._session.id, subject=subject, idle_ttl=idle_ttl, absolute_ttl=absolute_ttl
         )
         self._lifetime = None
-        self._reissue = True
+        self._reissue = self.rotated = True
 
     def set_lifetime(
         self, *, idle_ttl: timedelta | None = None, absolute_ttl: timedelta | None = None

@@ -39,6 +39,7 @@ from sessionary.http.handlers import install_error_handlers
 from sessionary.http.limits import BodyLimit, ByteBudget
 from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
 from sessionary.http.openapi import errors, operation_id
+from sessionary.http.tracing import Traced
 from sessionary.playground import Playground
 from sessionary.reaper import run_forever
 from sessionary.runs import Runs
@@ -53,6 +54,7 @@ from sessionary.runs.model import Run
 from sessionary.runs.worker import Worker, load_handler
 from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store, without_password
+from sessionary.telemetry import flush_spans
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
 from sessionary.web.docs import install_docs
@@ -213,8 +215,10 @@ def create_app(
         later step of the startup fails, in the reverse order of opening. Opened: the store
         (checked against its URL when opened here), the tasks sweeping it (reaper, run
         leases), the analytics sink and the jobs draining into it, the runs worker and its
-        queue consumer; so the consumer stops first, the store closes last."""
+        queue consumer; so the consumer stops first, the store closes last, and the spans
+        left (when the application traces) are exported then."""
         async with contextlib.AsyncExitStack() as closing:
+            closing.push_async_callback(flush_spans)
             closing.enter_context(metrics.alive())
             closing.push_async_callback(source.close)
             opened = await source.get()
@@ -264,6 +268,10 @@ def create_app(
         docs_url=None,  # install_docs: served from this process, not a CDN
         redoc_url=None,
         generate_unique_id_function=operation_id,
+        # FastAPI's own request spans record the path (`url.path`), and its logs the
+        # exceptions' messages and the invalid input: ids, here. The service's spans are
+        # `Traced`'s, by route template (docs/tracing.md).
+        telemetry={"tracing": False, "logs": False},
     )
     install_docs(app)
     app.state.sessionary = source
@@ -339,5 +347,6 @@ def create_app(
         )
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(Instrumented, metrics=metrics)
+    app.add_middleware(Traced)  # outside the metrics: its span covers all the request's work
     install_error_handlers(app, metrics)  # last: its 500 guard wraps every middleware
     return app

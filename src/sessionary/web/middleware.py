@@ -44,6 +44,7 @@ FastAPI dependency (`CurrentSession`) is in `sessionary.web.fastapi`.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -66,6 +67,7 @@ from sessionary.outage import OutageLog
 from sessionary.session_request import Outcome, RequestSession
 from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
+from sessionary.telemetry import NAMESPACE, span
 
 if TYPE_CHECKING:
     from sessionary.http.metrics import Metrics
@@ -73,6 +75,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("sessionary.middleware")
 
 STATE_KEY = "session"
+
+#: spans when the application traces (`sessionary.telemetry`): the load of the session a
+#: client presented (one store call: the touch) and its save as the response starts
+LOAD_SPAN = "sessionary.session.load"
+SAVE_SPAN = "sessionary.session.save"
+NEW = "sessionary.session.new"
+CHANGED = "sessionary.session.changed"
+ROTATED = "sessionary.session.rotated"
+#: what the response tells the client about its id: "nothing", "issue" or "clear"
+RESPONSE = "sessionary.session.response"
 
 #: The name the request's session had before the rules moved to `sessionary.session_request`.
 SessionHandle = RequestSession
@@ -185,8 +197,12 @@ class SessionMiddleware:
             await self._serve(scope, receive, send, handle)
             return
         try:
-            namespace = await self._ns()
-            handle = await RequestSession.load(namespace, presented, device=self._device(scope))
+            loaded = span(LOAD_SPAN, {NAMESPACE: self._name}) if presented else nullcontext()
+            with loaded as loading:
+                namespace = await self._ns()
+                handle = await RequestSession.load(namespace, presented, device=self._device(scope))
+                if loading is not None:
+                    loading.set_attribute(NEW, not _found(handle))
         except StoreUnavailable as exc:
             if self._fails_closed():
                 self._count_outage()
@@ -251,7 +267,7 @@ class SessionMiddleware:
                 await send(message)
                 return
             try:
-                outcome = await handle.commit()
+                outcome = await self._commit(handle)
             except StoreUnavailable as exc:
                 if self._fails_closed():
                     self._count_outage()
@@ -300,6 +316,18 @@ class SessionMiddleware:
                     await internal_error_response(headers)(scope, receive, send)
             raise
 
+    async def _commit(self, handle: RequestSession) -> Outcome:
+        """`handle.commit()`, in a span when the application traces: whether the session
+        was new to this request, changed, rotated, and what the response tells the client
+        about its id (`Outcome`)."""
+        attributes = {NAMESPACE: self._name, NEW: not _found(handle), CHANGED: handle.changed()}
+        with span(SAVE_SPAN, attributes) as saving:
+            outcome = await handle.commit()
+            if saving is not None:
+                saving.set_attribute(ROTATED, handle.rotated)
+                saving.set_attribute(RESPONSE, outcome.value)
+        return outcome
+
     def _telling(self, outcome: Outcome, handle: RequestSession) -> tuple[bytes, bytes] | None:
         """The header that carries `outcome` to the client (None for NOTHING)."""
         if outcome is Outcome.NOTHING:
@@ -321,6 +349,11 @@ class SessionMiddleware:
             await send(message)
 
         return send_and_close
+
+
+def _found(handle: RequestSession) -> bool:
+    """The client presented the id of a live session (read without marking it accessed)."""
+    return handle.looked_up and not handle.stale
 
 
 def _own_max_age(session: Session | None) -> int | None:
