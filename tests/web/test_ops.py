@@ -36,6 +36,9 @@ async def test_metrics_count_requests_sessions_and_refusals(service: httpx.Async
         ',status="201"} 1.0'
     ) in text
     assert "sessionary_http_request_duration_seconds_bucket" in text
+    # a route of a router mounted under a prefix is labelled with its whole template
+    assert 'route="/api/v1/playground/session"' in text
+    assert 'route="/session"' not in text
 
 
 async def test_readyz_follows_the_store(private_redis: RedisServer) -> None:

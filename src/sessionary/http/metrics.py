@@ -21,7 +21,6 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
@@ -29,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sessionary.http.tracing import route_template
 from sessionary.model import EVENT_KINDS, SessionEvent
 from sessionary.store import Store
 
@@ -184,6 +184,6 @@ class Instrumented:
 
 
 def _route_of(scope: Scope) -> str:
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if path else "<unmatched>"
+    """The route label: the matched route's whole template (its router's prefix too, as the
+    traces name it), never the client's path."""
+    return route_template(scope) or "<unmatched>"
