@@ -209,7 +209,7 @@ def test_it_connects_on_first_use_and_retries_a_failed_connect(tmp_path: Path) -
     sync_store = connect_sync(f"sqlite:///{path}")
     assert not path.parent.exists()
     assert sync_store._running is None
-    with pytest.raises(StoreUnavailable, match="cannot open SQLite store"):
+    with pytest.raises(StoreUnavailable, match="of the SQLite store does not exist"):
         sync_store.namespace("web", idle_ttl=timedelta(hours=1))
     path.parent.mkdir()
     with sync_store:
