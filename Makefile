@@ -33,12 +33,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	scripts/ensure-redis
+	scripts/ensure-postgres
 	scripts/ensure-rabbitmq
 	scripts/ensure-wrk
 	$(BIN)/python benchmarks/store_ops.py
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/runs.py
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/analytics_parts.py
 	$(BIN)/python benchmarks/analytics_stress.py
 	$(BIN)/python benchmarks/track_http.py
 	$(BIN)/python benchmarks/edge.py
@@ -50,6 +52,7 @@ bench: $(STAMP)
 # every benchmark at its smoke size (`--smoke`, seconds each), as CI runs them
 bench-smoke: $(STAMP)
 	scripts/ensure-redis
+	scripts/ensure-postgres
 	scripts/ensure-rabbitmq
 	$(BIN)/pytest benchmarks/test_smoke.py
 

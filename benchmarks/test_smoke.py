@@ -42,6 +42,11 @@ RESULTS: dict[str, list[str]] = {
         rf"naive GET\+SET per event\s*│\s*32 events\s*│\s*{NUMBER}",
         rf"TrackEvent.parse alone: {NUMBER} events/s",
     ],
+    "analytics_parts.py": [
+        rf"browser page view\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"postgres\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
     "runs.py": [
         rf"Producer.emit\s*│\s*per task\s*│\s*4\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
         rf"sessionary Runs.events\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}"

@@ -11,17 +11,18 @@ acknowledging hands the same entries over again, and retried writes must not dup
   (client event ids never contain "/");
 * a session row is keyed by its id and replaced only by a row with a greater `version`.
 
-`rows_of` turns entries into rows (the same for every sink); `sink_from_url` opens the sink a URL
-names: `sqlite:///path.db` (`sessionary.analytics.sqlite_sink`, the default) or
-`postgresql://...` (`sessionary.analytics.postgres_sink`). The helpers below `rows_of` are the
-parts of the SQL sinks that do not depend on the database.
+`rows_of` turns entries into rows (the same for every sink; `records_of` into the tuples the
+SQL sinks insert); `sink_from_url` opens the sink a URL names: `sqlite:///path.db`
+(`sessionary.analytics.sqlite_sink`, the default) or `postgresql://...`
+(`sessionary.analytics.postgres_sink`). The helpers below `sink_from_url` are the parts of the
+SQL sinks that do not depend on the database.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -100,45 +101,86 @@ class Sink(Protocol):
 def rows_of(entries: Sequence[OutboxEntry]) -> tuple[list[EventRow], list[SessionRow]]:
     """The event rows of `entries` (their hits but the duplicates, then a `session_start` /
     `session_end` row per session opened / closed) and the latest row of each session."""
-    events: list[EventRow] = []
+    records, sessions = records_of(entries, properties=bytes)
+    return [EventRow(*record) for record in records], sessions
+
+
+def records_of(
+    entries: Sequence[OutboxEntry],
+    *,
+    absent: object = None,
+    flags: tuple[object, object] = (False, True),
+    properties: Callable[[bytes], object] = bytes.decode,
+) -> tuple[list[tuple[Any, ...]], list[SessionRow]]:
+    """The rows of `rows_of`, each event as the values of `EVENT_COLUMNS`: what the SQL sinks
+    insert, made without an `EventRow` each (the drainer's time per event). A missing text
+    (session_id, device_id, profile_id, path, referrer, utm_*) is `absent`, `late` is
+    `flags[late]` and the properties `properties(the JSON)` (text by default): SQLite binds None
+    and a bool several times slower than an int, so its sink passes 0 and (0, 1) and reads
+    NULLIF(?, 0) back."""
+    events: list[tuple[Any, ...]] = []
     latest: dict[str, SessionRow] = {}
+    add = events.append
+    not_late, late = flags
+    no_properties = properties(b"{}")  # a session_start's or session_end's
     for entry in entries:
+        project = entry.project
         rows = {row.id: row for row in entry.sessions}
         for row in entry.sessions:
             held = latest.get(row.id)
             if held is None or row.version > held.version:
                 latest[row.id] = row
-        for hit, placement in zip(entry.hits, entry.placements, strict=True):
-            if placement.status == DUPLICATE:
+        for hit, (status, sid, device) in zip(entry.hits, entry.placements, strict=True):
+            if status == DUPLICATE:
                 continue
-            sid = placement.session_id
-            session = None if sid is None else rows.get(sid)
             profile = hit.profile_id
-            if profile is None and session is not None:
-                profile = session.profile_id
-            event = EventRow(
-                entry.project, hit.event_id, hit.name, hit.ts, hit.received_at, sid,
-                placement.device, profile, hit.path, hit.referrer, hit.utm_source,
-                hit.utm_medium, hit.utm_campaign, hit.utm_term, hit.utm_content, hit.revenue,
-                hit.properties, placement.status == LATE,
-            )  # fmt: skip
-            events.append(event)
+            if profile is None and sid is not None:
+                session = rows.get(sid)
+                if session is not None:
+                    profile = session.profile_id
+            add((
+                project, hit.event_id, hit.name, hit.ts, hit.received_at,
+                absent if sid is None else sid, absent if device is None else device,
+                absent if profile is None else profile,
+                absent if (v := hit.path) is None else v,
+                absent if (v := hit.referrer) is None else v,
+                absent if (v := hit.utm_source) is None else v,
+                absent if (v := hit.utm_medium) is None else v,
+                absent if (v := hit.utm_campaign) is None else v,
+                absent if (v := hit.utm_term) is None else v,
+                absent if (v := hit.utm_content) is None else v,
+                hit.revenue, properties(hit.properties), late if status == LATE else not_late,
+            ))  # fmt: skip
         received = entry.hits[0].received_at if entry.hits else None
         for sid, ts in entry.started:
-            events.append(_marker(rows[sid], "start", ts, received, rows[sid].entry_path))
+            row = rows[sid]
+            add(
+                _marker(row, "start", ts, received, row.entry_path, absent, no_properties, not_late)
+            )
         for sid, ts in entry.ended:
-            events.append(_marker(rows[sid], "end", ts, received, rows[sid].exit_path))
+            row = rows[sid]
+            add(_marker(row, "end", ts, received, row.exit_path, absent, no_properties, not_late))
     return events, list(latest.values())
 
 
 def _marker(
-    row: SessionRow, what: str, ts: int, received: int | None, path: str | None
-) -> EventRow:
-    return EventRow(
+    row: SessionRow,
+    what: str,
+    ts: int,
+    received: int | None,
+    path: str | None,
+    absent: object,
+    no_properties: object,
+    not_late: object,
+) -> tuple[Any, ...]:
+    texts = (
+        row.id, row.device_id, row.profile_id, path, row.referrer, row.utm_source,
+        row.utm_medium, row.utm_campaign, row.utm_term, row.utm_content,
+    )  # fmt: skip
+    return (
         row.project_id, f"{row.id}/{what}", f"session_{what}", ts,
-        ts if received is None else received, row.id, row.device_id, row.profile_id, path,
-        row.referrer, row.utm_source, row.utm_medium, row.utm_campaign, row.utm_term,
-        row.utm_content, 0, b"{}", False,
+        ts if received is None else received, *(absent if v is None else v for v in texts),
+        0, no_properties, not_late,
     )  # fmt: skip
 
 
@@ -164,17 +206,15 @@ SESSION_COLUMNS = (*SESSION_FIELDS, "duration_ms", "is_bounce")
 _FIRST, _LAST = INT64_MIN, INT64_MAX
 
 
-def event_values(row: EventRow) -> tuple[object, ...]:
-    """The values of `EVENT_COLUMNS`, properties as JSON text."""
-    return tuple(
-        row.properties.decode() if name == "properties" else getattr(row, name)
-        for name in EVENT_COLUMNS
-    )
-
-
 def session_values(row: SessionRow) -> tuple[object, ...]:
     """The values of `SESSION_COLUMNS`."""
-    return (*(getattr(row, name) for name in SESSION_FIELDS), row.duration_ms, row.is_bounce)
+    r = row
+    return (
+        r.id, r.project_id, r.device_id, r.profile_id, r.started_at, r.ended_at, r.event_count,
+        r.screen_view_count, r.entry_path, r.exit_path, r.referrer, r.utm_source, r.utm_medium,
+        r.utm_campaign, r.utm_term, r.utm_content, r.revenue, r.version, r.closed,
+        r.duration_ms, r.is_bounce,
+    )  # fmt: skip
 
 
 def session_of(record: Iterable[Any]) -> SessionRow:

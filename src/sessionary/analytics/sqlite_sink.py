@@ -18,13 +18,11 @@ from sessionary.analytics.sink import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     SESSION_FIELDS,
-    EventRow,
     SessionsPage,
     Stats,
-    event_values,
     page_args,
     page_of,
-    rows_of,
+    records_of,
     session_values,
     span,
     stats_of,
@@ -82,9 +80,15 @@ CREATE TABLE IF NOT EXISTS analytics_sessions (
 CREATE INDEX IF NOT EXISTS analytics_sessions_by_start
     ON analytics_sessions (project_id, started_at, id);
 """
+#: the event columns that may be NULL, each bound as 0 when it is (see `records_of`)
+_NULLABLE = frozenset(
+    {"session_id", "device_id", "profile_id", "path", "referrer"}
+    | {"utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"}
+)
 _INSERT_EVENT = (
-    f"INSERT INTO analytics_events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO analytics_events ({', '.join(EVENT_COLUMNS)}) VALUES ("
+    + ", ".join("NULLIF(?, 0)" if name in _NULLABLE else "?" for name in EVENT_COLUMNS)
+    + ") ON CONFLICT DO NOTHING"
 )
 _UPSERT_SESSION = (
     f"INSERT INTO analytics_sessions ({', '.join(SESSION_COLUMNS)}) "
@@ -123,10 +127,12 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _write(events: list[EventRow], sessions: list[SessionRow], conn: sqlite3.Connection) -> None:
+def _write(
+    events: list[tuple[object, ...]], sessions: list[SessionRow], conn: sqlite3.Connection
+) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(_INSERT_EVENT, map(event_values, events))
+        conn.executemany(_INSERT_EVENT, events)
         conn.executemany(_UPSERT_SESSION, map(session_values, sessions))
     except BaseException:
         if conn.in_transaction:  # some errors roll back by themselves
@@ -175,7 +181,7 @@ class SqliteSink:
             raise failure from exc
 
     async def write(self, entries: Sequence[OutboxEntry]) -> None:
-        events, sessions = rows_of(entries)
+        events, sessions = records_of(entries, absent=0, flags=(0, 1))
         await self._run(partial(_write, events, sessions))
 
     async def sessions(
