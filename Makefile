@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/analytics_parts.py
 	$(BIN)/python benchmarks/analytics_stress.py
 	$(BIN)/python benchmarks/track_http.py
+	$(BIN)/python benchmarks/serve_workers.py
 	$(BIN)/python benchmarks/edge.py
 	$(BIN)/python benchmarks/handoff.py
 	$(BIN)/python benchmarks/session_limits.py

@@ -57,6 +57,10 @@ RESULTS: dict[str, list[str]] = {
         rf"no middleware /plain\s*│\s*{NUMBER}",
         rf"sessionary / starsessions = {NUMBER}x",
     ],
+    "serve_workers.py": [
+        rf"/rw\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+        rf"/track, 1 event\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
     "track_http.py": [
         rf"GET /healthz\s*│\s*{NUMBER}",
         rf"/track, 100 events\s*│\s*{NUMBER}\s*│\s*{NUMBER}",

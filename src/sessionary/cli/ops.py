@@ -106,22 +106,89 @@ async def _connect(settings: Settings, *, answering: bool = True) -> Store:
 @store_option
 @click.option("--host", help="Interface to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
+@click.option(
+    "--workers",
+    help="Serving processes on the port: a number, or 'auto' for one per core (default 1).",
+)
+@click.option("--listen-fd", type=int, hidden=True)  # a worker of `serve --workers`: the
+@click.option("--ready-fd", type=int, hidden=True)  # socket it serves, its supervisor's channel
 @config_option
-def serve(store: str | None, host: str | None, port: int | None, config: str | None) -> None:
+def serve(
+    store: str | None,
+    host: str | None,
+    port: int | None,
+    workers: str | None,
+    listen_fd: int | None,
+    ready_fd: int | None,
+    config: str | None,
+) -> None:
     """Run the HTTP service: admin API, playground, runs, /healthz, /readyz, /metrics, /docs.
     Says on stderr, once it serves, where it stores, what it serves and where the docs are."""
+    import socket
+
     from sessionary.web.app import create_app
     from sessionary.web.log_format import say
     from sessionary.web.server import CannotListen
     from sessionary.web.server import serve as run
     from sessionary.web.settings import SettingsError
+    from sessionary.web.workers import as_worker, worker_count
 
-    settings = _settings(config, store=store, host=host, port=port)
+    settings = _settings(config, store=store, host=host, port=port, workers=workers)
+    count = worker_count(settings.workers)
+    if listen_fd is None and count > 1:
+        _supervise(settings, count, {"store": store, "host": host, "port": port, "config": config})
+        return
     # ValueError: a setting the store cannot honour (a session limit it cannot keep)
     with _one_line(mistakes=(SettingsError, CannotListen, ValueError)):
         app = create_app(settings)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, once everything is closed
-            run(app, settings, lambda: say(_serving(settings), log, settings.log_format))
+            if listen_fd is None:
+                run(app, settings, lambda: say(_serving(settings), log, settings.log_format))
+            else:  # a worker: its supervisor speaks
+                assert ready_fd is not None
+                run(app, settings, as_worker(ready_fd), socket.socket(fileno=listen_fd))
+
+
+def _supervise(settings: Settings, count: int, flags: dict[str, str | int | None]) -> None:
+    """`serve --workers N` (N > 1): the port bound here, N workers serving it, each a
+    `sessionary serve` of the same flags, settings and environment (sessionary.web.workers)."""
+    import os
+    import signal
+    import sys
+
+    from sessionary.http.metrics import MULTIPROCESS_DIR
+    from sessionary.web.log_format import say, use_json_logs
+    from sessionary.web.server import CannotListen, listening_sockets
+    from sessionary.web.workers import Supervisor, shared_metrics
+
+    def command(listen_fd: int, ready_fd: int) -> list[str]:
+        given = [f"--{name}={value}" for name, value in flags.items() if value is not None]
+        fds = [f"--listen-fd={listen_fd}", f"--ready-fd={ready_fd}"]
+        return [sys.executable, "-m", "sessionary", "serve", *given, *fds]
+
+    if settings.log_format == "json":
+        use_json_logs(settings.log_level)
+    else:
+        logging.basicConfig(format="%(levelname)s:  %(message)s", level=settings.log_level.upper())
+    with _one_line(mistakes=(CannotListen,)):  # one socket per worker: see its module
+        sockets = listening_sockets(settings.host, settings.port, count)
+    with contextlib.ExitStack() as closing:
+        for sock in sockets:
+            closing.enter_context(sock)
+        temporary = closing.enter_context(shared_metrics())
+
+        def started() -> None:
+            shared = os.environ[MULTIPROCESS_DIR]
+            made = " (made for them, removed at exit)" if temporary else ""
+            workers = f"sessionary: {count} worker processes, their metrics summed in {shared}"
+            say(f"{_serving(settings)}\n{workers}{made}", log, settings.log_format)
+
+        supervisor = Supervisor(sockets, command, started)
+        status = supervisor.run()
+    if supervisor.stopping == signal.SIGTERM:  # cleaned up: end as one process would
+        signal.raise_signal(signal.SIGTERM)
+    if status:
+        raise SystemExit(status)
 
 
 def _serving(settings: Settings) -> str:

@@ -183,12 +183,36 @@ class CannotListen(OSError):
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to `host`:`port` and listening (so a client connecting meanwhile waits
     in the backlog), as uvicorn would make it; else `CannotListen`."""
+    sock = _bound(host, port, reuse_port=False)
+    sock.listen(2048)  # uvicorn's default backlog
+    return sock
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets listening on `host`:`port` together (SO_REUSEPORT), among which the
+    kernel spreads new connections; else `CannotListen`. The port must be free first: the
+    SO_REUSEPORT sockets of another service (of the same user) would let these join them."""
+    _bound(host, port, reuse_port=False).close()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(_bound(host, port, reuse_port=True))
+            sockets[-1].listen(2048)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-        sock.listen(2048)  # uvicorn's default backlog
     except OSError as exc:
         sock.close()
         raise CannotListen(_why_not(exc, host, port)) from None
@@ -219,14 +243,20 @@ def base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def serve(app: FastAPI, settings: Settings, started: Callable[[], None]) -> None:
+def serve(
+    app: FastAPI,
+    settings: Settings,
+    started: Callable[[], None],
+    sock: socket.socket | None = None,
+) -> None:
     """Serve `app` as `sessionary serve` does, until SIGTERM or Ctrl-C: bind the port
-    (`CannotListen`), run the app's startup (whatever it raises propagates, and nothing has
+    (`CannotListen`; or serve `sock`, listening already, as a worker of `serve --workers`
+    does), run the app's startup (whatever it raises propagates, and nothing has
     been said yet), call `started`, serve, then run the app's shutdown, on uvicorn's event
     loop (uvloop where installed). uvicorn's signal handling covers the app's startup and
     shutdown too: a signal while the store closes waits for it (and is raised again once
     everything is closed, as uvicorn does: Ctrl-C is a KeyboardInterrupt then)."""
-    sock = listening_socket(settings.host, settings.port)
+    sock = sock or listening_socket(settings.host, settings.port)
     server = uvicorn.Server(uvicorn_config(app, settings, lifespan="off"))
     with (
         sock,

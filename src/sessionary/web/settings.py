@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     store: str = DEFAULT_URL
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    #: serving processes on the port (`serve --workers`): a number, or "auto", one per core
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
     namespaces: dict[str, NamespaceSettings] = Field(
         default_factory=lambda: {"web": NamespaceSettings()}
