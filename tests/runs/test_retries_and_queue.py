@@ -10,9 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from sessionary import ManualClock, Store
 from sessionary.errors import ValidationError
+from sessionary.http.metrics import Metrics
 from sessionary.logs import LogEvent
 from sessionary.queues import QueueDepth
 from sessionary.runs import Producer, RunBusy, Runs, RunsSettings
@@ -312,3 +314,46 @@ async def test_stop_hands_back_a_run_with_a_retry_left_and_fails_one_without(
         await consuming
     done = await runs.get(with_retry.id)
     assert (done.result, done.attempt) == ("second attempt", 2)
+
+
+async def test_a_worker_counts_what_it_executed_by_outcome(runs: Runs) -> None:
+    """The service's metrics (`sessionary_runs_executed{outcome}`, `sessionary_runs_in_flight`)
+    as a worker reports them: each execution once, by how it ended."""
+    metrics = Metrics(CollectorRegistry())
+
+    async def handler(producer: Producer, given: Any) -> str:
+        if given == "fail":
+            raise RuntimeError("no")
+        if given == "cancel":
+            await producer.until_cancelled()  # as a handler should, between chunks
+        if given == "hold":
+            await asyncio.Event().wait()  # until the worker is stopped
+        return "ok"
+
+    worker = Worker(runs, handler, name="w1", metrics=metrics)
+    started = {
+        given: await runs.start(
+            (await runs.create_conversation(given)).id, given, input=given, retries=1
+        )
+        for given in ("ok", "fail", "hold", "cancel")
+    }
+    consuming = asyncio.create_task(worker.consume(concurrency=4))
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    try:
+        await eventually(lambda: sample("sessionary_runs_executed_total", outcome="error"), 10)
+        await eventually(lambda: sample("sessionary_runs_in_flight") == 2, 10)  # hold, cancel
+        await runs.cancel(started["cancel"].id)
+        await eventually(
+            lambda: sample("sessionary_runs_executed_total", outcome="ended_elsewhere"), 10
+        )
+    finally:
+        await worker.stop(timedelta(milliseconds=50))  # "hold" is handed back: retried
+        await consuming
+    assert {
+        outcome: sample("sessionary_runs_executed_total", outcome=outcome)
+        for outcome in ("completed", "error", "ended_elsewhere", "retried", "lost")
+    } == {"completed": 1, "error": 1, "ended_elsewhere": 1, "retried": 1, "lost": 0}
+    assert sample("sessionary_runs_in_flight") == 0

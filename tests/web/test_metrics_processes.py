@@ -3,13 +3,15 @@ report what all of them counted, and one that ended stops counting as alive."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port
+from tests.runs.workers import WorkerProcess
+from tests.servers import eventually, free_port
 from tests.service import Service
 from tests.test_operator_errors import one_line, sessionary
 
@@ -117,3 +119,50 @@ def test_a_shared_directory_that_does_not_exist_is_one_line(tmp_path: Path) -> N
         f"Error: PROMETHEUS_MULTIPROC_DIR={missing}: no such directory: create it (empty) "
         "before starting the service's processes, or unset the variable"
     )
+
+
+async def test_what_a_sessionary_worker_executed_counts_in_the_service_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs dispatched by `serve` and executed by a `sessionary worker` process (which serves
+    no HTTP): `serve`'s /metrics counts them, by outcome, once the worker shares its
+    directory."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    service = Service(
+        tmp_path,
+        f'store = "{store}"\n[runs]\ndispatch = "queue"\n'
+        'users = [{ key = "alice-local-key-0123", subject = "alice" }]\n',
+    )
+    worker = None
+    try:
+        service.start()
+        worker = WorkerProcess(
+            tmp_path, "w1", "--store", store, "--handler", "tests.runs.workers:chunks"
+        )
+        await worker.started()
+        alice = {"Authorization": "Bearer alice-local-key-0123"}
+        api = f"{service.url}/api/v1/conversations"
+        async with httpx.AsyncClient(headers=alice) as client:
+            runs = []
+            for _ in range(3):
+                conversation = (await client.post(api)).json()["conversationId"]
+                run = (await client.post(f"{api}/{conversation}/runs", json={})).json()
+                runs.append(f"{api}/{conversation}/runs/{run['runId']}")
+
+            async def all_completed() -> bool:
+                answers = [(await client.get(url)).json()["status"] for url in runs]
+                return answers == ["completed"] * 3
+
+            await eventually(all_completed, 30, "the worker did not complete the runs")
+            text = (await client.get(f"{service.url}/metrics")).text
+        assert sample(text, "sessionary_runs_executed_total", outcome="completed") == 3
+        assert sample(text, "sessionary_runs_in_flight") == 0
+        assert sample(text, "sessionary_processes") == 1  # the worker serves nothing
+    finally:
+        if worker is not None:
+            worker.process.send_signal(signal.SIGTERM)
+            worker.process.wait(timeout=30)
+        service.stop()

@@ -15,6 +15,7 @@ import click
 from sessionary.cli import DURATION, STORE_HELP
 from sessionary.cli.ops import OperatorError, _connect, _one_line, _settings
 from sessionary.errors import SessionaryError
+from sessionary.http.metrics import Metrics, MetricsDirError
 from sessionary.runs import Runs
 from sessionary.runs.worker import Handler, Worker, load_handler
 from sessionary.store import without_password
@@ -79,7 +80,7 @@ def worker(
         use_json_logs(settings.log_level)
     else:
         logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
-    with _one_line(failures=(SessionaryError,)):
+    with _one_line(mistakes=(MetricsDirError,), failures=(SessionaryError,)):
         asyncio.run(_work(settings, function, path, name, concurrency, grace))
 
 
@@ -93,11 +94,14 @@ async def _work(
 ) -> None:
     # a store that is down may come up: the worker waits for it, as `serve` does; one that
     # refuses its URL is a mistake to fix now
+    # what it executes counts in the service's /metrics when both share a
+    # PROMETHEUS_MULTIPROC_DIR (a worker serves no HTTP of its own)
+    metrics = Metrics()
     opened = await _connect(settings, answering=False)
     url = settings.store
     try:
         runs = Runs(opened, settings.runs)
-        executor = Worker(runs, handler, name=name)
+        executor = Worker(runs, handler, name=name, metrics=metrics)
         say(
             f"worker {executor.name}: runs of {without_password(url)}, {concurrency} at a time, "
             f"with {path} (lease {settings.runs.lease_ttl}); SIGTERM or Ctrl-C stops it",
@@ -127,4 +131,5 @@ async def _work(
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping
     finally:
+        metrics.leave()
         await opened.close()

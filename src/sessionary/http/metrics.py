@@ -108,6 +108,20 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.runs_executed = Counter(
+            "sessionary_runs_executed",
+            "Runs the workers of this service executed, by how each execution ended: "
+            "completed, error, cancelled, retried (handed back for another attempt), lost "
+            "(its lease lapsed under it) or ended_elsewhere (cancelled or failed meanwhile)",
+            ["outcome"],
+            registry=r,
+        )
+        self.runs_in_flight = Gauge(
+            "sessionary_runs_in_flight",
+            "Runs being executed now (with PROMETHEUS_MULTIPROC_DIR: by every live process)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.unreadable = Counter(
             "sessionary_sessions_unreadable",
             "Sealed sessions that could not be opened (encryption at rest), by reason: "
@@ -115,6 +129,14 @@ class Metrics:
             ["namespace", "reason"],
             registry=r,
         )
+
+    def run_started(self) -> None:
+        """A worker of this process began executing a run (`sessionary.runs.worker`)."""
+        self.runs_in_flight.inc()
+
+    def run_ended(self, outcome: str) -> None:
+        self.runs_in_flight.dec()
+        self.runs_executed.labels(outcome).inc()
 
     def watch(self, store: Store) -> None:
         """Count the store's lifecycle events, and the sealed sessions it cannot open."""
@@ -137,10 +159,14 @@ class Metrics:
         try:
             yield
         finally:
-            if self.directory is None:
-                self.processes.set(0)
-            else:  # its file goes: a process killed outright stays counted until emptied
-                mark_process_dead(os.getpid(), self.directory)  # type: ignore[no-untyped-call]
+            self.processes.set(0)
+            self.leave()
+
+    def leave(self) -> None:
+        """At this process's end, with a shared directory: its live gauges' files go (a
+        process killed outright stays counted until the directory is emptied)."""
+        if self.directory is not None:
+            mark_process_dead(os.getpid(), self.directory)  # type: ignore[no-untyped-call]
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format: this process's, or (with a shared

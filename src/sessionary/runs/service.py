@@ -575,6 +575,10 @@ class Producer:
         #: which execution of the run this is (1, then one more per retry), once entered
         self.attempt = 0
         self._lost = False  # the lease lapsed under this producer: the run is not its own
+        #: how this producer ended the run: "completed", "error", "cancelled" or "retried"
+        #: (handed back for another attempt); None while it goes on, or when someone else
+        #: ended it (a cancel, the lease sweep)
+        self.outcome: str | None = None
         self._name = worker  # as it signs its events: the worker, per attempt
 
     @property
@@ -690,11 +694,14 @@ class Producer:
     async def _end(self, status: Status, *, result: Any = None, error: str | None = None) -> bool:
         self._done = True
         await self._stop_tasks()
-        return await self._through_outage(
+        ended = await self._through_outage(
             lambda: self._runs._finish(
                 self.run_id, status, result=result, error=error, attempt=self.attempt
             )
         )
+        if ended:
+            self.outcome = status
+        return ended
 
     async def __aexit__(
         self,
@@ -722,8 +729,10 @@ class Producer:
         will."""
         self._done = True
         with contextlib.suppress(StoreUnavailable):
-            if not await self._runs._retry(self.run_id, reason, attempt=self.attempt):
-                await self._runs._finish(self.run_id, "error", error=reason, attempt=self.attempt)
+            if await self._runs._retry(self.run_id, reason, attempt=self.attempt):
+                self.outcome = "retried"
+            elif await self._runs._finish(self.run_id, "error", error=reason, attempt=self.attempt):
+                self.outcome = "error"
 
     async def _await_turn(self) -> None:
         """Wait until the run is its conversation's active run (or raise if it ended)."""

@@ -37,7 +37,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sessionary.errors import StoreUnavailable
 from sessionary.logs import LogEvent
@@ -78,11 +78,29 @@ def _default_name() -> str:
     return re.sub(r"[^A-Za-z0-9_.:@-]", "-", f"{socket.gethostname()}-{os.getpid()}")[:128]
 
 
+class RunMetrics(Protocol):
+    """What a worker reports of the runs it executes (`sessionary.http.metrics.Metrics`)."""
+
+    def run_started(self) -> None: ...
+
+    def run_ended(self, outcome: str) -> None:
+        """`outcome`: the producer's (`Producer.outcome`), or "ended_elsewhere" (cancelled,
+        or failed by the lease sweep, while it ran) or "lost" (its lease lapsed)."""
+
+
 class Worker:
-    def __init__(self, runs: Runs, handler: Handler, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        runs: Runs,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        metrics: RunMetrics | None = None,
+    ) -> None:
         self.runs = runs
         self.handler = handler
         self.name = name or _default_name()
+        self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()  # `stop` was called: claim nothing more
 
@@ -101,8 +119,11 @@ class Worker:
 
     async def _produce(self, run: Run) -> bool:
         """Produce `run`: False if another producer held it (nothing was done)."""
+        producer = self.runs.producer(run.id, self.name)
         try:
-            async with self.runs.producer(run.id, self.name) as producer:
+            async with producer:
+                if self.metrics is not None:
+                    self.metrics.run_started()
                 try:
                     result = await self.handler(producer, run.input)
                 except RunBusy:
@@ -119,6 +140,10 @@ class Worker:
             return False
         except Exception:  # the producer failed the run with this error; the log says more
             log.exception("the handler of run %s... failed", run.id[:12])
+        finally:
+            if self.metrics is not None and producer.attempt:  # it began executing it
+                lost = "lost" if producer.lost else "ended_elsewhere"
+                self.metrics.run_ended(producer.outcome or lost)
         return True
 
     async def execute(self, run_id: str) -> None:

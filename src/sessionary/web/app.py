@@ -253,7 +253,7 @@ def create_app(
                 )
                 await closing.enter_async_context(_running(jobs, "sessionary-analytics-jobs"))
             if declared.runs is not None and handler is not None:
-                features.worker = Worker(declared.runs, handler)
+                features.worker = Worker(declared.runs, handler, metrics=metrics)
                 closing.push_async_callback(features.worker.close)
                 if settings.runs.dispatch == "queue":  # a worker like any other, in process
                     consuming = features.worker.consume(settings.runs.concurrency)
