@@ -85,16 +85,29 @@ def route_template(scope: Scope) -> str | None:
     (the playground's `GET /session` is served at `/api/v1/playground/session`): the path's
     part before what the route matched is that prefix, written in the code, put back in
     front. A prefix with parameters of its own (whose values the path holds) is left out."""
+    known = scope.get(_TEMPLATE)
+    if known is not None:  # the tracing and the metrics of one request ask once each
+        return str(known)
     route: Any = scope.get("route")
     template = getattr(route, "path", None)
     if not template:
         return None
+    found = _template(scope, route, str(template))
+    scope[_TEMPLATE] = found
+    return found
+
+
+#: where a request's scope keeps its route template once worked out (an ASGI extension key)
+_TEMPLATE = "sessionary.route_template"
+
+
+def _template(scope: Scope, route: Any, template: str) -> str:
     path_format = getattr(route, "path_format", None)
     convertors = getattr(route, "param_convertors", None)
     if path_format is None or convertors is None:
-        return str(template)
+        return template
     rendered, unused = replace_params(path_format, convertors, dict(scope.get("path_params", {})))
     path = str(scope.get("path", ""))
     if unused or not path.endswith(rendered):
-        return str(template)
-    return path[: len(path) - len(rendered)] + str(template)
+        return template
+    return path[: len(path) - len(rendered)] + template
