@@ -12,10 +12,8 @@ connection keeping its own session cookie (a wrk Lua script). Two comparisons, i
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -29,6 +27,8 @@ from pathlib import Path
 import redis
 from rich.console import Console
 from rich.table import Table
+
+from shared import wrk_arguments, wrk_parser
 
 HERE = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -125,23 +125,7 @@ def measure(factory: str, path: str, seconds: int, connections: int, script: Pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="interleaved rounds; each rate is the median (the VM is noisy)",
-    )
-    parser.add_argument(
-        "--smoke", action="store_true", help="CI size, seconds: 1 s per measurement, one round"
-    )
-    args = parser.parse_args()
-    if args.smoke:
-        args.duration, args.rounds = 1, 1
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
+    args = wrk_arguments(wrk_parser(__doc__.split("\n\n")[0], duration=10))
     console = Console()
     console.print(
         f"{os.cpu_count()} cores, {args.connections} connections, "

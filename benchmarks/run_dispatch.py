@@ -44,7 +44,6 @@ from pathlib import Path
 
 from celery import Celery, Task
 from kombu import Queue
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
@@ -53,6 +52,7 @@ from run_dispatch_app import make_app
 from sessionary import Store
 from sessionary.logs import LogEvent
 from sessionary.runs import Runs, RunsSettings
+from shared import forget_redis_keys
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -237,15 +237,6 @@ async def close_backend(backend: Backend) -> None:
     backend.app.close()
 
 
-async def forget_redis_keys() -> None:
-    client = Redis.from_url(REDIS_URL, protocol=2)
-    try:
-        async for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="runs (or tasks) per measurement")
@@ -286,7 +277,7 @@ async def main() -> None:
             for backend in backends:
                 await close_backend(backend)
             if "redis" in args.backends:
-                await forget_redis_keys()
+                await forget_redis_keys(REDIS_URL, PREFIX)
 
     print(
         f"sessionary {sessionary.__version__}, Python {sys.version.split()[0]}, "

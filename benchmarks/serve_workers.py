@@ -18,10 +18,8 @@ wrk and Redis for the second core.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from rich.table import Table
 
 from analytics_stress import ADMIN_KEY, KEY, free_port, wait_ready, write_config
 from middleware import wrk
+from shared import wrk_arguments, wrk_parser
 from track_http import LUA as TRACK_LUA
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -95,19 +94,9 @@ class Service:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = wrk_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="redis", choices=("redis", "sqlite"))
-    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--smoke", action="store_true", help="CI size, seconds: 1 s per measurement, one round"
-    )
-    args = parser.parse_args()
-    if args.smoke:
-        args.duration, args.rounds = 1, 1
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
+    args = wrk_arguments(parser)
     console = Console()
     found: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,12 +25,12 @@ import tempfile
 import time
 from datetime import timedelta
 
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
 import sessionary
 from sessionary import Namespace, Store
+from shared import forget_redis_keys
 
 REDIS_URL = os.environ.get("REDIS_BENCH_URL", "redis://127.0.0.1:6379/9")
 PREFIX = f"bench:limits:{os.getpid()}:"
@@ -77,16 +77,6 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, list[float]]:
         await store.close()
 
 
-async def forget_redis_keys() -> None:
-    """The benchmark's keys, the layout marker (which never expires) among them."""
-    client = Redis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logins", type=int, default=20_000, help="logins per measurement")
@@ -117,7 +107,7 @@ async def main() -> None:
                 found = await measure(url, args)
             finally:
                 if backend == "redis":
-                    await forget_redis_keys()
+                    await forget_redis_keys(REDIS_URL, PREFIX)
             baseline = statistics.median(found["baseline"])
             limited = statistics.median(found["evict_oldest"])
             table.add_row(

@@ -21,8 +21,9 @@ import pytest
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")  # as the tests use
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-#: not benchmarks: the applications middleware.py serves, the Celery app run_dispatch.py runs
-HELPERS = {"middleware_apps.py", "run_dispatch_app.py"}
+#: not benchmarks: the applications middleware.py serves, the Celery app run_dispatch.py runs,
+#: what several share
+HELPERS = {"middleware_apps.py", "run_dispatch_app.py", "shared.py"}
 NUMBER = r"[\d,.]+"
 
 # For each benchmark, patterns its output must match: one result row or line each.

@@ -13,10 +13,8 @@ share the machine's cores.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from rich.table import Table
 
 from analytics_stress import KEY, free_port, wait_ready, write_config
 from middleware import wrk
+from shared import wrk_arguments, wrk_parser
 
 LUA = """
 wrk.method = "POST"
@@ -59,19 +58,9 @@ async def serve(config_path: Path, port: int) -> asyncio.subprocess.Process:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = wrk_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="sqlite", help="sqlite, or a Redis URL")
-    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--smoke", action="store_true", help="CI size, seconds: 1 s per measurement, one round"
-    )
-    args = parser.parse_args()
-    if args.smoke:
-        args.duration, args.rounds = 1, 1
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
+    args = wrk_arguments(parser)
     console = Console()
     found: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
