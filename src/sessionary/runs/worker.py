@@ -5,7 +5,7 @@ handler, `async def handler(producer, input) -> result`, each in its own task.
     run = await runs.start(conversation_id, owner)
     worker.submit(run)              # returns at once; the run streams as the handler emits
     ...
-    await worker.close()            # at shutdown: runs still going end as `error`
+    await worker.close()            # at shutdown: runs still going are retried, else `error`
 
 The handler emits with `producer.emit(...)`, checks `producer.cancelled` between chunks and
 returns the run's result (or calls `producer.complete`/`fail` itself). An exception fails the
@@ -168,8 +168,8 @@ class Worker:
 
     async def consume(self, concurrency: int = 1) -> None:
         """Execute runs from the `runs` work queue, up to `concurrency` at once, until `stop`
-        (it returns when the runs going on ended) or cancelled (the runs going on end as
-        `error`, as `close` says). A store outage pauses the claiming (again after 1 s, 2 s,
+        (it returns when the runs going on ended) or cancelled (the runs going on are
+        stopped, as `close` says). A store outage pauses the claiming (again after 1 s, 2 s,
         4 s... up to a lease's renewal period); the runs going on ride it out as their
         producers do."""
         if concurrency < 1:
@@ -225,7 +225,8 @@ class Worker:
 
     async def stop(self, grace: timedelta) -> None:
         """Claim nothing more; give the runs going on `grace` to end, then stop them (each
-        ends as `error`, its queue item acked). `consume` returns once they are done."""
+        goes back to `queued` if it has a retry left, else ends as `error`; its queue item
+        is released for the next claim). `consume` returns once they are done."""
         self._stopping.set()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace.total_seconds())
@@ -270,7 +271,8 @@ class Worker:
         return len(self._tasks)
 
     async def close(self) -> None:
-        """Stop every run in progress (each ends as `error`, its readers told at once)."""
+        """Stop every run in progress (each is retried if it has a retry left, else ends as
+        `error`; its readers are told at once)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
