@@ -9,8 +9,14 @@ time (concurrency 1: the latency-bound case) and with many tasks in flight (how 
 under load drives the store). For Redis it also runs the baseline: raw redis-py issuing the
 same commands a sessionary touch (or update, consume) issues, in one non-transactional
 pipeline per operation, without the atomic checks, on an identically configured client;
-the ratio sessionary/raw says what correctness costs. Last, the blocking API
-(`sessionary.connect_sync`) against the async one: touch at one caller, each from a caller of
+the ratio sessionary/raw says what correctness costs. For SQLite the baseline is a bare
+`sqlite3` loop on the loop's thread: the store's own statement for each operation (the same
+`UPDATE ... RETURNING`, or INSERT) in its own `BEGIN IMMEDIATE` ... `COMMIT`, on a file opened
+with the store's pragmas; the ratio sessionary/bare says what the store adds around its SQL
+(target: >= 0.5x at one task). Beside each number, the longest the event loop was held while
+it was measured (a ticker task asking to wake every millisecond records how late it woke): the
+loop's responsiveness, which a backend working on the loop's thread spends. Last, the blocking
+API (`sessionary.connect_sync`) against the async one: touch at one caller, each from a caller of
 its own kind (a coroutine; a plain thread), and the ratio sync/async says what the hand-off to
 the store's loop thread costs. And encryption at rest: touch and update on a store sealing
 data and metadata with AES-256-GCM (`encryption_keys`) against the same store without, in
@@ -23,6 +29,7 @@ import argparse
 import asyncio
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -31,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from rich.console import Console
@@ -40,6 +48,7 @@ import sessionary
 from sessionary import Namespace, Store, connect_sync, ids
 from sessionary.backends.redis import RedisBackend
 from sessionary.backends.redis.scripts import Scripts
+from sessionary.backends.sqlite import _CHARGE, _INSERT, _TOUCH, _UPDATE
 
 Op = Callable[[int], Awaitable[object]]
 REDIS_URL = os.environ.get("REDIS_BENCH_URL", "redis://127.0.0.1:6379/9")
@@ -49,6 +58,19 @@ ENCRYPTION_KEY = bytes(range(32))
 
 
 Key = tuple[str, int]  # (op, tasks)
+#: how often the lag ticker asks to wake
+TICK_S = 0.001
+
+
+class Speed(NamedTuple):
+    """One measurement: ops/s, the longest the event loop was held meanwhile (s), and the
+    most CPU time the loop's thread spent from one tick to the next (s): a tick asks to wake
+    after TICK_S, so CPU beyond that is the loop held by its own work, and wall time beyond
+    the CPU is the OS running other processes (on a busy machine, most of the lag)."""
+
+    ops: float
+    lag: float
+    hold: float
 
 
 @dataclass
@@ -67,26 +89,43 @@ class Result:
     op: str
     concurrency: int
     ops_per_s: float
+    lag: float
+    hold: float
     baseline: float | None = None
 
 
-async def timed(op: Op, n: int, concurrency: int) -> float:
-    """Run op(0..n-1) with `concurrency` tasks in flight; returns ops/s."""
+async def timed(op: Op, n: int, concurrency: int) -> Speed:
+    """Run op(0..n-1) with `concurrency` tasks in flight; ops/s, and the loop's longest lag
+    meanwhile (how much later than asked a ticker sleeping TICK_S at a time woke) and the
+    most CPU time its thread spent in one tick."""
     counter = iter(range(n))
+    done = False
+    lag = hold = 0.0
 
     async def worker() -> None:
         for i in counter:
             await op(i)
 
+    async def ticker() -> None:
+        nonlocal lag, hold
+        while not done:
+            asked, cpu = time.perf_counter(), time.thread_time()
+            await asyncio.sleep(TICK_S)
+            lag = max(lag, time.perf_counter() - asked - TICK_S)
+            hold = max(hold, time.thread_time() - cpu)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # the ticker is ticking before the first op
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return n / (time.perf_counter() - started)
+    took = time.perf_counter() - started
+    done = True
+    await ticking
+    return Speed(n / took, lag, hold)
 
 
-async def measure(
-    ops: dict[str, Op], n: int, concurrencies: list[int]
-) -> dict[tuple[str, int], float]:
-    """ops/s of each op at each concurrency, after a short warm-up."""
+async def measure(ops: dict[str, Op], n: int, concurrencies: list[int]) -> dict[Key, Speed]:
+    """ops/s (and loop lag) of each op at each concurrency, after a short warm-up."""
     out = {}
     for concurrency in concurrencies:
         for name, op in ops.items():
@@ -118,7 +157,7 @@ async def bench_store(name: str, store: Store, n: int, concurrencies: list[int])
     measured = await measure(
         {"create": create, "touch": touch, "update": update, "consume": consume}, n, concurrencies
     )
-    results = [Result(name, op, tasks, ops) for (op, tasks), ops in measured.items()]
+    results = [Result(name, op, tasks, *speed) for (op, tasks), speed in measured.items()]
     for start in range(0, len(created), 500):
         await asyncio.gather(*(web.delete(s) for s in created[start : start + 500]))
     await asyncio.gather(*(web.delete(s) for s in pool))
@@ -172,7 +211,7 @@ async def bench_sealing(url: str, n: int, concurrencies: list[int]) -> dict[Key,
                 for turn in range(SEALING_SLICES):
                     speeds = {}
                     for sealed in (True, False) if turn % 2 else (False, True):
-                        speeds[sealed] = await timed(ops[sealed][op], per_slice, tasks)
+                        speeds[sealed] = (await timed(ops[sealed][op], per_slice, tasks)).ops
                     plain.append(speeds[False])
                     sealed_speeds.append(speeds[True])
                     ratios.append(speeds[True] / speeds[False])
@@ -189,7 +228,7 @@ async def bench_sealing(url: str, n: int, concurrencies: list[int]) -> dict[Key,
             await store.close()
 
 
-async def bench_raw_redis(n: int, concurrencies: list[int]) -> dict[tuple[str, int], float]:
+async def bench_raw_redis(n: int, concurrencies: list[int]) -> dict[Key, Speed]:
     """The same commands as sessionary's scripts, one pipeline per operation, no checks."""
     client = Redis.from_url(REDIS_URL, protocol=2, max_connections=64)
     tag = f"{PREFIX}raw:{{bench:00}}"
@@ -242,6 +281,98 @@ async def bench_raw_redis(n: int, concurrencies: list[int]) -> dict[tuple[str, i
         await client.aclose()
 
 
+#: the SQLite store's pragmas (`SQLiteBackend` with its defaults)
+SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA temp_store = MEMORY",
+)
+
+
+async def bench_bare_sqlite(path: Path, n: int) -> dict[str, float]:
+    """ops/s of a bare `sqlite3` loop running the store's own statement for each operation,
+    each in its own `BEGIN IMMEDIATE` ... `COMMIT` (as the store commits one operation at a
+    time), on a file the store made (its schema and 1000 of its sessions) and opened with its
+    pragmas. Nothing else: no event loop hand-off, no encoding of data (the blob is ready)."""
+    store = await sessionary.connect(f"sqlite:///{path}")
+    try:
+        web = store.namespace(
+            "bench", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+        )
+        data = {"user": 42, "cart": [{"sku": "A-1", "qty": 2}], "flags": {"beta": True}}
+        pool = [s.id for s in await asyncio.gather(*(web.create(data=data) for _ in range(1000)))]
+    finally:
+        await store.close()
+    blob = b'{"user":42,"cart":[{"sku":"A-1","qty":2}],"flags":{"beta":true},"n":1}'
+    idle, absolute = 30 * 60_000, 12 * 3_600_000
+    db = sqlite3.connect(path, isolation_level=None)
+    for pragma in SQLITE_PRAGMAS:
+        db.execute(pragma)
+
+    def run(sql: str, args: Callable[[int, int], tuple[object, ...]]) -> float:
+        def once(i: int) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(sql, args(i, time.time_ns() // 1_000_000)).fetchone()
+            db.execute("COMMIT")
+
+        for i in range(min(n // 10, 1000)):
+            once(i)
+        started = time.perf_counter()
+        for i in range(n):
+            once(i)
+        return n / (time.perf_counter() - started)
+
+    def session(i: int) -> str:
+        return pool[i % len(pool)]
+
+    try:
+        return {
+            "create": run(
+                _INSERT,
+                lambda i, now: (
+                    "bench",
+                    f"new{i}-{now}",
+                    f"u{i % 100}",
+                    now,
+                    now,
+                    now + idle,
+                    1,
+                    blob,
+                    b"{}",
+                    None,
+                    None,
+                ),
+            ),
+            "touch": run(_TOUCH, lambda i, now: (now, idle, absolute, "bench", session(i))),
+            "update": run(
+                _UPDATE,
+                lambda i, now: (
+                    now,
+                    idle,
+                    absolute,
+                    "bench",
+                    session(i),
+                    blob,
+                    None,
+                    False,
+                    None,
+                    None,
+                    None,
+                    True,
+                    None,
+                    None,
+                    True,
+                ),
+            ),
+            "consume": run(
+                _CHARGE, lambda i, now: ("bench", session(i), now, '$."searches"', 1, 1 << 40)
+            ),
+        }
+    finally:
+        db.close()
+
+
 async def bench_touch_overhead(n: int, concurrencies: list[int]) -> dict[int, tuple[float, float]]:
     """sessionary's touch against the same Lua script called bare through redis-py."""
     store = await sessionary.connect(f"{REDIS_URL}?prefix={PREFIX}")
@@ -275,7 +406,7 @@ async def bench_touch_overhead(n: int, concurrencies: list[int]) -> dict[int, tu
         if not await bare(0):  # a script called with keys it does not expect does less work
             raise RuntimeError("the bare touch script found no session: its keys are wrong")
         measured = await measure({"ours": ours, "bare": bare}, n, concurrencies)
-        return {c: (measured[("ours", c)], measured[("bare", c)]) for c in concurrencies}
+        return {c: (measured[("ours", c)].ops, measured[("bare", c)].ops) for c in concurrencies}
     finally:
         await web.delete(session.id)
         await store.close()
@@ -294,7 +425,7 @@ async def bench_sync_touch(url: str, n: int) -> tuple[float, float]:
             await web.touch(pool[i % len(pool)])
 
         await timed(touch, min(n // 10, 1000), 1)
-        async_ops = await timed(touch, n, 1)
+        async_ops = (await timed(touch, n, 1)).ops
         for session_id in pool:
             await web.delete(session_id)
     finally:
@@ -340,7 +471,8 @@ async def main() -> None:
     )
 
     rounds: list[list[Result]] = []
-    raw_rounds: list[dict[tuple[str, int], float]] = []
+    raw_rounds: list[dict[Key, Speed]] = []
+    bare_rounds: list[dict[str, float]] = []
     sync_rounds: list[dict[str, tuple[float, float]]] = []
     sealing_rounds: list[dict[str, dict[Key, Sealing]]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -360,6 +492,9 @@ async def main() -> None:
             rounds.append(found)
             if "redis" in backends:
                 raw_rounds.append(await bench_raw_redis(args.ops, concurrencies))
+            if "sqlite" in backends:
+                bare = Path(tmp) / f"bare{round_number}.db"
+                bare_rounds.append(await bench_bare_sqlite(bare, args.ops))
             sync_rounds.append(
                 {name: await bench_sync_touch(urls[name], args.ops) for name in backends}
             )
@@ -373,15 +508,28 @@ async def main() -> None:
             first.op,
             first.concurrency,
             statistics.median(r[i].ops_per_s for r in rounds),
+            statistics.median(r[i].lag for r in rounds),
+            statistics.median(r[i].hold for r in rounds),
         )
         for i, first in enumerate(rounds[0])
     ]
     for result in results:
         if result.backend == "redis":
             key = (result.op, result.concurrency)
-            result.baseline = statistics.median(raw[key] for raw in raw_rounds)
+            result.baseline = statistics.median(raw[key].ops for raw in raw_rounds)
+        elif result.backend == "sqlite":
+            result.baseline = statistics.median(bare[result.op] for bare in bare_rounds)
 
-    table = Table("backend", "op", "tasks", "ops/s", "raw redis-py pipeline ops/s", "ratio")
+    table = Table(
+        "backend",
+        "op",
+        "tasks",
+        "ops/s",
+        "baseline ops/s (redis: raw redis-py pipeline; sqlite: bare sqlite3 loop)",
+        "ratio",
+        "max loop lag ms",
+        "max loop CPU per tick ms",
+    )
     for r in results:
         table.add_row(
             r.backend,
@@ -390,7 +538,14 @@ async def main() -> None:
             f"{r.ops_per_s:,.0f}",
             "" if r.baseline is None else f"{r.baseline:,.0f}",
             "" if r.baseline is None else f"{r.ops_per_s / r.baseline:.2f}x",
+            f"{r.lag * 1000:.2f}",
+            f"{r.hold * 1000:.2f}",
         )
+    console.print(
+        "ops/s (medians of the rounds), the baseline's in the same rounds, and the longest the "
+        "event loop was held during the measurement (a ticker asking to wake every 1 ms) and the "
+        "most CPU time its thread spent from one tick to the next (medians of the rounds'):"
+    )
     console.print(table)
     if "redis" in backends:
         overhead = Table(

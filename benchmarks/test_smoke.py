@@ -31,6 +31,8 @@ RESULTS: dict[str, list[str]] = {
     "store_ops.py": [
         rf"memory\s*│\s*touch\s*│\s*8\s*│\s*{NUMBER}",
         rf"sqlite\s*│\s*update\s*│\s*1\s*│\s*{NUMBER}",
+        # against the bare sqlite3 loop, with the loop's lag and CPU per tick
+        rf"sqlite\s*│\s*touch\s*│\s*1\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
         rf"redis\s*│\s*consume\s*│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
         rf"│\s*8\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # touch against its bare script
         rf"sqlite\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # the blocking API's touch

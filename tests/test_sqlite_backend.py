@@ -338,3 +338,96 @@ async def test_another_processs_appends_reach_followers_within_a_bound(tmp_path:
         async with asyncio.timeout(30):
             await process.wait()
         await store.close()
+
+
+#: the longest the loop may wait for a tick in the tests below: one operation and its commit
+#: take well under a millisecond; the margin is a loaded CI machine's scheduling, far below
+#: the busy timeout (5 s) the loop would wait if it waited for another process's lock
+LOOP_LAG_BOUND_S = 0.5
+
+
+async def test_an_operation_on_an_idle_store_is_answered_within_the_turn(
+    tmp_path: Path,
+) -> None:
+    """One caller at a time: its operation runs on the loop's thread at once (no hand-off to
+    the writer thread and back), so it is answered before the loop runs anything else."""
+    store = await connect(f"sqlite:///{tmp_path / 'idle.db'}")
+    web = store.namespace("web", idle_ttl=HOUR)
+    loop = asyncio.get_running_loop()
+    try:
+        session = await web.create(data={"n": 1})
+        for operation in (
+            lambda: web.touch(session.id),
+            lambda: web.update(session.id, data={"n": 2}),
+            lambda: web.consume(session.id, "q", amount=1, limit=10),
+            lambda: web.get(session.id),
+        ):
+            await asyncio.sleep(0)  # a fresh turn
+            turned: list[bool] = []
+            loop.call_soon(turned.append, True)
+            await operation()
+            assert turned == []
+        stored = await web.get(session.id)
+        assert stored is not None
+        assert (stored.data, stored.counters, stored.version) == ({"n": 2}, {"q": 1}, 2)
+    finally:
+        await store.close()
+
+
+async def test_a_caller_one_at_a_time_leaves_the_loop_turns(tmp_path: Path) -> None:
+    """Operations run on the loop's thread, one after another, still let the loop turn: no
+    turn holds its thread for more than a bound of CPU time (the turn's share of the work,
+    whatever the OS gives other processes meanwhile)."""
+    store = await connect(f"sqlite:///{tmp_path / 'turns.db'}")
+    web = store.namespace("web", idle_ttl=HOUR)
+    loop = asyncio.get_running_loop()
+    session = await web.create()
+    longest, turns, last = 0.0, 0, time.thread_time()
+
+    def tick() -> None:  # runs once per turn of the loop
+        nonlocal longest, turns, last
+        now = time.thread_time()
+        longest, turns, last = max(longest, now - last), turns + 1, now
+        ticking[0] = loop.call_soon(tick)
+
+    ticking = [loop.call_soon(tick)]
+    try:
+        for _ in range(500):
+            assert await web.touch(session.id) is not None
+    finally:
+        ticking[0].cancel()
+        await store.close()
+    assert turns > 1
+    assert longest < 0.05  # the lane: 2 ms of work a turn (TURN_S), and one operation more
+
+
+async def test_another_process_holding_the_write_lock_never_blocks_the_loop(
+    tmp_path: Path,
+) -> None:
+    """While another connection holds the write lock (`BEGIN IMMEDIATE`), a write here does
+    not wait on the loop's thread (it would for the busy timeout): it waits in the writer
+    thread, and completes there once the lock is released; the loop keeps ticking."""
+    path = tmp_path / "held.db"
+    store = await connect(f"sqlite:///{path}")
+    web = store.namespace("web", idle_ttl=HOUR)
+    session = await web.create(data={"n": 1})
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        asked = time.perf_counter()
+        updating = asyncio.create_task(web.update(session.id, data={"n": 2}))
+        lag = 0.0
+        for _ in range(20):  # the ticker: how late each 10 ms tick comes
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lag = max(lag, time.perf_counter() - before - 0.01)
+        assert not updating.done()  # waiting for the lock, in the writer thread
+        other.execute("COMMIT")
+        updated = await updating
+        assert time.perf_counter() - asked < 5  # within the busy timeout: it waited, then ran
+        assert (updated.data, updated.version) == ({"n": 2}, 2)
+        assert lag < LOOP_LAG_BOUND_S
+        assert await web.touch(session.id) is not None  # and the loop's thread again
+    finally:
+        other.close()
+        await store.close()

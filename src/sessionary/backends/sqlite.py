@@ -4,7 +4,10 @@ All statements run on one connection owned by one thread, off the event loop. Op
 queue up for that thread, which runs everything waiting in one transaction (group commit)
 and hands the results back to the loop in one wake-up, so a burst of requests shares one
 commit; the loop then resumes the waiting tasks in groups (`sessionary.backends.handoff`),
-so that other work (a new request) takes turns with them. A session operation is a single SQL
+so that other work (a new request) takes turns with them. But while the store is idle, a small
+operation runs on the loop's own thread at once, on the same connection, when that waits for
+nothing (no other process's lock, no sync): the hand-off there and back costs several times
+the statement (`SQLiteBackend._call`). A session operation is a single SQL
 statement that decides for itself (`UPDATE ... WHERE guard RETURNING`); a counter charge reads,
 decides and writes, which is atomic because a writing transaction is `BEGIN IMMEDIATE`: it
 holds the write lock from its first statement, and several processes on one file take turns
@@ -23,6 +26,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -31,7 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from sessionary.backends import sqlite_analytics as analytics
-from sessionary.backends.handoff import Outcome, settle
+from sessionary.backends.handoff import TURN_S, Outcome, settle
 from sessionary.backends.signals import LogSignals, QueueKey
 from sessionary.contract import (
     KEEP,
@@ -303,7 +307,17 @@ _WORK_DEPTH = (
 )
 
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+#: the levels at which a commit does not wait for the disk (WAL: NORMAL syncs at checkpoints
+#: only), so that the event loop's thread may commit a small operation itself (`_call`)
+_COMMITS_WITHOUT_SYNC = {"OFF", "NORMAL"}
 _MAX_BATCH = 512
+#: WAL pages between two checkpoints (SQLite's automatic checkpoint would go by the same
+#: count; it is off: see `_Writer._checkpoint`)
+_CHECKPOINT_PAGES = 1000
+#: how long one turn of the event loop may spend running jobs on its own thread (`_call`):
+#: as long as a turn that hands out a batch's results may (each turn costs a poll of the
+#: loop's selector, which on a busy machine is where the OS runs other processes)
+_LANE_S = TURN_S
 #: how often, while anyone follows a log or waits on a queue, the backend asks whether
 #: another process wrote
 _OTHERS_POLL_S = 0.05
@@ -458,8 +472,15 @@ class _Job(NamedTuple):
     loop: asyncio.AbstractEventLoop
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds the lock this statement needs (SQLITE_BUSY, any variant)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
 class _Writer(threading.Thread):
-    """The one thread that owns the connection and runs queued jobs in group commits."""
+    """The thread that owns the connection and runs queued jobs in group commits. The event
+    loop's thread may borrow the connection for one small operation while nothing is queued
+    (`attempt`); `lock` is held by whichever thread runs statements on it."""
 
     def __init__(self, path: str, synchronous: str, busy_timeout_ms: int) -> None:
         super().__init__(name=f"sessionary-sqlite:{path}", daemon=True)
@@ -469,6 +490,12 @@ class _Writer(threading.Thread):
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.started_ok = threading.Event()
         self.startup_error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.connection: sqlite3.Connection | None = None  # while open, under `lock`
+        self._on_loop = False  # the connection is set for the loop's thread (`_set_for`)
+        self._last_batch = 0  # how many jobs the writer's last batch ran: > 1 is a load
+        self._unchecked = 0  # writing jobs committed since the last checkpoint
+        self._checkpoint_after = 100  # ... when the next is due (learnt: `_checkpoint`)
 
     def run(self) -> None:
         try:
@@ -481,6 +508,7 @@ class _Writer(threading.Thread):
             self.startup_error = StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}")
             self.started_ok.set()
             return
+        self.connection = connection
         self.started_ok.set()
         try:
             while True:
@@ -498,19 +526,114 @@ class _Writer(threading.Thread):
                         stop = True
                         break
                     batch.append(more)
-                self._run_batch(connection, batch)
+                self._last_batch = len(batch)
+                with self.lock:
+                    self._set_for(connection, on_loop=False)
+                    self._run_batch(connection, batch)
+                    if self._unchecked >= self._checkpoint_after:
+                        self._checkpoint(connection)
                 if stop:
                     break
         finally:
-            connection.close()
+            with self.lock:
+                self.connection = None
+                connection.close()
             self._fail_pending()
+
+    def _set_for(self, connection: sqlite3.Connection, *, on_loop: bool) -> None:
+        """Under `lock`: on the loop's thread a statement never waits for another process's
+        lock (busy timeout 0) and a commit never checkpoints; on the writer's, both as
+        configured."""
+        if self._on_loop != on_loop:
+            wait_ms = 0 if on_loop else self.busy_timeout_ms
+            connection.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            self._on_loop = on_loop
+
+    def _checkpoint(self, connection: sqlite3.Connection) -> None:
+        """Under `lock`, on the writer's thread, once about _CHECKPOINT_PAGES have been
+        written since the last: copy the WAL into the file (PASSIVE: waits for nobody), then,
+        if all of it was copied, write once more, here: the next write starts the WAL over
+        and syncs its header, and a commit on the loop's thread must not be the one that does
+        (the automatic checkpoint is off for the same reason: a checkpoint syncs the file).
+        The WAL's length tells how many jobs fill _CHECKPOINT_PAGES, for the next time."""
+        try:
+            busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > 0:
+                self._checkpoint_after = max(1, self._unchecked * _CHECKPOINT_PAGES // frames)
+            self._unchecked = 0
+            if not busy and frames > 0 and copied == frames:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                connection.execute("COMMIT")
+        except sqlite3.Error:  # a failing file fails the next jobs' own statements
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+
+    def attempt(self, run: Callable[[sqlite3.Connection], T], writes: bool) -> tuple[T] | None:
+        """Run one job on the calling thread (the event loop's) if the store is idle and
+        that waits for nothing: nothing queued, the writer's last batch a single job (a
+        larger one says many callers are at it: their jobs share the writer's commits), the
+        connection free, and no other process holding the write lock (busy timeout 0:
+        SQLITE_BUSY gives up at once, rolled back). `(its result,)`, or None when it did not
+        run (the caller queues it). Its transaction and answers are those of a batch of one
+        (`_run_batch`)."""
+        if (
+            self._last_batch > 1
+            or (writes and self._unchecked >= self._checkpoint_after)
+            or not self.jobs.empty()
+            or not self.lock.acquire(blocking=False)
+        ):
+            return None
+        connection = self.connection
+        try:
+            if connection is None:  # closed
+                return None
+            self._set_for(connection, on_loop=True)
+            error: Exception | None = None
+            in_job = False
+            try:
+                if writes:
+                    connection.execute("BEGIN IMMEDIATE")
+                in_job = True
+                try:
+                    result = run(connection)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # the job's own answer (e.g. SessionExists)
+                    error = exc
+                in_job = False
+                if writes:
+                    connection.execute("COMMIT")
+                    self._unchecked += 1
+            except sqlite3.Error as exc:  # rolled back below
+                if _busy(exc):
+                    return None
+                failure = sqlite_unavailable(f"store {self.path!r}", exc)
+                if failure is None and in_job:
+                    raise  # a bug of the job's: it hears it, as in a batch
+                raise failure or StoreUnavailable(
+                    f"SQLite store {self.path!r} failed: {exc}"
+                ) from exc
+            if error is not None:
+                raise error
+            return (result,)
+        finally:
+            if connection is not None and connection.in_transaction:  # failed or interrupted
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            self.lock.release()
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
-            self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+            self.path,
+            isolation_level=None,
+            timeout=self.busy_timeout_ms / 1000,
+            check_same_thread=False,  # the loop's thread borrows it under `lock`
         )
         connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA wal_autocheckpoint = 0")  # the writer's (`_checkpoint`)
         connection.execute(f"PRAGMA synchronous = {self.synchronous}")
         connection.execute("PRAGMA temp_store = MEMORY")
         connection.execute("BEGIN IMMEDIATE")
@@ -536,12 +659,11 @@ class _Writer(threading.Thread):
     def _run_batch(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
         outcomes: list[Outcome] = []
         transaction = len(batch) > 1 or batch[0].writes
+        writing = any(job.writes for job in batch)
         culprit = None
         try:
             if transaction:
-                connection.execute(
-                    "BEGIN IMMEDIATE" if any(job.writes for job in batch) else "BEGIN"
-                )
+                connection.execute("BEGIN IMMEDIATE" if writing else "BEGIN")
             for culprit, job in enumerate(batch):  # noqa: B007 (read in the handler)
                 try:
                     outcomes.append((job.future, job.run(connection), None))
@@ -552,6 +674,8 @@ class _Writer(threading.Thread):
             culprit = None
             if transaction:
                 connection.execute("COMMIT")
+                if writing:
+                    self._unchecked += len(batch)
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -602,6 +726,10 @@ class SQLiteBackend:
         self.path = path
         self._writer = _Writer(path, synchronous.upper(), busy_timeout_ms)
         self._closed = False
+        self._commits_on_loop = synchronous.upper() in _COMMITS_WITHOUT_SYNC
+        #: the task that runs jobs on the loop's thread in this turn of the loop, and since
+        #: when (`_call`)
+        self._lane: tuple[asyncio.Task[Any] | None, float] | None = None
         self._signals = LogSignals()
         self._waiting = 0  # wait_log and wait_queue calls under way
         self._data_version: int | None = None  # as the poller last read it
@@ -629,6 +757,30 @@ class SQLiteBackend:
         future: asyncio.Future[T] = loop.create_future()
         self._writer.jobs.put(_Job(run, writes, future, loop))
         return future
+
+    async def _call(self, run: Callable[[sqlite3.Connection], T], writes: bool) -> T:
+        """A small job (one session's few statements): run on the loop's thread at once when
+        that waits for nothing (`_Writer.attempt`: the store idle, the file's write lock
+        free) and its commit does not sync, else queued like any other. In one turn of the
+        loop only one task runs jobs so (the others' go to the writer, a burst in one group
+        commit), for at most _LANE_S and one job more: past that it yields a turn first."""
+        if self._closed or (writes and not self._commits_on_loop):
+            return await self._submit(run, writes)
+        task = asyncio.current_task()
+        lane = self._lane
+        if lane is None:
+            self._lane = (task, time.perf_counter())
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        elif lane[0] is not task:
+            return await self._submit(run, writes)
+        elif time.perf_counter() - lane[1] > _LANE_S:
+            await asyncio.sleep(0)  # `_next_turn` runs first: the lane is free again
+            return await self._call(run, writes)
+        done = self._writer.attempt(run, writes)
+        return done[0] if done is not None else await self._submit(run, writes)
+
+    def _next_turn(self) -> None:
+        self._lane = None
 
     def limit_sessions(self, ns: str, limit: SessionLimit) -> None:
         """Nothing to arrange: one transaction sees the whole namespace."""
@@ -662,14 +814,14 @@ class SQLiteBackend:
                 raise SessionExists(record.id)
             return evicted
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
         def run(db: sqlite3.Connection) -> Record | None:
             row = db.execute(_GET, (ns, session_id, now)).fetchone()
             return None if row is None else _record(row)
 
-        return await self._submit(run, writes=False)
+        return await self._call(run, writes=False)
 
     async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
         args = (now, *_ttls(lifetime), ns, session_id)
@@ -678,7 +830,7 @@ class SQLiteBackend:
             row = db.execute(_TOUCH, args).fetchone()
             return None if row is None else _record(row)
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def update(
         self,
@@ -738,7 +890,8 @@ class SQLiteBackend:
             updated.evicted = evicted
             return updated
 
-        record = await self._submit(run, writes=True)
+        # an append's entries are as large as the caller makes them: the writer takes it
+        record = await (self._submit(run, True) if append else self._call(run, writes=True))
         if append:
             self._signals.notify((ns, session_id))
         return record
@@ -759,7 +912,7 @@ class SQLiteBackend:
             used: int = current[0]
             return amount == 0 and (limit is None or used <= limit), used
 
-        return await self._submit(run, writes=amount != 0)
+        return await self._call(run, writes=amount != 0)
 
     async def rotate(
         self,
@@ -812,14 +965,14 @@ class SQLiteBackend:
             rotated.evicted = evicted
             return rotated
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def delete(self, ns: str, session_id: str) -> Record | None:
         def run(db: sqlite3.Connection) -> Record | None:
             row = db.execute(_DELETE, (ns, session_id)).fetchone()
             return None if row is None else _record(row)
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def list_subject(self, ns: str, subject: str, now: int) -> list[Record]:
         def run(db: sqlite3.Connection) -> list[Record]:
@@ -972,7 +1125,7 @@ class SQLiteBackend:
             db.executemany(_PUT_COUNTER, [_counter_row(group, s) for s in writes])
             return allowed, states
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
         rows = [_counter_row(group, s) for s in states]
@@ -994,7 +1147,7 @@ class SQLiteBackend:
         def run(db: sqlite3.Connection) -> bool:
             return db.execute(_WORK_ENQUEUE, (queue, item_id, payload, now)).rowcount > 0
 
-        added = await self._submit(run, writes=True)
+        added = await self._call(run, writes=True)
         if added:
             self._signals.notify(QueueKey(queue))
         return added
@@ -1026,13 +1179,13 @@ class SQLiteBackend:
         def run(db: sqlite3.Connection) -> bool:
             return db.execute(_WORK_RENEW, args).rowcount > 0
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def ack_work(self, queue: str, item_id: str, consumer: str) -> bool:
         def run(db: sqlite3.Connection) -> bool:
             return db.execute(_WORK_ACK, (queue, item_id, consumer)).rowcount > 0
 
-        return await self._submit(run, writes=True)
+        return await self._call(run, writes=True)
 
     async def queue_depth(self, queue: str, now: int) -> tuple[int, int]:
         def run(db: sqlite3.Connection) -> tuple[int, int]:
