@@ -5,7 +5,8 @@
                               [--smoke]
 
 Two measurements, each the median of interleaved rounds (`--rounds`, default 3; this VM's
-speed drifts), with the raw redis-py baseline measured in the same round on the same server:
+speed drifts), with the raw redis-py baseline measured in the same round on the same server
+(and, for appends, in slices taking turns with the ops measured against it):
 
 * Append throughput (events/s), one task at a time and with many in flight: `Producer.emit`
   through `sessionary.runs` (one producer per run, so one stream per task),
@@ -32,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -46,6 +47,7 @@ from sessionary.logs import LogReset
 from sessionary.runs import Producer, Runs
 
 Op = Callable[[int, int], Awaitable[object]]  # (event number, worker number)
+K = TypeVar("K")
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it: id, fields
 DEFAULT_URL = os.environ.get("REDIS_BENCH_URL", "redis://127.0.0.1:6379/9")
 PREFIX = f"bench:runs:{os.getpid()}:"
@@ -72,9 +74,12 @@ async def xadd(client: Redis, key: str, kind: str, payload: Any) -> None:
 # -- append throughput --------------------------------------------------------------------------
 
 
-async def timed(op: Op, n: int, tasks: int) -> float:
-    """Run op(0..n-1, worker) with `tasks` workers in flight; returns events/s."""
-    counter = iter(range(n))
+SLICES = 10  # each measurement in slices, the ops of a round taking turns slice by slice
+
+
+async def timed(op: Op, first: int, n: int, tasks: int) -> float:
+    """Run op(first..first+n-1, worker) with `tasks` workers in flight; returns seconds."""
+    counter = iter(range(first, first + n))
 
     async def worker(number: int) -> None:
         for i in counter:
@@ -82,12 +87,20 @@ async def timed(op: Op, n: int, tasks: int) -> float:
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(number) for number in range(tasks)))
-    return n / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
-async def warm_and_time(op: Op, n: int, tasks: int) -> float:
-    await timed(op, min(n // 10, 1000), tasks)
-    return await timed(op, n, tasks)
+async def taking_turns(ops: dict[K, Op], n: int, tasks: int) -> dict[K, float]:
+    """events/s of each op, `n` events each: warmed up, then in `SLICES` slices that take
+    turns (this machine's speed drifts within a round too: every op sees the same drift)."""
+    for op in ops.values():
+        await timed(op, 0, min(n // 10, 1000), tasks)
+    took = dict.fromkeys(ops, 0.0)
+    size = max(1, n // SLICES)
+    for first in range(0, n, size):
+        for name, op in ops.items():
+            took[name] += await timed(op, first, min(size, n - first), tasks)
+    return {name: n / seconds for name, seconds in took.items()}
 
 
 async def open_producers(runs: Runs, count: int) -> list[Producer]:
@@ -114,10 +127,6 @@ async def bench_appends(
         async def emit(i: int, worker: int, producers: list[Producer] = producers) -> None:
             await producers[worker].emit("chunk", chunk(i))
 
-        out[("Producer.emit", "per task", tasks)] = await warm_and_time(emit, n, tasks)
-        for producer in producers:
-            await producer.__aexit__(None, None, None)
-
         # Namespace.append: one session per task, then every task on one session
         sessions = [(await log.create()).id for _ in range(tasks)]
 
@@ -126,10 +135,6 @@ async def bench_appends(
 
         async def append_one(i: int, worker: int, sessions: list[str] = sessions) -> None:
             await log.append(sessions[0], "chunk", chunk(i))
-
-        out[("Namespace.append", "per task", tasks)] = await warm_and_time(append, n, tasks)
-        if tasks > 1:
-            out[("Namespace.append", "one", tasks)] = await warm_and_time(append_one, n, tasks)
 
         # the baseline: XADD with approximate trimming, the payload encoded by the caller
         keys = [f"{PREFIX}raw:{round_number}:{tasks}:{worker}" for worker in range(tasks)]
@@ -140,9 +145,17 @@ async def bench_appends(
         async def add_one(i: int, worker: int, keys: list[str] = keys) -> None:
             await xadd(raw, keys[0], "chunk", chunk(i))
 
-        out[("raw XADD", "per task", tasks)] = await warm_and_time(add, n, tasks)
+        ops: dict[tuple[str, str, int], Op] = {
+            ("Producer.emit", "per task", tasks): emit,
+            ("Namespace.append", "per task", tasks): append,
+            ("raw XADD", "per task", tasks): add,
+        }
         if tasks > 1:
-            out[("raw XADD", "one", tasks)] = await warm_and_time(add_one, n, tasks)
+            ops[("Namespace.append", "one", tasks)] = append_one
+            ops[("raw XADD", "one", tasks)] = add_one
+        out.update(await taking_turns(ops, n, tasks))
+        for producer in producers:
+            await producer.__aexit__(None, None, None)
     return out
 
 

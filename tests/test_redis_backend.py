@@ -17,6 +17,8 @@ from sessionary import ManualClock, Namespace, Store, StoreUnavailable, connect,
 from sessionary.backends.redis import RedisBackend
 from sessionary.backends.redis.backend import DEFAULT_GRACE_MS
 from sessionary.errors import TooManySessions
+from sessionary.logs import Event
+from sessionary.sessionize import Placement, SessionRow
 from tests.servers import RedisClusterNodes, RedisServer, free_port
 
 HOUR = timedelta(hours=1)
@@ -51,6 +53,35 @@ async def test_every_key_has_a_ttl_just_past_the_expiry_it_serves(
         assert expected - 5_000 < ttl <= expected, (key, ttl)
     session_key = next(k for k in found if k.endswith(rotated.id.encode()))
     assert await redis_client.pttl(session_key) > expected - 5_000
+
+
+async def test_a_log_lives_as_long_as_its_session_from_its_first_event(
+    store: Store, redis_client: Redis, redis_prefix: str
+) -> None:
+    """The append script sets a log's TTL once, when its first event creates it (later
+    appends leave it: a touch or update moves both keys together), and trims by length in
+    the XADD itself once the log ever held more than its bound, a batch included."""
+    runs = store.namespace("runs", idle_ttl=HOUR, log_max_length=5)
+    appended, updated = await runs.create(), await runs.create()
+    await runs.append(appended.id, "e", 0, producer="w", seq=1)
+    await runs.update(updated.id, data={"a": 1}, append=[Event("e", 0)])
+    expected = HOUR // timedelta(milliseconds=1) + DEFAULT_GRACE_MS
+    for session in (appended, updated):
+        log = next(
+            k
+            for k in await keys_of(redis_client, redis_prefix)
+            if b":l:" in k and k.endswith(session.id.encode())
+        )
+        assert expected - 5_000 < await redis_client.pttl(log) <= expected
+    await runs.extend(appended.id, [Event("e", n, producer="w", seq=n + 1) for n in range(1, 8)])
+    page = await runs.read(appended.id)
+    assert [e.data for e in page.events] == [3, 4, 5, 6, 7]
+    assert page.reset is not None
+    cursors = await runs.extend(
+        appended.id, [Event("e", "again", producer="w", seq=8), Event("e", 8, producer="w", seq=9)]
+    )
+    assert cursors[0] is None
+    assert [e.data for e in (await runs.read(appended.id)).events] == [4, 5, 6, 7, 8]
 
 
 async def test_a_sessions_keys_share_one_slot_and_shards_spread(
@@ -457,3 +488,33 @@ async def test_the_group_keeps_only_the_consumers_that_hold_items(
     assert await consumers() == {"keeper", "busy", "taker"}  # it still holds one
     assert await backend.ack_work("jobs", second.id, "taker")
     assert await consumers() == {"keeper", "busy"}
+
+
+async def test_an_outbox_entry_written_before_the_rows_numbers_were_packed_is_read(
+    store: Store, redis_client: Redis, redis_prefix: str
+) -> None:
+    """Entries left in the outbox by the previous version (18 values a row in the JSON,
+    times as offsets from the base; no field n) drain as they always did."""
+    old = (
+        b'["1700000000000","11",["s_n0","d1","s_n1","d1"],["s_n0","d1","p1",0,0,1,1,"\\/a",'
+        b'"\\/a","https:\\/\\/r.example\\/","s",null,null,null,null,250,2,true,"s_n1","d1",'
+        b'null,60000,60000,1,0,"\\/b","\\/b",null,null,null,null,null,null,0,1,false],'
+        b'["s_n0",-1,"s_n1",59999],["s_n0",1]]'
+    )  # as the previous sessionize.lua wrote it, for two hits (not kept: no field h)
+    await redis_client.xadd(f"{redis_prefix}{{an:proj}}:o", {"e": old})
+    [entry] = await store.sessionization.outbox("proj", 10)
+    assert entry.placements == [
+        Placement("joined", "s_n0", "d1"),
+        Placement("joined", "s_n1", "d1"),
+    ]
+    first = SessionRow(
+        "s_n0", "proj", "d1", "p1", 1_700_000_000_000, 1_700_000_000_000, 1, 1, "/a", "/a",
+        "https://r.example/", "s", None, None, None, None, 250, 2, True,
+    )  # fmt: skip
+    second = SessionRow(
+        "s_n1", "proj", "d1", None, 1_700_000_060_000, 1_700_000_060_000, 1, 0, "/b", "/b",
+        None, None, None, None, None, None, 0, 1, False,
+    )  # fmt: skip
+    assert entry.sessions == [first, second]
+    assert entry.started == [("s_n0", 1_699_999_999_999), ("s_n1", 1_700_000_059_999)]
+    assert entry.ended == [("s_n0", 1_700_000_000_001)]

@@ -9,8 +9,10 @@ import asyncio
 import time
 from datetime import timedelta
 
+import redis
+
 from sessionary import connect
-from sessionary.logs import Event
+from sessionary.logs import Event, LogEvent
 from tests.faults.conftest import collect
 from tests.servers import RedisClusterNodes, RedisServer, eventually
 
@@ -69,6 +71,34 @@ async def test_a_new_follower_interrupts_the_shared_wait_and_hears_at_once(
         assert time.monotonic() - started < 1.0  # not after the first wait's 5 s timeout
         await runs.append(first.id, "end", None, final=True)
         assert await asyncio.wait_for(following_first, 10) == [None]
+    finally:
+        await store.close()
+
+
+async def test_a_follower_back_at_once_finds_the_lane_connection_still_open(
+    private_redis: RedisServer,
+) -> None:
+    """A follower that reads, leaves and comes back (a run's producer watching its run does
+    so every few events) costs no new connection each time: a lane with no waits left keeps
+    its connection a moment (`LINGER_S`). Each lane connection asks its CLIENT ID once."""
+    store = await connect(f"{private_redis.url}?wait_connections=1")
+    try:
+        runs = store.namespace("runs", idle_ttl=HOUR)
+        session = await runs.create()
+        position = None
+        for n in range(5):
+            events = runs.follow(session.id, position)
+            took = asyncio.ensure_future(anext(events))
+            await eventually(lambda: private_redis.clients("xread") == 1, 10)
+            await runs.append(session.id, "e", n)
+            event = await asyncio.wait_for(took, 10)
+            assert isinstance(event, LogEvent)
+            assert event.data == n
+            position = event.cursor
+            await events.aclose()  # it leaves: the lane's read returned, no wait is left
+        with redis.Redis(port=private_redis.port) as client:
+            asked = client.info("commandstats")["cmdstat_client|id"]["calls"]
+        assert asked == 1
     finally:
         await store.close()
 

@@ -6,6 +6,7 @@ acks them; `Worker.stop` hands a run with a retry left back rather than failing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from sessionary.errors import ValidationError
 from sessionary.http.metrics import Metrics
 from sessionary.logs import LogEvent
 from sessionary.queues import QueueDepth
-from sessionary.runs import Producer, RunBusy, Runs, RunsSettings
+from sessionary.runs import Producer, RunBusy, Runs, RunsSettings, service
 from sessionary.runs.service import _lease_id
 from sessionary.runs.worker import Worker
 from tests.servers import eventually
@@ -182,6 +183,29 @@ async def test_a_producer_hears_it_lost_the_run_and_may_not_emit(
     finally:
         await producer.__aexit__(None, None, None)
     assert (await runs.get(run.id)).status == "queued"  # still there for the next attempt
+
+
+async def test_a_retry_between_a_producers_own_events_is_heard(
+    runs: Runs, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its watch skips the producer's own events, never one of someone else's between them:
+    a `retry` landing between two of its emits (while the watch pauses, as it does once it
+    saw the producer's latest) still tells it the run is lost."""
+    monkeypatch.setattr(service, "_WATCH_PAUSE_S", 1.0)
+    conversation = await runs.create_conversation("alice")
+    run = await runs.start(conversation.id, "alice", retries=1)
+    producer = runs.producer(run.id, worker="slow")
+    await producer.__aenter__()
+    try:
+        await producer.emit("chunk", 1)
+        clock.advance(LEASE)
+        await runs.reap()  # the `retry` event
+        with contextlib.suppress(RunBusy):  # unless its watch heard the retry already
+            await producer.emit("chunk", 2)  # after the retry: the log has a gap of its own
+        await eventually(lambda: producer.lost, 10)
+    finally:
+        await producer.__aexit__(None, None, None)
+    assert (await runs.get(run.id)).status == "queued"
 
 
 async def test_retries_are_checked(runs: Runs) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sessionary import ManualClock, Store
+from sessionary.contract import LogEntry
 from sessionary.logs import LogEvent
 from sessionary.runs import (
     ActiveRunExists,
@@ -131,6 +132,33 @@ async def test_cancel_is_heard_between_chunks(runs: Runs) -> None:
     run_now = await runs.get(run.id)
     assert run_now.status == "cancelled"
     assert [e.type for e in await events_of(runs, run.id)].count("end") == 1
+
+
+async def test_a_producer_does_not_read_back_its_own_events(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its watch (which hears a cancel) skips what the producer wrote itself: reading back
+    every event emitted would cost the store a read per event, and the process their
+    decoding. A cancel after them is heard all the same."""
+    conversation = await runs.create_conversation("alice")
+    run = await runs.start(conversation.id, "alice")
+    decoded: list[str] = []
+    of = LogEvent.of
+
+    def counted(namespace: str, session_id: str, entry: LogEntry) -> LogEvent:
+        decoded.append(entry.type)
+        return of(namespace, session_id, entry)
+
+    monkeypatch.setattr(LogEvent, "of", staticmethod(counted))
+    async with runs.producer(run.id) as producer:
+        for n in range(300):
+            await producer.emit("chunk", n)
+            if n % 30 == 0:
+                await asyncio.sleep(0.01)  # the watch gets its turns meanwhile
+        assert decoded.count("chunk") < 30  # not 300
+        await runs.stop(conversation.id, "alice")
+        await asyncio.wait_for(producer.until_cancelled(), 10)
+    assert (await runs.get(run.id)).status == "cancelled"
 
 
 async def test_cancel_racing_completion_ends_once_every_time(runs: Runs) -> None:

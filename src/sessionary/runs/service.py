@@ -541,7 +541,9 @@ class Runs:
         return False
 
 
-_WATCH_PAUSE_S = 0.05  # so a producer gone quiet right after an emit hears a cancel this late
+#: how long a producer is quiet before its watch follows the run again: so a producer gone
+#: quiet right after an emit hears a cancel this late
+_WATCH_PAUSE_S = 0.05
 
 
 @contextlib.contextmanager
@@ -569,8 +571,12 @@ class Producer:
         self._emitting = asyncio.Lock()  # a producer's events go in the order of their seqs
         self._done = False
         self._ended = asyncio.Event()
-        self._position: Cursor | None = None
+        # every event of the log up to this seq is this producer's own, or its watch saw it:
+        # the watch reads from here, so it never reads back what the producer wrote itself
+        self._known = 0
         self._emitted = 0  # the seq in the log of this producer's latest event
+        self._own_from = 0  # from this seq to `_emitted`, every event is this producer's own
+        self._emitted_at = 0.0  # when (loop time) the latest emit returned
         self._tasks: list[asyncio.Task[None]] = []
         #: which execution of the run this is (1, then one more per retry), once entered
         self.attempt = 0
@@ -648,27 +654,40 @@ class Producer:
             raise RunBusy("this worker's lease on the run lapsed: it is no longer its own")
         async with self._emitting:
             self._seq += 1
-            return await self._append(type, data)
+            try:
+                cursor = await self._append(type, data)
+            except StoreUnavailable:  # tried again, as `_through_outage` does
+                cursor = await self._ride_out(lambda: self._append(type, data))
+            if cursor is not None:
+                seq = cursor.seq
+                if seq != self._emitted + 1:
+                    self._own_from = seq
+                self._emitted = seq
+                self._emitted_at = asyncio.get_running_loop().time()
+                if seq == self._known + 1:  # nothing came between: the watch may skip it
+                    self._known = seq
+            return cursor
 
     async def _append(self, type: str, data: Any) -> Cursor | None:
-        async def append() -> Cursor | None:
-            try:
-                return await self._runs.runs.append(
-                    self.run_id, type, data, producer=self._name, seq=self._seq
-                )
-            except LogClosed:
-                self._ended.set()
-                current = await self._runs.get(self.run_id)
-                raise RunFinished(self.run_id, current.status) from None
-
-        cursor = await self._through_outage(append)
-        if cursor is not None:
-            self._emitted = cursor.seq
-        return cursor
+        try:
+            return await self._runs.runs.append(
+                self.run_id, type, data, producer=self._name, seq=self._seq
+            )
+        except LogClosed:
+            self._ended.set()
+            current = await self._runs.get(self.run_id)
+            raise RunFinished(self.run_id, current.status) from None
 
     async def _through_outage(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`, tried again while the store is unavailable (after 50 ms, 100 ms...,
-        up to 1 s apart), for as long as the lease outlives the outage: a lease, from the
+        """`call()`, tried again while the store is unavailable (see `_ride_out`)."""
+        try:
+            return await call()
+        except StoreUnavailable:
+            return await self._ride_out(call)
+
+    async def _ride_out(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` failed with the store unavailable: try it again (after 50 ms, 100 ms...,
+        up to 1 s apart), for as long as the lease outlives the outage: a lease, from this
         first failure. Meanwhile the handler waits in its `emit` (the store is where its
         events go), and a retried append is never stored twice (its seq). Longer than that,
         the run is lost to this producer anyway: `StoreUnavailable`."""
@@ -676,12 +695,12 @@ class Producer:
         give_up = loop.time() + self._runs.settings.lease_ttl.total_seconds()
         backoff = Backoff(0.05, 1.0)
         while True:
+            await asyncio.sleep(backoff.next())
             try:
                 return await call()
             except StoreUnavailable:
                 if loop.time() >= give_up:
                     raise
-                await asyncio.sleep(backoff.next())
 
     async def complete(self, result: Any = None) -> bool:
         """End the run as completed; False if it had ended already (cancelled, say)."""
@@ -745,7 +764,7 @@ class Producer:
             if run.status == "running":
                 raise RunBusy("this run is already running")
             conversation = await runs.conversations.get(run.conversation_id)
-            self._position = run.cursor  # the watcher starts here: it sees all that follows
+            self._known = 0 if run.cursor is None else run.cursor.seq  # the watch starts here
             if conversation is None or conversation.data.get("active") == self.run_id:
                 return
             position = run.cursor
@@ -765,30 +784,54 @@ class Producer:
                 continue
 
     async def _watch(self) -> None:
-        """Hear the run's end (a cancel) as it happens, to set `cancelled`. Caught up with
-        its own events, it pauses before asking again: while the producer emits, an emit
-        hears a cancel itself (`RunFinished`), and a watch woken by every event would cost
-        the store one more read per event."""
-        position = self._position
+        """Hear the run's end (a cancel) as it happens, to set `cancelled`, and a `retry`
+        (this attempt's lease lapsed), to set `lost`. It reads the log from `_known`: the
+        producer's own events are skipped unread while nothing else comes between them.
+        Caught up with the producer's latest event, it pauses while the producer keeps
+        emitting (`_pause`): an emit hears a cancel itself (`RunFinished`), and a watch woken
+        by every event would cost the store one more read per event."""
+        runs = self._runs.runs
         # while the store is down: again after 1 s, 2 s, 4 s... up to the lease's renewal period
         backoff = Backoff(1.0, self._runs.settings.lease_ttl.total_seconds() / 3)
         while True:
             try:
-                async for event in self._runs.runs.follow(self.run_id, position):
-                    if isinstance(event, LogEvent):
-                        position = event.cursor
-                        if event.type == "retry":  # lapsed while this one was cut off
-                            self._lose()
-                            return
-                        if event.final:
-                            break
-                        if event.cursor.seq == self._emitted:
-                            await asyncio.sleep(_WATCH_PAUSE_S)
-                self._ended.set()  # ended, or gone: either way, nothing more to produce
-                return
+                caught_up = False
+                after = Cursor.of(runs.name, self.run_id, self._known) if self._known else None
+                async for event in runs.follow(self.run_id, after):
+                    if not isinstance(event, LogEvent):
+                        continue
+                    seq = event.cursor.seq
+                    self._known = max(self._known, seq)
+                    if event.type == "retry":  # lapsed while this one was cut off
+                        self._lose()
+                        return
+                    if event.final:
+                        break
+                    if self._emitting.locked():  # this may be the event of the emit in
+                        async with self._emitting:  # flight: let it land first
+                            pass
+                    if self._own_from - 1 <= seq <= self._emitted:  # the rest is its own
+                        self._known = max(self._known, self._emitted)
+                        caught_up = True
+                        break
+                if not caught_up:  # ended, or gone: either way, nothing more to produce
+                    self._ended.set()
+                    return
+                await self._pause()
             except StoreUnavailable:
                 unless_cancelled()
                 await asyncio.sleep(backoff.next())
+
+    async def _pause(self) -> None:
+        """Caught up: wait while the producer keeps emitting with nothing else between its
+        events (each emit hears a cancel itself), until it is quiet for `_WATCH_PAUSE_S` or
+        an emit finds someone else's event before its own."""
+        loop = asyncio.get_running_loop()
+        while self._known == self._emitted:
+            quiet = self._emitted_at + _WATCH_PAUSE_S - loop.time()
+            if quiet <= 0:
+                return
+            await asyncio.sleep(quiet)
 
     def _lose(self) -> None:
         self._lost = True

@@ -63,54 +63,71 @@ local function place(session_key, expiry_key, subjects_key, log_key, id, e, now,
   if subject then keep(subjects_key, ttl) end
 end
 
+-- the session fields append_events needs: 'ln', then 'p:<producer>' for each producer of
+-- the events at ARGV[from..] (the caller reads them in the HMGET of its own fields)
+local function log_fields(argv, from)
+  local fields, named = {'ln'}, {}
+  for base = from, #argv, 5 do
+    local producer = argv[base + 2]
+    if producer ~= '' and not named[producer] then
+      named[producer] = true
+      fields[#fields + 1] = 'p:' .. producer
+    end
+  end
+  return fields
+end
+
 -- append events to a live, open session's log: ARGV[from..] holds 5 values per event (type,
 -- data, producer or '', producer seq or '', '1' if final); adds each new seq to `reply`,
--- or 0 for a producer's retry, which is not stored again
-local function append_events(session_key, log_key, argv, from, now, reply)
-  local last = tonumber(redis.call('HGET', session_key, 'ln') or '0')
+-- or 0 for a producer's retry, which is not stored again. `state[at..]`: the `fields`
+-- (see log_fields) as HMGET read them. The log keeps its newest max_len events ('' no
+-- bound; each XADD trims once the log ever held more) and none older than max_age ms but
+-- the newest ('' none). One XADD per event and one HSET in all: in a script each call
+-- costs more than the command itself.
+local function append_events(session_key, log_key, argv, from, now, reply, max_len, max_age,
+                             fields, state, at)
+  local had = tonumber(state[at] or '0')
+  local last, ts, cap = had, int(now), max_len ~= '' and tonumber(max_len)
+  local latest, stored = {}, {}  -- per producer field: its last seq (number, and as sent)
+  for i = 2, #fields do latest[fields[i]] = tonumber(state[at + i - 1] or '0') end
+  local writes = {'ln', false}
   for base = from, #argv, 5 do
-    local producer, seq = argv[base + 2], argv[base + 3]
-    local retry = false
-    if producer ~= '' then
-      local seen = redis.call('HGET', session_key, 'p:' .. producer)
-      if seen and tonumber(seq) <= tonumber(seen) then
-        retry = true
-      else
-        redis.call('HSET', session_key, 'p:' .. producer, seq)
-      end
-    end
-    if retry then
+    local field, seq = argv[base + 2], argv[base + 3]
+    if field ~= '' then field = 'p:' .. field end
+    if field ~= '' and tonumber(seq) <= latest[field] then
       reply[#reply + 1] = 0
     else
+      if field ~= '' then latest[field], stored[field] = tonumber(seq), seq end
       last = last + 1
-      local id = int(last) .. '-0'
+      local entry = {'t', argv[base], 'd', argv[base + 1], 'ts', ts}
       if argv[base + 4] == '1' then
-        redis.call('XADD', log_key, id, 't', argv[base], 'd', argv[base + 1], 'ts', int(now),
-                   'f', '1')
-        redis.call('HSET', session_key, 'lc', '1')
+        entry[7], entry[8] = 'f', '1'
+        writes[#writes + 1], writes[#writes + 2] = 'lc', '1'
+      end
+      if cap and last > cap then
+        redis.call('XADD', log_key, 'MAXLEN', max_len, int(last) .. '-0', unpack(entry))
       else
-        redis.call('XADD', log_key, id, 't', argv[base], 'd', argv[base + 1], 'ts', int(now))
+        redis.call('XADD', log_key, int(last) .. '-0', unpack(entry))
       end
       reply[#reply + 1] = last
     end
   end
-  redis.call('HSET', session_key, 'ln', int(last))
-  redis.call('PEXPIRE', log_key, redis.call('PTTL', session_key))
-end
-
--- keep the newest max_len events, and none older than max_age ms but the newest one
-local function trim_log(log_key, max_len, max_age, now)
-  if max_len ~= '' then redis.call('XTRIM', log_key, 'MAXLEN', max_len) end
+  if last == had then return end  -- every event a retry: nothing changed
+  writes[2] = int(last)
+  for field, seq in pairs(stored) do writes[#writes + 1], writes[#writes + 2] = field, seq end
+  redis.call('HSET', session_key, unpack(writes))
+  -- a log is created by its first event, and lives exactly as long as its session
+  if had == 0 then redis.call('PEXPIRE', log_key, redis.call('PTTL', session_key)) end
   if max_age ~= '' then
     local cutoff = now - tonumber(max_age)
     while true do
       local oldest = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 2)
       if #oldest < 2 then break end
-      local fields, ts = oldest[1][2], nil
-      for i = 1, #fields, 2 do
-        if fields[i] == 'ts' then ts = tonumber(fields[i + 1]) end
+      local entry_fields, entry_ts = oldest[1][2], nil
+      for i = 1, #entry_fields, 2 do
+        if entry_fields[i] == 'ts' then entry_ts = tonumber(entry_fields[i + 1]) end
       end
-      if ts >= cutoff then break end
+      if entry_ts >= cutoff then break end
       redis.call('XDEL', log_key, oldest[1][1])
     end
   end

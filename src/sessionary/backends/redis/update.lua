@@ -48,8 +48,9 @@ end
 place(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], e, now, tonumber(ARGV[5]), subject)
 local reply = {1, false, evicted}
 if appending then
-  append_events(KEYS[1], KEYS[4], ARGV, 20, now, reply)
-  trim_log(KEYS[4], ARGV[12], ARGV[13], now)
+  local fields = log_fields(ARGV, 20)
+  local logged = redis.call('HMGET', KEYS[1], unpack(fields))
+  append_events(KEYS[1], KEYS[4], ARGV, 20, now, reply, ARGV[12], ARGV[13], fields, logged, 1)
 end
 reply[2] = redis.call('HGETALL', KEYS[1])
 return reply

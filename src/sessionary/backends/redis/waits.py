@@ -9,7 +9,10 @@ waits. A wait for a stream the read in flight does not cover (a new log, or an e
 position) interrupts it with `CLIENT UNBLOCK` from another connection, and the lane reads
 again with the new set. A wait that times out leaves the read alone (its key is harmless
 there, and the next wait on it, usually at once, is covered again). When a read returns and
-the lane has no waits left, its connection is closed: connections held = lanes with waits.
+the lane has no waits left, its connection is kept `LINGER_S` for the next wait, then closed:
+connections held = lanes with waits, or with one a moment ago. (A follower that pauses
+between reads, as a run's producer watching its own run does, would otherwise cost a new
+connection, its handshake included, each time it comes back.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from sessionary.contract import WAIT_MAX_ENTRIES
 
 #: how many times an interrupt is retried while the read it targets has not blocked yet
 _UNBLOCK_TRIES = 100
+#: how long a lane with no waits left keeps its connection for the next wait (seconds)
+LINGER_S = 1.0
 
 
 class Links(Protocol):
@@ -67,6 +72,7 @@ class _Lane:
     client_id: int | None = None
     reading: dict[str, int] | None = None  # the read in flight: key -> position
     interrupting: bool = False
+    idle: asyncio.Future[None] | None = None  # while the lane lingers: done by a new wait
 
 
 class StreamWaits:
@@ -89,6 +95,9 @@ class StreamWaits:
         lane.waits.setdefault(key, []).append(wait)
         if lane.task is None:
             lane.task = loop.create_task(self._run(lane), name="sessionary-redis-waits")
+        elif lane.idle is not None:
+            if not lane.idle.done():
+                lane.idle.set_result(None)
         elif lane.reading is not None and lane.reading.get(key, after + 1) > after:
             self._interrupt(lane)
         try:
@@ -147,7 +156,13 @@ class StreamWaits:
         connection: AbstractConnection | None = None
         key = ""
         try:
-            while lane.waits:
+            while True:
+                if not lane.waits:
+                    if connection is None or not await self._linger(lane):
+                        break
+                    if await connection.can_read():  # the server went away meanwhile: afresh
+                        await self._links.close(key, connection)
+                        connection = None
                 if connection is None:
                     key = next(iter(lane.waits))
                     connection = self._links.open(key)
@@ -200,6 +215,17 @@ class StreamWaits:
                 )
             elif self._lanes.get(lane.name) is lane:
                 del self._lanes[lane.name]
+
+    @staticmethod
+    async def _linger(lane: _Lane) -> bool:
+        """No waits left: wait up to `LINGER_S` for one. True if one came."""
+        lane.idle = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait([lane.idle], timeout=LINGER_S)
+        finally:
+            lane.idle.cancel()
+            lane.idle = None
+        return bool(lane.waits)
 
     @staticmethod
     def _deliver(lane: _Lane, key: str, reading: dict[str, int], entries: list[Any]) -> None:
