@@ -90,7 +90,8 @@ class Service:
 
     def measure(self, route: str, seconds: int, connections: int) -> float:
         path = "/" if route == "/rw" else "/api/v1/track"
-        return wrk(self.port, path, seconds, connections, self.scripts[route])
+        rate, _ = wrk(self.port, path, seconds, connections, self.scripts[route])
+        return rate
 
 
 async def main() -> None:

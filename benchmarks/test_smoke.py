@@ -59,6 +59,10 @@ RESULTS: dict[str, list[str]] = {
         rf"sessionary /rw\s*│\s*{NUMBER}",
         rf"no middleware /plain\s*│\s*{NUMBER}",
         rf"sessionary / starsessions = {NUMBER}x",
+        rf"sessionary /ro\s*│\s*{NUMBER}",
+        rf"sessionary /ro / its /plain, no cookie = {NUMBER}x",
+        rf"sessionary\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*0\s*│",  # lost updates
+        rf"starsessions\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│",
     ],
     "serve_workers.py": [
         rf"/rw\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",

@@ -5,13 +5,13 @@ concurrent writers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
 import pytest_asyncio
 
-from sessionary import ManualClock, Namespace, ids
+from sessionary import ManualClock, Namespace, VersionConflict, ids
 from sessionary.session_request import Outcome, RequestSession
 from tests.counting import CountingBackend, counted_store
 
@@ -282,6 +282,67 @@ async def test_after_a_save_the_object_holds_what_is_stored_and_saves_only_later
     stored = await web.get(session.id)
     assert stored is not None
     assert stored.data == {"a": 1, "c": 3}
+
+
+async def test_writers_of_disjoint_keys_merge_and_both_keep_theirs(web: Namespace) -> None:
+    session = await web.create(data={"n": 1, "gone": True, "kept": "x"})
+    mine = await RequestSession.load(web, session.id)
+    other = await RequestSession.load(web, session.id)
+    other["theirs"] = "b"
+    del other["gone"]
+    await other.commit()
+    mine["n"] = 2
+    mine["mine"] = "a"
+    await mine.commit()  # no key changed by both: merged onto the other's write
+    stored = await web.get(session.id)
+    assert stored is not None
+    assert stored.data == {"n": 2, "kept": "x", "theirs": "b", "mine": "a"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.__setitem__("n", s["n"] + 1),  # a counter both incremented: same value
+        lambda s: s.__setitem__("n", 99),
+        lambda s: s.__delitem__("n"),
+        lambda s: s.__setitem__("added", 1),  # a key both added
+    ],
+)
+async def test_a_key_changed_by_both_writers_is_a_conflict_never_a_lost_update(
+    web: Namespace, change: Callable[[RequestSession], None]
+) -> None:
+    session = await web.create(data={"n": 1})
+    mine = await RequestSession.load(web, session.id)
+    other = await RequestSession.load(web, session.id)
+    other["n"] = other["n"] + 1
+    other["added"] = 0
+    await other.commit()
+    change(mine)
+    with pytest.raises(VersionConflict):
+        await mine.commit()
+    stored = await web.get(session.id)
+    assert stored is not None
+    assert stored.data == {"n": 2, "added": 0}  # the acknowledged write, untouched
+
+
+async def test_concurrent_increments_of_one_counter_lose_none(web: Namespace) -> None:
+    session = await web.create(data={"n": 0})
+
+    async def increment() -> bool:
+        state = await RequestSession.load(web, session.id)
+        state["n"] = state["n"] + 1
+        await asyncio.sleep(0)  # let the others load the same version
+        try:
+            await state.commit()
+        except VersionConflict:
+            return False
+        return True
+
+    acknowledged = sum(await asyncio.gather(*(increment() for _ in range(WRITERS))))
+    stored = await web.get(session.id)
+    assert stored is not None
+    assert acknowledged >= 1
+    assert stored.data["n"] == acknowledged
 
 
 async def test_set_subject_records_an_owner_without_a_new_id(web: Namespace) -> None:

@@ -35,7 +35,7 @@ Rules every backend keeps (the conformance suite checks each):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -53,6 +53,7 @@ __all__ = [
     "CounterState",
     "Finding",
     "IndexCheck",
+    "Invalidated",
     "Keep",
     "Lifetime",
     "LifetimeChange",
@@ -63,6 +64,8 @@ __all__ = [
     "OnMaxSessions",
     "Record",
     "SessionLimit",
+    "SessionTracking",
+    "TracksSessions",
     "WorkItem",
     "plan_admission",
 ]
@@ -731,4 +734,40 @@ class IndexCheck(Protocol):
         a missing entry is added from the record; nothing else is ever changed, and what
         changed meanwhile (a session deleted between the scan and the decision) is not a
         finding. Safe while the namespace is in use."""
+        ...
+
+
+#: what a `SessionTracking` reports: the (namespace, session id) pairs some writer changed
+#: (or deleted), or None: anything may have changed (a flush, or the feed itself was lost)
+Invalidated = Callable[[Iterable[tuple[str, str]] | None], None]
+
+
+class SessionTracking(Protocol):
+    """A backend's feed of which stored sessions changed, for a read cache in front of it
+    (`sessionary.read_cache`): every write by anyone, this process included, is reported."""
+
+    #: invalidations flow: a cached read may be served (False while the feed is down: every
+    #: read then goes to the backend, and what was cached before was reported as None)
+    active: bool
+
+    def drain(self) -> None:
+        """Report, without blocking, every invalidation the backend sent so far."""
+        ...
+
+    async def start(self) -> None:
+        """Connect, and keep reconnecting in the background while the feed is down."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TracksSessions(Protocol):
+    """A backend that can report the sessions that change (Redis: client-side caching with
+    invalidations). Apart from `Backend`: one without it (memory, SQLite) simply gets no
+    read cache."""
+
+    def track_sessions(self, invalidated: Invalidated) -> SessionTracking | None:
+        """A feed reporting to `invalidated`, not started; None when this configuration
+        cannot offer one (e.g. TLS, Sentinel, Cluster)."""
         ...

@@ -10,8 +10,9 @@ and they are security rules, so they live here once:
   an attacker cannot plant an id (no session fixation);
 * the session is written back only when it changed, nested changes included (the data is
   compared encoded), with optimistic concurrency: when another request wrote meanwhile, this
-  request's changes are merged onto the other's key by key, so two requests adding different
-  keys both keep theirs;
+  request's changes are merged onto the other's key by key, so two requests changing different
+  keys both keep theirs; a key both changed (a counter both incremented) is a true conflict,
+  `VersionConflict` (the ASGI middleware's 409 `session_conflict`): never a lost update;
 * a session deleted meanwhile (logged out elsewhere) stays deleted: it is never resurrected;
 * `rotate` (on login) gives a new id at once, killing the old one; `delete` (on logout)
   deletes at once;
@@ -82,6 +83,15 @@ def _fingerprint(data: dict[str, Any]) -> bytes:
 
 
 _EMPTY = _fingerprint({})
+
+
+def _changed_keys(base: dict[str, Any], data: dict[str, Any]) -> set[str]:
+    """The keys `data` added, removed or changed (compared encoded) relative to `base`."""
+    changed = {key for key in base if key not in data}
+    for key, value in data.items():
+        if key not in base or _fingerprint({key: value}) != _fingerprint({key: base[key]}):
+            changed.add(key)
+    return changed
 
 
 class RequestSession(MutableMapping[str, Any]):
@@ -313,20 +323,29 @@ class RequestSession(MutableMapping[str, Any]):
             and not self._deleted
         )
 
-    def _merged_onto(self, latest: dict[str, Any]) -> dict[str, Any]:
-        """This request's changes, key by key, applied over what another request stored."""
+    def _merged_onto(self, latest: dict[str, Any]) -> dict[str, Any] | None:
+        """This request's changes, key by key, applied over what another request stored
+        (`latest`); None when a key was changed by both (each side differs from what this
+        request loaded, even to the same value: two increments of one counter), a true
+        conflict that no merge can settle without losing one of the two updates."""
         base = orjson.loads(self._original)  # as loaded (the live data may share its lists)
-        merged = {k: v for k, v in latest.items() if k in self._data or k not in base}
-        for key, value in self._data.items():
-            if key not in base or _fingerprint({key: value}) != _fingerprint({key: base[key]}):
-                merged[key] = value
+        mine = _changed_keys(base, self._data)
+        if mine & _changed_keys(base, latest):
+            return None
+        merged = dict(latest)
+        for key in mine:
+            if key in self._data:
+                merged[key] = self._data[key]
+            else:
+                merged.pop(key, None)
         return merged
 
     async def save(self) -> Session | None:
         """Write the data back. Nothing stored yet: create it, with a fresh id (never the one
         presented) and the client's `device` recorded in its metadata. Else a versioned
         update; when another request wrote meanwhile, merge key by key onto its data and
-        retry (`VersionConflict` after `MERGE_BUDGET_S`). Deleted meanwhile: it stays
+        retry (`VersionConflict` after `MERGE_BUDGET_S`, or at once when the other request
+        changed a key this one changed too). Deleted meanwhile: it stays
         deleted, `deleted_meanwhile` is set, None is returned."""
         namespace = self._namespace
         if self._session is None:
@@ -374,9 +393,10 @@ class RequestSession(MutableMapping[str, Any]):
                 if latest is None:  # deleted between the conflict and this read
                     self._deleted_meanwhile()
                     return None
-                if loop.time() >= deadline:
+                merged = self._merged_onto(latest.data)
+                if merged is None or loop.time() >= deadline:
                     raise VersionConflict(self._session.id, version, latest.version) from None
-                data = self._merged_onto(latest.data)
+                data = merged
                 version = latest.version
                 attempt += 1
                 await asyncio.sleep(

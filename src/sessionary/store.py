@@ -71,6 +71,7 @@ from sessionary.logs import (
 from sessionary.model import ConsumeResult, EndReason, EventKind, Session, SessionEvent
 from sessionary.outage import DEFAULT_FAIL_FAST, Breaker, OutageLog, guard
 from sessionary.queues import WorkQueue
+from sessionary.read_cache import ReadCache
 from sessionary.sealing import (
     MAGIC,
     EncryptionKeys,
@@ -126,14 +127,15 @@ async def connect(
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     fail_fast: timedelta | None = None,
     encryption_keys: EncryptionKeys | None = None,
+    read_cache: int | None = None,
 ) -> Store:
     """Open a store.
 
     `url` is "sqlite:///relative.db", "sqlite:////absolute.db", "memory://",
     "redis://host:6379/0" or "rediss://..." (options as query parameters, see the README), or
     a `Backend` object of your own. The default is an SQLite file `sessionary.db` in the
-    working directory. Every URL takes `fail_fast_ms` (see `Store`), which the store reads
-    and the backend never sees; `fail_fast` overrides it.
+    working directory. Every URL takes `fail_fast_ms` and `read_cache` (see `Store`), which
+    the store reads and the backend never sees; `fail_fast` and `read_cache` override them.
 
     `encryption_keys` turns on encryption at rest (see `sessionary.sealing`): keys of 32
     random bytes, or base64 text optionally "id:"-prefixed (comma-separated in one str); the
@@ -143,41 +145,45 @@ async def connect(
     if url is None or isinstance(url, str):
         given = url or DEFAULT_URL
         try:
-            url, window = _fail_fast_option(given)
+            url, window_ms = _store_option(given, "fail_fast_ms", 0)
+            url, cached = _store_option(url, "read_cache", 0)
             backend = await open_backend(url)
         except BadStoreURL:
             raise
         except ValueError as exc:  # an option of the URL, by its parser's words
             raise BadStoreURL(f"store {without_password(given)}: {exc}") from None
     else:
-        backend, window = url, None
+        backend, window_ms, cached = url, None, None
+    window = None if window_ms is None else timedelta(milliseconds=window_ms)
     window = fail_fast if fail_fast is not None else window
+    cached = read_cache if read_cache is not None else cached
     return Store(
         backend,
         clock=clock,
         max_payload=max_payload,
         fail_fast=DEFAULT_FAIL_FAST if window is None else window,
         sealer=sealer,
+        read_cache=cached or 0,
     )
 
 
-def _fail_fast_option(url: str) -> tuple[str, timedelta | None]:
-    """The URL without its `fail_fast_ms` option, and that option's window."""
+def _store_option(url: str, name: str, least: int) -> tuple[str, int | None]:
+    """The URL without its option `name` (an int, at least `least`), and that option."""
     base, _, query = url.partition("?")
-    if "fail_fast_ms" not in query:
+    if name not in query:
         return url, None
     options = parse_qsl(query, keep_blank_values=True)
-    found = [value for key, value in options if key == "fail_fast_ms"]
+    found = [value for key, value in options if key == name]
     if not found:
         return url, None
     try:
-        window = timedelta(milliseconds=int(found[-1]))
+        value = int(found[-1])
     except ValueError:
-        raise ValueError(f"fail_fast_ms is an int of ms, not {found[-1]!r}") from None
-    if window < timedelta(0):
-        raise ValueError("fail_fast_ms is >= 0 (0 turns failing fast off)")
-    rest = urlencode([(key, value) for key, value in options if key != "fail_fast_ms"])
-    return f"{base}?{rest}" if rest else base, window
+        raise ValueError(f"{name} is an int, not {found[-1]!r}") from None
+    if value < least:
+        raise ValueError(f"{name} is >= {least}")
+    rest = urlencode([(key, value) for key, value in options if key != name])
+    return f"{base}?{rest}" if rest else base, value
 
 
 class Store:
@@ -191,9 +197,15 @@ class Store:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         fail_fast: timedelta = DEFAULT_FAIL_FAST,
         sealer: Sealer | None = None,
+        read_cache: int = 0,
     ) -> None:
         """`sealer`: encryption at rest (see `sessionary.sealing`; None: sessions are stored
         as plain JSON).
+
+        `read_cache`: keep up to this many sessions in a read cache that serves the touch at
+        the start of each request, with touches coalesced (`sessionary.read_cache`: what a
+        cached read can miss, and by how much the idle expiry may lag), when the backend
+        reports which sessions change (Redis over plain TCP or a Unix socket); 0: none.
 
         `fail_fast`: after a call the backend could not get answered (a timeout, the
         server unreachable), the calls within this window fail at once with
@@ -218,6 +230,8 @@ class Store:
         self.sealer = sealer
         #: the sealed sessions this store could not open: counted, logged once each
         self.unreadable = UnreadableLog()
+        #: the read cache in front of `touch` (None: off, or the backend cannot have one)
+        self.read_cache = ReadCache.over(backend, read_cache) if read_cache else None
 
     def namespace(
         self,
@@ -377,6 +391,8 @@ class Store:
 
     async def close(self) -> None:
         await self._hub.close()
+        if self.read_cache is not None:
+            await self.read_cache.close()
         await self.backend.close()
 
     async def __aenter__(self) -> Store:
@@ -635,9 +651,11 @@ class Namespace:
         """Record activity (slide the idle expiry, never past the absolute cap) and return the
         session, in one round trip; None if it is unknown or expired."""
         session_id = self._check_id(session_id)
-        record = await self._backend.touch(
-            self.name, session_id, self._clock.now_ms(), self.lifetime
-        )
+        now, cache = self._clock.now_ms(), self.store.read_cache
+        if cache is None:
+            record = await self._backend.touch(self.name, session_id, now, self.lifetime)
+        else:  # coalesced, maybe without a round trip (see `sessionary.read_cache`)
+            record = await cache.touch(self._backend, self.name, session_id, now, self.lifetime)
         return None if record is None else self._session(record)
 
     async def update(
@@ -672,21 +690,24 @@ class Namespace:
             _check_ms("expires_at", expires_at)
         own = self.own_lifetime(idle_ttl, absolute_ttl)
         items = self._log_items(append)
-        record = await self._backend.update(
-            self.name,
-            session_id,
-            self._clock.now_ms(),
-            self.lifetime,
-            data=encoded_data,
-            metadata=encoded_metadata,
-            subject=new_subject,
-            expected_version=expected_version,
-            expires_at=expires_at,
-            append=items,
-            limits=self.log_limits,
-            own_lifetime=own,
-            limit=self.session_limit,
-        )
+        try:
+            record = await self._backend.update(
+                self.name,
+                session_id,
+                self._clock.now_ms(),
+                self.lifetime,
+                data=encoded_data,
+                metadata=encoded_metadata,
+                subject=new_subject,
+                expected_version=expected_version,
+                expires_at=expires_at,
+                append=items,
+                limits=self.log_limits,
+                own_lifetime=own,
+                limit=self.session_limit,
+            )
+        finally:
+            self._uncache(session_id)
         await self._ended(record.evicted, "deleted", "evicted")
         session = self._session(record)
         if self._events.wants("updated"):
@@ -907,6 +928,8 @@ class Namespace:
                 attempt += 1
                 if attempt == _RESEAL_ATTEMPTS:
                     raise
+            finally:
+                self._uncache(session_id)
         await self._ended(record.evicted, "deleted", "evicted")
         session = self._session(record)
         if self._events.wants("rotated"):
@@ -917,7 +940,10 @@ class Namespace:
         """Delete the session; True if a live one existed. A stored session that had already
         expired is removed too (and reported as `expired`, so it is reported once)."""
         session_id = self._check_id(session_id)
-        record = await self._backend.delete(self.name, session_id)
+        try:
+            record = await self._backend.delete(self.name, session_id)
+        finally:
+            self._uncache(session_id)
         if record is None:
             return False
         live = record.expires_at > self._clock.now_ms()
@@ -1174,6 +1200,12 @@ class Namespace:
         if self._sealer is None:
             return plaintext
         return self._sealer.seal(self.name, session_id, field, plaintext)
+
+    def _uncache(self, session_id: str) -> None:
+        """After a write of this process to the session: the read cache drops it at once
+        (the backend's report of the write may come a moment later)."""
+        if self.store.read_cache is not None:
+            self.store.read_cache.forget((self.name, session_id))
 
     def _check_id(self, session_id: object) -> str:
         return ids.validate(session_id, self.id_prefix)

@@ -181,6 +181,34 @@ async def test_concurrent_writers_merge_key_by_key(
     assert session.data == {"start": "1", **{f"k{n}": str(n) for n in range(8)}}
 
 
+async def test_concurrent_increments_on_one_session_are_acknowledged_or_refused_never_lost(
+    counted: tuple[Store, CountingBackend],
+) -> None:
+    store, _ = counted
+    app = build_app(store=store)
+    all_loaded = asyncio.Barrier(8)
+
+    @app.post("/increment")
+    async def increment(session: CurrentSession) -> dict[str, Any]:
+        session["n"] = session.get("n", 0) + 1
+        await all_loaded.wait()
+        return {"n": session["n"]}
+
+    async with client_for(app) as client:
+        await client.post("/set/start/1")
+        results = await asyncio.gather(*(client.post("/increment") for _ in range(8)))
+        statuses = sorted(r.status_code for r in results)
+        assert statuses == [200] + [409] * 7  # each read n absent; one write wins
+        refused = next(r for r in results if r.status_code == 409)
+        assert refused.json()["error"] == "session_conflict"
+        namespace = store.namespace(
+            "web", idle_ttl=timedelta(minutes=30), absolute_ttl=timedelta(hours=12)
+        )
+        session = await namespace.get(client.cookies["__Host-session"])
+        assert session is not None
+        assert session.data == {"start": "1", "n": 1}
+
+
 async def test_a_nested_change_survives_a_merge_with_another_writer(
     counted: tuple[Store, CountingBackend],
 ) -> None:

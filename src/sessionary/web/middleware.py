@@ -9,7 +9,10 @@
 Costs: a request without a session cookie costs no store call; a request with one costs one
 round trip (the touch, which also slides the idle expiry); the session is written back only
 when the handler changed it (nested changes included: the data is compared encoded), with
-optimistic concurrency and a key-wise merge when another request wrote meanwhile.
+optimistic concurrency and a key-wise merge when another request wrote meanwhile (a key both
+changed, such as a counter both incremented, is answered 409 `session_conflict`: never a lost
+update). With `read_cache=N` on the store URL the touch is coalesced and usually served from
+a cache the store keeps coherent (`sessionary.read_cache`): no round trip at all.
 
 WebSocket connections get the session read-only (there is no response to carry a cookie);
 with the store down and failing closed they are closed with code 1013 (try again later).
@@ -281,7 +284,7 @@ class SessionMiddleware:
             except VersionConflict:
                 replaced = True
                 await error_response(
-                    409, "session_conflict", "the session changed too often meanwhile; retry"
+                    409, "session_conflict", "another request changed the session meanwhile; retry"
                 )(scope, receive, send)
                 return
             except TooManySessions as exc:  # a subject set by `set_subject`, refused

@@ -54,7 +54,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -75,6 +75,7 @@ from sessionary.backends.redis import check
 from sessionary.backends.redis.analytics import RedisAnalytics
 from sessionary.backends.redis.scripts import Batcher, Client, Replication, Script, Scripts
 from sessionary.backends.redis.sentinel import sentinel_client
+from sessionary.backends.redis.tracking import SessionTracking
 from sessionary.backends.redis.waits import StreamWaits, seq_of
 from sessionary.contract import (
     KEEP,
@@ -83,6 +84,7 @@ from sessionary.contract import (
     CounterAlgorithm,
     CounterCharge,
     CounterState,
+    Invalidated,
     Lifetime,
     LifetimeChange,
     LogEntry,
@@ -1167,6 +1169,28 @@ class RedisBackend:
     @_translate_errors
     async def ping(self) -> None:
         await self.client.ping()
+
+    def track_sessions(self, invalidated: Invalidated) -> SessionTracking | None:
+        """The feed of changed sessions for the store's read cache (`tracking`), on a plain
+        TCP or Unix-socket connection of its own; None with TLS, Sentinel or a Cluster."""
+        if not isinstance(self.client, Redis) or self.sentinel is not None:
+            return None
+        pool = self.client.connection_pool
+        settings = pool.connection_kwargs
+        if pool.connection_class is UnixDomainSocketConnection:
+            address: tuple[str, int] | str = settings["path"]
+        elif pool.connection_class is Connection:
+            address = (settings.get("host", "localhost"), int(settings.get("port", 6379)))
+        else:
+            return None
+        return SessionTracking(
+            address,
+            self.prefix,
+            invalidated,
+            username=settings.get("username"),
+            password=settings.get("password"),
+            timeout=settings.get("socket_connect_timeout") or settings.get("socket_timeout"),
+        )
 
     async def close(self) -> None:
         await self.waits.close()
