@@ -70,6 +70,7 @@ RESULTS: dict[str, list[str]] = {
     ],
     "track_http.py": [
         rf"GET /healthz\s*│\s*{NUMBER}",
+        rf"/track, 1 event\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",  # / healthz
         rf"/track, 100 events\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
     ],
     "handoff.py": [

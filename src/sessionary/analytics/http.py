@@ -20,17 +20,25 @@ from fastapi import APIRouter, Path, Query, Request, Security
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from sessionary.analytics.coalesce import GroupCommit
 from sessionary.analytics.events import EVENT_SCHEMA, BadEvent, TrackEvent
-from sessionary.analytics.service import _PROJECT_RE, MAX_BATCH, Sessionizer
+from sessionary.analytics.service import (
+    _PROJECT_RE,
+    MAX_BATCH,
+    MAX_STEP,
+    Sessionizer,
+    Told,
+    shareable,
+)
 from sessionary.analytics.sink import Sink, Stats
 from sessionary.codec import INT64_MAX
 from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
-from sessionary.http.handlers import JSONErrorRoute, guarded
+from sessionary.http.handlers import DirectRoute, JSONErrorRoute, guarded
 from sessionary.http.limits import ByteBudget
 from sessionary.http.openapi import ADMIN_KEY, PROJECT_KEY, STORE, errors
-from sessionary.sessionize import SessionRow
+from sessionary.sessionize import IngestOutcome, SessionRow
 
 # ms since the epoch, as a backend stores them; `from` is a Python keyword
 From = Annotated[int | None, Query(alias="from", ge=0, le=INT64_MAX)]
@@ -123,11 +131,26 @@ def analytics_router(
     )
     known = frozenset(projects)
 
-    @router.post(
+    async def step(project: str, batches: list[list[TrackEvent]]) -> list[Told]:
+        return await sessionizer().ingest_together(project, batches)
+
+    # concurrent requests of a project share a step (group commit): see coalesce.py
+    together: GroupCommit[str, list[TrackEvent], Told] = GroupCommit(step, limit=MAX_STEP, size=len)
+
+    async def track(request: Request) -> Response:
+        """Track one event (a JSON object) or a batch (an array of up to 1,000). 503
+        `overloaded` with Retry-After while the batches in flight fill the server's budget."""
+        project = keys.require(request, "project key")
+        with budget.hold(request.scope):
+            return await ingest(request, project)
+
+    router.add_api_route(
         "/track",
+        track,
+        methods=["POST"],
         status_code=202,
         response_model=Accepted,
-        dependencies=[Security(PROJECT_KEY)],
+        dependencies=[Security(PROJECT_KEY)],  # documents the key: `track` checks it
         openapi_extra={"requestBody": track_body(projects)},
         responses=errors(
             401,
@@ -140,13 +163,8 @@ def analytics_router(
                 "others were accepted (accepted, duplicates, late)",
             },
         ),
+        route_class_override=DirectRoute,  # the busiest route: see DirectRoute
     )
-    async def track(request: Request) -> Response:
-        """Track one event (a JSON object) or a batch (an array of up to 1,000). 503
-        `overloaded` with Retry-After while the batches in flight fill the server's budget."""
-        project = keys.require(request, "project key")
-        with budget.hold(request.scope):
-            return await ingest(request, project)
 
     async def ingest(request: Request, project: str) -> Response:
         try:
@@ -158,20 +176,26 @@ def analytics_router(
             return error_response(
                 400, "batch_too_large", f"a batch holds at most {MAX_BATCH} events"
             )
-        address = client_ip.of(request.scope)
-        client = (
-            "unknown" if address is None else address.compressed,
-            request.headers.get("user-agent", ""),
-        )
+        client = None  # (IP, User-Agent), worked out for the first anonymous event only
         events: list[TrackEvent] = []
         errors: list[dict[str, Any]] = []
         for index, raw in enumerate(raws):
+            if client is None and _anonymous(raw):
+                address = client_ip.of(request.scope)
+                client = (
+                    "unknown" if address is None else address.compressed,
+                    request.headers.get("user-agent", ""),
+                )
             try:
                 events.append(TrackEvent.parse(raw, project_id=project, client=client))
             except BadEvent as exc:
                 errors.append({"index": index, "reason": str(exc)})
         opened = sessionizer()
-        outcome = await opened.ingest(project, events)
+        outcome: Told | IngestOutcome = await (
+            together.submit(project, events)
+            if events and shareable(events)
+            else opened.ingest(project, events)
+        )
         opened.refused(project, len(errors))
         accepted: dict[str, Any] = {
             "accepted": len(events),
@@ -232,6 +256,11 @@ def analytics_router(
 
     router.include_router(project_routes)
     return router
+
+
+def _anonymous(raw: object) -> bool:
+    """Whether an event as sent is the visitor's by IP and User-Agent (`TrackEvent.parse`)."""
+    return isinstance(raw, dict) and raw.get("device_id") is None and raw.get("profile_id") is None
 
 
 def _sink(sessionizer: Sessionizer) -> Sink:

@@ -31,7 +31,7 @@ class AnalyticsMetrics:
         )
         self.ingest_latency = Histogram(
             "sessionary_analytics_ingest_duration_seconds",
-            "Time to sessionize one batch",
+            "Time to sessionize one step (a batch, or the events of concurrent /track requests)",
             ["project"],
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),

@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import NamedTuple
 
 from sessionary.analytics.devices import DeviceIds
 from sessionary.analytics.events import TrackEvent
@@ -38,12 +39,29 @@ log = logging.getLogger("sessionary.analytics")
 
 MAX_SKEW_MS = 60_000  # a timestamp further in the future than this is the receive time
 MAX_BATCH = 1000
+#: the most events one step takes: `ingest_together`'s, which /track's requests share
+MAX_STEP = 2 * MAX_BATCH
 #: what `Sessionizer.check` finds (`Finding.kind`)
 OPEN_PAST_TIMEOUT = "analytics_open_past_timeout"
 OUTBOX_BACKLOG = "analytics_outbox_backlog"
 #: how many outbox entries `check` counts at most (it reads them to count them)
 _BACKLOG_COUNT = 1000
 _PROJECT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class Told(NamedTuple):
+    """What a sender of events is told of them (the /track answer): how many were duplicates
+    (of an event_id seen lately), how many late (too late for their session)."""
+
+    duplicate: int
+    late: int
+
+
+def shareable(events: Sequence[TrackEvent]) -> bool:
+    """Whether a batch may share its ingest step with others' (`ingest_together`): none of
+    its events has a client-chosen event_id (so none is a duplicate) nor a timestamp (so none
+    is late, but in the corner docs/architecture.md states)."""
+    return all(event.event_id is None and event.timestamp is None for event in events)
 
 
 def check_project(project: object) -> str:
@@ -94,6 +112,33 @@ class Sessionizer:
         check_project(project)
         if len(events) > MAX_BATCH:
             raise ValidationError(f"a batch holds at most {MAX_BATCH} events, not {len(events)}")
+        return await self._step(project, events)
+
+    async def ingest_together(
+        self, project: str, batches: Sequence[Sequence[TrackEvent]]
+    ) -> list[Told]:
+        """Sessionize the batches of several senders (/track's concurrent requests, grouped
+        by `GroupCommit`), up to `MAX_STEP` events in all, in one atomic step; what each
+        sender is told of its own events. A step counts its events' fates in all, not by
+        batch: each batch is to be `shareable` (no duplicates then, and late events only in a
+        corner that docs/architecture.md states); a batch alone gets its own counts, whatever
+        it holds."""
+        check_project(project)
+        events = [event for batch in batches for event in batch]
+        if len(events) > MAX_STEP:
+            raise ValidationError(f"a step holds at most {MAX_STEP} events, not {len(events)}")
+        outcome = await self._step(project, events)
+        told = []
+        duplicate, late = outcome.duplicate, outcome.late
+        for batch in batches:  # what is counted, to the batches in order (see above)
+            own_duplicate = min(duplicate, len(batch))
+            own_late = min(late, len(batch) - own_duplicate)
+            told.append(Told(own_duplicate, own_late))
+            duplicate -= own_duplicate
+            late -= own_late
+        return told
+
+    async def _step(self, project: str, events: Sequence[TrackEvent]) -> IngestOutcome:
         if not events:
             return IngestOutcome()
         started = time.perf_counter()

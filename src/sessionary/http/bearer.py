@@ -30,8 +30,9 @@ class BearerKeys(Generic[T]):
         """What the request's key stands for; None without a key or with a wrong one. Every
         key is compared, with no early exit: the time taken says nothing about the keys."""
         candidate = presented_key(request)
-        if candidate is None:
-            return None
+        return None if candidate is None else self._find(candidate)
+
+    def _find(self, candidate: bytes) -> T | None:
         found = None
         for secret, value in self._keys:
             if hmac.compare_digest(secret, candidate) and found is None:
@@ -40,9 +41,10 @@ class BearerKeys(Generic[T]):
 
     def require(self, request: Request, what: str) -> T:
         """What the request's key stands for, else a 401 naming `what` to send."""
-        if presented_key(request) is None:
+        candidate = presented_key(request)
+        if candidate is None:
             raise unauthorized(f"send the {what} as 'Authorization: Bearer <key>'")
-        found = self.match(request)
+        found = self._find(candidate)
         if found is None:
             raise unauthorized(f"the {what} is not valid")
         return found

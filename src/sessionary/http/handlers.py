@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -167,8 +167,13 @@ class JSONErrorRoute(APIRoute):
     async def check(self, request: Request) -> None:
         """Refuse the request (raise) before anything else; `guarded` routes do."""
 
+    def endpoint_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """What answers a request once checked: FastAPI's handler (parameters, body, the
+        response model)."""
+        return super().get_route_handler()
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        handler = self.endpoint_handler()
 
         async def answer(request: Request) -> Response:
             try:
@@ -182,6 +187,16 @@ class JSONErrorRoute(APIRoute):
                 return response_for(exc)
 
         return answer
+
+
+class DirectRoute(JSONErrorRoute):
+    """A route whose endpoint takes the `Request` alone and returns a `Response`, called as
+    it is: without FastAPI's parameter solving, which costs a busy route (/track) more than
+    its own work. Its dependencies only document it (a security scheme that never refuses by
+    itself, say): they are not run."""
+
+    def endpoint_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
 
 
 def guarded(guard: Guard) -> type[JSONErrorRoute]:

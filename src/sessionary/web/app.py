@@ -302,6 +302,24 @@ def create_app(
         """Prometheus metrics."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    # first of the routers: routes are matched in order, and /track is the busiest
+    if settings.analytics.enabled:
+        api_keys = ApiKeys(settings.api_keys)
+
+        def opened_analytics() -> Sessionizer:
+            assert features.analytics is not None, "analytics starts with the application"
+            return features.analytics
+
+        app.include_router(
+            analytics_router(
+                opened_analytics,
+                BearerKeys((key, project) for project, key in settings.analytics.keys().items()),
+                list(settings.analytics.projects),
+                lambda request: api_keys.require(request, "analytics"),
+                ClientIP(settings.analytics.trusted_proxies),
+                ByteBudget(settings.analytics.max_in_flight, settings.max_body),
+            )
+        )
     app.include_router(
         admin_router(lambda: namespaces, ApiKeys(settings.api_keys), id_prefixes(settings))
     )
@@ -326,23 +344,6 @@ def create_app(
                 send_timeout_s=settings.runs.stream_send_timeout.total_seconds(),
                 origins=settings.runs.cors_origins,
                 cookie=settings.runs.session_cookie if settings.runs.session_namespace else None,
-            )
-        )
-    if settings.analytics.enabled:
-        api_keys = ApiKeys(settings.api_keys)
-
-        def opened_analytics() -> Sessionizer:
-            assert features.analytics is not None, "analytics starts with the application"
-            return features.analytics
-
-        app.include_router(
-            analytics_router(
-                opened_analytics,
-                BearerKeys((key, project) for project, key in settings.analytics.keys().items()),
-                list(settings.analytics.projects),
-                lambda request: api_keys.require(request, "analytics"),
-                ClientIP(settings.analytics.trusted_proxies),
-                ByteBudget(settings.analytics.max_in_flight, settings.max_body),
             )
         )
     app.add_middleware(BodyLimit, max_body=settings.max_body)
