@@ -60,6 +60,10 @@ from sessionary.store import Namespace
 MERGE_BUDGET_S = 2.0
 MERGE_PAUSE_S = 0.002
 MERGE_PAUSE_MAX_S = 0.05
+#: how every engine answers a true conflict (`save`'s `VersionConflict`): the ASGI middleware
+#: and Flask with a 409 of this code and message, Django with its 400 (`UpdateError`)
+CONFLICT_CODE = "session_conflict"
+CONFLICT_MESSAGE = "another request changed the session meanwhile; retry"
 
 
 class Outcome(enum.Enum):

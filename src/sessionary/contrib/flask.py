@@ -64,6 +64,12 @@ answered 503 with `Retry-After` and `{"error": "store_unavailable", ...}` (the s
 JSON), one that does not use it goes on, and the outage is logged once; or, with
 `on_unavailable="fail_open"`, requests go on without a session (see `SessionInterface`).
 
+A true conflict is not a 500 either: when another request of the same session changed a key
+this one changed too (two increments of one counter, even to the same value), no merge can
+keep both updates, so nothing is saved and the response is turned into a 409 with
+`{"error": "session_conflict", ...}` (the ASGI middleware's JSON; the view's headers are
+dropped), which the client may retry. Changes to different keys still merge, silently.
+
 The interface is blocking (Flask's is); async views (`flask[async]`) work the same, since
 Flask opens and saves the session outside the view. One `SyncStore` per store URL serves the
 whole process (`sessionary.sync.shared`: its own loop thread and connections, re-opened in a
@@ -79,7 +85,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from sessionary.contract import KEEP, Keep, OnMaxSessions
 from sessionary.contrib import outage
 from sessionary.devices import DevicePolicy, Sighting
-from sessionary.errors import StoreUnavailable, TooManySessions
+from sessionary.errors import StoreUnavailable, TooManySessions, VersionConflict
 from sessionary.extras import needs
 from sessionary.model import Session
 from sessionary.outage import RETRY_AFTER_UNAVAILABLE
@@ -461,6 +467,9 @@ class SessionInterface(FlaskSessionInterface):
             self._outage.failed(error, "requests that use the session are answered 503")
             _unavailable_in_place(response)
             return
+        except VersionConflict:  # a key changed by another request too: nothing was saved
+            _answered_in_place(response, outage.CONFLICT_STATUS, outage.CONFLICT_BODY)
+            return
         session_id = session.id
         if outcome is Outcome.CLEAR:
             self._clear_cookie(app, response)
@@ -499,11 +508,18 @@ class SessionInterface(FlaskSessionInterface):
 
 
 def _unavailable_in_place(response: Response) -> None:
-    """Turn `response` into the 503 of a store outage: Flask sends the object it handed to
-    `save_session`, and raising from there would make a 500. The view's headers go too
-    (its cookies, `Location`, caching): they described an answer that is not sent."""
+    """Turn `response` into the 503 of a store outage."""
+    _answered_in_place(response, outage.STATUS, outage.BODY, outage.HEADERS)
+
+
+def _answered_in_place(
+    response: Response, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    """Turn `response` into `status` with the service's JSON `body`: Flask sends the object
+    it handed to `save_session`, and raising from there would make a 500. The view's headers
+    go too (its cookies, `Location`, caching): they described an answer that is not sent."""
     response.headers.clear()
-    response.status_code = outage.STATUS
+    response.status_code = status
     response.content_type = outage.CONTENT_TYPE
-    response.headers.update(outage.HEADERS)
-    response.set_data(outage.BODY)
+    response.headers.update(headers or {})
+    response.set_data(body)

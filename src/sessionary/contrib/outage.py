@@ -1,5 +1,7 @@
 """What every framework engine answers while the session store is down: the service's 503;
-and, with the same JSON, a login its namespace's session limit refuses (`error_body`).
+and, with the same JSON, a login its namespace's session limit refuses (`error_body`) and a
+save that another request's write to the same keys made impossible (`CONFLICT_BODY`, the 409
+`session_conflict` of the ASGI middleware).
 
 A store outage is not a bug, so it is never a 500 with a traceback: the client gets `503`,
 `Retry-After` and the JSON body of sessionary's own service (`sessionary.http.errors`), so a
@@ -20,6 +22,7 @@ import orjson
 
 from sessionary.errors import SessionaryError, StoreUnavailable
 from sessionary.outage import RETRY_AFTER_UNAVAILABLE, OutageLog
+from sessionary.session_request import CONFLICT_CODE, CONFLICT_MESSAGE
 
 STATUS = 503
 CONTENT_TYPE = "application/json"
@@ -28,6 +31,11 @@ BODY = orjson.dumps(
     {"error": StoreUnavailable.code, "message": MESSAGE, "retry_after": RETRY_AFTER_UNAVAILABLE}
 )
 HEADERS = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
+
+CONFLICT_STATUS = 409
+#: a key this request changed was changed by another request too (`VersionConflict` from
+#: `RequestSession.save`): saving either way would lose one of the two updates
+CONFLICT_BODY = orjson.dumps({"error": CONFLICT_CODE, "message": CONFLICT_MESSAGE})
 
 log = logging.getLogger("sessionary.contrib")
 

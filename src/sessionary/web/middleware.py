@@ -67,7 +67,7 @@ from sessionary.http.errors import (
 )
 from sessionary.model import Session
 from sessionary.outage import OutageLog
-from sessionary.session_request import Outcome, RequestSession
+from sessionary.session_request import CONFLICT_CODE, CONFLICT_MESSAGE, Outcome, RequestSession
 from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
 from sessionary.telemetry import NAMESPACE, span
@@ -283,9 +283,7 @@ class SessionMiddleware:
                 outcome = Outcome.NOTHING
             except VersionConflict:
                 replaced = True
-                await error_response(
-                    409, "session_conflict", "another request changed the session meanwhile; retry"
-                )(scope, receive, send)
+                await error_response(409, CONFLICT_CODE, CONFLICT_MESSAGE)(scope, receive, send)
                 return
             except TooManySessions as exc:  # a subject set by `set_subject`, refused
                 replaced = True

@@ -502,6 +502,76 @@ def test_twenty_concurrent_requests_each_adding_a_key_keep_all_twenty(
     assert found.data == {"owner": "alice", **{f"key{n}": n for n in range(RACERS)}}
 
 
+def _around_another(app: flask.Flask, path: str) -> TestResponse:
+    """What another request of this session (same cookie) gets from `path`, sent and saved
+    while this request holds the session it loaded: a hand-made overlap, no timing."""
+    other = app.test_client()
+    other.set_cookie(COOKIE, flask.request.cookies[COOKIE])
+    return other.post(path)
+
+
+def test_a_key_both_overlapping_requests_changed_is_a_409_never_a_lost_update(
+    app: flask.Flask, client: FlaskClient
+) -> None:
+    others: list[TestResponse] = []
+
+    @app.post("/count")
+    def count() -> str:
+        flask.session["count"] = flask.session.get("count", 0) + 1
+        return str(flask.session["count"])
+
+    @app.post("/count-around-another")
+    def count_around_another() -> tuple[str, int, dict[str, str]]:
+        loaded = flask.session["count"]
+        others.append(_around_another(app, "/count"))  # it counts first, and saves
+        flask.session["count"] = loaded + 1  # the same value it saved: still its update lost
+        return "counted", 200, {"X-View": "its own header"}
+
+    assert client.post("/count").text == "1"
+    session_id = cookie_id(client)
+
+    response = client.post("/count-around-another")
+
+    [other] = others
+    assert (other.status_code, other.text) == (200, "2")  # the first to save: acknowledged
+    assert response.status_code == 409
+    assert response.get_json() == {
+        "error": "session_conflict",
+        "message": "another request changed the session meanwhile; retry",
+    }
+    assert "X-View" not in response.headers  # the view's answer is not sent, nor its headers
+    assert "Set-Cookie" not in response.headers
+    found = stored(app, session_id)
+    assert found is not None
+    assert found.data == {"count": 2}  # exactly the acknowledged one
+    assert client.post("/count").text == "3"  # the retry counts on from it, same session
+    assert cookie_id(client) == session_id
+
+
+def test_overlapping_requests_changing_different_keys_both_keep_theirs(
+    app: flask.Flask, client: FlaskClient
+) -> None:
+    others: list[TestResponse] = []
+
+    @app.post("/wish-around-another")
+    def wish_around_another() -> str:
+        assert flask.session["owner"] == "alice"
+        others.append(_around_another(app, "/set/cart/book"))  # another key, saved first
+        flask.session["wish"] = "pen"
+        return ""
+
+    client.post("/set/owner/alice")
+    session_id = cookie_id(client)
+
+    response = client.post("/wish-around-another")
+
+    assert [other.status_code for other in others] == [200]
+    assert response.status_code == 200
+    found = stored(app, session_id)
+    assert found is not None
+    assert found.data == {"owner": "alice", "cart": "book", "wish": "pen"}
+
+
 # -- the rest of Flask ----------------------------------------------------------------------
 
 

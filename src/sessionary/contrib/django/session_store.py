@@ -12,6 +12,9 @@ meanwhile staying deleted. What is Django's:
   `_get_new_session_key`; `save(must_create=True)` does the same;
 * `save()` on a session deleted meanwhile (logged out in another request) raises Django's
   `UpdateError` (the middleware answers 400, `SessionInterrupted`), never re-creating it;
+  so does a true conflict, a key this request changed that another request changed too
+  meanwhile (two increments of one counter): no merge keeps both updates, so nothing is
+  saved and the client may retry (Django has no 409; changes to different keys still merge);
 * `cycle_key()` (Django calls it on login) is one atomic `rotate`: the old key is dead in the
   same step;
 * the logged-in user (`_auth_user_id`) is the session's subject, so `sessions_of`/
@@ -58,8 +61,13 @@ from sessionary.contrib.django import payload
 from sessionary.contrib.django.config import namespace
 from sessionary.contrib.django.expiry import expiry_of
 from sessionary.devices import Sighting
-from sessionary.errors import InvalidSessionId, SessionNotFound, SessionUnreadable
-from sessionary.session_request import RequestSession
+from sessionary.errors import (
+    InvalidSessionId,
+    SessionNotFound,
+    SessionUnreadable,
+    VersionConflict,
+)
+from sessionary.session_request import CONFLICT_MESSAGE, RequestSession
 from sessionary.store import Namespace
 
 #: how many expired sessions one reap call claims (clear_expired calls until fewer come back)
@@ -221,7 +229,11 @@ class SessionStore(SessionBase):  # type: ignore[misc]
                 state.set_subject(user)
             else:
                 await self._rotate(state, user)
-        if await state.save() is None:  # logged out meanwhile: it stays deleted
+        try:
+            saved = await state.save()
+        except VersionConflict:  # a key changed by another request too: nothing was saved
+            raise UpdateError(CONFLICT_MESSAGE) from None
+        if saved is None:  # logged out meanwhile: it stays deleted
             self._stored = None
             raise UpdateError("the session was deleted before this request could save it")
         if state.data != stored:  # merged onto a concurrent write: show Django the result
