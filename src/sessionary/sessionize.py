@@ -175,6 +175,10 @@ class Placement(NamedTuple):
     device: str | None = None
 
 
+_DUPLICATE: Final = Placement(DUPLICATE)
+_UNATTACHED: Final = Placement(UNATTACHED)
+
+
 @dataclass(slots=True)
 class SessionRow:
     """A session as the sink stores it. `ended_at` is the time of its last event so far;
@@ -211,12 +215,30 @@ class SessionRow:
 
     @classmethod
     def of(cls, project: str, device: str, session: OpenSession, closed: bool) -> SessionRow:
-        s = session
-        return cls(
-            s.id, project, device, s.profile_id, s.start, s.last, s.events, s.screen_views,
-            s.entry_path, s.exit_path, s.referrer, s.utm_source, s.utm_medium, s.utm_campaign,
-            s.utm_term, s.utm_content, s.revenue, s.version, closed,
-        )  # fmt: skip
+        """A row of the session as it is now. (Set field by field past `__init__`: a batch
+        makes a row per session it touches, and a call with 19 arguments costs more than
+        the row.)"""
+        s, row = session, object.__new__(cls)
+        row.id = s.id
+        row.project_id = project
+        row.device_id = device
+        row.profile_id = s.profile_id
+        row.started_at = s.start
+        row.ended_at = s.last
+        row.event_count = s.events
+        row.screen_view_count = s.screen_views
+        row.entry_path = s.entry_path
+        row.exit_path = s.exit_path
+        row.referrer = s.referrer
+        row.utm_source = s.utm_source
+        row.utm_medium = s.utm_medium
+        row.utm_campaign = s.utm_campaign
+        row.utm_term = s.utm_term
+        row.utm_content = s.utm_content
+        row.revenue = s.revenue
+        row.version = s.version
+        row.closed = closed
+        return row
 
 
 @dataclass(slots=True)
@@ -348,73 +370,120 @@ class Sessionizing:
     def ingest(
         self, hits: Sequence[Hit], nonce: str
     ) -> tuple[list[Placement], IngestOutcome, OutboxEntry]:
-        placements = [self._place(hit, nonce, i) for i, hit in enumerate(hits)]
-        outcome = IngestOutcome(started=len(self.started), ended=len(self.ended))
-        for placement in placements:
-            if placement.status == JOINED:
-                outcome.joined += 1
-            elif placement.status == LATE:
-                outcome.late += 1
-            elif placement.status == DUPLICATE:
-                outcome.duplicate += 1
+        """Place every hit, in order (the rules of the module). One loop with the rules inline
+        and what they read in locals: a batch runs it per event, and a call or an attribute
+        lookup per rule was most of its cost."""
+        rules, now, devices, touched = self.rules, self.now, self.devices, self.touched
+        timeout, max_length, lateness = rules.timeout_ms, rules.max_length_ms, rules.lateness_ms
+        find, newest = devices.get, self.watermark
+        placements: list[Placement] = []
+        place = placements.append
+        new = tuple.__new__  # Placement(...) but without its Python-level __new__: half the cost
+        late = duplicate = unattached = 0
+        for index, hit in enumerate(hits):
+            if hit.dedup:
+                seen_at = self.seen.get(hit.event_id)
+                if seen_at is not None and now - seen_at < rules.dedup_ms:
+                    place(_DUPLICATE)
+                    duplicate += 1
+                    continue
+                self.seen[hit.event_id] = now
+                self.new_seen.append(hit.event_id)
+            ts, candidates = hit.ts, hit.devices
+            if candidates:
+                device = candidates[0]
+                state = find(device)
+                if (state is None or state.session is None) and len(candidates) > 1:
+                    for other in candidates[1:]:  # an open session under another candidate?
+                        found = find(other)
+                        if found is not None and found.session is not None:
+                            device, state = other, found
+                            break
+                if state is None:
+                    state = devices[device] = DeviceState(ts, now)
+                elif ts < state.newest - lateness:
+                    place(new(Placement, (LATE, None, device)))
+                    late += 1
+                    continue
+                session = state.session
+            else:  # a profile-only event joins the profile's open session if its timing fits
+                joinable = self._profile_session(hit)
+                if joinable is None:
+                    place(_UNATTACHED)
+                    unattached += 1
+                    continue
+                device, state, session = joinable
+                if ts < state.newest - lateness:
+                    place(new(Placement, (LATE, None, device)))
+                    late += 1
+                    continue
+            if session is None:
+                if state.closed_last is not None and ts <= state.closed_last:
+                    place(new(Placement, (LATE, None, device)))  # a closed session never reopens
+                    late += 1
+                    continue
+                session = self._open(state, hit, nonce, index)
+            elif (  # the common case of `_fit`, _AFTER, first
+                session.last < ts <= session.last + timeout
+                and (max_length is None or ts - session.start <= max_length)
+            ):
+                session.last = ts
+                session.exit_path = hit.path
             else:
-                outcome.unattached += 1
+                fit = self._fit(session, ts)
+                if fit == _BEFORE:
+                    if state.closed_last is not None and ts <= state.closed_last:
+                        place(new(Placement, (LATE, None, device)))  # sessions never overlap
+                        late += 1
+                        continue
+                    self._move_start(session, hit)
+                elif fit == _BEYOND and candidates:
+                    self._close(device, state)
+                    session = self._open(state, hit, nonce, index)
+                elif fit != _INSIDE:  # too early; or beyond, for a profile-only event
+                    if candidates:
+                        place(new(Placement, (LATE, None, device)))
+                        late += 1
+                    else:  # a server-side event never opens or splits a session
+                        place(_UNATTACHED)
+                        unattached += 1
+                    continue
+            # the hit joins `session`: count it
+            session.events += 1
+            if hit.name == SCREEN_VIEW:
+                session.screen_views += 1
+            session.revenue += hit.revenue
+            session.version += 1
+            if ts > state.newest:
+                state.newest = ts
+            state.touched_at = now
+            if newest is None or ts > newest:
+                newest = ts
+            sid = session.id
+            touched[sid] = device  # its device is dirty (marked below, in one go)
+            if hit.profile_id is not None:
+                self._identify(device, session, hit.profile_id, ts)
+            place(new(Placement, (JOINED, sid, device)))
+        self.watermark = newest
+        self.dirty_devices.update(touched.values())
+        n = len(placements)
+        outcome = IngestOutcome(
+            n - late - duplicate - unattached, late, duplicate, unattached,
+            len(self.started), len(self.ended),
+        )  # fmt: skip
         return placements, outcome, self.entry("", list(hits), placements)
 
     def entry(self, entry_id: str, hits: list[Hit], placements: list[Placement]) -> OutboxEntry:
         """The outbox entry of what happened so far: the latest row of every session."""
-        rows = list(self.rows.values())
+        closed, devices, project, of = self.rows, self.devices, self.project, SessionRow.of
+        rows = list(closed.values())
         for sid, device in self.touched.items():
-            if sid in self.rows:
-                continue
-            state = self.devices.get(device)
-            if state is not None and state.session is not None and state.session.id == sid:
-                rows.append(SessionRow.of(self.project, device, state.session, closed=False))
-        return OutboxEntry(entry_id, self.project, hits, placements, rows, self.started, self.ended)
-
-    def _place(self, hit: Hit, nonce: str, index: int) -> Placement:
-        if hit.dedup:
-            seen_at = self.seen.get(hit.event_id)
-            if seen_at is not None and self.now - seen_at < self.rules.dedup_ms:
-                return Placement(DUPLICATE)
-            self.seen[hit.event_id] = self.now
-            self.new_seen.append(hit.event_id)
-        if not hit.devices:
-            return self._place_by_profile(hit)
-        device = hit.devices[0]
-        state = self.devices.get(device)
-        if state is None or state.session is None:  # an open session under another candidate?
-            for other in hit.devices[1:]:
-                found = self.devices.get(other)
-                if found is not None and found.session is not None:
-                    device, state = other, found
-                    break
-        ts = hit.ts
-        if state is None:
-            state = self.devices[device] = DeviceState(newest=ts, touched_at=self.now)
-        elif ts < state.newest - self.rules.lateness_ms:
-            return Placement(LATE, None, device)
-        session = state.session
-        if session is None:
-            if state.closed_last is not None and ts <= state.closed_last:
-                return Placement(LATE, None, device)  # a closed session never reopens
-            session = self._open(state, hit, nonce, index)
-        else:
-            fit = self._fit(session, ts)
-            if fit == _AFTER:
-                session.last = ts
-                session.exit_path = hit.path
-            elif fit == _BEFORE:
-                if state.closed_last is not None and ts <= state.closed_last:
-                    return Placement(LATE, None, device)  # sessions of a device never overlap
-                self._move_start(session, hit)
-            elif fit == _BEYOND:
-                self._close(device, state)
-                session = self._open(state, hit, nonce, index)
-            elif fit == _TOO_EARLY:
-                return Placement(LATE, None, device)
-        self._count(device, state, session, hit)
-        return Placement(JOINED, session.id, device)
+            if sid not in closed:
+                state = devices.get(device)
+                session = None if state is None else state.session
+                if session is not None and session.id == sid:
+                    rows.append(of(project, device, session, False))
+        return OutboxEntry(entry_id, project, hits, placements, rows, self.started, self.ended)
 
     def _fit(self, session: OpenSession, ts: int) -> int:
         """Where `ts` falls for an open session: the one predicate of the rules."""
@@ -433,32 +502,20 @@ class Sessionizing:
             return _BEFORE
         return _TOO_EARLY
 
-    def _place_by_profile(self, hit: Hit) -> Placement:
-        """A profile-only event joins the profile's open session if its timing fits."""
-        assert hit.profile_id is not None
-        pointer = self.pointers.get(hit.profile_id)
+    def _profile_session(self, hit: Hit) -> tuple[str, DeviceState, OpenSession] | None:
+        """The open session a profile-only event may join: its profile's most recent (the
+        device, its state and the session), or None."""
+        profile = hit.profile_id
+        assert profile is not None
+        pointer = self.pointers.get(profile)
         if pointer is None:
-            return Placement(UNATTACHED)
+            return None
         state = self.devices.get(pointer.device)
-        session = None if state is None else state.session
-        if state is None or session is None or session.id != pointer.session_id:
-            self.pointers[hit.profile_id] = None  # it named a session that is gone
-            self.dirty_pointers.add(hit.profile_id)
-            return Placement(UNATTACHED)
-        if hit.ts < state.newest - self.rules.lateness_ms:
-            return Placement(LATE, None, pointer.device)
-        fit = self._fit(session, hit.ts)
-        if fit == _AFTER:
-            session.last = hit.ts
-            session.exit_path = hit.path
-        elif fit == _BEFORE:
-            if state.closed_last is not None and hit.ts <= state.closed_last:
-                return Placement(LATE, None, pointer.device)  # never overlapping a closed one
-            self._move_start(session, hit)
-        elif fit != _INSIDE:
-            return Placement(UNATTACHED)  # a server-side event never opens or splits one
-        self._count(pointer.device, state, session, hit)
-        return Placement(JOINED, session.id, pointer.device)
+        if state is None or state.session is None or state.session.id != pointer.session_id:
+            self.pointers[profile] = None  # it named a session that is gone
+            self.dirty_pointers.add(profile)
+            return None
+        return pointer.device, state, state.session
 
     def _open(self, state: DeviceState, hit: Hit, nonce: str, index: int) -> OpenSession:
         session = OpenSession(
@@ -481,32 +538,19 @@ class Sessionizing:
             session.utm_campaign, session.utm_term = hit.utm_campaign, hit.utm_term
             session.utm_content = hit.utm_content
 
-    def _count(self, device: str, state: DeviceState, session: OpenSession, hit: Hit) -> None:
-        session.events += 1
-        if hit.name == SCREEN_VIEW:
-            session.screen_views += 1
-        session.revenue += hit.revenue
-        session.version += 1
-        if hit.ts > state.newest:
-            state.newest = hit.ts
-        state.touched_at = self.now
-        if self.watermark is None or hit.ts > self.watermark:
-            self.watermark = hit.ts
-        self.dirty_devices.add(device)
-        self.touched[session.id] = device
-        profile = hit.profile_id
-        if profile is not None:  # identify: the session is the profile's from now on
-            session.profile_id = profile
-            pointer = self.pointers.get(profile)
-            if pointer is None or hit.ts >= pointer.ts:  # the profile's most recent session
-                self.pointers[profile] = Pointer(device, session.id, hit.ts)
-                self.dirty_pointers.add(profile)
+    def _identify(self, device: str, session: OpenSession, profile: str, ts: int) -> None:
+        """A joined hit with a profile id: the session is the profile's from now on."""
+        session.profile_id = profile
+        pointer = self.pointers.get(profile)
+        if pointer is None or ts >= pointer.ts:  # the profile's most recent session
+            self.pointers[profile] = Pointer(device, session.id, ts)
+            self.dirty_pointers.add(profile)
 
     def _close(self, device: str, state: DeviceState) -> None:
         session = state.session
         assert session is not None
         session.version += 1
-        self.rows[session.id] = SessionRow.of(self.project, device, session, closed=True)
+        self.rows[session.id] = SessionRow.of(self.project, device, session, True)
         self.ended.append((session.id, session.last + 1))
         state.closed_last = session.last
         state.session = None

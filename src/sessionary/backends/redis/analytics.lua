@@ -39,6 +39,7 @@ local pointers_dirty, pointers_dirty_list = {}, {}
 local orphans = {}       -- profiles for the `q` index
 local watermark, watermark_moved = false, false
 local rows = {}          -- flat: the rows of the sessions closed here (final), then others
+local row_numbers = {}   -- flat: their numbers, 6 a row
 local closed_here = {}   -- session id -> true
 local touched, touched_list = {}, {}  -- session id -> device
 local started, ended = {}, {}         -- flat: id, time - base, id, time - base, ...
@@ -120,21 +121,34 @@ local function mark(device)
   end
 end
 
--- a row, flat, onto `rows` (18 values)
+-- a row, flat: its strings and `closed` onto `rows` (12 values: id, device, profile, entry
+-- path, exit path, the 6 of attribution, closed), its numbers onto `row_numbers` (6: start,
+-- last, events, screen views, revenue, version; they leave packed as doubles, as the
+-- numbers of a batch arrive: cjson formats a number with sprintf, half a row's cost)
 local function row(device, s, closed)
-  local k = #rows
+  local k, m = #rows, #row_numbers
   rows[k + 1], rows[k + 2], rows[k + 3] = s[4], device, s[11] or NULL
-  rows[k + 4], rows[k + 5], rows[k + 6] = exact(s[5] - base), exact(s[6] - base), s[7]
-  rows[k + 7], rows[k + 8], rows[k + 9] = s[8], s[12] or NULL, s[13] or NULL
+  rows[k + 4], rows[k + 5], rows[k + 12] = s[12] or NULL, s[13] or NULL, closed
   local a = s[14]
   if a then
-    rows[k + 10], rows[k + 11], rows[k + 12] = a[1] or NULL, a[2] or NULL, a[3] or NULL
-    rows[k + 13], rows[k + 14], rows[k + 15] = a[4] or NULL, a[5] or NULL, a[6] or NULL
+    rows[k + 6], rows[k + 7], rows[k + 8] = a[1] or NULL, a[2] or NULL, a[3] or NULL
+    rows[k + 9], rows[k + 10], rows[k + 11] = a[4] or NULL, a[5] or NULL, a[6] or NULL
   else
-    rows[k + 10], rows[k + 11], rows[k + 12] = NULL, NULL, NULL
-    rows[k + 13], rows[k + 14], rows[k + 15] = NULL, NULL, NULL
+    rows[k + 6], rows[k + 7], rows[k + 8] = NULL, NULL, NULL
+    rows[k + 9], rows[k + 10], rows[k + 11] = NULL, NULL, NULL
   end
-  rows[k + 16], rows[k + 17], rows[k + 18] = exact(s[9]), s[10], closed
+  row_numbers[m + 1], row_numbers[m + 2], row_numbers[m + 3] = s[5], s[6], s[7]
+  row_numbers[m + 4], row_numbers[m + 5], row_numbers[m + 6] = s[8], s[9], s[10]
+end
+
+-- little-endian doubles, packed 1000 at a time (a Lua stack holds 8000 values)
+local function doubles(values)
+  local parts = {}
+  for i = 1, #values, 1000 do
+    local last = math.min(i + 999, #values)
+    parts[#parts + 1] = struct.pack('<' .. string.rep('d', last - i + 1), unpack(values, i, last))
+  end
+  return table.concat(parts)
 end
 
 -- where `ts` falls for the open session of `s` (Sessionizing._fit)
@@ -267,10 +281,11 @@ local function chunked(command, key, args, per)
   end
 end
 
--- write back what the step changed, and its outbox entry: the JSON array [base (a string),
--- statuses (one digit per hit), [session id, device per hit], rows (18 values each),
--- started, ended] (times as offsets from base), beside `hits`, the client's encoding of
--- the hits (or false)
+-- write back what the step changed, and its outbox entry: field e, the JSON array
+-- [base (a string), statuses (one digit per hit), [session id, device per hit], rows (12
+-- values each), started, ended] (times as offsets from base); field n, the rows' numbers
+-- (`doubles`, 6 a row); field h, `hits`, the client's encoding of the hits (if any).
+-- (Entries written before field n held 18 values a row in e: analytics.py reads both.)
 local function commit(ttl, hits, statuses, placements)
   local saved, idle, gone, closed, reopened = {}, {}, {}, {}, {}
   for k = 1, #dirty_list do
@@ -326,9 +341,9 @@ local function commit(ttl, hits, statuses, placements)
     end
     local rest = cjson.encode({int(base), statuses or '', placements or {}, rows, started, ended})
     if hits then
-      redis.call('XADD', KEYS[8], '*', 'h', hits, 'e', rest)
+      redis.call('XADD', KEYS[8], '*', 'h', hits, 'e', rest, 'n', doubles(row_numbers))
     else
-      redis.call('XADD', KEYS[8], '*', 'e', rest)
+      redis.call('XADD', KEYS[8], '*', 'e', rest, 'n', doubles(row_numbers))
     end
   end
   for k = 1, 8 do redis.call('PEXPIRE', KEYS[k], ttl) end
