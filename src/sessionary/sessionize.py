@@ -258,12 +258,19 @@ class OutboxEntry:
 
 @dataclass(slots=True)
 class IngestOutcome:
+    """What a step did: its events' fates counted, and which of its hits (their indices in
+    `hits`, ascending) were late and which duplicates, so a step that holds several senders'
+    hits tells each its own (`Sessionizer.ingest_together`). Only those are named: the common
+    step has none, and naming every accepted event would grow the reply with the batch."""
+
     joined: int = 0
     late: int = 0
     duplicate: int = 0
     unattached: int = 0
     started: int = 0
     ended: int = 0
+    late_at: tuple[int, ...] = ()
+    duplicate_at: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -379,13 +386,15 @@ class Sessionizing:
         placements: list[Placement] = []
         place = placements.append
         new = tuple.__new__  # Placement(...) but without its Python-level __new__: half the cost
-        late = duplicate = unattached = 0
+        late_at: list[int] = []
+        duplicate_at: list[int] = []
+        unattached = 0
         for index, hit in enumerate(hits):
             if hit.dedup:
                 seen_at = self.seen.get(hit.event_id)
                 if seen_at is not None and now - seen_at < rules.dedup_ms:
                     place(_DUPLICATE)
-                    duplicate += 1
+                    duplicate_at.append(index)
                     continue
                 self.seen[hit.event_id] = now
                 self.new_seen.append(hit.event_id)
@@ -403,7 +412,7 @@ class Sessionizing:
                     state = devices[device] = DeviceState(ts, now)
                 elif ts < state.newest - lateness:
                     place(new(Placement, (LATE, None, device)))
-                    late += 1
+                    late_at.append(index)
                     continue
                 session = state.session
             else:  # a profile-only event joins the profile's open session if its timing fits
@@ -415,12 +424,12 @@ class Sessionizing:
                 device, state, session = joinable
                 if ts < state.newest - lateness:
                     place(new(Placement, (LATE, None, device)))
-                    late += 1
+                    late_at.append(index)
                     continue
             if session is None:
                 if state.closed_last is not None and ts <= state.closed_last:
                     place(new(Placement, (LATE, None, device)))  # a closed session never reopens
-                    late += 1
+                    late_at.append(index)
                     continue
                 session = self._open(state, hit, nonce, index)
             elif (  # the common case of `_fit`, _AFTER, first
@@ -434,7 +443,7 @@ class Sessionizing:
                 if fit == _BEFORE:
                     if state.closed_last is not None and ts <= state.closed_last:
                         place(new(Placement, (LATE, None, device)))  # sessions never overlap
-                        late += 1
+                        late_at.append(index)
                         continue
                     self._move_start(session, hit)
                 elif fit == _BEYOND and candidates:
@@ -443,7 +452,7 @@ class Sessionizing:
                 elif fit != _INSIDE:  # too early; or beyond, for a profile-only event
                     if candidates:
                         place(new(Placement, (LATE, None, device)))
-                        late += 1
+                        late_at.append(index)
                     else:  # a server-side event never opens or splits a session
                         place(_UNATTACHED)
                         unattached += 1
@@ -466,10 +475,10 @@ class Sessionizing:
             place(new(Placement, (JOINED, sid, device)))
         self.watermark = newest
         self.dirty_devices.update(touched.values())
-        n = len(placements)
+        late, duplicate = len(late_at), len(duplicate_at)
         outcome = IngestOutcome(
-            n - late - duplicate - unattached, late, duplicate, unattached,
-            len(self.started), len(self.ended),
+            len(placements) - late - duplicate - unattached, late, duplicate, unattached,
+            len(self.started), len(self.ended), tuple(late_at), tuple(duplicate_at),
         )  # fmt: skip
         return placements, outcome, self.entry("", list(hits), placements)
 

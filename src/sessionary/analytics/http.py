@@ -28,7 +28,6 @@ from sessionary.analytics.service import (
     MAX_STEP,
     Sessionizer,
     Told,
-    shareable,
 )
 from sessionary.analytics.sink import Sink, Stats
 from sessionary.codec import INT64_MAX
@@ -38,7 +37,7 @@ from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import DirectRoute, JSONErrorRoute, guarded
 from sessionary.http.limits import ByteBudget
 from sessionary.http.openapi import ADMIN_KEY, PROJECT_KEY, STORE, errors
-from sessionary.sessionize import IngestOutcome, SessionRow
+from sessionary.sessionize import SessionRow
 
 # ms since the epoch, as a backend stores them; `from` is a Python keyword
 From = Annotated[int | None, Query(alias="from", ge=0, le=INT64_MAX)]
@@ -190,13 +189,8 @@ def analytics_router(
                 events.append(TrackEvent.parse(raw, project_id=project, client=client))
             except BadEvent as exc:
                 errors.append({"index": index, "reason": str(exc)})
-        opened = sessionizer()
-        outcome: Told | IngestOutcome = await (
-            together.submit(project, events)
-            if events and shareable(events)
-            else opened.ingest(project, events)
-        )
-        opened.refused(project, len(errors))
+        outcome = await together.submit(project, events) if events else Told(0, 0)
+        sessionizer().refused(project, len(errors))
         accepted: dict[str, Any] = {
             "accepted": len(events),
             "duplicates": outcome.duplicate,

@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import NamedTuple
@@ -55,13 +56,6 @@ class Told(NamedTuple):
 
     duplicate: int
     late: int
-
-
-def shareable(events: Sequence[TrackEvent]) -> bool:
-    """Whether a batch may share its ingest step with others' (`ingest_together`): none of
-    its events has a client-chosen event_id (so none is a duplicate) nor a timestamp (so none
-    is late, but in the corner docs/architecture.md states)."""
-    return all(event.event_id is None and event.timestamp is None for event in events)
 
 
 def check_project(project: object) -> str:
@@ -119,23 +113,24 @@ class Sessionizer:
     ) -> list[Told]:
         """Sessionize the batches of several senders (/track's concurrent requests, grouped
         by `GroupCommit`), up to `MAX_STEP` events in all, in one atomic step; what each
-        sender is told of its own events. A step counts its events' fates in all, not by
-        batch: each batch is to be `shareable` (no duplicates then, and late events only in a
-        corner that docs/architecture.md states); a batch alone gets its own counts, whatever
-        it holds."""
+        sender is told of its own events. The step says which of its events were late and
+        which duplicates (`IngestOutcome.late_at`, `duplicate_at`), and each batch is a range
+        of them: each sender's counts are exact, whatever its events carry."""
         check_project(project)
         events = [event for batch in batches for event in batch]
         if len(events) > MAX_STEP:
             raise ValidationError(f"a step holds at most {MAX_STEP} events, not {len(events)}")
         outcome = await self._step(project, events)
-        told = []
-        duplicate, late = outcome.duplicate, outcome.late
-        for batch in batches:  # what is counted, to the batches in order (see above)
-            own_duplicate = min(duplicate, len(batch))
-            own_late = min(late, len(batch) - own_duplicate)
-            told.append(Told(own_duplicate, own_late))
-            duplicate -= own_duplicate
-            late -= own_late
+        late_at, duplicate_at = outcome.late_at, outcome.duplicate_at
+        told, end = [], 0
+        for batch in batches:
+            start, end = end, end + len(batch)
+            told.append(
+                Told(
+                    bisect_left(duplicate_at, end) - bisect_left(duplicate_at, start),
+                    bisect_left(late_at, end) - bisect_left(late_at, start),
+                )
+            )
         return told
 
     async def _step(self, project: str, events: Sequence[TrackEvent]) -> IngestOutcome:

@@ -271,6 +271,32 @@ class SessionizeConformance:
         twice = await a.ingest(a.hit("d1", 5000, event_id="g"), a.hit("d1", 5000, event_id="g"))
         assert twice.statuses == ["joined", "joined"]
 
+    @pytest.mark.asyncio
+    async def test_a_step_says_which_of_its_hits_were_late_and_which_duplicates(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        """The indices a shared step splits its senders' counts by (`ingest_together`)."""
+        a = self.analytics(store, clock)
+        await a.ingest(a.hit("d1", 0, event_id="x1", dedup=True), a.hit("d2", L + 10_000))
+        step = await a.ingest(
+            a.hit("d1", 1000, event_id="x2", dedup=True),
+            a.hit("d1", 2000, event_id="x1", dedup=True),  # seen in the earlier step
+            a.hit("d2", 9_999),  # more than L behind d2's newest
+            a.hit("d1", 3000, event_id="x2", dedup=True),  # seen earlier in this step
+            a.hit(None, 3000, profile_id="nobody"),
+            a.hit("d2", L + 20_000),
+            a.hit("d2", 0),
+        )
+        assert step.statuses == [
+            "joined", "duplicate", "late", "duplicate", "unattached", "joined", "late",
+        ]  # fmt: skip
+        o = step.outcome
+        assert (o.joined, o.late, o.duplicate, o.unattached) == (2, 2, 2, 1)
+        assert (o.late_at, o.duplicate_at) == ((2, 6), (1, 3))
+        # the common case: none, and nothing more in the reply
+        plain = (await a.ingest(a.hit("d1", 4000), a.hit("d3", 4000))).outcome
+        assert (plain.late_at, plain.duplicate_at) == ((), ())
+
     # -- identity ------------------------------------------------------------------------------
 
     @pytest.mark.asyncio

@@ -268,7 +268,11 @@ class RedisAnalytics:
         else:  # a cluster: one connection at a time, as `Scripts.run_many` (the SADD first)
             await register
             reply = await self.scripts.run(self.calls, self._sessionize, keys, args)
-        return IngestOutcome(*(int(n) for n in reply))
+        joined, late, duplicate, unattached, started, ended, *at = (int(n) for n in reply)
+        return IngestOutcome(
+            joined, late, duplicate, unattached, started, ended,
+            tuple(at[:late]), tuple(at[late:]),
+        )  # fmt: skip
 
     async def close_idle(self, project: str, rules: Rules, now: int, limit: int) -> int:
         if limit < 1:

@@ -10,7 +10,8 @@
 --          length, then the candidates, most preferred first. A string is its index k in
 --          the strings (ARGV[12 + k]), 0 is None; a device -k is the k-th device list.
 --       13.. the strings
--- -> {joined, late, duplicate, unattached, started, ended}
+-- -> {joined, late, duplicate, unattached, started, ended, the indices of the late hits...,
+--     of the duplicate hits...} (0-based, ascending; IngestOutcome)
 now = tonumber(ARGV[1])
 local nonce = ARGV[2]
 timeout = tonumber(ARGV[3])
@@ -206,4 +207,18 @@ if #new_seen > 0 then
   chunked('ZADD', KEYS[4], scored, 2)
 end
 commit(ttl, n > 0 and ARGV[8], table.concat(statuses), placements)
-return {counts[1], counts[2], counts[3], counts[4], #started / 2, #ended / 2}
+local reply = {counts[1], counts[2], counts[3], counts[4], #started / 2, #ended / 2}
+if counts[LATE] + counts[DUPLICATE] > 0 then  -- which they were (none, mostly: no scan then)
+  local late, duplicate = 6, 6 + counts[LATE]
+  for index = 1, n do
+    local status = statuses[index]
+    if status == LATE then
+      late = late + 1
+      reply[late] = index - 1
+    elseif status == DUPLICATE then
+      duplicate = duplicate + 1
+      reply[duplicate] = index - 1
+    end
+  end
+end
+return reply
