@@ -18,6 +18,7 @@ wrk and Redis for the second core.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -31,7 +32,7 @@ from rich.table import Table
 
 from analytics_stress import ADMIN_KEY, KEY, free_port, wait_ready, write_config
 from middleware import wrk
-from shared import wrk_arguments, wrk_parser
+from shared import forget_redis_keys, wrk_arguments, wrk_parser
 from track_http import LUA as TRACK_LUA
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -94,6 +95,26 @@ class Service:
         return rate
 
 
+async def measure_all(
+    services: list[Service],
+    args: argparse.Namespace,
+    found: dict[tuple[str, int], list[float]],
+    console: Console,
+) -> None:
+    """Warm both services up, then measure each route on each, round after round."""
+    for service in services:  # warm up: connections, imports, the store's scripts
+        for route in ("/rw", "/track"):
+            await asyncio.to_thread(service.measure, route, 1, args.connections)
+    for round_number in range(args.rounds):
+        for route in ("/rw", "/track"):
+            for service in services:
+                rate = await asyncio.to_thread(
+                    service.measure, route, args.duration, args.connections
+                )
+                found.setdefault((route, service.workers), []).append(rate)
+        console.print(f"round {round_number + 1} of {args.rounds} done", style="dim")
+
+
 async def main() -> None:
     parser = wrk_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="redis", choices=("redis", "sqlite"))
@@ -112,18 +133,12 @@ async def main() -> None:
             )
             services.append(Service(directory, workers, store))
         one, two = services
-        async with one, two:
-            for service in services:  # warm up: connections, imports, the store's scripts
-                for route in ("/rw", "/track"):
-                    await asyncio.to_thread(service.measure, route, 1, args.connections)
-            for round_number in range(args.rounds):
-                for route in ("/rw", "/track"):
-                    for service in services:
-                        rate = await asyncio.to_thread(
-                            service.measure, route, args.duration, args.connections
-                        )
-                        found.setdefault((route, service.workers), []).append(rate)
-                console.print(f"round {round_number + 1} of {args.rounds} done", style="dim")
+        try:
+            async with one, two:
+                await measure_all(services, args, found, console)
+        finally:
+            if args.store != "sqlite":
+                await forget_redis_keys(REDIS_URL, f"bench:workers:{os.getpid()}:")
     table = Table("route", "1 worker (req/s)", "2 workers (req/s)", "2 / 1", "rounds (1 | 2)")
     for route in ("/rw", "/track"):
         single, double = found[(route, 1)], found[(route, 2)]
