@@ -54,23 +54,6 @@ def coalesce_ms(idle_ms: int | None) -> int:
     return min(idle_ms // COALESCE_FRACTION, COALESCE_MAX_MS)
 
 
-def _copy(record: Record) -> Record:
-    """A copy the store may open in place (sealed data) without touching the cached one
-    (made field by field: `dataclasses.replace` costs as much as the rest of a hit)."""
-    return Record(
-        record.id,
-        record.subject,
-        record.created_at,
-        record.last_seen_at,
-        record.expires_at,
-        record.version,
-        record.data,
-        record.metadata,
-        dict(record.counters),
-        record.lifetime,
-    )
-
-
 class ReadCache:
     """See the module docstring. Made by `over`, which binds it to its backend's feed."""
 
@@ -142,7 +125,7 @@ class ReadCache:
         if cached is not None and cached.expires_at > now and self._recent(cached, now, lifetime):
             self._entries.move_to_end(key)
             self.hits += 1
-            return _copy(cached)
+            return cached.snapshot()
         self.misses += 1
         generation = self._generation
         pending = self._pending.setdefault(key, [0, 0])
@@ -156,7 +139,7 @@ class ReadCache:
                 return await backend.touch(ns, session_id, now, lifetime)
             tracking.drain()
             if tracking.active and generation == self._generation and pending[1] == seen:
-                self._entries[key] = _copy(record)
+                self._entries[key] = record.snapshot()
                 self._entries.move_to_end(key)
                 if len(self._entries) > self.size:
                     self._entries.popitem(last=False)

@@ -313,22 +313,6 @@ class _Project:
         return closed
 
 
-def _copy(record: Record) -> Record:
-    """What leaves the backend is a snapshot; the stored record goes on changing."""
-    return Record(
-        record.id,
-        record.subject,
-        record.created_at,
-        record.last_seen_at,
-        record.expires_at,
-        record.version,
-        record.data,
-        record.metadata,
-        dict(record.counters),
-        record.lifetime,
-    )
-
-
 class MemoryBackend:
     """Sessions in this process's memory. Nothing survives the process."""
 
@@ -374,14 +358,14 @@ class MemoryBackend:
         if record.id in space.sessions:
             raise SessionExists(record.id)
         evicted = space.admit(record.id, record.subject, limit, record.last_seen_at)
-        stored = _copy(record)
+        stored = record.snapshot()
         space.sessions[record.id] = stored
         space.index(stored)
         return evicted
 
     async def get(self, ns: str, session_id: str, now: int) -> Record | None:
         record = self._space(ns).live(session_id, now)
-        return None if record is None else _copy(record)
+        return None if record is None else record.snapshot()
 
     async def touch(self, ns: str, session_id: str, now: int, lifetime: Lifetime) -> Record | None:
         space = self._space(ns)
@@ -389,7 +373,7 @@ class MemoryBackend:
         if record is None:
             return None
         space.activity(record, now, lifetime)
-        return _copy(record)
+        return record.snapshot()
 
     async def update(
         self,
@@ -429,7 +413,7 @@ class MemoryBackend:
         if append:
             space.log(session_id).add(append, now, limits)
             self._signals.notify((ns, session_id))
-        updated = _copy(record)
+        updated = record.snapshot()
         updated.evicted = evicted
         return updated
 
@@ -492,7 +476,7 @@ class MemoryBackend:
         record.last_seen_at = now
         record.expires_at = lifetime.of(record).expires_at(record.created_at, now)
         space.index(record)
-        rotated = _copy(record)
+        rotated = record.snapshot()
         rotated.evicted = evicted
         return rotated
 
@@ -505,7 +489,7 @@ class MemoryBackend:
         for session_id in space.subjects.get(subject, ()):
             record = space.live(session_id, now)
             if record is not None:
-                found.append(_copy(record))
+                found.append(record.snapshot())
         return found
 
     async def revoke_subject(self, ns: str, subject: str, keep: Sequence[str] = ()) -> list[Record]:
