@@ -112,17 +112,23 @@ class ReadCache:
     ) -> Record | None:
         """`backend.touch`, coalesced and served from the cache when it can be (see the
         module docstring)."""
-        tracking = self.tracking
+        tracking, loop = self.tracking, asyncio.get_running_loop()
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop = loop
             await tracking.start()
-        if self._loop is asyncio.get_running_loop():
-            tracking.drain()  # every invalidation already sent (nothing when the feed is down)
-        if not tracking.active or self._loop is not asyncio.get_running_loop():
+        if self._loop is not loop:
+            return await backend.touch(ns, session_id, now, lifetime)
+        tracking.drain()  # every invalidation already sent (nothing when the feed is down)
+        if not tracking.active:
             return await backend.touch(ns, session_id, now, lifetime)
         key = (ns, session_id)
         cached = self._entries.get(key)
-        if cached is not None and cached.expires_at > now and self._recent(cached, now, lifetime):
+        if cached is not None and cached.expires_at > now:
+            if not self._recent(cached, now, lifetime):
+                # an entry is what is stored (any write since was reported and dropped it):
+                # its last activity is old, so this read is a touch, with no read before it
+                self.misses += 1
+                return await backend.touch(ns, session_id, now, lifetime)
             self._entries.move_to_end(key)
             self.hits += 1
             return cached.snapshot()
