@@ -654,10 +654,7 @@ class Producer:
             raise RunBusy("this worker's lease on the run lapsed: it is no longer its own")
         async with self._emitting:
             self._seq += 1
-            try:
-                cursor = await self._append(type, data)
-            except StoreUnavailable:  # tried again, as `_through_outage` does
-                cursor = await self._ride_out(lambda: self._append(type, data))
+            cursor = await self._through_outage(self._append, type, data)
             if cursor is not None:
                 seq = cursor.seq
                 if seq != self._emitted + 1:
@@ -678,26 +675,24 @@ class Producer:
             current = await self._runs.get(self.run_id)
             raise RunFinished(self.run_id, current.status) from None
 
-    async def _through_outage(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`, tried again while the store is unavailable (see `_ride_out`)."""
+    async def _through_outage(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`call(*args)` (arguments, not a closure: `emit` passes every event through here),
+        tried again while the store is unavailable (after 50 ms, 100 ms..., up to 1 s
+        apart), for as long as the lease outlives the outage: a lease, from the first
+        failure. Meanwhile the handler waits in its `emit` (the store is where its events
+        go), and a retried append is never stored twice (its seq). Longer than that, the run
+        is lost to this producer anyway: `StoreUnavailable`."""
         try:
-            return await call()
+            return await call(*args)
         except StoreUnavailable:
-            return await self._ride_out(call)
-
-    async def _ride_out(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` failed with the store unavailable: try it again (after 50 ms, 100 ms...,
-        up to 1 s apart), for as long as the lease outlives the outage: a lease, from this
-        first failure. Meanwhile the handler waits in its `emit` (the store is where its
-        events go), and a retried append is never stored twice (its seq). Longer than that,
-        the run is lost to this producer anyway: `StoreUnavailable`."""
+            pass
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._runs.settings.lease_ttl.total_seconds()
         backoff = Backoff(0.05, 1.0)
         while True:
             await asyncio.sleep(backoff.next())
             try:
-                return await call()
+                return await call(*args)
             except StoreUnavailable:
                 if loop.time() >= give_up:
                     raise
