@@ -8,6 +8,7 @@ its body); bodies are strict JSON (an integer is a JSON integer: not a bool, not
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
@@ -19,6 +20,7 @@ from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 
+from sessionary.clock import to_ms
 from sessionary.codec import MAX_SAFE_INT
 from sessionary.contract import KEEP, Keep
 from sessionary.counters import MAX_COUNT
@@ -68,6 +70,18 @@ class SessionOut(BaseModel):
 
 class SubjectSessionsOut(BaseModel):
     sessions: list[SessionOut] = Field(description="newest first")
+
+
+class NamespaceOut(BaseModel):
+    name: str
+    sessions: int = Field(description="how many live sessions it holds now")
+    idle_ttl_ms: int | None = Field(description="its idle ttl (null: none)")
+    absolute_ttl_ms: int | None = Field(description="its absolute ttl (null: none)")
+    max_sessions_per_subject: int | None = Field(description="null: no limit")
+
+
+class NamespacesOut(BaseModel):
+    namespaces: list[NamespaceOut] = Field(description="those the key may act on, by name")
 
 
 class RevokedOut(BaseModel):
@@ -210,6 +224,28 @@ def _device_json(device: Device) -> dict[str, Any] | None:
     }
 
 
+async def namespaces_json(namespaces: Mapping[str, Namespace]) -> list[dict[str, Any]]:
+    """`namespaces` by name, each with its policy and live count (counted concurrently)."""
+    named = sorted(namespaces.items())
+    counts = await asyncio.gather(*(space.count() for _, space in named))
+    return [
+        {
+            "name": name,
+            "sessions": count,
+            "idle_ttl_ms": _ms(space.idle_ttl),
+            "absolute_ttl_ms": _ms(space.absolute_ttl),
+            "max_sessions_per_subject": (
+                None if space.session_limit is None else space.session_limit.max_sessions
+            ),
+        }
+        for (name, space), count in zip(named, counts, strict=True)
+    ]
+
+
+def _ms(ttl: timedelta | None) -> int | None:
+    return None if ttl is None else to_ms(ttl)
+
+
 def _ttl(ms: int | None) -> timedelta | None:
     return None if ms is None else timedelta(milliseconds=ms)
 
@@ -270,6 +306,13 @@ def admin_router(
         return session
 
     base = "/namespaces/{namespace}"
+
+    @router.get("/namespaces", response_model=NamespacesOut)
+    async def list_namespaces(request: Request) -> Response:
+        """The namespaces this key may act on, with their policies and live counts."""
+        key = keys.require(request, None)
+        allowed = {n: space for n, space in namespaces().items() if key.allows(n)}
+        return JSONResponse({"namespaces": await namespaces_json(allowed)})
 
     @router.post(
         f"{base}/sessions",

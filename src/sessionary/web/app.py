@@ -57,6 +57,7 @@ from sessionary.store import Namespace, Store, without_password
 from sessionary.telemetry import flush_spans
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
+from sessionary.web.console import ConsoleServices, console_app, console_namespace
 from sessionary.web.docs import install_docs
 from sessionary.web.settings import Settings, SettingsError
 
@@ -231,8 +232,11 @@ def create_app(
             features.runs = declared.runs
             features.analytics = declared.analytics
             if settings.reaper.enabled:
+                swept = list(namespaces.values())
+                if settings.console.enabled:  # its sessions are not the admin API's
+                    swept.append(console_namespace(opened, settings.console))
                 reaping = run_forever(
-                    namespaces.values(),
+                    swept,
                     declared.groups,
                     every=settings.reaper.every,
                     batch=settings.reaper.batch,
@@ -323,6 +327,9 @@ def create_app(
     app.include_router(
         admin_router(lambda: namespaces, ApiKeys(settings.api_keys), id_prefixes(settings))
     )
+    if settings.console.enabled:
+        services = ConsoleServices(source, lambda: namespaces, features, settings.api_keys)
+        app.mount("/console", console_app(services, settings.console))
     if playground is not None:
         playground.install(app)
     if settings.runs.enabled:

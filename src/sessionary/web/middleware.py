@@ -46,6 +46,7 @@ FastAPI dependency (`CurrentSession`) is in `sessionary.web.fastapi`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import nullcontext
 from datetime import timedelta
@@ -101,7 +102,11 @@ class SessionMiddleware:
     docstring), a `Namespace` keeps its own policy. The cookie's Max-Age is the
     namespace's absolute ttl (a session with a lifetime of its own: that one). `devices`
     says what a created session records of its client (nothing by default); `client_ip`
-    resolves the client's address (default: the socket's peer, no proxy trusted)."""
+    resolves the client's address (default: the socket's peer, no proxy trusted).
+    `https_only`: the cookie is Secure (and `__Host-`/`__Secure-` prefixed); "auto": only on
+    requests that came over https (as the ASGI server says: behind a proxy, run it with its
+    forwarded-headers option), so one application serves both a local http and a deployed
+    https origin."""
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class SessionMiddleware:
         transport: Literal["cookie", "header"] = "cookie",
         cookie_name: str = "session",
         header_name: str = "X-Session-Id",
-        https_only: bool = True,
+        https_only: bool | Literal["auto"] = True,
         same_site: Literal["lax", "strict", "none"] = "lax",
         path: str = "/",
         domain: str | None = None,
@@ -142,11 +147,15 @@ class SessionMiddleware:
         self.header = header_name.lower().encode("latin-1")
         self.cookie = CookieSpec(
             cookie_name,
-            secure=https_only,
+            secure=https_only is not False,
             same_site=same_site,
             path=path,
             domain=domain,
             max_age=None if absolute_ttl is None else int(absolute_ttl.total_seconds()),
+        )
+        #: with https_only="auto", the cookie of a request that came over plain http
+        self._plain_cookie = (
+            dataclasses.replace(self.cookie, secure=False) if https_only == "auto" else None
         )
         self.metrics = metrics
         self._outage = OutageLog(log, f"session middleware ({self._name})")
@@ -166,9 +175,17 @@ class SessionMiddleware:
             )
         return self._namespace
 
+    def _cookie(self, scope: Scope) -> CookieSpec:
+        """The cookie as this request's scheme has it: Secure (and prefixed) unless
+        `https_only="auto"` and the request came over plain http."""
+        plain = self._plain_cookie
+        if plain is not None and scope.get("scheme") in ("http", "ws"):
+            return plain
+        return self.cookie
+
     def _presented(self, scope: Scope) -> str | None:
         if self.transport == "cookie":
-            return self.cookie.read(scope)
+            return self._cookie(scope).read(scope)
         for name, value in scope.get("headers", ()):
             if name == self.header:
                 return str(value.decode("latin-1")).strip() or None
@@ -291,7 +308,7 @@ class SessionMiddleware:
                 return
             varies = handle.accessed  # read before the id below marks it accessed
             headers = MutableHeaders(scope=message)
-            telling = self._telling(outcome, handle)
+            telling = self._telling(outcome, handle, scope)
             if telling is not None:
                 name, value = telling
                 headers.append(name.decode("latin-1"), value.decode("latin-1"))
@@ -303,7 +320,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send_committed)
         except Exception as exc:
             if not started and scope["type"] == "http":
-                telling = self._telling(handle.outcome_after_failure(), handle)
+                telling = self._telling(handle.outcome_after_failure(), handle, scope)
                 headers = {}
                 if telling is not None:
                     name, value = telling
@@ -329,18 +346,20 @@ class SessionMiddleware:
                 saving.set_attribute(RESPONSE, outcome.value)
         return outcome
 
-    def _telling(self, outcome: Outcome, handle: RequestSession) -> tuple[bytes, bytes] | None:
+    def _telling(
+        self, outcome: Outcome, handle: RequestSession, scope: Scope
+    ) -> tuple[bytes, bytes] | None:
         """The header that carries `outcome` to the client (None for NOTHING)."""
         if outcome is Outcome.NOTHING:
             return None
         if outcome is Outcome.CLEAR:
             if self.transport == "cookie":
-                return self.cookie.clearing_header()
+                return self._cookie(scope).clearing_header()
             return self.header, b""
         session_id = handle.id
         assert session_id is not None, "the core issues only a stored session's id"
         if self.transport == "cookie":
-            return self.cookie.header(session_id, max_age=_own_max_age(handle.session))
+            return self._cookie(scope).header(session_id, max_age=_own_max_age(handle.session))
         return self.header, session_id.encode("latin-1")
 
     def _closing_on_shutdown(self, send: Send) -> Send:

@@ -119,6 +119,20 @@ class ReaperSettings(BaseModel):
     batch: int = Field(1000, ge=1)
 
 
+class ConsoleSettings(BaseModel):
+    """The console at /console (`sessionary.web.console`): signed in with an admin API key,
+    which opens a session of its own in the store, with these lifetimes."""
+
+    model_config = STRICT
+
+    enabled: bool = True
+    idle_ttl: Duration = timedelta(minutes=30)
+    absolute_ttl: Duration = timedelta(hours=12)
+    #: "auto": the cookie is Secure on requests that came over https (a local http origin
+    #: works too); "always": Secure everywhere (the browser then keeps it from plain http)
+    secure_cookie: Literal["auto", "always"] = "auto"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -143,6 +157,7 @@ class Settings(BaseSettings):
     runs: RunsSettings = Field(default_factory=RunsSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     #: the largest request body accepted, in bytes
     max_body: int = Field(2 * 1024 * 1024, ge=1024)
     #: request heads: the largest header (name and value), the largest head (request line and
