@@ -22,7 +22,15 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from sessionary.analytics.sink import EventRow, Sink, Stats, rows_of, sink_from_url
+from sessionary.analytics.sink import (
+    Bucket,
+    EventRow,
+    Sink,
+    Stats,
+    TooManyBuckets,
+    rows_of,
+    sink_from_url,
+)
 from sessionary.errors import InvalidCursor
 from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow
 
@@ -282,9 +290,106 @@ async def test_stats(db: Db) -> None:
         average_duration_ms=(60_000 + 30_000) / 5,
         events_per_session=(1 + 5 + 1 + 2 + 1) / 5,
         top_entry_paths=[("/home", 2), ("/blog", 1), ("/pricing", 1)],
+        top_exit_paths=[("/", 5)],  # every row's (BASE)
+        sessions_over_time=[Bucket(0, 5, 2)],  # [1000, 5000): the first UTC day's bucket
     )
     everything = await db.sink.stats("p", start=None, end=None)
     assert (everything.sessions, everything.top_entry_paths[0]) == (7, ("/home", 4))
     top = (await db.sink.stats("q", start=None, end=None)).top_entry_paths
     assert top == [("/p11", 2)] + [(f"/p{i:02}", 1) for i in range(9)]
-    assert await db.sink.stats("p", start=6000, end=None) == Stats(0, 0.0, 0.0, 0.0, [])
+    assert await db.sink.stats("p", start=6000, end=None) == Stats(0, 0.0, 0.0, 0.0, [], [], [])
+
+
+async def test_top_exit_paths(db: Db) -> None:
+    """Sessions by exit path (not entry path), most first, ties by path in code point order
+    ("/Z" before "/a"), at most 10, none without an exit path, only those in the range."""
+    exits = ["/thanks"] * 3 + ["/cart"] * 2 + ["/b", "/a", "/Z", None, None]
+    await db.sink.write(
+        [
+            entry(
+                *(session(f"s{n}", 1000 + n, entry_path="/in", exit_path=path)
+                  for n, path in enumerate(exits)),
+                session("before", 999, exit_path="/thanks"),
+                session("after", 5000, exit_path="/b"),
+                session("elsewhere", 1000, project_id="other", exit_path="/cart"),
+            ),
+            entry(*(session(f"q{i}", 1000, project_id="q", exit_path=f"/p{i:02}")
+                    for i in range(12))),
+            entry(session("q12", 1000, project_id="q", exit_path="/p11")),
+        ]
+    )  # fmt: skip
+    stats = await db.sink.stats("p", start=1000, end=5000)
+    assert stats.top_exit_paths == [("/thanks", 3), ("/cart", 2), ("/Z", 1), ("/a", 1), ("/b", 1)]
+    assert stats.top_entry_paths == [("/in", 10)]
+    everything = await db.sink.stats("p", start=None, end=None)
+    assert everything.top_exit_paths == [
+        ("/thanks", 4), ("/b", 2), ("/cart", 2), ("/Z", 1), ("/a", 1),
+    ]  # fmt: skip
+    top = (await db.sink.stats("q", start=None, end=None)).top_exit_paths
+    assert top == [("/p11", 2)] + [(f"/p{i:02}", 1) for i in range(9)]
+
+
+H, D = 3_600_000, 86_400_000
+B = 20_000 * D  # 2024-10-04T00:00Z: a UTC midnight
+
+
+async def test_sessions_over_time(db: Db) -> None:
+    """Buckets of the sessions that started in the range, by their latest row, each UTC hour
+    or day, empty ones included; the bounds given fix the buckets, else the sessions do."""
+    moved = session("moved", B + 5 * D, event_count=2)  # its start moves back (rule 4)
+    await db.sink.write(
+        [
+            entry(
+                session("a", B),  # a bounce: one screen view
+                session("b", B + 30 * 60_000, event_count=3),
+                session("c0", B + 2 * H + 1),  # a bounce
+                session("c", B + 2 * H + 5),  # a bounce
+                session("d", B + 3 * H - 1, event_count=2),  # the last ms of hour 2
+                session("e", B + D + 3 * H),  # a bounce, on day 1
+                session("f", B + 3 * D, event_count=2),  # day 3: day 2 is empty
+                moved,
+                session("x", B + H, project_id="other"),
+            ),
+            entry(replace(moved, started_at=B + H, version=2)),  # the row counted: hour 1
+        ]
+    )  # fmt: skip
+    everything = await db.sink.stats("p", start=None, end=None, interval="day")
+    assert everything.sessions == 8
+    assert everything.sessions_over_time == [
+        Bucket(B, 6, 3), Bucket(B + D, 1, 1), Bucket(B + 2 * D, 0, 0), Bucket(B + 3 * D, 1, 0),
+    ]  # fmt: skip
+    by_hour = await db.sink.stats("p", start=None, end=None, interval="hour")
+    busy = {0: (2, 1), 1: (1, 0), 2: (3, 2), 24 + 3: (1, 1), 72: (1, 0)}  # hour: (n, bounces)
+    assert by_hour.sessions_over_time == [
+        Bucket(B + k * H, *busy.get(k, (0, 0))) for k in range(73)
+    ]
+    # both bounds: every bucket of [from, to), the first the one holding `from`; c0 is in that
+    # bucket but before `from`, e starts at `to`: neither counts
+    bounded = await db.sink.stats("p", start=B + 2 * H + 5, end=B + D + 3 * H, interval="hour")
+    assert bounded.sessions == 2
+    assert bounded.sessions_over_time == [Bucket(B + 2 * H, 2, 1)] + [
+        Bucket(B + k * H, 0, 0) for k in range(3, 27)
+    ]
+    # nothing started in the range: its buckets all the same, to the one before `to`
+    assert (await db.sink.stats("p", start=B + D + 4 * H, end=B + 3 * D)).sessions_over_time == [
+        Bucket(B + D, 0, 0), Bucket(B + 2 * D, 0, 0),
+    ]  # fmt: skip
+    # one bound: the sessions decide the other end
+    assert (await db.sink.stats("p", start=B + D, end=None)).sessions_over_time == [
+        Bucket(B + D, 1, 1), Bucket(B + 2 * D, 0, 0), Bucket(B + 3 * D, 1, 0),
+    ]  # fmt: skip
+    assert (await db.sink.stats("p", start=None, end=B + D)).sessions_over_time == [Bucket(B, 6, 3)]
+    for start, end in ((B, B), (B + D, B)):  # an empty range
+        assert (await db.sink.stats("p", start=start, end=end)).sessions_over_time == []
+    assert (await db.sink.stats("nothing", start=None, end=None)).sessions_over_time == []
+
+
+async def test_at_most_1000_buckets(db: Db) -> None:
+    await db.sink.write([entry(session("a", B), session("b", B + 1000 * H))])
+    assert len((await db.sink.stats("p", start=B, end=B + 1000 * D)).sessions_over_time) == 1000
+    with pytest.raises(TooManyBuckets, match="coarser interval or a shorter range"):
+        await db.sink.stats("p", start=B, end=B + 1000 * D + 1)
+    with pytest.raises(TooManyBuckets, match="1001 hour buckets"):  # the sessions span them
+        await db.sink.stats("p", start=None, end=None, interval="hour")
+    assert len((await db.sink.stats("p", start=None, end=B + 1000 * H)).sessions_over_time) == 1
+    assert len((await db.sink.stats("p", start=None, end=None)).sessions_over_time) == 42

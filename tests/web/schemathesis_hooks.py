@@ -11,25 +11,26 @@ The hooks make the fuzzer reach past the 404 of a random id and, in the hostile 
   environment), so that consume, rotate, PATCH, events... run on live resources (DELETE and
   rotate, which end a session, get sessions of their own, whose subject is the one handed to
   the subject routes);
-* examples (which the examples phase sends, each, and the coverage phase starts from): live ids
-  for the path parameters, hostile values for the paging and time query parameters, and bodies
+* examples (which the examples phase sends, each, and the coverage phase starts from): live ids for
+  the path parameters, hostile values for the paging, time and interval query parameters, and bodies
   with one field made hostile each: integers at and past what a backend stores (2^63 - 1, 2^63,
   2^64, -2^63 - 1), a boolean or a numeric string where an integer goes, a lone surrogate in a
   string or a key, data nested around the stated depth (64);
 * bodies and query strings in the fuzzing phase: besides the generated ones, the same hostile
   copies, and values nested around the most orjson encodes (254 levels), which schemathesis
   cannot take as examples;
-* failures: a 503 is not a server error when the operation documents it and it carries
-  Retry-After (the service's answer to a store that cannot answer); any other 5xx is. And a
-  well-formed value that only the server's state can judge is rightly refused, though the
-  document cannot say so: a log or page cursor this server did not issue (400
-  `invalid_cursor`), an If-Match naming another version (412 `version_conflict`), the id of
-  another namespace (400 `invalid_session_id`: the admin API's session id pattern is that of
-  every namespace, as one path parameter cannot depend on another); and a conversation the
-  fuzzer just created has no run yet (the runs API's 404 `no_active_session`,
-  `no_background_task`), which is not a created resource that cannot be found. Nor is an
-  integer past 64 bits schema-valid, though the fuzzer, comparing as doubles, takes
-  2^63 + 192 to be within a `maximum` of 2^63 - 1.
+* failures: a 503 is not a server error when the operation documents it and it carries Retry-After
+  (the service's answer to a store that cannot answer); any other 5xx is. And a well-formed value
+  that only the server's state can judge is rightly refused, though the document cannot say so: a
+  log or page cursor this server did not issue (400 `invalid_cursor`), an If-Match naming another
+  version (412 `version_conflict`), the id of another namespace (400 `invalid_session_id`: the admin
+  API's session id pattern is that of every namespace, as one path parameter cannot depend on
+  another), a /stats range of more buckets of its interval than the server answers (400
+  `too_many_buckets`: a bound on from, to and interval together, or on the sessions stored when a
+  bound is missing, which no parameter's schema can state); and a conversation the fuzzer just
+  created has no run yet (the runs API's 404 `no_active_session`, `no_background_task`), which is
+  not a created resource that cannot be found. Nor is an integer past 64 bits schema-valid, though
+  the fuzzer, comparing as doubles, takes 2^63 + 192 to be within a `maximum` of 2^63 - 1.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ FUZZ_IDS = "SESSIONARY_FUZZ_IDS"
 #: set (to anything) for the hostile run: hostile bodies and query values besides generated ones
 HOSTILE = "SESSIONARY_FUZZ_HOSTILE"
 #: the codes of a refusal that no schema can foretell (see the module docstring)
-STATEFUL_REFUSALS = frozenset({"invalid_cursor", "version_conflict", "invalid_session_id"})
+STATEFUL_REFUSALS = frozenset(
+    {"invalid_cursor", "version_conflict", "invalid_session_id", "too_many_buckets"}
+)
 #: the runs API's 404 of a conversation without a run
 NO_RUN_YET = frozenset({"no_active_session", "no_background_task"})
 HOSTILE_NUMBERS: list[Any] = [
@@ -65,6 +68,7 @@ HOSTILE_QUERY: dict[str, list[str]] = {
     "to": [str(2**63), str(2**64), "-1"],
     "limit": [str(2**63), "0", "-1", "true"],
     "after": ["abc", "", "0", "-1", str(2**64), "1-zzzz", "\u00e9"],
+    "interval": ["week", "", "HOUR"],
 }
 
 
@@ -160,7 +164,7 @@ def example_bodies(schema: dict[str, Any]) -> list[Any]:
 
 
 def parameter_examples(name: str, method: str, path: str, ids: dict[str, Any]) -> list[Any]:
-    """Live ids for path parameters, hostile values for paging and time query parameters."""
+    """Live ids for path parameters, hostile values for paging, time and interval parameters."""
     ending = method == "delete" or path.endswith("/rotate")
     live: dict[str, list[Any]] = {
         "namespace": [ids["namespace"]],

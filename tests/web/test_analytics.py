@@ -5,6 +5,7 @@ behind the admin key, a store that is down."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -199,6 +200,69 @@ async def test_sessions_and_stats_need_the_admin_key(
     assert len(set(ids)) == 3
     bad = await client.get("/api/v1/projects/shop/sessions", headers=ADMIN, params={"limit": 0})
     assert bad.status_code == 422
+
+
+async def test_stats_over_time_exit_paths_and_open_sessions(
+    client: httpx.AsyncClient, app: FastAPI, clock: ManualClock
+) -> None:
+    now = clock.now_ms()
+    assert now == 1_700_000_000_000  # 2023-11-14T22:13:20Z: the hours below are of that day
+    hour = int(datetime(2023, 11, 14, 22, tzinfo=UTC).timestamp() * 1000)
+    day = int(datetime(2023, 11, 14, tzinfo=UTC).timestamp() * 1000)
+    events = [
+        {"name": "screen_view", "device_id": "a", "path": "/", "timestamp": now},
+        {"name": "screen_view", "device_id": "a", "path": "/x", "timestamp": now + 60_000},
+        {"name": "screen_view", "device_id": "b", "path": "/", "timestamp": now},  # bounce
+        {"name": "screen_view", "device_id": "c", "path": "/pricing", "timestamp": now + 1},
+    ]
+    await client.post("/api/v1/track", headers=SHOP, json=events)
+    await settle(app, clock)
+    # open in the store, not yet in the sink: counted by open_sessions only
+    live = {"name": "screen_view", "device_id": "live", "path": "/"}
+    assert (await client.post("/api/v1/track", headers=SHOP, json=live)).status_code == 202
+    url = "/api/v1/projects/shop/stats"
+    stats = (await client.get(url, headers=ADMIN)).json()
+    assert stats["sessions"] == 3
+    assert stats["top_exit_paths"] == [
+        {"path": "/", "sessions": 1}, {"path": "/pricing", "sessions": 1},
+        {"path": "/x", "sessions": 1},
+    ]  # fmt: skip
+    assert stats["interval"] == "day"  # the default
+    assert stats["sessions_over_time"] == [{"start": day, "sessions": 3, "bounces": 2}]
+    assert stats["open_sessions"] == 1
+    window: dict[str, int | str] = {
+        "from": hour - 3_600_000,
+        "to": hour + 2 * 3_600_000,
+        "interval": "hour",
+    }
+    hourly = (await client.get(url, headers=ADMIN, params=window)).json()
+    assert hourly["interval"] == "hour"
+    assert hourly["sessions_over_time"] == [
+        {"start": hour - 3_600_000, "sessions": 0, "bounces": 0},
+        {"start": hour, "sessions": 3, "bounces": 2},
+        {"start": hour + 3_600_000, "sessions": 0, "bounces": 0},
+    ]
+    assert hourly["open_sessions"] == 1  # live: not bounded by from and to
+    before = (await client.get(url, headers=ADMIN, params={"to": now})).json()
+    assert (before["sessions"], before["sessions_over_time"], before["open_sessions"]) == (0, [], 1)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"interval": "week"}, 422, "validation_error"),
+        ({"interval": ""}, 422, "validation_error"),
+        ({"from": 0, "to": 1001 * 3_600_000, "interval": "hour"}, 400, "too_many_buckets"),
+        ({"from": 0, "to": 1_700_000_000_000}, 400, "too_many_buckets"),
+    ],
+)
+async def test_stats_refuses_a_bad_interval_and_too_many_buckets(
+    client: httpx.AsyncClient, params: dict[str, Any], status: int, code: str
+) -> None:
+    answer = await client.get("/api/v1/projects/shop/stats", headers=ADMIN, params=params)
+    assert (answer.status_code, answer.json()["error"]) == (status, code), answer.text
+    if code == "too_many_buckets":
+        assert "coarser interval or a shorter range" in answer.json()["message"]
 
 
 async def test_a_store_that_is_down_answers_503(

@@ -122,3 +122,20 @@ async def test_numbers_are_taken_as_the_document_states_them(
                 headers=ADMIN,
             )
             assert refused.status_code == 422, (ttl, refused.text)
+
+
+async def test_the_stats_route_documents_its_body_and_interval(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    document = make_app().openapi()
+    stats = document["paths"]["/api/v1/projects/{project_id}/stats"]["get"]
+    body = stats["responses"]["200"]["content"]["application/json"]["schema"]
+    schema = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+    assert set(schema["required"]) == {
+        "project_id", "sessions", "bounce_rate", "average_duration_ms", "events_per_session",
+        "top_entry_paths", "top_exit_paths", "interval", "sessions_over_time", "open_sessions",
+    }  # fmt: skip
+    assert schema["properties"]["interval"]["enum"] == ["hour", "day"]
+    interval = next(p for p in stats["parameters"] if p["name"] == "interval")
+    assert (interval["schema"]["enum"], interval["schema"]["default"]) == (["hour", "day"], "day")
+    assert "too_many_buckets" in stats["responses"]["400"]["description"]

@@ -2,7 +2,8 @@
 
     POST /api/v1/track                               202: one event or an array of up to 1,000
     GET  /api/v1/projects/{project_id}/sessions      sessions, newest first, paged (admin key)
-    GET  /api/v1/projects/{project_id}/stats         sessions, bounce rate, durations (admin key)
+    GET  /api/v1/projects/{project_id}/stats         sessions, bounce rate, durations, paths,
+                                                     sessions over time, open now (admin key)
 
 `/track` takes a project key (`Authorization: Bearer <key>`). An event without a device_id or a
 profile_id is anonymous web traffic: its device id is hashed from the client's IP (behind
@@ -29,7 +30,7 @@ from sessionary.analytics.service import (
     Sessionizer,
     Told,
 )
-from sessionary.analytics.sink import Sink, Stats
+from sessionary.analytics.sink import MAX_BUCKETS, Interval, Sink, Stats
 from sessionary.codec import INT64_MAX
 from sessionary.http.bearer import BearerKeys
 from sessionary.http.clientip import ClientIP
@@ -54,6 +55,38 @@ class Accepted(BaseModel):
     accepted: int = Field(description="events accepted")
     duplicates: int = Field(description="events already tracked (by event_id): ignored")
     late: int = Field(description="events too late for their session: ignored")
+
+
+class PathSessions(BaseModel):
+    path: str
+    sessions: int = Field(description="sessions that entered (or left) by the path")
+
+
+class BucketOut(BaseModel):
+    start: int = Field(description="ms since the epoch: the start of the bucket's UTC hour or day")
+    sessions: int = Field(description="sessions that started in the bucket")
+    bounces: int = Field(description="of those, the bounces")
+
+
+class StatsOut(BaseModel):
+    project_id: str
+    sessions: int = Field(description="sessions that started in [from, to)")
+    bounce_rate: float = Field(description="bounces / sessions (0 without sessions)")
+    average_duration_ms: float
+    events_per_session: float
+    top_entry_paths: list[PathSessions] = Field(
+        description="by sessions, most first, then by path (code point order); at most 10"
+    )
+    top_exit_paths: list[PathSessions] = Field(description="the same, by exit path")
+    interval: Interval = Field(description="the buckets' width, as asked")
+    sessions_over_time: list[BucketOut] = Field(
+        description="oldest first, empty buckets included: with from and to, every bucket of "
+        "[from, to) (the first holds from); otherwise from the first session's bucket to the "
+        "last's"
+    )
+    open_sessions: int = Field(
+        description="sessions of the project open in the store now: live, whatever from and to"
+    )
 
 
 def track_body(projects: Sequence[str]) -> dict[str, Any]:
@@ -99,7 +132,10 @@ def session_json(row: SessionRow) -> dict[str, Any]:
     }
 
 
-def stats_json(project_id: str, stats: Stats) -> dict[str, Any]:
+def stats_json(
+    project_id: str, stats: Stats, interval: Interval, open_sessions: int
+) -> dict[str, Any]:
+    """The body of /stats (`StatsOut`)."""
     return {
         "project_id": project_id,
         "sessions": stats.sessions,
@@ -107,7 +143,28 @@ def stats_json(project_id: str, stats: Stats) -> dict[str, Any]:
         "average_duration_ms": stats.average_duration_ms,
         "events_per_session": stats.events_per_session,
         "top_entry_paths": [{"path": p, "sessions": n} for p, n in stats.top_entry_paths],
+        "top_exit_paths": [{"path": p, "sessions": n} for p, n in stats.top_exit_paths],
+        "interval": interval,
+        "sessions_over_time": [
+            {"start": b.start, "sessions": b.sessions, "bounces": b.bounces}
+            for b in stats.sessions_over_time
+        ],
+        "open_sessions": open_sessions,
     }
+
+
+async def project_stats(
+    sessionizer: Sessionizer,
+    project: str,
+    start: int | None,
+    end: int | None,
+    interval: Interval,
+) -> dict[str, Any]:
+    """The body of /stats for a known project: what the route answers, and what the console
+    shows (so their numbers cannot differ). Raises `TooManyBuckets` (see `Sink.stats`), a
+    503 `ResponseError` without a sink."""
+    found = await _sink(sessionizer).stats(project, start=start, end=end, interval=interval)
+    return stats_json(project, found, interval, await sessionizer.open_sessions(project))
 
 
 def analytics_router(
@@ -236,17 +293,31 @@ def analytics_router(
             {"sessions": [session_json(row) for row in page.sessions], "next": page.next}
         )
 
-    @project_routes.get("/projects/{project_id}/stats")
+    @project_routes.get(
+        "/projects/{project_id}/stats",
+        response_model=StatsOut,
+        responses=errors(
+            described={
+                400: f"too_many_buckets: more than {MAX_BUCKETS:,} buckets of the interval "
+                "(ask for a coarser one or a shorter range)"
+            }
+        ),
+    )
     async def stats(
         project_id: ProjectId,
         start: From = None,
         to: To = None,
+        interval: Annotated[
+            Interval, Query(description="the width of the sessions_over_time buckets (UTC)")
+        ] = "day",
     ) -> Response:
-        """Sessions, bounce rate, average duration, events per session and the top entry
-        paths over the sessions that started in [from, to)."""
+        """Sessions, bounce rate, average duration, events per session, the top entry and
+        exit paths and the sessions (and bounces) per hour or day, over the sessions that
+        started in [from, to), from the sink (what the drainer has stored): one snapshot, so
+        the buckets add up to `sessions`. `open_sessions` is live, from the store: the
+        sessions open now, not bounded by from and to."""
         project = project_for_admin(project_id)
-        found = await _sink(sessionizer()).stats(project, start=start, end=to)
-        return JSONResponse(stats_json(project, found))
+        return JSONResponse(await project_stats(sessionizer(), project, start, to, interval))
 
     router.include_router(project_routes)
     return router

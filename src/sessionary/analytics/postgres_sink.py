@@ -22,6 +22,7 @@ from sessionary.analytics.sink import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     SESSION_FIELDS,
+    Interval,
     SessionsPage,
     Stats,
     page_args,
@@ -30,6 +31,7 @@ from sessionary.analytics.sink import (
     session_values,
     span,
     stats_of,
+    timeline,
 )
 from sessionary.errors import StoreUnavailable
 from sessionary.sessionize import OutboxEntry
@@ -117,12 +119,20 @@ _SESSIONS = (
 _SPAN = "FROM analytics_sessions WHERE project_id = $1 AND started_at >= $2 AND started_at < $3"
 _TOTALS = (
     "SELECT count(*), count(*) FILTER (WHERE is_bounce), "
-    f"coalesce(sum(duration_ms), 0), coalesce(sum(event_count), 0) {_SPAN}"
+    "coalesce(sum(duration_ms), 0), coalesce(sum(event_count), 0), "
+    f"min(started_at), max(started_at) {_SPAN}"
+)
+# $4 the bucket width: started_at floored to a multiple of it (a negative time too)
+_BUCKETS = (
+    "SELECT started_at - (started_at % $4 + $4) % $4 AS bucket, count(*), "
+    f"count(*) FILTER (WHERE is_bounce) {_SPAN} GROUP BY bucket"
 )
 _TOP_PATHS = (  # ties by path in code point order, as on SQLite
-    f"SELECT entry_path, count(*) {_SPAN} AND entry_path IS NOT NULL "
-    'GROUP BY entry_path ORDER BY count(*) DESC, entry_path COLLATE "C" LIMIT 10'
+    "SELECT {path}, count(*) " + _SPAN + " AND {path} IS NOT NULL "
+    'GROUP BY {path} ORDER BY count(*) DESC, {path} COLLATE "C" LIMIT 10'
 )
+_TOP_ENTRY_PATHS = _TOP_PATHS.format(path="entry_path")
+_TOP_EXIT_PATHS = _TOP_PATHS.format(path="exit_path")
 
 
 # SQLSTATE classes that mean we asked something wrong: bugs of ours, raised as they are (a 500
@@ -222,7 +232,9 @@ class PostgresSink:
             )
         return page_of(records, limit)
 
-    async def stats(self, project_id: str, *, start: int | None, end: int | None) -> Stats:
+    async def stats(
+        self, project_id: str, *, start: int | None, end: int | None, interval: Interval = "day"
+    ) -> Stats:
         args = (project_id, *span(start, end))
         with _unavailable_on_failure():
             async with (
@@ -230,10 +242,12 @@ class PostgresSink:
                 conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
             ):
                 totals = await conn.fetchrow(_TOTALS, *args)
-                top = await conn.fetch(_TOP_PATHS, *args)
-        assert totals is not None
-        sessions, bounces, duration, events = totals
-        return stats_of(sessions, bounces, duration, events, top)
+                assert totals is not None
+                line = timeline(interval, start, end, totals[4], totals[5])
+                buckets = await conn.fetch(_BUCKETS, *args, line[1]) if totals[0] else []
+                entry_paths = await conn.fetch(_TOP_ENTRY_PATHS, *args)
+                exit_paths = await conn.fetch(_TOP_EXIT_PATHS, *args)
+        return stats_of(totals, line, buckets, entry_paths, exit_paths)
 
     async def close(self) -> None:
         await self._pool.close()

@@ -177,6 +177,11 @@ class Sessionizer:
             m.sessions.labels(project, "ended").inc(outcome.ended)
         return outcome
 
+    async def open_sessions(self, project: str) -> int:
+        """How many sessions of the project are open in the store now: live, where the
+        sink's rows lag by the drainer and count only what it has stored."""
+        return await self.backend.open_sessions(check_project(project))
+
     def refused(self, project: str, count: int) -> None:
         """Count events refused before ingest (malformed, reserved names)."""
         if count:

@@ -24,12 +24,12 @@ import base64
 import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from sessionary.codec import INT64_MAX, INT64_MIN
-from sessionary.errors import InvalidCursor
+from sessionary.errors import InvalidCursor, ValidationError
 from sessionary.extras import require
 from sessionary.sessionize import DUPLICATE, LATE, OutboxEntry, SessionRow
 
@@ -62,6 +62,34 @@ class SessionsPage:
     next: str | None  # an opaque cursor for the next page, or None at the end
 
 
+#: the width of a bucket of `Stats.sessions_over_time`, aligned on UTC hours or days
+Interval = Literal["hour", "day"]
+INTERVAL_MS: dict[str, int] = {"hour": 3_600_000, "day": 86_400_000}
+#: the most buckets `Sink.stats` answers: a chart's worth (41 days by the hour, ~2.7 years by
+#: the day), and a bound on what one request makes the sink compute and the API send
+MAX_BUCKETS = 1000
+
+
+class TooManyBuckets(ValidationError):
+    """The range asked for spans more than `MAX_BUCKETS` buckets of the interval."""
+
+    code = "too_many_buckets"
+    http_status = 400
+
+    def __init__(self, count: int, interval: str) -> None:
+        super().__init__(
+            f"the range spans {count} {interval} buckets, more than {MAX_BUCKETS}: ask for a "
+            "coarser interval or a shorter range (from, to)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: int  # ms, the start of its UTC hour or day
+    sessions: int  # that started in it
+    bounces: int  # of those
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     sessions: int
@@ -69,6 +97,9 @@ class Stats:
     average_duration_ms: float
     events_per_session: float
     top_entry_paths: list[tuple[str, int]]  # (path, sessions), most first, at most 10
+    top_exit_paths: list[tuple[str, int]]  # the same, by exit path
+    # every bucket of the range, oldest first, empty ones included (see `Sink.stats`)
+    sessions_over_time: list[Bucket]
 
 
 class Sink(Protocol):
@@ -91,8 +122,14 @@ class Sink(Protocol):
         """Sessions of the project that started in [start, end), newest first."""
         ...
 
-    async def stats(self, project_id: str, *, start: int | None, end: int | None) -> Stats:
-        """Aggregates over the sessions that started in [start, end)."""
+    async def stats(
+        self, project_id: str, *, start: int | None, end: int | None, interval: Interval = "day"
+    ) -> Stats:
+        """Aggregates over the sessions that started in [start, end), all from one snapshot
+        (the buckets add up to the totals), each computed by the database. The buckets are
+        `interval` wide: with both bounds, they cover [start, end) (the first holds `start`);
+        with either missing, they run from the first session's bucket to the last's (none
+        without sessions). More than `MAX_BUCKETS` is a `TooManyBuckets` (a 400 over HTTP)."""
         ...
 
     async def close(self) -> None: ...
@@ -261,20 +298,53 @@ def page_of(records: Sequence[Iterable[Any]], limit: int) -> SessionsPage:
     return SessionsPage(sessions, cursor.decode().rstrip("="))
 
 
+def timeline(
+    interval: Interval, start: int | None, end: int | None, first: int | None, last: int | None
+) -> tuple[int, int, int]:
+    """The buckets of `Sink.stats` (see there), given the first and the last `started_at` of
+    the sessions in the range (None without any): the first bucket's start, the width and the
+    number of buckets. Raises `TooManyBuckets` past `MAX_BUCKETS`."""
+    width = INTERVAL_MS.get(interval)
+    if width is None:
+        raise ValueError(f"interval is one of {', '.join(INTERVAL_MS)}, not {interval!r}")
+    if start is not None and end is not None:
+        low, high = start, end - 1  # high < low: an empty range, no buckets
+    elif first is not None and last is not None:
+        low, high = first, last
+    else:
+        return 0, width, 0
+    origin = low - low % width  # Python's % floors: the start of low's hour or day
+    count = max(0, (high - origin) // width + 1)
+    if count > MAX_BUCKETS:
+        raise TooManyBuckets(count, interval)
+    return origin, width, count
+
+
 def stats_of(
-    sessions: int,
-    bounces: int,
-    total_duration_ms: float,
-    total_events: float,
-    top: Iterable[Iterable[Any]],
+    totals: Iterable[Any],
+    line: tuple[int, int, int],
+    buckets: Iterable[Iterable[Any]],
+    entry_paths: Iterable[Iterable[Any]],
+    exit_paths: Iterable[Iterable[Any]],
 ) -> Stats:
-    """`Stats` of the counts and sums over the sessions, and the (path, sessions) rows."""
+    """`Stats` of the sessions' totals (count, bounces, summed duration and events; the
+    columns after those, the first and last start that `timeline` took, are not read), the
+    `timeline`, the (bucket start, sessions, bounces) rows of the buckets that have sessions
+    (every other bucket is empty) and the (path, sessions) rows of the top paths."""
+    sessions, bounces, total_duration_ms, total_events, *_ = totals
+    origin, width, count = line
+    found = {start: (n, b) for start, n, b in buckets}
+    over_time = [
+        Bucket(at, *found.get(at, (0, 0))) for at in range(origin, origin + count * width, width)
+    ]
     if not sessions:
-        return Stats(0, 0.0, 0.0, 0.0, [])
+        return Stats(0, 0.0, 0.0, 0.0, [], [], over_time)
     return Stats(
         sessions,
         bounces / sessions,
         float(total_duration_ms) / sessions,
         float(total_events) / sessions,
-        [(path, count) for path, count in top],
+        [(path, n) for path, n in entry_paths],
+        [(path, n) for path, n in exit_paths],
+        over_time,
     )

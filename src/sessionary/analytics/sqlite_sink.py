@@ -18,6 +18,7 @@ from sessionary.analytics.sink import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     SESSION_FIELDS,
+    Interval,
     SessionsPage,
     Stats,
     page_args,
@@ -26,6 +27,7 @@ from sessionary.analytics.sink import (
     session_values,
     span,
     stats_of,
+    timeline,
 )
 from sessionary.errors import sqlite_unavailable
 from sessionary.sessionize import OutboxEntry, SessionRow
@@ -106,12 +108,20 @@ _SESSIONS = (
 _SPAN = "FROM analytics_sessions WHERE project_id = ?1 AND started_at >= ?2 AND started_at < ?3"
 _TOTALS = (
     "SELECT count(*), count(*) FILTER (WHERE is_bounce), "
-    f"coalesce(sum(duration_ms), 0), coalesce(sum(event_count), 0) {_SPAN}"
+    "coalesce(sum(duration_ms), 0), coalesce(sum(event_count), 0), "
+    f"min(started_at), max(started_at) {_SPAN}"
+)
+# ?4 the bucket width: started_at floored to a multiple of it (a negative time too)
+_BUCKETS = (
+    "SELECT started_at - (started_at % ?4 + ?4) % ?4 AS bucket, count(*), "
+    f"count(*) FILTER (WHERE is_bounce) {_SPAN} GROUP BY bucket"
 )
 _TOP_PATHS = (
-    f"SELECT entry_path, count(*) {_SPAN} AND entry_path IS NOT NULL "
-    "GROUP BY entry_path ORDER BY count(*) DESC, entry_path LIMIT 10"
+    "SELECT {path}, count(*) " + _SPAN + " AND {path} IS NOT NULL "
+    "GROUP BY {path} ORDER BY count(*) DESC, {path} LIMIT 10"
 )
+_TOP_ENTRY_PATHS = _TOP_PATHS.format(path="entry_path")
+_TOP_EXIT_PATHS = _TOP_PATHS.format(path="exit_path")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -145,12 +155,25 @@ def _fetch(sql: str, args: Sequence[object], conn: sqlite3.Connection) -> list[A
     return conn.execute(sql, args).fetchall()
 
 
-def _stats(args: tuple[str, int, int], conn: sqlite3.Connection) -> Stats:
-    conn.execute("BEGIN")  # both queries see one snapshot
+def _stats(
+    project_id: str,
+    start: int | None,
+    end: int | None,
+    interval: Interval,
+    conn: sqlite3.Connection,
+) -> Stats:
+    args = (project_id, *span(start, end))
+    conn.execute("BEGIN")  # every query sees one snapshot
     try:
-        [(sessions, bounces, duration, events)] = conn.execute(_TOTALS, args).fetchall()
+        [totals] = conn.execute(_TOTALS, args).fetchall()
+        line = timeline(interval, start, end, *totals[4:])
+        buckets = conn.execute(_BUCKETS, (*args, line[1])).fetchall() if totals[0] else []
         return stats_of(
-            sessions, bounces, duration, events, conn.execute(_TOP_PATHS, args).fetchall()
+            totals,
+            line,
+            buckets,
+            conn.execute(_TOP_ENTRY_PATHS, args).fetchall(),
+            conn.execute(_TOP_EXIT_PATHS, args).fetchall(),
         )
     finally:
         conn.execute("COMMIT")
@@ -199,8 +222,10 @@ class SqliteSink:
         args = (project_id, first, device_id, profile_id, below_ts, below_id, fetch)
         return page_of(await self._run(partial(_fetch, _SESSIONS, args)), limit)
 
-    async def stats(self, project_id: str, *, start: int | None, end: int | None) -> Stats:
-        return await self._run(partial(_stats, (project_id, *span(start, end))))
+    async def stats(
+        self, project_id: str, *, start: int | None, end: int | None, interval: Interval = "day"
+    ) -> Stats:
+        return await self._run(partial(_stats, project_id, start, end, interval))
 
     async def close(self) -> None:
         await self._run(sqlite3.Connection.close)

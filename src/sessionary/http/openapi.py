@@ -80,8 +80,8 @@ class ErrorBody(BaseModel):
         "project_not_found, invalid_session_id, invalid_cursor, bad_if_match, "
         "malformed_request, invalid_json, batch_too_large, invalid_events, "
         "validation_error, payload_too_deep, payload_too_large, version_conflict, "
-        "too_many_sessions, session_unreadable, session_exists, run_active, run_finished, "
-        "run_busy, already_indexed, conflict, quota_exceeded, store_unavailable, "
+        "too_many_sessions, too_many_buckets, session_unreadable, session_exists, run_active, "
+        "run_finished, run_busy, already_indexed, conflict, quota_exceeded, store_unavailable, "
         "overloaded, no_sink, method_not_allowed, internal_error (the runs API's 404 of "
         "active-session and task-status says its message here, and its code in `code`)"
     )
