@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, Response, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Response, async_playwright
 
 from sessionary import connect
 from sessionary.runs import Runs
 from tests.browser.app import ORIGINS_ENV, PAGE, RUNS, STORE_ENV
+from tests.browser.console import NARROW, WAIT_MS
 from tests.servers import eventually, free_port
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by scripts/ensure-chromium
@@ -202,3 +203,23 @@ async def tab(browser: Browser, tmp_path: Path) -> AsyncIterator[Tab]:
     finally:
         await opened.screenshot(tmp_path)
         await context.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def console_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store of a console test's `sessionary serve`: SQLite, then Redis."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'console.db'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest_asyncio.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh browser context in a narrow window (a phone's width), waiting at most
+    `WAIT_MS` for anything."""
+    opened = await browser.new_context(viewport=NARROW)
+    opened.set_default_timeout(WAIT_MS)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -1,55 +1,28 @@
 """The console in a real browser (Debian's chromium, headless), against `sessionary serve` as a
 process on SQLite and on Redis: signing in with the keyboard, finding and revoking a
-session, and every page in a narrow window. A screenshot of each page visited is saved into
-the test's temporary directory (`<page>.png`), the artifact a person looks at."""
+session, the analytics chart's numbers against /stats, a run's events arriving one by one as
+a producer writes them, every page in a 360 px window. A screenshot of each page visited is
+saved into the test's temporary directory (`<page>.png`), the artifact a person looks at.
+The runs page's own flow (the demo handler, cancelling) is tests/browser/test_console_runs.py."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, expect
 
+from sessionary import connect
+from sessionary.runs import Runs, RunsSettings
+from tests.browser.console import API_KEY, WAIT_MS, Console, fits, sign_in
 from tests.service import Service
 
-API_KEY = "console-admin-key-0123456789"
 PROJECT_KEY = "console-project-key-0123456789"
-NARROW = {"width": 360, "height": 740}
-WAIT_MS = 30_000
-#: the elements reaching past the window's right edge, outside any scrolling box (to say
-#: which, when the page is too wide)
-WIDE_ELEMENTS = """(width) => [...document.querySelectorAll("body *")]
-  .filter((el) => el.getBoundingClientRect().right > width && !el.parentElement.closest(".scroll"))
-  .map((el) => el.tagName + (el.id ? "#" + el.id : "") + "." + el.className)"""
-
-
-@dataclass
-class Console:
-    """`sessionary serve` with the console, and an admin client of its JSON API."""
-
-    service: Service
-    api: httpx.AsyncClient
-    shots: Path
-
-    @property
-    def url(self) -> str:
-        return f"{self.service.url}/console"
-
-    async def screenshot(self, page: Page, name: str) -> None:
-        await page.screenshot(path=self.shots / f"{name}.png", full_page=True)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def console_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'console.db'}"
-    return str(request.getfixturevalue("redis_url"))
 
 
 @pytest_asyncio.fixture
@@ -58,7 +31,7 @@ async def console(console_store: str, tmp_path: Path) -> AsyncIterator[Console]:
 store = "{console_store}"
 api_keys = ["{API_KEY}"]
 [analytics]
-sink = "sqlite:///{tmp_path / 'analytics.db'}"
+sink = "sqlite:///{tmp_path / "analytics.db"}"
 [analytics.projects.shop]
 key = "{PROJECT_KEY}"
 """
@@ -70,36 +43,6 @@ key = "{PROJECT_KEY}"
             yield Console(service, api, tmp_path)
     finally:
         await asyncio.to_thread(service.stop)
-
-
-@pytest_asyncio.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    opened = await browser.new_context(viewport=NARROW)
-    opened.set_default_timeout(WAIT_MS)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def sign_in(page: Page, console: Console) -> None:
-    """Sign in as a keyboard user: the key field has the focus, Enter submits."""
-    await page.goto(f"{console.url}/sessions")
-    assert page.url.startswith(f"{console.url}/sign-in")
-    await console.screenshot(page, "sign-in")
-    focused = await page.evaluate("document.activeElement.id")
-    assert focused == "key"  # the field has the focus, and its label names it
-    assert await page.get_by_label("Admin API key").count() == 1
-    await page.keyboard.type(API_KEY)
-    await page.keyboard.press("Enter")
-    await page.wait_for_url(f"{console.url}/sessions")
-
-
-async def fits(page: Page) -> None:
-    """Nothing of the page is wider than the narrow window (tables scroll in their box)."""
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    wide = await page.evaluate(WIDE_ELEMENTS, NARROW["width"])
-    assert width <= NARROW["width"], f"{width} px wide in a {NARROW['width']} px window: {wide}"
 
 
 async def create(console: Console, subject: str, **body: Any) -> dict[str, Any]:
@@ -158,3 +101,93 @@ async def test_sign_in_find_and_revoke_a_session(console: Console, context: Brow
     await page.wait_for_url(f"{console.url}/sign-in")
     await page.goto(f"{console.url}/sessions")
     assert page.url.startswith(f"{console.url}/sign-in")
+
+
+async def test_the_analytics_chart_shows_the_numbers_of_stats(
+    console: Console, context: BrowserContext
+) -> None:
+    devices = {"a": ["/", "/pricing", "/buy"], "b": ["/"], "c": ["/docs", "/docs/api"], "d": ["/"]}
+    events = [
+        {"name": "screen_view", "device_id": device, "path": path, "event_id": f"{device}{k}"}
+        for device, paths in devices.items()
+        for k, path in enumerate(paths)
+    ]
+    track = await console.api.post(
+        "/api/v1/track", json=events, headers={"Authorization": f"Bearer {PROJECT_KEY}"}
+    )
+    assert track.status_code == 202, track.text
+    stats_url = "/api/v1/projects/shop/stats"
+    for _ in range(WAIT_MS // 100):  # the drainer stores them in the sink within a second
+        stats = (await console.api.get(stats_url)).json()
+        if stats["sessions"] == len(devices):
+            break
+        await asyncio.sleep(0.1)
+    assert stats["sessions"] == len(devices)
+    page = await context.new_page()
+    await sign_in(page, console)
+    await page.get_by_role("link", name="Analytics").click()
+    await page.wait_for_url(f"{console.url}/analytics")
+    await expect(page.locator("#sessions-chart canvas")).to_have_count(1)
+    first = await page.get_by_label("From (UTC day)").input_value()
+    last = await page.get_by_label("To (UTC day, included)").input_value()
+    start = int(datetime.fromisoformat(first).replace(tzinfo=UTC).timestamp() * 1000)
+    end = int(datetime.fromisoformat(last).replace(tzinfo=UTC).timestamp() * 1000) + 86_400_000
+    api = (await console.api.get(stats_url, params={"from": start, "to": end})).json()
+    assert api["sessions"] == len(devices)
+    chart = await page.evaluate(
+        "() => sessionaryConsole.charts['sessions-chart'].data.map((s) => Array.from(s))"
+    )
+    assert chart == [
+        [bucket["start"] / 1000 for bucket in api["sessions_over_time"]],
+        [bucket["sessions"] for bucket in api["sessions_over_time"]],
+        [bucket["bounces"] for bucket in api["sessions_over_time"]],
+    ]
+    tiles = page.locator("#summary")
+    assert await tiles.locator('[data-stat="sessions"]').inner_text() == str(api["sessions"])
+    rate = f"{api['bounce_rate'] * 100:.1f} %"
+    assert await tiles.locator('[data-stat="bounce_rate"]').inner_text() == rate
+    per = f"{api['events_per_session']:.2f}"
+    assert await tiles.locator('[data-stat="events_per_session"]').inner_text() == per
+    entries = page.locator("#top_entry_paths tbody tr td:first-child")
+    assert await entries.all_inner_texts() == [row["path"] for row in api["top_entry_paths"]]
+    exits = page.locator("#top_exit_paths tbody tr td:first-child")
+    assert await exits.all_inner_texts() == [row["path"] for row in api["top_exit_paths"]]
+    await fits(page)
+    await console.screenshot(page, "analytics")
+
+
+async def test_a_runs_events_arrive_as_they_are_produced(
+    console: Console, console_store: str, context: BrowserContext
+) -> None:
+    store = await connect(console_store)
+    try:
+        runs = Runs(store, RunsSettings())
+        conversation = await runs.create_conversation("alice")
+        run = await runs.start(conversation.id, "alice")
+        page = await context.new_page()
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await sign_in(page, console)
+        await page.get_by_role("link", name="Runs").click()
+        await page.get_by_role("textbox", name="Owner (the subject)").fill("alice")
+        await page.get_by_role("button", name="Find conversations").click()
+        await expect(page.locator(f'tr[data-run="{run.id}"]')).to_have_count(1)
+        await fits(page)
+        await console.screenshot(page, "runs")
+        await page.locator(f'tr[data-run="{run.id}"] a').first.click()
+        await page.wait_for_url(f"{console.url}/runs/{run.id}")
+        events = page.locator("ol.events li")
+        await expect(events).to_have_count(1)  # the run's `status queued`, replayed
+        async with runs.producer(run.id, worker="browser-test") as producer:
+            for n in range(5):
+                await producer.emit("chunk", {"n": n})
+                await expect(events).to_have_count(3 + n)  # status running came first
+            await producer.complete({"chunks": 5})
+        await expect(events).to_have_count(8)
+        await expect(page.locator("[data-run-status]")).to_have_text("completed")
+        logged = [event.type for event in (await runs.runs.read(run.id)).events]
+        shown = [await item.get_attribute("data-type") for item in await events.all()]
+        assert shown == logged == ["status", "status", *["chunk"] * 5, "end"]
+        await fits(page)
+        await console.screenshot(page, "run")
+    finally:
+        await store.close()

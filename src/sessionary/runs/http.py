@@ -544,19 +544,12 @@ def runs_router(
         """The run's events as Server-Sent Events: replayed after `Last-Event-ID` (or
         `?after=`, or from the start), then live until `end`."""
         run = await own_run(request, conversation_id, run_id)
-        position = last_event_id or after
-        cursor = None
-        if position:  # checked before the stream starts: a bad cursor is a 400, not a stream
-            cursor = Cursor.parse(position, runs().runs.name, run.id)
-            await runs().runs.read(run.id, after=cursor, limit=1)
-            if run.status in TERMINAL and run.cursor is not None and cursor >= run.cursor:
-                # past the `end`: nothing will ever come, and a 204 stops EventSource
-                return Response(status_code=204, headers={"Cache-Control": "no-store"})
-        return BoundedEventStream(
-            _stream(runs(), run.id, cursor),
-            ping=heartbeat_s,
+        return await event_stream(
+            runs(),
+            run,
+            last_event_id or after,
+            heartbeat_s=heartbeat_s,
             send_timeout_s=send_timeout_s,
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
     served: dict[str, set[str]] = {}
@@ -571,6 +564,35 @@ def runs_router(
             include_in_schema=False,
         )
     return router
+
+
+async def event_stream(
+    runs: Runs,
+    run: Run,
+    position: str | None,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
+) -> Response:
+    """The answer to a request for `run`'s events, once the caller may read them: resumed
+    after `position` (a cursor: `Last-Event-ID`, else `?after=`; None or empty: from the
+    start), a 204 past its `end`, else the stream (see the module docstring). One function
+    for the runs API and the console (`sessionary.web.console.runs`), so both streams are
+    the same. A cursor that is malformed or not this run's raises its 400 here, before the
+    stream starts."""
+    cursor = None
+    if position:
+        cursor = Cursor.parse(position, runs.runs.name, run.id)
+        await runs.runs.read(run.id, after=cursor, limit=1)
+        if run.status in TERMINAL and run.cursor is not None and cursor >= run.cursor:
+            # past the `end`: nothing will ever come, and a 204 stops EventSource
+            return Response(status_code=204, headers={"Cache-Control": "no-store"})
+    return BoundedEventStream(
+        _stream(runs, run.id, cursor),
+        ping=heartbeat_s,
+        send_timeout_s=send_timeout_s,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def _preflight(cors: Cors, methods: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:

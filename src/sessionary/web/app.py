@@ -328,7 +328,13 @@ def create_app(
         admin_router(lambda: namespaces, ApiKeys(settings.api_keys), id_prefixes(settings))
     )
     if settings.console.enabled:
-        services = ConsoleServices(source, lambda: namespaces, features, settings.api_keys)
+        services = ConsoleServices(
+            source,
+            lambda: namespaces,
+            features,
+            settings.api_keys,
+            list(settings.analytics.projects) if settings.analytics.enabled else [],
+        )
         app.mount("/console", console_app(services, settings.console))
     if playground is not None:
         playground.install(app)

@@ -90,6 +90,10 @@ class Services:
     namespaces: Callable[[], Mapping[str, Namespace]]
     features: Features
     keys: Sequence[ApiKey] = field(default_factory=list)
+    #: the analytics projects configured (those the stats API answers for)
+    projects: Sequence[str] = ()
+    #: the store as the health page names it (no password)
+    store_name: str = ""
 
 
 class Console:
@@ -189,6 +193,13 @@ class Console:
 def base(request: Request) -> str:
     """Where the console is mounted (/console), as the pages link to it."""
     return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def notice(request: Request) -> str | None:
+    """What the last form did, as a page says it: the `done` its redirect carried (post,
+    redirect, get), cut short."""
+    done = request.query_params.get("done")
+    return done[:200] if done else None
 
 
 def _query(request: Request) -> str:
@@ -337,11 +348,15 @@ def console_app(
 ) -> ASGIApp:
     """The console as an ASGI application to mount at /console: its routes behind the
     session middleware (namespace `console`)."""
-    from sessionary.web.console import sessions  # the pages, each a module of its own
+    from sessionary.web.console import (  # the pages, each a module of its own
+        analytics,
+        runs,
+        sessions,
+    )
 
     console = Console(services, settings)
     routes = _sign_in_routes(console)
-    for page in pages if pages is not None else (sessions.routes,):
+    for page in pages if pages is not None else (sessions.routes, runs.routes, analytics.routes):
         routes.extend(page(console))
     signed = SessionMiddleware(
         Router(routes),

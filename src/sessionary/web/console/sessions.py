@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from sessionary.errors import InvalidSessionId, ValidationError
 from sessionary.store import Namespace
 from sessionary.web.admin import namespaces_json, session_json
-from sessionary.web.console.app import Admin, Console, base
+from sessionary.web.console.app import Admin, Console, base, notice
 
 
 def routes(console: Console) -> list[BaseRoute]:
@@ -50,7 +50,7 @@ def routes(console: Console) -> list[BaseRoute]:
             "subject": subject,
             "found": found,
             "problem": problem,
-            "notice": _notice(request),
+            "notice": notice(request),
         }
         return console.render(
             request, "sessions.html", context, admin, status=400 if problem else 200
@@ -97,8 +97,3 @@ def _back(request: Request, form: dict[str, str], notice: str) -> Response:
     query = {"namespace": form.get("namespace", ""), "subject": form.get("subject", "")}
     query["done"] = notice
     return RedirectResponse(f"{base(request)}/sessions?{urlencode(query)}", 303)
-
-
-def _notice(request: Request) -> str | None:
-    done = request.query_params.get("done")
-    return done[:200] if done else None
