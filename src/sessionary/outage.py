@@ -23,7 +23,8 @@
   serves reads (read-only, out of memory) is one outage, not one per write.
 * `Backoff` and `repeat`: background jobs (the reaper, the analytics jobs) run on a period;
   while the store is down they wait longer and longer between tries (doubling, capped, with
-  jitter, so many processes do not retry in step) and log once per outage.
+  jitter, so many processes do not retry in step) and log once per outage. Each run's
+  outcome goes to the job's `JobStatus`, which the service shows (`GET /v1/health`).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar, cast
 
+from sessionary.clock import SYSTEM_CLOCK, Clock
 from sessionary.contract import Backend
 from sessionary.errors import StoreUnavailable
 from sessionary.telemetry import backend_kind, traced
@@ -66,7 +69,9 @@ _WAITS = frozenset({"wait_log", "wait_queue"})
 
 class OutageLog:
     """Logs a warning when `where` first fails and an info line when it works again (after
-    `settle` seconds without a failure)."""
+    `settle` seconds without a failure). Its state (`down`, `since_ms`, `failures`, `error`)
+    is what a status page shows; `clock` (monotonic seconds) measures the settling, `wall`
+    (the store's clock, where one is at hand) dates the outage."""
 
     def __init__(
         self,
@@ -75,14 +80,18 @@ class OutageLog:
         *,
         settle: float = DEFAULT_SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
+        wall: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.logger = logger
         self.where = where
         self.settle = settle
         self.clock = clock
+        self.wall = wall
         self.down = False
-        self.failures = 0
+        self.failures = 0  # in the current (or the last) outage
         self.error: BaseException | None = None  # the latest failure
+        #: when the current (or the last) outage began, in ms since the epoch; None: never
+        self.since_ms: int | None = None
         self._since = 0.0
         self._last = 0.0
 
@@ -94,6 +103,7 @@ class OutageLog:
         if not self.down:
             self.down = True
             self._since = now
+            self.since_ms = self.wall.now_ms()
             self.failures = 1
             self.logger.warning(
                 "%s: the store is unavailable (%s); %s", self.where, error, consequence
@@ -270,6 +280,43 @@ def unless_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+@dataclass
+class JobStatus:
+    """What a background job run by `repeat` did lately, kept for a status page (the
+    service's `GET /v1/health`) rather than read back from the logs: its runs and failures
+    since the process started, when the last run started and ended (ms since the epoch, by
+    `clock`: the store's, so that they compare with the sessions' times), how long it took,
+    whether it succeeded (`ok`; None: it has not run yet), and the latest failure's error
+    (kept after a success, `ok` says whether it still fails). `outage` is the job's
+    `OutageLog`, set by `repeat`, so that whoever holds the status reaches it too."""
+
+    name: str
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
+    runs: int = 0
+    failures: int = 0
+    last_started_at: int | None = None
+    last_finished_at: int | None = None
+    last_duration_ms: int | None = None
+    last_error: str | None = None
+    ok: bool | None = None
+    outage: OutageLog | None = field(default=None, repr=False, compare=False)
+
+    def started(self) -> None:
+        self.last_started_at = self.clock.now_ms()
+
+    def finished(self, error: Exception | None = None) -> None:
+        """The run that `started` ended: well (`error` None) or with `error`."""
+        now = self.clock.now_ms()
+        started = now if self.last_started_at is None else self.last_started_at
+        self.runs += 1
+        self.last_finished_at = now
+        self.last_duration_ms = max(0, now - started)
+        self.ok = error is None
+        if error is not None:
+            self.failures += 1
+            self.last_error = f"{type(error).__name__}: {error}"
+
+
 async def repeat(
     job: Callable[[], Awaitable[object]],
     every: float,
@@ -277,23 +324,34 @@ async def repeat(
     *,
     backoff: Backoff | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    status: JobStatus | None = None,
 ) -> NoReturn:
     """Run `job` every `every` seconds until cancelled. While it raises `StoreUnavailable`,
     wait as `backoff` says (by default from `every` up to a minute, jittered) and log once
-    per outage; any other error is logged with its traceback (a bug) and backed off too."""
+    per outage; any other error is logged with its traceback (a bug) and backed off too.
+    Each run's outcome goes to `status` (a run cut short by cancellation is no outcome)."""
     backoff = backoff or Backoff(every, max(every, DEFAULT_BACKOFF_CAP_S))
+    if status is not None:
+        status.outage = outage
     while True:
+        error: Exception | None = None
+        if status is not None:
+            status.started()
         try:
             await job()
         except StoreUnavailable as exc:
+            error = exc
             outage.failed(exc, "backing off")
             delay = backoff.next()
-        except Exception:
+        except Exception as exc:
+            error = exc
             outage.logger.exception("%s failed", outage.where)
             delay = backoff.next()
         else:
             outage.recovered()
             backoff.reset()
             delay = every
+        if status is not None:
+            status.finished(error)
         unless_cancelled()  # however the job ended, a cancelled loop goes no further
         await sleep(delay)

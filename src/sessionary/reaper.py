@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sessionary.counters import Counters
-from sessionary.outage import Backoff, OutageLog, repeat
+from sessionary.outage import Backoff, JobStatus, OutageLog, repeat
 from sessionary.store import Namespace
 
 log = logging.getLogger("sessionary.reaper")
@@ -71,11 +71,14 @@ async def run_forever(
     batch: int = 1000,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     backoff: Backoff | None = None,
+    status: JobStatus | None = None,
 ) -> None:
     """Sweep every `every` until cancelled. While the store is unavailable, try again later
     and later (`backoff`: by default doubling from `every` up to a minute, jittered), with a
-    warning when it fails and an info line when it works again, not one per try."""
+    warning when it fails and an info line when it works again, not one per try. Each
+    sweep's outcome goes to `status` (and its outages are dated by `status.clock`)."""
     namespaces, groups = list(namespaces), list(groups)
+    status = status or JobStatus("reaper")
 
     async def once() -> None:
         found = await sweep(namespaces, groups, batch=batch)
@@ -85,7 +88,8 @@ async def run_forever(
     await repeat(
         once,
         every.total_seconds(),
-        OutageLog(log, "reaper", settle=0),
+        OutageLog(log, "reaper", settle=0, wall=status.clock),
         backoff=backoff,
         sleep=sleep,
+        status=status,
     )

@@ -215,10 +215,10 @@ class Store:
             raise ValueError("max_payload is a positive number of bytes")
         #: the backend as opened (for inspection); the store calls it through `guarded`
         self.backend = backend
-        self.breaker = Breaker(fail_fast, OutageLog(_log, f"store {backend!r}"))
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.breaker = Breaker(fail_fast, OutageLog(_log, f"store {backend!r}", wall=self.clock))
         #: the backend behind the breaker: what namespaces, counters and features call
         self.guarded = guard(backend, self.breaker)
-        self.clock: Clock = clock or SYSTEM_CLOCK
         self.max_payload = max_payload
         self._events = EventBus()
         self._namespaces: dict[str, Namespace] = {}
@@ -340,14 +340,18 @@ class Store:
             raise TypeError(f"{backend!r} does not implement sessionary.sessionize")
         return backend
 
+    def secrets_namespace(self) -> Namespace:
+        """The namespace the shared secrets are kept in, with the one policy it is opened
+        with (another is a `ValueError`): for whoever reads it too (`sessionary check`)."""
+        return self.namespace(SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
+
     async def shared_secret(self, name: str, lifetime: timedelta = _SECRETS_LIFETIME) -> str:
         """A random secret (64 hex digits) that every process sharing this store sees the same,
         created by whichever asks first; a new one once `lifetime` has passed. Read from the
         store again at most `SECRET_RECHECK` after this process last did (see
         `SharedSecrets`)."""
         if self._secrets is None:
-            keep = self.namespace(SECRETS_NAMESPACE, absolute_ttl=_SECRETS_LIFETIME)
-            self._secrets = SharedSecrets(keep, "secret")
+            self._secrets = SharedSecrets(self.secrets_namespace(), "secret")
         expires_at = self.clock.now_ms() + to_ms(min(lifetime, _SECRETS_LIFETIME))
         return await self._secrets.get(name, expires_at=expires_at)
 

@@ -21,6 +21,13 @@ WIDE_ELEMENTS = """(width) => [...document.querySelectorAll("body *")]
   .filter((el) => el.getBoundingClientRect().right > width && !el.parentElement.closest(".scroll"))
   .map((el) => el.tagName + (el.id ? "#" + el.id : "") + "." + el.className)"""
 
+#: the form controls a screen reader could not name: no label, no aria-label, no text
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll(
+    "input:not([type=hidden]), select, textarea, button")]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+    && !(el.tagName === "BUTTON" && el.textContent.trim()))
+  .map((el) => el.outerHTML)"""
+
 
 @dataclass
 class Console:
@@ -52,7 +59,10 @@ async def sign_in(page: Page, console: Console) -> None:
 
 
 async def fits(page: Page) -> None:
-    """Nothing of the page is wider than the narrow window (tables scroll in their box)."""
+    """The page is usable in the narrow window and by keyboard and screen reader: nothing is
+    wider than the window (tables scroll in their own box), and every field and button has
+    a name (a label, or an aria-label)."""
     width = await page.evaluate("document.documentElement.scrollWidth")
     wide = await page.evaluate(WIDE_ELEMENTS, NARROW["width"])
     assert width <= NARROW["width"], f"{width} px wide in a {NARROW['width']} px window: {wide}"
+    assert await page.evaluate(UNNAMED_CONTROLS) == []

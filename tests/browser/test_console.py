@@ -1,6 +1,6 @@
 """The console in a real browser (Debian's chromium, headless), against `sessionary serve` as a
 process on SQLite and on Redis: signing in with the keyboard, finding and revoking a
-session, the analytics chart's numbers against /stats, a run's events arriving one by one as
+session, the health page and its check, the analytics chart's numbers against /stats, a run's events arriving one by one as
 a producer writes them, every page in a 360 px window. A screenshot of each page visited is
 saved into the test's temporary directory (`<page>.png`), the artifact a person looks at.
 The runs page's own flow (the demo handler, cancelling) is tests/browser/test_console_runs.py."""
@@ -68,6 +68,8 @@ async def test_sign_in_find_and_revoke_a_session(console: Console, context: Brow
     await wrong.close()
 
     await sign_in(page, console)
+    await page.keyboard.press("Tab")  # the first stop skips the navigation
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
     cookies = {c["name"]: c for c in await context.cookies()}
     cookie = cookies["sessionary_console"]  # plain http here: not Secure, so not __Host-
     assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
@@ -96,6 +98,21 @@ async def test_sign_in_find_and_revoke_a_session(console: Console, context: Brow
     assert gone.status_code == 404
     still = await console.api.get(f"/v1/namespaces/web/sessions/{kept['id']}")
     assert still.status_code == 200
+
+    await page.get_by_role("link", name="Health").click()
+    await page.wait_for_url(f"{console.url}/health")
+    health = (await console.api.get("/v1/health")).json()
+    assert health["ready"] is True
+    assert await page.locator('[data-stat="ready"]').inner_text() == "ready"
+    jobs = page.locator("#jobs tbody tr[data-name]")
+    assert await jobs.evaluate_all("rows => rows.map((row) => row.dataset.name)") == [
+        job["name"] for job in health["jobs"]
+    ]
+    await page.get_by_role("button", name="Run the check").click()
+    await expect(page.get_by_role("status")).to_have_text("All clean.")
+    assert (await console.api.post("/v1/check")).json()["findings"] == []
+    await fits(page)
+    await console.screenshot(page, "health")
 
     await page.get_by_role("button", name="Sign out").click()
     await page.wait_for_url(f"{console.url}/sign-in")

@@ -255,3 +255,20 @@ async def test_the_assets_are_served_from_the_package(service: httpx.AsyncClient
         assert response.status_code == 200
         assert "max-age" in response.headers["cache-control"]
         assert "set-cookie" not in response.headers
+
+
+async def test_ten_wrong_keys_from_one_address_refuse_its_sign_ins_for_the_window(
+    service: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    for _ in range(10):
+        wrong = await service.post(
+            "/console/sign-in", data={"key": "not-the-key-0123456789"}, headers=ORIGIN
+        )
+        assert wrong.status_code == 401
+    refused = await service.post("/console/sign-in", data={"key": API_KEY}, headers=ORIGIN)
+    assert refused.status_code == 429  # even the right key: the address is refused meanwhile
+    assert "Too many wrong keys" in refused.text
+    assert int(refused.headers["retry-after"]) == 15 * 60
+    assert "set-cookie" not in refused.headers
+    clock.advance(timedelta(minutes=15))
+    await sign_in(service)

@@ -32,7 +32,7 @@ from sessionary.analytics.sink import Sink
 from sessionary.clock import to_ms
 from sessionary.contract import Finding
 from sessionary.errors import ValidationError
-from sessionary.outage import OutageLog, repeat
+from sessionary.outage import JobStatus, OutageLog, repeat
 from sessionary.sessionize import Hit, IngestOutcome, Rules, VacuumReport
 from sessionary.store import Namespace, Store
 
@@ -311,11 +311,14 @@ class Sessionizer:
         vacuum_every: timedelta = timedelta(hours=1),
         vacuum_age: timedelta = timedelta(days=7),
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        statuses: dict[str, JobStatus] | None = None,
     ) -> None:
         """The reaper, the drainer and the vacuum, each on its own period (in tasks named
         `sessionary-analytics-<job>`), until cancelled. While the store or the sink is
         down, a job tries again later and later (doubling from its period up to a minute,
-        jittered), with a warning when it fails and an info line when it works again."""
+        jittered), with a warning when it fails and an info line when it works again.
+        `statuses` gets each job's `JobStatus` (as `analytics-<job>`, on the store's clock)
+        before it first runs."""
         jobs: list[tuple[str, Callable[[], Awaitable[object]], timedelta]] = [
             ("reaper", self.reap, reap_every),
             ("vacuum", lambda: self.vacuum(vacuum_age), vacuum_every),
@@ -324,8 +327,11 @@ class Sessionizer:
             jobs.append(("drainer", self.drain, drain_every))
         async with asyncio.TaskGroup() as group:
             for name, job, every in jobs:
-                outage = OutageLog(log, f"analytics {name}", settle=0)
+                status = JobStatus(f"analytics-{name}", self.store.clock)
+                if statuses is not None:
+                    statuses[status.name] = status
+                outage = OutageLog(log, f"analytics {name}", settle=0, wall=status.clock)
                 group.create_task(
-                    repeat(job, every.total_seconds(), outage, sleep=sleep),
+                    repeat(job, every.total_seconds(), outage, sleep=sleep, status=status),
                     name=f"sessionary-analytics-{name}",
                 )

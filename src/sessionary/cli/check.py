@@ -1,4 +1,5 @@
-"""`sessionary check`: reconcile what the store keeps, for every feature the settings enable.
+"""`sessionary check`: reconcile what the store keeps, for every feature the settings enable
+(what is checked: `sessionary.web.checks`, which the service's `POST /v1/check` shares):
 
 * every namespace the settings declare (and the store's shared secrets): its indexes against
   its records (`Namespace.check`);
@@ -28,13 +29,11 @@ from rich.table import Table
 from sessionary.cli import DURATION
 from sessionary.cli.ops import _connect, _one_line, _settings, config_option, store_option
 from sessionary.contract import Finding
-from sessionary.store import SECRETS_NAMESPACE
+from sessionary.web.checks import check_store, shown
 
 if TYPE_CHECKING:
     from sessionary.web.settings import Settings
 
-#: how much of an id the output shows
-SHOWN = 12
 _EXAMPLES = 3
 
 
@@ -89,55 +88,53 @@ async def _check(
     try:
         if repair and declared.analytics is not None:
             await declared.open_sink(settings)  # a repair drains the outbox to it
-        namespaces = [
-            *declared.namespaces.values(),
-            # any policy opens it: a check changes no session's expiry
-            store.namespace(SECRETS_NAMESPACE, absolute_ttl=timedelta(days=1)),
-        ]
-        findings: list[Finding] = []
         columns = (SpinnerColumn(), TextColumn("{task.description}"))
         with Progress(*columns, console=console, transient=True) as progress:
-            for namespace in namespaces:
-                task = progress.add_task(f"checking {namespace.name}", total=None)
-
-                def report(
-                    examined: int, found: int, task: TaskID = task, name: str = namespace.name
-                ) -> None:
-                    progress.update(
-                        task, description=f"checking {name}: {examined:,} examined, {found:,} found"
-                    )
-
-                found = await namespace.check(repair=repair, limit=limit, progress=report)
-                if len(found) >= limit:
-                    console.print(
-                        f"{namespace.name}: stopped after {len(found):,} findings; rerun "
-                        "(with --repair) for the rest"
-                    )
-                findings += found
-                progress.remove_task(task)
-            if declared.runs is not None:
-                progress.add_task("checking runs' leases", total=None)
-                findings += await declared.runs.check(repair=repair)
-            if declared.analytics is not None:
-                progress.add_task("checking analytics", total=None)
-                findings += await declared.analytics.check(repair=repair, backlog_age=backlog_age)
-        return findings
+            checked = await check_store(
+                store,
+                declared,
+                repair=repair,
+                limit=limit,
+                backlog_age=backlog_age,
+                progress=_Spinners(progress, console),
+            )
+        return checked.findings
     finally:
         await declared.close_sink()
         await store.close()
 
 
-def _shown(session_id: str | None) -> str | None:
-    if session_id is None or len(session_id) <= SHOWN:
-        return session_id
-    return session_id[:SHOWN] + "…"
+class _Spinners:
+    """A check's progress as a spinner per place, on stderr; a namespace stopped at the
+    limit says so."""
+
+    def __init__(self, progress: Progress, console: Console) -> None:
+        self.progress = progress
+        self.console = console
+        self.tasks: dict[str, TaskID] = {}
+
+    def started(self, place: str) -> None:
+        self.tasks[place] = self.progress.add_task(f"checking {place}", total=None)
+
+    def examined(self, place: str, examined: int, found: int) -> None:
+        self.progress.update(
+            self.tasks[place],
+            description=f"checking {place}: {examined:,} examined, {found:,} found",
+        )
+
+    def done(self, place: str, found: int, limited: bool) -> None:
+        if limited:
+            self.console.print(
+                f"{place}: stopped after {found:,} findings; rerun (with --repair) for the rest"
+            )
+        self.progress.remove_task(self.tasks.pop(place))
 
 
 def _as_json(finding: Finding) -> dict[str, object]:
     return {
         "kind": finding.kind,
         "namespace": finding.namespace,
-        "id": _shown(finding.id),
+        "id": shown(finding.id),
         "detail": finding.detail,
         "repaired": finding.repaired,
     }
@@ -152,7 +149,7 @@ def _print_table(findings: list[Finding], repair: bool, console: Console) -> Non
         groups[(finding.kind, finding.namespace)].append(finding)
     table = Table("kind", "namespace", "count", "examples", "repaired")
     for (kind, namespace), found in sorted(groups.items()):
-        examples = [_shown(f.id) or f.detail for f in found[:_EXAMPLES]]
+        examples = [shown(f.id) or f.detail for f in found[:_EXAMPLES]]
         repaired = sum(f.repaired for f in found)
         table.add_row(
             kind,

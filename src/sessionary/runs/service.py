@@ -46,7 +46,7 @@ from sessionary.errors import (
 )
 from sessionary.logs import Cursor, Event, LogEvent, LogReset
 from sessionary.model import Session, SessionEvent
-from sessionary.outage import Backoff, unless_cancelled
+from sessionary.outage import Backoff, JobStatus, unless_cancelled
 from sessionary.queues import WorkQueue
 from sessionary.reaper import run_forever
 from sessionary.runs.model import (
@@ -285,7 +285,9 @@ class Runs:
         return self.settings.lease_ttl + self.lease_check_every
 
     async def watch_leases(
-        self, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+        self,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        status: JobStatus | None = None,
     ) -> None:
         """Sweep the leases every `lease_check_every` until cancelled, failing the run of
         each lapsed one: what keeps `lease_bound`. A sweep of the leases alone, rather than
@@ -293,8 +295,9 @@ class Runs:
         every namespace) run more often, or a check by each follower of its run: one indexed
         query per process per period whatever the number of runs and followers, and a run
         nobody follows (its conversation's queue waits on it) ends in time too. A store down
-        meanwhile: tried again later, as the reaper does."""
-        await run_forever([self.leases], every=self.lease_check_every, sleep=sleep)
+        meanwhile: tried again later, as the reaper does. Each sweep's outcome goes to
+        `status`."""
+        await run_forever([self.leases], every=self.lease_check_every, sleep=sleep, status=status)
 
     async def reap(self, limit: int = 1000) -> int:
         """Claim lapsed leases (their runs error) and expired runs and conversations;

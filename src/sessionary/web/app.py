@@ -40,6 +40,7 @@ from sessionary.http.limits import BodyLimit, ByteBudget
 from sessionary.http.metrics import CONTENT_TYPE, Instrumented, Metrics
 from sessionary.http.openapi import errors, operation_id
 from sessionary.http.tracing import Traced
+from sessionary.outage import JobStatus, OutageLog
 from sessionary.playground import Playground
 from sessionary.reaper import run_forever
 from sessionary.runs import Runs
@@ -57,8 +58,9 @@ from sessionary.store import Namespace, Store, without_password
 from sessionary.telemetry import flush_spans
 from sessionary.web.admin import admin_router
 from sessionary.web.auth import ApiKeys
-from sessionary.web.console import ConsoleServices, console_app, console_namespace
+from sessionary.web.console import ConsoleServices, console_app, console_state
 from sessionary.web.docs import install_docs
+from sessionary.web.health import health_router
 from sessionary.web.settings import Settings, SettingsError
 
 
@@ -74,6 +76,27 @@ class Features:
     runs: Runs | None = None
     worker: Worker | None = None
     analytics: Sessionizer | None = None
+    #: the background jobs the service started, by name, as they run (`GET /v1/health`)
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+
+    def outages(self, store: Store) -> dict[str, OutageLog]:
+        """The parts of the service that each keep an `OutageLog` of `store`: the store's
+        own (every call of the requests, `store.breaker`), then each job's, by name.
+
+        Reached through what the service holds (the store, the jobs' `JobStatus`), not
+        through a process-wide registry of every `OutageLog`: such a registry would also list
+        those of every other store and engine alive in the process (an application that
+        embeds the service next to its own, the tests' many), under names that collide, and
+        a log would stay listed until garbage collection found it, long after its job
+        ended. The runs worker and producers keep none: they back off and retry within the
+        lease (`Runs`), and their failures are the store's, seen here as the store's."""
+        found: dict[str, OutageLog] = {}
+        if store.breaker.outage is not None:
+            found["store"] = store.breaker.outage
+        for name, job in sorted(self.jobs.items()):
+            if job.outage is not None:
+                found[name] = job.outage
+        return found
 
     async def open_sink(self, settings: Settings) -> None:
         """Open the analytics sink; a file or server that cannot be opened is a
@@ -196,7 +219,7 @@ def create_app(
         else StoreSource(settings.store, clock=clock, encryption_keys=settings.encryption())
     )
     namespaces: dict[str, Namespace] = {}
-    features = Features()
+    features = Features(namespaces)
     playground = (
         Playground(source, settings.playground, metrics=metrics)
         if settings.playground.enabled
@@ -232,18 +255,23 @@ def create_app(
             features.runs = declared.runs
             features.analytics = declared.analytics
             if settings.reaper.enabled:
-                swept = list(namespaces.values())
+                swept, groups = list(namespaces.values()), list(declared.groups)
                 if settings.console.enabled:  # its sessions are not the admin API's
-                    swept.append(console_namespace(opened, settings.console))
+                    console_sessions, console_counters = console_state(opened, settings.console)
+                    swept.append(console_sessions)
+                    groups.append(console_counters)
+                reaper = features.jobs["reaper"] = JobStatus("reaper", opened.clock)
                 reaping = run_forever(
                     swept,
-                    declared.groups,
+                    groups,
                     every=settings.reaper.every,
                     batch=settings.reaper.batch,
+                    status=reaper,
                 )
                 await closing.enter_async_context(_running(reaping, "sessionary-reaper"))
                 if features.runs is not None:  # its lease bound: swept every lease / 4
-                    leases = features.runs.watch_leases()
+                    sweeper = features.jobs["run-leases"] = JobStatus("run-leases", opened.clock)
+                    leases = features.runs.watch_leases(status=sweeper)
                     await closing.enter_async_context(_running(leases, "sessionary-run-leases"))
             await features.open_sink(settings)
             closing.push_async_callback(features.close_sink)
@@ -254,6 +282,7 @@ def create_app(
                     drain_every=a.drain_every,
                     vacuum_every=a.vacuum_every,
                     vacuum_age=a.vacuum_age,
+                    statuses=features.jobs,
                 )
                 await closing.enter_async_context(_running(jobs, "sessionary-analytics-jobs"))
             if declared.runs is not None and handler is not None:
@@ -324,9 +353,10 @@ def create_app(
                 ByteBudget(settings.analytics.max_in_flight, settings.max_body),
             )
         )
-    app.include_router(
-        admin_router(lambda: namespaces, ApiKeys(settings.api_keys), id_prefixes(settings))
-    )
+    admin_keys = ApiKeys(settings.api_keys)
+    app.include_router(admin_router(lambda: namespaces, admin_keys, id_prefixes(settings)))
+    store_name = without_password(settings.store) if store is None else repr(store.backend)
+    app.include_router(health_router(source.get, features, admin_keys, store_name))
     if settings.console.enabled:
         services = ConsoleServices(
             source,
@@ -334,6 +364,7 @@ def create_app(
             features,
             settings.api_keys,
             list(settings.analytics.projects) if settings.analytics.enabled else [],
+            store_name,
         )
         app.mount("/console", console_app(services, settings.console))
     if playground is not None:

@@ -16,6 +16,6 @@ and must come from a page of this origin (`Origin`, else `Sec-Fetch-Site`).
 """
 
 from sessionary.web.console.app import Services as ConsoleServices
-from sessionary.web.console.app import console_app, console_namespace
+from sessionary.web.console.app import console_app, console_state
 
-__all__ = ["ConsoleServices", "console_app", "console_namespace"]
+__all__ = ["ConsoleServices", "console_app", "console_state"]

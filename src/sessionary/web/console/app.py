@@ -9,8 +9,8 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
+from sessionary.counters import Charge, Counters
 from sessionary.errors import StoreUnavailable
 from sessionary.http.errors import ResponseError, error_response
 from sessionary.session_request import RequestSession
@@ -51,6 +52,9 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+#: wrong keys one address may send within the window before its sign-ins are refused (429)
+SIGN_IN_FAILURES = 10
+SIGN_IN_WINDOW = timedelta(minutes=15)
 #: what a page shows for a value there is none of (an en dash)
 NONE = "\u2013"
 #: the longest form body read (a sign-in, a revoke: a few hundred bytes)
@@ -298,9 +302,22 @@ def _sign_in_routes(console: Console) -> list[BaseRoute]:
         form = await read_form(request)
         same_origin(request)  # login CSRF: a page elsewhere must not sign a browser in
         target = _safe_next(request, form.get("next"))
+        context: dict[str, Any] = {"next": target, "no_keys": not console.services.keys}
+        store = await console.services.source.get()
+        failures = store.counters(NAMESPACE)
+        attempt = _failed_sign_ins(request)
+        seen = (await failures.read(attempt)).counters[0]
+        if seen.limit is not None and seen.used >= seen.limit:
+            wait_s = -(-(seen.resets_at - store.clock.now_ms()) // 1000)
+            context["error"] = (
+                f"Too many wrong keys from your address: try again in {_duration(wait_s * 1000)}."
+            )
+            response = console.render(request, "sign_in.html", context, None, status=429)
+            response.headers["Retry-After"] = str(max(1, wait_s))
+            return response
         found = console.key_for(form.get("key", ""))
         if found is None:
-            context = {"next": target, "no_keys": not console.services.keys}
+            await failures.charge(replace(attempt, amount=1))
             context["error"] = "That is not an admin API key of this service."
             return console.render(request, "sign_in.html", context, None, status=401)
         print_, _ = found
@@ -325,6 +342,16 @@ def _sign_in_routes(console: Console) -> list[BaseRoute]:
     ]
 
 
+def _failed_sign_ins(request: Request) -> Charge:
+    """The counter of wrong keys sent from the request's address (hashed: the store keeps no
+    address), read with an amount of 0: at `SIGN_IN_FAILURES` within `SIGN_IN_WINDOW` the
+    address is refused until the window ends. A guess at a key of 16+ random characters is
+    hopeless anyway; this keeps a script from trying, and the log from filling."""
+    address = request.client.host if request.client is not None else "unknown"
+    key = "sign-in:" + hashlib.sha256(address.encode()).hexdigest()[:32]
+    return Charge(key, amount=0, limit=SIGN_IN_FAILURES, window=SIGN_IN_WINDOW)
+
+
 def _safe_next(request: Request, target: str | None) -> str:
     """Where to go after signing in: a path of the console, never another site."""
     root = base(request)
@@ -333,12 +360,13 @@ def _safe_next(request: Request, target: str | None) -> str:
     return f"{root}/sessions"
 
 
-def console_namespace(store: Store, settings: ConsoleSettings) -> Namespace:
-    """The namespace of console sessions, with the settings' lifetimes (the reaper's and the
-    middleware's: one policy)."""
-    return store.namespace(
+def console_state(store: Store, settings: ConsoleSettings) -> tuple[Namespace, Counters]:
+    """What the console keeps in `store`, for the reaper to sweep: its sessions (with the
+    settings' lifetimes: the middleware's policy too) and its counters of wrong keys."""
+    sessions = store.namespace(
         NAMESPACE, idle_ttl=settings.idle_ttl, absolute_ttl=settings.absolute_ttl
     )
+    return sessions, store.counters(NAMESPACE)
 
 
 def console_app(
@@ -350,13 +378,23 @@ def console_app(
     session middleware (namespace `console`)."""
     from sessionary.web.console import (  # the pages, each a module of its own
         analytics,
+        health,
         runs,
         sessions,
     )
 
     console = Console(services, settings)
     routes = _sign_in_routes(console)
-    for page in pages if pages is not None else (sessions.routes, runs.routes, analytics.routes):
+    for page in (
+        pages
+        if pages is not None
+        else (
+            sessions.routes,
+            runs.routes,
+            analytics.routes,
+            health.routes,
+        )
+    ):
         routes.extend(page(console))
     signed = SessionMiddleware(
         Router(routes),
