@@ -29,7 +29,8 @@ The hooks make the fuzzer reach past the 404 of a random id and, in the hostile 
   `too_many_buckets`: a bound on from, to and interval together, or on the sessions stored when a
   bound is missing, which no parameter's schema can state); and a conversation the fuzzer just
   created has no run yet (the runs API's 404 `no_active_session`, `no_background_task`), which is
-  not a created resource that cannot be found. Nor is an integer past 64 bits schema-valid, though
+  not a created resource that cannot be found, nor is a session it made with a lifetime of
+  milliseconds and found expired (SHORT_LIVED). Nor is an integer past 64 bits schema-valid, though
   the fuzzer, comparing as doubles, takes 2^63 + 192 to be within a `maximum` of 2^63 - 1.
 """
 
@@ -272,6 +273,27 @@ def flatmap_query(
     return st.one_of(st.just(query), st.sampled_from(variants))
 
 
+#: sessions the fuzzer created or rotated with a lifetime of under `SHORT_LIFETIME_MS`: their
+#: 404 right after is their expiry, not a created resource that cannot be found
+SHORT_LIVED: set[str] = set()
+SHORT_LIFETIME_MS = 10_000
+
+
+@schemathesis.hook
+def after_call(
+    context: schemathesis.HookContext, case: schemathesis.Case, response: schemathesis.Response
+) -> None:
+    """Remember the sessions made to end within seconds (see SHORT_LIVED)."""
+    body = case.body if isinstance(case.body, dict) else {}
+    ttls = [body.get(name) for name in ("idle_ttl_ms", "absolute_ttl_ms")]
+    if response.status_code in (200, 201) and any(
+        type(ttl) is int and ttl < SHORT_LIFETIME_MS for ttl in ttls
+    ):
+        made = error_code(response, "id")
+        if made is not None:
+            SHORT_LIVED.add(made)
+
+
 @schemathesis.hook
 def filter_failure(
     context: schemathesis.HookContext,
@@ -285,6 +307,8 @@ def filter_failure(
     if response.status_code == 503 and documented and "retry-after" in response.headers:
         return False
     if isinstance(failure, EnsureResourceAvailability):
+        if (case.path_parameters or {}).get("session_id") in SHORT_LIVED:
+            return False
         return error_code(response, "code") not in NO_RUN_YET and error_code(response) != (
             "run_not_found"
         )
@@ -303,7 +327,8 @@ def past_64_bits(value: Any) -> bool:
 
 
 def error_code(response: schemathesis.Response, field: str = "error") -> str | None:
-    """The `error` (or another `field`) of an error body, None for any other response."""
+    """A field of a JSON object body (by default an error's `error`), None for any other
+    response."""
     try:
         body = response.json()
     except ValueError:

@@ -15,7 +15,45 @@ the health page "*"). Every form that changes something carries the session's CS
 and must come from a page of this origin (`Origin`, else `Sec-Fetch-Site`).
 """
 
+from starlette.routing import Mount, Router
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
+
+from sessionary.web.console import analytics, health, runs, sessions
+from sessionary.web.console.app import (
+    COOKIE,
+    HERE,
+    NAMESPACE,
+    STATIC_MAX_AGE_S,
+    CachedFiles,
+    Console,
+    console_state,
+    sign_in_routes,
+)
 from sessionary.web.console.app import Services as ConsoleServices
-from sessionary.web.console.app import console_app, console_state
+from sessionary.web.middleware import SessionMiddleware
+from sessionary.web.settings import ConsoleSettings
 
 __all__ = ["ConsoleServices", "console_app", "console_state"]
+
+
+def console_app(services: ConsoleServices, settings: ConsoleSettings) -> ASGIApp:
+    """The console as an ASGI application to mount at /console: its routes behind the
+    session middleware (namespace `console`), its assets beside it."""
+    console = Console(services, settings)
+    routes = sign_in_routes(console)
+    for page in (sessions, runs, analytics, health):
+        routes.extend(page.routes(console))
+    signed = SessionMiddleware(
+        Router(routes),
+        store=services.source,
+        namespace=NAMESPACE,
+        idle_ttl=settings.idle_ttl,
+        absolute_ttl=settings.absolute_ttl,
+        cookie_name=COOKIE,
+        https_only=True if settings.secure_cookie == "always" else "auto",
+        same_site="strict",
+    )
+    static = CachedFiles(StaticFiles(directory=HERE / "static"), STATIC_MAX_AGE_S)
+    # the assets outside the session middleware: loading one costs no store call
+    return Router([Mount("/static", app=static), Mount("", app=signed)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +17,7 @@ from urllib.parse import parse_qsl, quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
@@ -28,7 +27,6 @@ from sessionary.http.errors import ResponseError, error_response
 from sessionary.session_request import RequestSession
 from sessionary.source import StoreSource
 from sessionary.store import Namespace, Store
-from sessionary.web.middleware import SessionMiddleware
 from sessionary.web.settings import ApiKey, ConsoleSettings
 
 if TYPE_CHECKING:
@@ -42,7 +40,7 @@ COOKIE = "sessionary_console"
 SUBJECT_PREFIX = "console:"
 #: how long a browser may keep the vendored assets (their names do not change between
 #: releases, so not forever)
-_STATIC_MAX_AGE_S = 3600
+STATIC_MAX_AGE_S = 3600
 #: the headers of every page: no framing, scripts and styles from this origin only, forms
 #: posted here only, nothing cached (pages show live state and session ids)
 PAGE_HEADERS = {
@@ -289,7 +287,7 @@ def _duration(ms: int | float | None) -> str:
 # -- signing in and out ---------------------------------------------------------------------
 
 
-def _sign_in_routes(console: Console) -> list[BaseRoute]:
+def sign_in_routes(console: Console) -> list[BaseRoute]:
     async def sign_in_page(request: Request) -> Response:
         admin = console.admin(request)
         target = _safe_next(request, request.query_params.get("next"))
@@ -369,49 +367,7 @@ def console_state(store: Store, settings: ConsoleSettings) -> tuple[Namespace, C
     return sessions, store.counters(NAMESPACE)
 
 
-def console_app(
-    services: Services,
-    settings: ConsoleSettings,
-    pages: Iterable[Callable[[Console], list[BaseRoute]]] | None = None,
-) -> ASGIApp:
-    """The console as an ASGI application to mount at /console: its routes behind the
-    session middleware (namespace `console`)."""
-    from sessionary.web.console import (  # the pages, each a module of its own
-        analytics,
-        health,
-        runs,
-        sessions,
-    )
-
-    console = Console(services, settings)
-    routes = _sign_in_routes(console)
-    for page in (
-        pages
-        if pages is not None
-        else (
-            sessions.routes,
-            runs.routes,
-            analytics.routes,
-            health.routes,
-        )
-    ):
-        routes.extend(page(console))
-    signed = SessionMiddleware(
-        Router(routes),
-        store=services.source,
-        namespace=NAMESPACE,
-        idle_ttl=settings.idle_ttl,
-        absolute_ttl=settings.absolute_ttl,
-        cookie_name=COOKIE,
-        https_only=True if settings.secure_cookie == "always" else "auto",
-        same_site="strict",
-    )
-    static = _Cached(StaticFiles(directory=HERE / "static"), _STATIC_MAX_AGE_S)
-    # the assets outside the session middleware: loading one costs no store call
-    return Router([Mount("/static", app=static), Mount("", app=signed)])
-
-
-class _Cached:
+class CachedFiles:
     """Static files with a Cache-Control of `max_age` seconds."""
 
     def __init__(self, app: ASGIApp, max_age: int) -> None:
