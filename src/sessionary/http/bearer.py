@@ -30,9 +30,10 @@ class BearerKeys(Generic[T]):
         """What the request's key stands for; None without a key or with a wrong one. Every
         key is compared, with no early exit: the time taken says nothing about the keys."""
         candidate = presented_key(request)
-        return None if candidate is None else self._find(candidate)
+        return None if candidate is None else self.find(candidate)
 
-    def _find(self, candidate: bytes) -> T | None:
+    def find(self, candidate: bytes) -> T | None:
+        """What `candidate` stands for (None: no key), every key compared as `match` says."""
         found = None
         for secret, value in self._keys:
             if hmac.compare_digest(secret, candidate) and found is None:
@@ -44,7 +45,7 @@ class BearerKeys(Generic[T]):
         candidate = presented_key(request)
         if candidate is None:
             raise unauthorized(f"send the {what} as 'Authorization: Bearer <key>'")
-        found = self._find(candidate)
+        found = self.find(candidate)
         if found is None:
             raise unauthorized(f"the {what} is not valid")
         return found

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from sessionary.counters import Charge, Counters
 from sessionary.errors import StoreUnavailable
+from sessionary.http.bearer import BearerKeys
 from sessionary.http.errors import ResponseError, error_response
 from sessionary.session_request import RequestSession
 from sessionary.source import StoreSource
@@ -110,16 +111,16 @@ class Console:
         self.templates.env.globals["when"] = when
         self.templates.env.globals["ttl"] = ttl
         self._keys = {fingerprint(k.key.get_secret_value()): k for k in services.keys}
+        self._presented = BearerKeys(
+            (key.key.get_secret_value(), (print_, key)) for print_, key in self._keys.items()
+        )
 
     # -- who is signed in -------------------------------------------------------------------
 
     def key_for(self, presented: str) -> tuple[str, ApiKey] | None:
-        """The configured key `presented` is (compared in constant time), by fingerprint."""
-        found = None
-        for print_, key in self._keys.items():  # every key compared: no early exit to time
-            if hmac.compare_digest(key.key.get_secret_value().encode(), presented.encode()):
-                found = (print_, key)
-        return found
+        """The configured key `presented` is, with its fingerprint (every key compared in
+        constant time, as the API's Bearer keys are)."""
+        return self._presented.find(presented.encode())
 
     def admin(self, request: Request) -> Admin | None:
         session: RequestSession = request.state.session
