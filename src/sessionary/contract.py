@@ -36,7 +36,7 @@ Rules every backend keeps (the conformance suite checks each):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
 from typing import Final, Literal, Protocol, runtime_checkable
@@ -303,6 +303,11 @@ class CounterState:
       window's count still weighs).
     * gcra: the theoretical arrival time is `resets_at - value / limit` ms, `value` in
       [0, limit): the counter is full again (used 0) at `resets_at`.
+
+    `window_ms` and `limit` are the rate of the charge that last wrote it (0 and None when
+    unknown: a counter written before backends kept them, or set outright without them), so
+    a listing can tell a sliding or gcra counter's usage (`counter_used`) from its state
+    alone. Charges never read them: each charge names its own rate.
     """
 
     key: str
@@ -310,6 +315,8 @@ class CounterState:
     resets_at: int
     algorithm: CounterAlgorithm = "fixed"
     previous: int = 0
+    window_ms: int = 0
+    limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +516,16 @@ class Backend(Protocol):
         """Remove up to `limit` counters whose window ended; returns how many went."""
         ...
 
+    async def scan_counters(
+        self, group: str, now: int, cursor: str | None, limit: int
+    ) -> tuple[list[CounterState], str | None]:
+        """The group's running counters (`now < resets_at`) as stored, about `limit` at a
+        time (a page may hold fewer, even none, and still not be the last): pass the cursor
+        returned (None to start) until it comes back None. Every counter running throughout
+        the scan is named at least once (some may be named twice). A cursor this backend did
+        not issue is an `InvalidCursor`. For an operator's listing, never for a request."""
+        ...
+
     async def enqueue(self, queue: str, item_id: str, payload: bytes, now: int) -> bool:
         """Add an item at the queue's tail; False, and nothing changes, if an item with that
         id is in the queue (waiting or held)."""
@@ -604,18 +621,18 @@ def plan_charges(
 def counter_at(charge: CounterCharge, running: CounterState | None, now: int) -> CounterState:
     """The counter `charge` names as it stands at `now`, given the running one stored under
     the same algorithm (or None): fresh, or a sliding one rolled to the current window."""
-    window = charge.window_ms
+    window, limit = charge.window_ms, charge.limit
     if charge.algorithm == "fixed":
-        return running or CounterState(charge.key, 0, now + window)
+        return running or CounterState(charge.key, 0, now + window, "fixed", 0, window, limit)
     if charge.algorithm == "gcra":
-        return running or CounterState(charge.key, 0, now, "gcra")
+        return running or CounterState(charge.key, 0, now, "gcra", 0, window, limit)
     ends = now - now % window + window  # the current window's end
     value = previous = 0
     if running is not None and running.resets_at - window == ends:
         value, previous = running.value, running.previous
     elif running is not None and running.resets_at == ends:  # the window just rolled
         previous = running.value
-    return CounterState(charge.key, value, ends + window, "sliding", previous)
+    return CounterState(charge.key, value, ends + window, "sliding", previous, window, limit)
 
 
 def counter_used(charge: CounterCharge, state: CounterState, now: int) -> int:
@@ -650,17 +667,18 @@ def _limit(charge: CounterCharge) -> int:
 
 def _charged(charge: CounterCharge, state: CounterState, now: int) -> CounterState:
     """`state` after an allowed charge of `charge.amount` (negative: a refund)."""
+    window = charge.window_ms
     if charge.algorithm != "gcra":
         value = max(0, state.value + charge.amount)
-        return CounterState(state.key, value, state.resets_at, state.algorithm, state.previous)
-    limit, window = _limit(charge), charge.window_ms
+        return replace(state, value=value, window_ms=window, limit=charge.limit)
+    limit = _limit(charge)
     level = gcra_level(charge, state, now)
     if charge.amount > 0:
         level += charge.amount * window
     else:
         level = max(0, level - min(-charge.amount, limit) * window)
     ahead = -(-level // limit) if limit else 0  # whole ms to the arrival time, rounded up
-    return CounterState(state.key, ahead * limit - level, now + ahead, "gcra")
+    return CounterState(state.key, ahead * limit - level, now + ahead, "gcra", 0, window, limit)
 
 
 @dataclass(slots=True)

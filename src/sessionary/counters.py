@@ -19,6 +19,8 @@ On Redis all counters of a group share one hash tag, so a charge is one script o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -31,10 +33,11 @@ from sessionary.contract import (
     CounterAlgorithm,
     CounterCharge,
     CounterState,
+    counter_at,
     counter_used,
     gcra_level,
 )
-from sessionary.errors import ValidationError
+from sessionary.errors import InvalidCursor, ValidationError
 
 if TYPE_CHECKING:
     from sessionary.store import Store
@@ -46,6 +49,9 @@ MAX_COUNT = MAX_SAFE_INT
 
 GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _KEY_RE = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,200}")
+#: a page's cursor: base64url without padding, as `_page_cursor` makes it
+CURSOR_PATTERN = "[A-Za-z0-9_-]{1,512}"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,29 @@ class ChargeResult:
         raise KeyError(key)
 
 
+@dataclass(frozen=True, slots=True)
+class CounterUsage:
+    """A running counter as a listing shows it (`Counters.list`): what it uses at the
+    listing's moment and when that is back to 0 (as a charge's `CounterReading` says), under
+    the rate of the charge that last wrote it. Where that rate is unknown (a counter written
+    before backends kept it, or set outright) `window_ms` and `limit` are None, and so is
+    `used` for a sliding or gcra counter, whose usage depends on it (a fixed one's is its
+    count)."""
+
+    key: str
+    used: int | None
+    limit: int | None
+    resets_at: int  # ms since the epoch
+    window_ms: int | None
+    algorithm: CounterAlgorithm
+
+
+@dataclass(frozen=True, slots=True)
+class CounterPage:
+    counters: tuple[CounterUsage, ...]
+    next: str | None  # an opaque cursor for the next page, or None at the end
+
+
 class Counters:
     """The counters of one group. Get it from `Store.counters`."""
 
@@ -160,6 +189,50 @@ class Counters:
     async def sweep(self, limit: int = 1000) -> int:
         """Drop up to `limit` counters whose window has ended (Redis does this by itself)."""
         return await self._backend.sweep_counters(self.group, self._clock.now_ms(), limit)
+
+    async def list(self, limit: int = 100, after: str | None = None) -> CounterPage:
+        """The group's running counters, about `limit` a page (a page may hold fewer, even
+        none, before the last): pass `next` as `after` until it is None. Every counter
+        running throughout is listed at least once. For operators (the console, the admin
+        API): it walks the group, never for a request's path. A cursor this did not issue is
+        an `InvalidCursor`."""
+        check_int("a page's limit", limit, 1, 10_000)
+        now = self._clock.now_ms()
+        states, cursor = await self._backend.scan_counters(
+            self.group, now, _backend_cursor(after), limit
+        )
+        usages = {state.key: _usage(state, now) for state in states}  # a key named twice
+        return CounterPage(tuple(usages.values()), _page_cursor(cursor))
+
+
+def _usage(state: CounterState, now: int) -> CounterUsage:
+    """What `state` (running at `now`) reads, as a zero charge under its stored rate would."""
+    window = state.window_ms or None
+    limit = None if state.limit == MAX_COUNT else state.limit  # how `_plan` says "unlimited"
+    if state.algorithm != "fixed" and (window is None or state.limit is None):
+        return CounterUsage(state.key, None, limit, state.resets_at, window, state.algorithm)
+    charge = CounterCharge(state.key, 0, state.limit, state.window_ms, state.algorithm)
+    reading = _reading(charge, counter_at(charge, state, now), now, limit)
+    return CounterUsage(state.key, reading.used, limit, reading.resets_at, window, state.algorithm)
+
+
+def _page_cursor(cursor: str | None) -> str | None:
+    """A backend's cursor as the page gives it: base64url, so it travels in a URL as is."""
+    if cursor is None:
+        return None
+    return base64.urlsafe_b64encode(cursor.encode()).decode().rstrip("=")
+
+
+def _backend_cursor(after: str | None) -> str | None:
+    """The backend's cursor a page's `next` carries; `InvalidCursor` for anything else."""
+    if after is None:
+        return None
+    if not _CURSOR_RE.fullmatch(after):
+        raise InvalidCursor(f"not a counters cursor: {after[:40]!r}")
+    try:
+        return base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor(f"not a counters cursor: {after[:40]!r}") from None
 
 
 def check_amount(what: str, amount: object) -> int:

@@ -1,9 +1,10 @@
 """The console in a real browser (Debian's chromium, headless), against `sessionary serve` as a
 process on SQLite and on Redis: signing in with the keyboard, finding and revoking a
-session, the health page and its check, the analytics chart's numbers against /stats, a run's events arriving one by one as
-a producer writes them, every page in a 360 px window. A screenshot of each page visited is
-saved into the test's temporary directory (`<page>.png`), the artifact a person looks at.
-The runs page's own flow (the demo handler, cancelling) is tests/browser/test_console_runs.py."""
+session, the health page and its check, the analytics chart's numbers against /stats, a
+run's events arriving one by one as a producer writes them, every page in a 360 px window. A
+screenshot of each page visited is saved into the test's temporary directory (`<page>.png`),
+the artifact a person looks at. The runs page's own flow (the demo handler, cancelling) is
+tests/browser/test_console_runs.py."""
 
 from __future__ import annotations
 

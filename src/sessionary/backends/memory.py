@@ -651,6 +651,21 @@ class MemoryBackend:
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         return self._group(group).sweep(now, limit)
 
+    async def scan_counters(
+        self, group: str, now: int, cursor: str | None, limit: int
+    ) -> tuple[list[CounterState], str | None]:
+        """In key order: the cursor is the last key listed (any string is a place in that
+        order, so none is refused)."""
+        found = self._counters.get(group)
+        if found is None:
+            return [], None
+        after = "" if cursor is None else cursor
+        running = (s for key, s in found.values.items() if key > after and s.resets_at > now)
+        page = heapq.nsmallest(limit + 1, running, key=lambda state: state.key)
+        if len(page) <= limit:
+            return page, None
+        return page[:limit], page[limit - 1].key
+
     # -- work queues ------------------------------------------------------------------------------
 
     async def enqueue(self, queue: str, item_id: str, payload: bytes, now: int) -> bool:

@@ -106,6 +106,8 @@ _SCHEMA = (
         resets_at INTEGER NOT NULL,
         algorithm TEXT    NOT NULL DEFAULT 'fixed',
         previous  INTEGER NOT NULL DEFAULT 0,
+        window_ms INTEGER NOT NULL DEFAULT 0,
+        lim       INTEGER,
         PRIMARY KEY (grp, key)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS counters_by_reset ON counters (grp, resets_at)",
@@ -149,6 +151,8 @@ _OWN_LIFETIME_COLUMNS = ("own_idle_ms", "own_absolute_ms")
 _COUNTER_ALGORITHM_COLUMNS = {
     "algorithm": "TEXT NOT NULL DEFAULT 'fixed'",
     "previous": "INTEGER NOT NULL DEFAULT 0",
+    "window_ms": "INTEGER NOT NULL DEFAULT 0",  # a counter's rate (0 / NULL: unknown)
+    "lim": "INTEGER",
 }
 _COLUMNS = (
     "id, subject, created_at, last_seen_at, expires_at, version, data, metadata, counters, "
@@ -268,14 +272,21 @@ _CLAIM = (
     f"AND id IN (SELECT value FROM json_each(?)) RETURNING {_COLUMNS}"
 )
 _COUNT = "SELECT count(*) FROM sessions WHERE namespace = ? AND expires_at > ?"
+_COUNTER_COLUMNS = "key, value, resets_at, algorithm, previous, window_ms, lim"
 _READ_COUNTERS = (
-    "SELECT key, value, resets_at, algorithm, previous FROM counters "
+    f"SELECT {_COUNTER_COLUMNS} FROM counters "
     "WHERE grp = ? AND key IN (SELECT value FROM json_each(?))"
 )
 _PUT_COUNTER = (
-    "INSERT INTO counters (grp, key, value, resets_at, algorithm, previous) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE SET value = excluded.value, "
-    "resets_at = excluded.resets_at, algorithm = excluded.algorithm, previous = excluded.previous"
+    "INSERT INTO counters (grp, key, value, resets_at, algorithm, previous, window_ms, lim) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE SET "
+    "value = excluded.value, resets_at = excluded.resets_at, algorithm = excluded.algorithm, "
+    "previous = excluded.previous, window_ms = excluded.window_ms, lim = excluded.lim"
+)
+# ?1 group, ?2 now, ?3 the last key listed ('' to start), ?4 how many: the primary key's order
+_SCAN_COUNTERS = (
+    f"SELECT {_COUNTER_COLUMNS} FROM counters "
+    "WHERE grp = ?1 AND key > ?3 AND resets_at > ?2 ORDER BY key LIMIT ?4"
 )
 _SWEEP_COUNTERS = (
     "DELETE FROM counters WHERE grp = ?1 AND key IN "
@@ -410,7 +421,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     """Bring a file of an older schema up to this one, inside the opening transaction: a
     schema-1 file gains the own-lifetime columns (NULL: its sessions keep living by their
     namespace's policy), and a file from before sliding and gcra counters gains their
-    columns (its counters stay fixed windows)."""
+    columns (its counters stay fixed windows), and one from before counters kept their rate
+    gains `window_ms` and `lim` (0 and NULL: unknown until the counter's next charge)."""
     present = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
     for column in _OWN_LIFETIME_COLUMNS:
         if column not in present:
@@ -421,8 +433,19 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE counters ADD COLUMN {column} {declaration}")
 
 
-def _counter_row(group: str, state: CounterState) -> tuple[str, str, int, int, str, int]:
-    return (group, state.key, state.value, state.resets_at, state.algorithm, state.previous)
+def _counter_row(
+    group: str, state: CounterState
+) -> tuple[str, str, int, int, str, int, int, int | None]:
+    return (
+        group,
+        state.key,
+        state.value,
+        state.resets_at,
+        state.algorithm,
+        state.previous,
+        state.window_ms,
+        state.limit,
+    )
 
 
 def _subject_args(subject: SubjectChange) -> tuple[bool, str | None]:
@@ -1140,6 +1163,21 @@ class SQLiteBackend:
             return db.execute(_SWEEP_COUNTERS, (group, now, limit)).rowcount
 
         return await self._submit(run, writes=True)
+
+    async def scan_counters(
+        self, group: str, now: int, cursor: str | None, limit: int
+    ) -> tuple[list[CounterState], str | None]:
+        """In key order, seeking the primary key: the cursor is the last key listed (any
+        string is a place in that order, so none is refused)."""
+        args = (group, now, "" if cursor is None else cursor, limit + 1)
+
+        def run(db: sqlite3.Connection) -> list[CounterState]:
+            return [CounterState(*row) for row in db.execute(_SCAN_COUNTERS, args)]
+
+        found = await self._submit(run, writes=False)
+        if len(found) <= limit:
+            return found, None
+        return found[:limit], found[limit - 1].key
 
     # -- work queues ------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,8 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessionary.clock import ManualClock
-from sessionary.counters import Charge, ChargeResult, CounterReading
-from sessionary.errors import ValidationError
+from sessionary.contract import CounterState
+from sessionary.counters import (
+    Charge,
+    ChargeResult,
+    CounterPage,
+    CounterReading,
+    Counters,
+    CounterUsage,
+)
+from sessionary.errors import InvalidCursor, ValidationError
 from sessionary.store import Store
 
 DAY = timedelta(days=1)
@@ -95,7 +104,7 @@ Algorithm = Literal["sliding", "gcra"]
 
 
 class CounterConformance:
-    """Counter groups: windows, all-or-nothing charges, refunds, races."""
+    """Counter groups: windows, all-or-nothing charges, refunds, races, listings."""
 
     #: False for a backend whose store drops finished counters by itself (Redis TTLs).
     sweeps_counters = True
@@ -426,6 +435,107 @@ class CounterConformance:
             reading = result[key]
             assert reading.used == model.used(now)
             _check_moments(reading, model, now)
+
+    # -- listing a group ---------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_a_listing_names_each_running_counter_once(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        """Page after page of a small limit: every running counter once, as a zero charge
+        under its own rate reads it (so a sliding or gcra counter shows its real usage),
+        the finished ones and other groups' left out."""
+        quota = store.counters("listing")
+        charges = [
+            *(Charge(f"ip:{n}", amount=n % 3 + 1, limit=9, window=DAY) for n in range(12)),
+            *(Charge(f"s:{n}", limit=5, window=HOUR, algorithm="sliding") for n in range(4)),
+            *(Charge(f"g:{n}", 2, limit=4, window=HOUR, algorithm="gcra") for n in range(4)),
+            Charge("session:u", limit=50, until=clock.now_ms() + 2 * HOUR_MS),
+            Charge("global", 7, window=HOUR),  # unlimited
+        ]
+        for charge in charges:
+            assert (await quota.charge(charge)).allowed
+        await quota.charge(Charge("short", limit=5, window=MINUTE))
+        await store.counters("other").charge(Charge("ip:0", limit=5, window=DAY))
+        clock.advance(MINUTE)  # "short" is over; the sliding and gcra counters drained some
+        listed = await _list_all(quota, 3)
+        assert sorted(c.key for c in listed) == sorted(c.key for c in charges)
+        readings = (await quota.read(*charges)).counters
+        for charge, reading in zip(charges, readings, strict=True):
+            (usage,) = (c for c in listed if c.key == charge.key)
+            assert (usage.used, usage.limit, usage.resets_at, usage.algorithm) == (
+                reading.used,
+                reading.limit,
+                reading.resets_at,
+                charge.algorithm,
+            )
+        assert {c.window_ms for c in listed if c.key.startswith(("s:", "g:"))} == {HOUR_MS}
+        assert next(c for c in listed if c.key == "session:u").window_ms == 2 * HOUR_MS
+        assert next(c for c in listed if c.key == "g:0").used == 2  # a minute drains < 1
+
+    @pytest.mark.asyncio
+    async def test_a_listing_of_an_empty_or_finished_group_is_empty(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        quota = store.counters("quiet")
+        assert await quota.list() == CounterPage((), None)
+        await quota.charge(Charge("k", limit=5, window=MINUTE))
+        assert [c.key for c in (await quota.list()).counters] == ["k"]
+        clock.advance(MINUTE)
+        assert await _list_all(quota, 10) == []
+
+    @pytest.mark.asyncio
+    async def test_a_counter_without_a_known_rate_lists_what_is_known(
+        self, store: Store, clock: ManualClock
+    ) -> None:
+        """A sliding counter whose rate the backend does not know (written by an older
+        sessionary) lists with its window's end but no usage, rather than a wrong one; a
+        fixed one with its count."""
+        now = clock.now_ms()
+        states = [
+            CounterState("old", 3, now + HOUR_MS, "sliding", 1),
+            CounterState("fixed", 4, now + HOUR_MS),
+        ]
+        await store.guarded.set_counters("legacy", states, now)
+        listed = sorted(await _list_all(store.counters("legacy"), 10), key=lambda c: c.key)
+        assert listed == [
+            CounterUsage("fixed", 4, None, now + HOUR_MS, None, "fixed"),  # its count is its use
+            CounterUsage("old", None, None, now + HOUR_MS, None, "sliding"),
+        ]
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("after", ["", "not a cursor", "a" * 513, "A", "_w"])
+    async def test_a_bad_cursor_is_refused(self, store: Store, after: str) -> None:
+        await store.counters("q").charge(Charge("k", limit=5, window=DAY))
+        with pytest.raises(InvalidCursor):
+            await store.counters("q").list(2, after)
+
+    @pytest.mark.asyncio
+    async def test_a_forged_cursor_is_refused_or_a_place_to_start(self, store: Store) -> None:
+        """A well-formed cursor the backend did not issue: `InvalidCursor`, or a page (never
+        another error), whatever the backend makes of it."""
+        quota = store.counters("q")
+        await quota.charge(Charge("k", limit=5, window=DAY))
+        for raw in ("zz", "-1", "99999999999999999999", "ip:0", "\u00e9"):
+            forged = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+            try:
+                page = await quota.list(2, forged)
+            except InvalidCursor:
+                continue
+            assert all(c.key == "k" for c in page.counters)
+
+
+async def _list_all(quota: Counters, limit: int) -> list[CounterUsage]:
+    """Every page of the group's listing, in order."""
+    listed: list[CounterUsage] = []
+    after: str | None = None
+    for _ in range(10_000):
+        page = await quota.list(limit, after)
+        assert len(page.counters) <= 2 * limit
+        listed += page.counters
+        if (after := page.next) is None:
+            return listed
+    raise AssertionError("the listing never ended")
 
 
 def _check_moments(reading: CounterReading, model: SlidingModel | GcraModel, now: int) -> None:

@@ -4,13 +4,18 @@ Times are integer ms since the epoch (UTC); a session's version travels as its E
 PATCH with `If-Match: "<version>"` writes only over that version (412 otherwise). The key is
 checked before anything else of a request (a request without one gets a 401, however malformed
 its body); bodies are strict JSON (an integer is a JSON integer: not a bool, not a string).
+
+`GET /v1/counters/{group}` lists a counter group's running counters, a page at a time. A
+group is authorized like a namespace of its name (a key scoped to "playground" lists the
+playground's group; "*" lists any): counter groups and namespaces share one name space in
+the settings (the playground's group is named like its namespace).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -22,15 +27,15 @@ from starlette.responses import Response
 
 from sessionary.clock import to_ms
 from sessionary.codec import MAX_SAFE_INT
-from sessionary.contract import KEEP, Keep
-from sessionary.counters import MAX_COUNT
+from sessionary.contract import KEEP, CounterAlgorithm, Keep
+from sessionary.counters import CURSOR_PATTERN, GROUP_RE, MAX_COUNT, CounterPage, Counters
 from sessionary.devices import Device
 from sessionary.errors import SessionNotFound
 from sessionary.http.errors import JSONResponse, ResponseError, error_response
 from sessionary.http.handlers import guarded
 from sessionary.http.openapi import ADMIN_KEY, STORE, Integral, errors, id_pattern
 from sessionary.model import Session
-from sessionary.store import _COUNTER_RE, MAX_SUBJECT_LENGTH, Namespace
+from sessionary.store import _COUNTER_RE, MAX_SUBJECT_LENGTH, Namespace, Store
 from sessionary.web.auth import ApiKeys
 
 
@@ -86,6 +91,31 @@ class NamespacesOut(BaseModel):
 
 class RevokedOut(BaseModel):
     revoked: int = Field(description="how many sessions were deleted")
+
+
+class CounterOut(BaseModel):
+    """A running counter, read as a charge of 0 under the rate of the charge that last wrote
+    it would read it (`sessionary.counters.Counters.list`)."""
+
+    key: str
+    used: int | None = Field(
+        description="what it uses now; null: its rate is unknown (a sliding or gcra counter "
+        "written by an older sessionary, until its next charge)"
+    )
+    limit: int | None = Field(description="the last charge's limit (null: none, or unknown)")
+    resets_at: int = Field(
+        description="ms since the epoch: when it is back to 0 if nothing more is charged"
+    )
+    window_ms: int | None = Field(description="the last charge's window (null: unknown)")
+    algorithm: CounterAlgorithm
+
+
+class CountersOut(BaseModel):
+    counters: list[CounterOut] = Field(
+        description="about `limit` of the group's running counters (a page may hold fewer, "
+        "even none, before the last); each running counter is listed at least once"
+    )
+    next: str | None = Field(description="the next page's cursor, for `after`; null: the end")
 
 
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
@@ -242,6 +272,25 @@ async def namespaces_json(namespaces: Mapping[str, Namespace]) -> list[dict[str,
     ]
 
 
+def counters_json(page: CounterPage) -> dict[str, Any]:
+    """A page of a counter group's listing, as `GET /v1/counters/{group}` answers it (and
+    the console shows it)."""
+    return {
+        "counters": [
+            {
+                "key": usage.key,
+                "used": usage.used,
+                "limit": usage.limit,
+                "resets_at": usage.resets_at,
+                "window_ms": usage.window_ms,
+                "algorithm": usage.algorithm,
+            }
+            for usage in page.counters
+        ],
+        "next": page.next,
+    }
+
+
 def _ms(ttl: timedelta | None) -> int | None:
     return None if ttl is None else to_ms(ttl)
 
@@ -258,10 +307,12 @@ def admin_router(
     namespaces: Callable[[], Mapping[str, Namespace]],
     keys: ApiKeys,
     id_prefixes: Iterable[str] = ("",),
+    *,
+    store: Callable[[], Awaitable[Store]],
 ) -> APIRouter:
     """The /v1 routes over the namespaces `namespaces()` returns (known once the store is
-    open). `id_prefixes`: the id prefixes of those namespaces, for the document's pattern
-    of a session id."""
+    open) and the counter groups of `store()`. `id_prefixes`: the id prefixes of those
+    namespaces, for the document's pattern of a session id."""
 
     def key_first(request: Request) -> None:
         keys.require(request, request.path_params.get("namespace"))
@@ -476,6 +527,28 @@ def admin_router(
                 )
             )
         return JSONResponse(payload)
+
+    @router.get("/counters/{group}", response_model=CountersOut)
+    async def list_counters(
+        request: Request,
+        group: Annotated[str, Path(pattern=f"^{GROUP_RE.pattern}$")],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[
+            str | None,
+            Query(
+                max_length=512,
+                description="the page's cursor (`next` of the page before)",
+                json_schema_extra={"pattern": f"^{CURSOR_PATTERN}$"},
+            ),
+        ] = None,
+    ) -> Response:
+        """A counter group's running counters, a page at a time (`next` pages on; a cursor
+        not from `next` is a 400): each with what it uses now and when that ends. A group
+        nothing was charged to lists nothing. The key must be allowed on the group's name."""
+        keys.require(request, group)
+        # not `Store.counters`, which keeps each group it is asked for: any name may come
+        page = await Counters(await store(), group).list(limit, after)
+        return JSONResponse(counters_json(page))
 
     return router
 

@@ -67,9 +67,9 @@ from sessionary.web.settings import Settings, SettingsError
 @dataclass
 class Features:
     """What the settings configure on a store: namespaces by name (the admin API's and the
-    reaper's), counter groups to sweep, the runs feature (its lapsed leases are failed
-    by whichever process reaps them, so every reaper must have it) and analytics (without
-    its sink, which `open_sink` adds)."""
+    reaper's), counter groups (to sweep, and for the console to list), the runs feature (its
+    lapsed leases are failed by whichever process reaps them, so every reaper must have it)
+    and analytics (without its sink, which `open_sink` adds)."""
 
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     groups: list[Counters] = field(default_factory=list)
@@ -252,6 +252,7 @@ def create_app(
             declared = declare(settings, opened, analytics_metrics)
             await _settle_limited(declared.namespaces.values())
             namespaces.update(declared.namespaces)
+            features.groups = declared.groups
             features.runs = declared.runs
             features.analytics = declared.analytics
             if settings.reaper.enabled:
@@ -354,7 +355,9 @@ def create_app(
             )
         )
     admin_keys = ApiKeys(settings.api_keys)
-    app.include_router(admin_router(lambda: namespaces, admin_keys, id_prefixes(settings)))
+    app.include_router(
+        admin_router(lambda: namespaces, admin_keys, id_prefixes(settings), store=source.get)
+    )
     store_name = without_password(settings.store) if store is None else repr(store.backend)
     app.include_router(health_router(source.get, features, admin_keys, store_name))
     if settings.console.enabled:

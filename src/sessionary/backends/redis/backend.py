@@ -10,9 +10,11 @@ each script declares every key it touches in KEYS:
     <prefix>{web:07}:s:<id>   hash: the session (see common.lua for its fields)
     <prefix>{web:07}:x        sorted set: ids by expires_at (what `due`/`claim` read)
     <prefix>{web:07}:u        sorted set: "<subject>\\0<id>", read by lex range per subject
-    <prefix>{c:<group>}:<key> hash: a counter of a counter group (v value, r resets_at, and
-                              for sliding/gcra: p previous, a algorithm); one
-                              tag per group, so a charge of several counters is one script
+    <prefix>{c:<group>}:<key> hash: a counter of a counter group (v value, r resets_at, w
+                              window ms and l limit of its last charge, and for
+                              sliding/gcra: p previous, a algorithm); one tag per
+                              group, so a charge of several counters is one script
+                              and a group's listing SCANs one node
     <prefix>{an:<project>}:*  analytics: a project's sessionization state and outbox, one
                               tag per project, so a batch is one script (see analytics.lua)
     <prefix>an:projects       set: every project that ever ingested
@@ -98,6 +100,7 @@ from sessionary.contract import (
 )
 from sessionary.errors import (
     BadStoreURL,
+    InvalidCursor,
     LogClosed,
     SessionExists,
     SessionNotFound,
@@ -320,6 +323,19 @@ _ALGORITHMS: dict[bytes, CounterAlgorithm] = {
 
 def _algorithm(raw: bytes) -> CounterAlgorithm:
     return _ALGORITHMS[raw]
+
+
+#: the most SCAN steps one page of `scan_counters` takes (each a round trip)
+_SCAN_STEPS = 32
+
+
+def _scan_position(cursor: str | None) -> int:
+    """A SCAN cursor as `scan_counters` issues it (an unsigned 64-bit number in decimal)."""
+    if cursor is None:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) >= 2**64:
+        raise InvalidCursor(f"not a counters cursor: {cursor[:40]!r}")
+    return int(cursor)
 
 
 def _limit_args(limits: LogLimits) -> tuple[str | int, str | int]:
@@ -1021,6 +1037,8 @@ class RedisBackend:
                 int(reply[2 + 4 * i]),
                 _algorithm(reply[4 + 4 * i]),
                 int(reply[3 + 4 * i]),
+                charge.window_ms,
+                charge.limit,
             )
             for i, charge in enumerate(charges)
         ]
@@ -1030,7 +1048,9 @@ class RedisBackend:
     async def set_counters(self, group: str, states: Sequence[CounterState], now: int) -> None:
         args: list[str | int] = [now]
         for state in states:
+            limit = "" if state.limit is None else state.limit
             args += [state.value, state.resets_at, state.previous, state.algorithm]
+            args += [state.window_ms, limit]
         await self._scripts.run(
             self.calls,
             self._scripts.set_counters,
@@ -1040,6 +1060,54 @@ class RedisBackend:
 
     async def sweep_counters(self, group: str, now: int, limit: int) -> int:
         return 0  # every counter key carries a TTL ending with its window: Redis sweeps
+
+    @_translate_errors
+    async def scan_counters(
+        self, group: str, now: int, cursor: str | None, limit: int
+    ) -> tuple[list[CounterState], str | None]:
+        """SCAN (COUNT `limit`) with a MATCH of the group's keys, on the node holding its
+        hash tag on a cluster, step after step until `limit` are found, the scan ends, or
+        `_SCAN_STEPS` steps ran (a page may hold fewer, or up to about twice as many); then
+        their fields in one round trip, keeping the running ones. The cursor is SCAN's."""
+        position = _scan_position(cursor)
+        tag = self._counter_keys(group, [""])[0]
+        pattern = check.glob_escape(tag) + "*"
+        client = self.client
+        node = client.get_node_from_key(tag) if isinstance(client, RedisCluster) else None
+        keys: list[bytes] = []
+        for _ in range(_SCAN_STEPS):
+            if node is not None:
+                positions, found = await client.scan(
+                    position, match=pattern, count=limit, target_nodes=node
+                )
+                position = cast(dict[str, int], positions)[node.name]
+            else:
+                position, found = await client.scan(position, match=pattern, count=limit)
+            keys.extend(cast(list[bytes], found))
+            if position == 0 or len(keys) >= limit:
+                break
+        keys = list(dict.fromkeys(keys))  # SCAN may name a key twice
+        if not keys:
+            return [], None if position == 0 else str(position)
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, "v", "r", "p", "a", "w", "l")
+            replies = _raise_first(await pipe.execute(raise_on_error=False))
+        cut = len(tag)
+        states = [
+            CounterState(
+                key[cut:].decode(),
+                int(v),
+                int(r),
+                "fixed" if a is None else _algorithm(a),
+                int(p or 0),
+                int(w or 0),
+                None if not lim else int(lim),  # '' (or absent): no limit
+            )
+            for key, (v, r, p, a, w, lim) in zip(keys, replies, strict=True)
+            if v is not None and int(r) > now  # gone (expired) since the SCAN, or ending
+        ]
+        return states, None if position == 0 else str(position)
 
     # -- work queues: one hash tag per queue, see queue.lua --------------------------------
 

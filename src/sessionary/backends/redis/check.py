@@ -46,6 +46,11 @@ _PHASES = ("x", "u", "s")
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a SCAN MATCH pattern (a prefix may hold glob characters)."""
+    return _GLOB.sub(r"\\\1", text)
+
+
 async def check_indexes(
     backend: RedisBackend, ns: str, now: int, cursor: str | None, batch: int, *, repair: bool
 ) -> CheckPage:
@@ -140,7 +145,7 @@ async def _sessions(
     """One SCAN step over the namespace's session keys (on a cluster, of the `node`-th
     primary by name); `node` comes back -1 once every server is done."""
     one_slot = backend._one_slot[ns]
-    prefix = _GLOB.sub(r"\\\1", backend.prefix)
+    prefix = glob_escape(backend.prefix)
     pattern = f"{prefix}{{{ns}}}:??:s:*" if one_slot else f"{prefix}{{{ns}:??}}:s:*"
     client = backend.client
     if isinstance(client, RedisCluster):

@@ -4,7 +4,8 @@
 -- All or nothing: if a positive charge would pass its limit, nothing is written. The
 -- arithmetic is contract.plan_charges' (see docs/quotas.md); every product stays below 2^53
 -- because limit * window <= 2^52 for sliding and gcra counters.
--- A hash: v value, r resets_at, p previous (sliding), a algorithm (absent: fixed).
+-- A hash: v value, r resets_at, p previous (sliding), a algorithm (absent: fixed), w window
+-- ms and l limit ('' or absent: none) of the charge that last wrote it.
 local now = tonumber(ARGV[1])
 
 -- ceil(a / b) for integers 0 <= a, 1 <= b, exact while a + b <= 2^53
@@ -82,15 +83,19 @@ for i = 1, n do
       values[i] = values[i] + amount
       if values[i] < 0 then values[i] = 0 end
     end
-    if algo == 'fixed' then
-      redis.call('HSET', KEYS[i], 'v', int(values[i]), 'r', int(resets[i]))
-      -- a new window: whatever an earlier algorithm left goes (after the write, so a Redis
-      -- refusing writes refuses before anything changed)
-      if not running[i] then redis.call('HDEL', KEYS[i], 'p', 'a') end
-    else
-      redis.call('HSET', KEYS[i], 'v', int(values[i]), 'r', int(resets[i]),
-        'p', int(previous[i]), 'a', algo)
+    -- w, l: the charge's rate ('' no limit), kept for listings (scan_counters), never read
+    -- here; written with the rest, so a charge costs no more calls than before
+    local fields = {'v', int(values[i]), 'r', int(resets[i]), 'w', int(window), 'l', limits[i]}
+    local gone = {}
+    if algo ~= 'fixed' then
+      fields[#fields + 1], fields[#fields + 2] = 'p', int(previous[i])
+      fields[#fields + 1], fields[#fields + 2] = 'a', algo
+    elseif not running[i] then  -- a new window: whatever an earlier algorithm left goes
+      gone[#gone + 1], gone[#gone + 2] = 'p', 'a'
     end
+    redis.call('HSET', KEYS[i], unpack(fields))
+    -- after the write, so a Redis refusing writes refuses before anything changed
+    if #gone > 0 then redis.call('HDEL', KEYS[i], unpack(gone)) end
     redis.call('PEXPIRE', KEYS[i], resets[i] - now)
   end
   reply[4 * i - 2] = int(values[i])

@@ -1,0 +1,47 @@
+"""A SQLite file from before counters kept their rate opens with `window_ms` and `lim`
+added: its counters list with what is known, and a charge gives a counter its rate."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+from sessionary import ManualClock, connect
+from sessionary.counters import Charge, CounterUsage
+
+HOUR_MS = 3_600_000
+_OLD_COUNTERS = """CREATE TABLE counters (
+    grp       TEXT    NOT NULL,
+    key       TEXT    NOT NULL,
+    value     INTEGER NOT NULL,
+    resets_at INTEGER NOT NULL,
+    algorithm TEXT    NOT NULL DEFAULT 'fixed',
+    previous  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (grp, key)
+) WITHOUT ROWID"""
+
+
+async def test_counters_of_an_older_file_list_and_gain_their_rate(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    now = 10 * HOUR_MS
+    with sqlite3.connect(path) as db:
+        db.execute(_OLD_COUNTERS)
+        db.executemany(
+            "INSERT INTO counters VALUES ('q', ?, ?, ?, ?, ?)",
+            [("f", 4, now + HOUR_MS, "fixed", 0), ("s", 2, now + 2 * HOUR_MS, "sliding", 0)],
+        )
+    db.close()
+    store = await connect(f"sqlite:///{path}", clock=ManualClock(now))
+    try:
+        quota = store.counters("q")
+        page = await quota.list()
+        assert sorted(page.counters, key=lambda c: c.key) == [
+            CounterUsage("f", 4, None, now + HOUR_MS, None, "fixed"),
+            CounterUsage("s", None, None, now + 2 * HOUR_MS, None, "sliding"),
+        ]
+        await quota.charge(Charge("s", limit=5, window=timedelta(hours=1), algorithm="sliding"))
+        (sliding,) = [c for c in (await quota.list()).counters if c.key == "s"]
+        assert (sliding.used, sliding.limit, sliding.window_ms) == (3, 5, HOUR_MS)
+    finally:
+        await store.close()
