@@ -1,8 +1,9 @@
-"""`GET /v1/health` while the store is down: the service's own redis-server killed (connections
-refused) or stopped with SIGSTOP (it answers nothing: every call waits out its timeout). The
-page still answers 200, quickly (its readiness ping is bounded), says the store is not ready,
-and lists the parts that see it down (the jobs' periods are real, short: the test waits for
-their failures with a bound)."""
+"""`GET /v1/health` (and the console) while the store is down: the service's own redis-server
+killed (connections refused) or stopped with SIGSTOP (it answers nothing: every call waits out
+its timeout). The page still answers 200, quickly (its readiness ping is bounded), says the
+store is not ready, and lists the parts that see it down (the jobs' periods are real, short:
+the test waits for their failures with a bound); the console, whose sessions are in that
+store, answers 503 meanwhile."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sessionary.web.health import READINESS_TIMEOUT_S
 from sessionary.web.settings import Settings
 from tests.servers import RedisServer, eventually
 from tests.web.conftest import ADMIN, API_KEY, client_for
+from tests.web.test_console import sign_in
 
 #: what /v1/health may take beyond its readiness ping's bound (a loaded 2-core machine)
 SLACK_S = 1.5
@@ -112,3 +114,24 @@ async def test_health_answers_in_time_while_the_store_answers_nothing(
         return bool((await health(client))["ready"])
 
     await eventually(ready, within=15, what="the store was never ready again")
+
+
+async def test_the_console_answers_503_while_the_store_is_down_and_comes_back(
+    client: httpx.AsyncClient, private_redis: RedisServer
+) -> None:
+    await sign_in(client)
+    private_redis.stop()
+    down = await client.get("/console/health", headers={"Accept": "text/html"})
+    assert (down.status_code, down.json()["error"]) == (503, "store_unavailable")
+    assert "retry-after" in down.headers
+    assert (await health(client))["ready"] is False  # the key's route still answers
+    private_redis.start()  # empty: this server keeps nothing across a kill
+
+    async def back() -> bool:
+        again = await client.get("/console/health", headers={"Accept": "text/html"})
+        return again.status_code == 303  # the session went with the data: sign in again
+
+    await eventually(back, within=15, what="the console never came back")
+    await sign_in(client)
+    again = await client.get("/console/health", headers={"Accept": "text/html"})
+    assert again.status_code == 200
