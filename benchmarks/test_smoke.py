@@ -94,6 +94,11 @@ RESULTS: dict[str, list[str]] = {
         rf"redis\s*│\s*touch\s*│\s*no-op provider\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
     ],
     "analytics_stress.py": [r"20 sessions, 20 session_start, 20 session_end, 80 event rows"],
+    "console.py": [
+        rf"sqlite\s*│\s*sessions page\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x"
+        rf"\s*│\s*-?{NUMBER}",
+        rf"redis\s*│\s*analytics page\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}x",
+    ],
     "edge.py": [
         rf"sqlite\s*│\s*header flood\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
         rf"sqlite\s*│\s*readers, one replayed log\s*│\s*{NUMBER}\s*│\s*{NUMBER}",
