@@ -45,7 +45,8 @@ from starlette.responses import Response
 
 from sessionary.errors import StoreUnavailable
 from sessionary.http.bearer import BearerKeys, presented_key, unauthorized
-from sessionary.http.errors import JSONResponse, ResponseError, error_response
+from sessionary.http.csrf import require_same_origin
+from sessionary.http.errors import JSONResponse
 from sessionary.http.handlers import JSONErrorRoute
 from sessionary.http.openapi import (
     LOG_CURSOR,
@@ -201,30 +202,8 @@ class Cors:
 
     def check_same_origin(self, request: Request) -> None:
         """Refuse (403 `csrf_rejected`) a cookie-authenticated state change that no page of
-        this origin or an allowed one made. A browser sends `Origin` with every cross-origin
-        POST, and with same-origin POSTs in all current engines; lacking it, Fetch Metadata's
-        `Sec-Fetch-Site` (set by the browser, unforgeable by a page) says same-origin or not.
-        A request with neither is not from a current browser's page: refused too, as a
-        cookie is a browser's credential."""
-        origin = request.headers.get("origin")
-        if origin is not None:
-            if origin.lower() == _own_origin(request) or self.allowed(request) is not None:
-                return
-            reason = f"a request from {origin!r} may not use the session cookie here"
-        elif request.headers.get("sec-fetch-site") == "same-origin":
-            return
-        else:
-            reason = "a cookie-authenticated request must carry Origin (or Sec-Fetch-Site)"
-        raise ResponseError(error_response(403, "csrf_rejected", reason))
-
-
-def _own_origin(request: Request) -> str:
-    """The origin the request was sent to (its scheme and Host), as a browser writes it:
-    without the scheme's default port."""
-    url = request.url
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    port = "" if url.port is None or url.port == default else f":{url.port}"
-    return f"{url.scheme}://{(url.hostname or '').lower()}{port}"
+        this origin or an allowed one made (`sessionary.http.csrf`)."""
+        require_same_origin(request, self.origins)
 
 
 class StartIn(BaseModel):

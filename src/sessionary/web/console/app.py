@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from sessionary.counters import Charge, Counters
 from sessionary.errors import StoreUnavailable
 from sessionary.http.bearer import BearerKeys
+from sessionary.http.csrf import require_same_origin
 from sessionary.http.errors import ResponseError, error_response
 from sessionary.session_request import RequestSession
 from sessionary.source import StoreSource
@@ -155,7 +156,7 @@ class Console:
                 )
             if request.method == "POST":
                 form = await read_form(request)
-                same_origin(request)
+                require_same_origin(request)
                 if not hmac.compare_digest(form.get("csrf", "").encode(), admin.csrf.encode()):
                     return error_response(
                         403, "csrf_rejected", "the form's token is not this session's: reload"
@@ -227,22 +228,6 @@ async def read_form(request: Request) -> dict[str, str]:
     return form
 
 
-def same_origin(request: Request) -> None:
-    """Refuse (403 `csrf_rejected`) a form not posted by a page of this origin: its `Origin`
-    (sent by every current browser with a POST), else Fetch Metadata's `Sec-Fetch-Site`."""
-    origin = request.headers.get("origin")
-    if origin is not None:
-        own = f"{request.url.scheme}://{request.url.netloc}".lower()
-        if origin.lower() == own:
-            return
-        reason = f"a form from {origin!r} may not be posted here"
-    elif request.headers.get("sec-fetch-site") == "same-origin":
-        return
-    else:
-        reason = "a form must come from a page of this origin (Origin or Sec-Fetch-Site)"
-    raise ResponseError(error_response(403, "csrf_rejected", reason))
-
-
 def short_id(session_id: str | None) -> str:
     """An id as the pages show it: its first 12 characters (a live id is a credential)."""
     if session_id is None:
@@ -299,7 +284,7 @@ def sign_in_routes(console: Console) -> list[BaseRoute]:
 
     async def sign_in(request: Request) -> Response:
         form = await read_form(request)
-        same_origin(request)  # login CSRF: a page elsewhere must not sign a browser in
+        require_same_origin(request)  # login CSRF: no page elsewhere signs a browser in
         target = _safe_next(request, form.get("next"))
         context: dict[str, Any] = {"next": target, "no_keys": not console.services.keys}
         store = await console.services.source.get()
