@@ -3,6 +3,9 @@ as a keyboard user, and the check that a page fits a narrow window."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +69,17 @@ async def fits(page: Page) -> None:
     wide = await page.evaluate(WIDE_ELEMENTS, NARROW["width"])
     assert width <= NARROW["width"], f"{width} px wide in a {NARROW['width']} px window: {wide}"
     assert await page.evaluate(UNNAMED_CONTROLS) == []
+
+
+@asynccontextmanager
+async def serving(directory: Path, config: str, key: str) -> AsyncIterator[Console]:
+    """`sessionary serve` with the admin key `API_KEY` and `config` (TOML lines), in
+    `directory`, and a client of its API sending `key`; stopped at the end."""
+    service = Service(directory, f'api_keys = ["{API_KEY}"]\n{config}')
+    await asyncio.to_thread(service.start)
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=10) as api:
+            yield Console(service, api, directory)
+    finally:
+        await asyncio.to_thread(service.stop)

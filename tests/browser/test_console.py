@@ -14,36 +14,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest_asyncio
 from playwright.async_api import BrowserContext, expect
 
 from sessionary import connect
 from sessionary.runs import Runs, RunsSettings
-from tests.browser.console import API_KEY, WAIT_MS, Console, fits, sign_in
-from tests.service import Service
+from tests.browser.console import API_KEY, WAIT_MS, Console, fits, serving, sign_in
 
 PROJECT_KEY = "console-project-key-0123456789"
 
 
 @pytest_asyncio.fixture
 async def console(console_store: str, tmp_path: Path) -> AsyncIterator[Console]:
+    """The service with analytics (a project `shop`), and a client of its admin API."""
     config = f"""
 store = "{console_store}"
-api_keys = ["{API_KEY}"]
 [analytics]
 sink = "sqlite:///{tmp_path / "analytics.db"}"
 [analytics.projects.shop]
 key = "{PROJECT_KEY}"
 """
-    service = Service(tmp_path, config)
-    await asyncio.to_thread(service.start)
-    try:
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=10) as api:
-            yield Console(service, api, tmp_path)
-    finally:
-        await asyncio.to_thread(service.stop)
+    async with serving(tmp_path, config, API_KEY) as started:
+        yield started
 
 
 async def create(console: Console, subject: str, **body: Any) -> dict[str, Any]:

@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest_asyncio
 from playwright.async_api import BrowserContext, expect
 
-from tests.browser.console import API_KEY, WAIT_MS, Console, fits, sign_in
-from tests.service import Service, events_in
+from tests.browser.console import WAIT_MS, Console, fits, serving, sign_in
+from tests.service import events_in
 
 RUNS_KEY = "console-runs-key-0123456789"
 CONVERSATIONS = "/api/v1/conversations"
@@ -28,21 +27,14 @@ async def console(console_store: str, tmp_path: Path) -> AsyncIterator[Console]:
     client of the runs API acting as `alice`."""
     config = f"""
 store = "{console_store}"
-api_keys = ["{API_KEY}"]
 [runs]
 handler = "sessionary.runs.demo:echo"
 [[runs.users]]
 key = "{RUNS_KEY}"
 subject = "alice"
 """
-    service = Service(tmp_path, config)
-    await asyncio.to_thread(service.start)
-    try:
-        headers = {"Authorization": f"Bearer {RUNS_KEY}"}
-        async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=10) as api:
-            yield Console(service, api, tmp_path)
-    finally:
-        await asyncio.to_thread(service.stop)
+    async with serving(tmp_path, config, RUNS_KEY) as started:
+        yield started
 
 
 async def start(console: Console, conversation: str, words: int, delay_ms: int) -> dict[str, Any]:
