@@ -387,8 +387,15 @@ async def test_sessions_over_time(db: Db) -> None:
 async def test_at_most_1000_buckets(db: Db) -> None:
     await db.sink.write([entry(session("a", B), session("b", B + 1000 * H))])
     assert len((await db.sink.stats("p", start=B, end=B + 1000 * D)).sessions_over_time) == 1000
+    # a range wider than that: the buckets of the sessions' own span (totals still answer)
+    wide = await db.sink.stats("p", start=B - 1000 * D, end=B + 1000 * D + 1)
+    assert (wide.sessions, len(wide.sessions_over_time)) == (2, 42)
+    assert wide.sessions_over_time[0] == Bucket(B, 1, 1)
+    assert wide.sessions_over_time[-1] == Bucket(B + 41 * D, 1, 1)
+    hourly = await db.sink.stats("p", start=B, end=B + 1000 * H, interval="hour")
+    assert len(hourly.sessions_over_time) == 1000  # the range fits: every hour of it
     with pytest.raises(TooManyBuckets, match="coarser interval or a shorter range"):
-        await db.sink.stats("p", start=B, end=B + 1000 * D + 1)
+        await db.sink.stats("p", start=B, end=B + 1001 * H + 1, interval="hour")
     with pytest.raises(TooManyBuckets, match="1001 hour buckets"):  # the sessions span them
         await db.sink.stats("p", start=None, end=None, interval="hour")
     assert len((await db.sink.stats("p", start=None, end=B + 1000 * H)).sessions_over_time) == 1

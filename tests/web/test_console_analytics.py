@@ -17,6 +17,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from sessionary import ManualClock
+from tests.analytics.test_sinks import entry, session
 from tests.web.conftest import ADMIN, client_for
 from tests.web.test_analytics import SHOP, settle
 from tests.web.test_console import page, sign_in
@@ -137,8 +138,13 @@ async def test_the_default_range_is_the_last_week(
     ],
 )
 async def test_a_bad_range_is_a_400_page_naming_the_fix(
-    service: httpx.AsyncClient, query: str, message: str
+    service: httpx.AsyncClient, app: FastAPI, query: str, message: str
 ) -> None:
+    # sessions 1,000 hours apart: more hours between them than a chart is drawn with
+    sink = app.state.features.analytics.sink
+    start = int(datetime(2021, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    rows = [session("a", start, project_id="shop")]
+    await sink.write([entry(*rows, session("b", start + 1000 * 3_600_000, project_id="shop"))])
     await sign_in(service)
     answer = await page(service, f"/console/analytics?{query}", 400)
     assert message in html.unescape(answer.text)

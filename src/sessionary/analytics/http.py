@@ -298,8 +298,9 @@ def analytics_router(
         response_model=StatsOut,
         responses=errors(
             described={
-                400: f"too_many_buckets: more than {MAX_BUCKETS:,} buckets of the interval "
-                "(ask for a coarser one or a shorter range)"
+                400: f"too_many_buckets: the sessions in the range span more than "
+                f"{MAX_BUCKETS:,} buckets of the interval (ask for a coarser one or a shorter "
+                "range)"
             }
         ),
     )

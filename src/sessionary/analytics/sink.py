@@ -127,9 +127,11 @@ class Sink(Protocol):
     ) -> Stats:
         """Aggregates over the sessions that started in [start, end), all from one snapshot
         (the buckets add up to the totals), each computed by the database. The buckets are
-        `interval` wide: with both bounds, they cover [start, end) (the first holds `start`);
-        with either missing, they run from the first session's bucket to the last's (none
-        without sessions). More than `MAX_BUCKETS` is a `TooManyBuckets` (a 400 over HTTP)."""
+        `interval` wide: with both bounds, they cover [start, end) (the first holds `start`)
+        when that is at most `MAX_BUCKETS`; otherwise, or with either bound missing, they run
+        from the first session's bucket to the last's (none without sessions), so totals
+        over a wide range ("from=0") still answer. Sessions spanning more than `MAX_BUCKETS`
+        are a `TooManyBuckets` (a 400 over HTTP)."""
         ...
 
     async def close(self) -> None: ...
@@ -307,17 +309,20 @@ def timeline(
     width = INTERVAL_MS.get(interval)
     if width is None:
         raise ValueError(f"interval is one of {', '.join(INTERVAL_MS)}, not {interval!r}")
+    spans = []
     if start is not None and end is not None:
-        low, high = start, end - 1  # high < low: an empty range, no buckets
-    elif first is not None and last is not None:
-        low, high = first, last
-    else:
-        return 0, width, 0
-    origin = low - low % width  # Python's % floors: the start of low's hour or day
-    count = max(0, (high - origin) // width + 1)
+        spans.append((start, end - 1))  # high < low: an empty range, no buckets
+    if first is not None and last is not None:
+        spans.append((first, last))  # the range too wide: the sessions' own span
+    count = 0
+    for low, high in spans:
+        origin = low - low % width  # Python's % floors: the start of low's hour or day
+        count = max(0, (high - origin) // width + 1)
+        if count <= MAX_BUCKETS:
+            return origin, width, count
     if count > MAX_BUCKETS:
         raise TooManyBuckets(count, interval)
-    return origin, width, count
+    return 0, width, 0
 
 
 def stats_of(
