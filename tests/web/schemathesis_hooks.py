@@ -25,12 +25,12 @@ The hooks make the fuzzer reach past the 404 of a random id and, in the hostile 
   log or page cursor this server did not issue (400 `invalid_cursor`), an If-Match naming another
   version (412 `version_conflict`), the id of another namespace (400 `invalid_session_id`: the admin
   API's session id pattern is that of every namespace, as one path parameter cannot depend on
-  another), a /stats range of more buckets of its interval than the server answers (400
-  `too_many_buckets`: a bound on from, to and interval together, or on the sessions stored when a
-  bound is missing, which no parameter's schema can state); and a conversation the fuzzer just
-  created has no run yet (the runs API's 404 `no_active_session`, `no_background_task`), which is
-  not a created resource that cannot be found, nor is a session it made with a lifetime of
-  milliseconds and found expired (SHORT_LIVED). Nor is an integer past 64 bits schema-valid, though
+  another), a /stats range whose sessions span more buckets of its interval than the server
+  answers (400 `too_many_buckets`: a bound on the sessions stored, which no parameter's schema
+  can state); and a conversation the fuzzer just created has no run yet (the runs API's 404
+  `no_active_session`, `no_background_task`), which is not a created resource that cannot be
+  found, nor is a session it made with a lifetime of milliseconds and found expired
+  (SHORT_LIVED). Nor is an integer past 64 bits schema-valid, though
   the fuzzer, comparing as doubles, takes 2^63 + 192 to be within a `maximum` of 2^63 - 1.
 """
 
