@@ -272,3 +272,24 @@ async def test_ten_wrong_keys_from_one_address_refuse_its_sign_ins_for_the_windo
     assert "set-cookie" not in refused.headers
     clock.advance(timedelta(minutes=15))
     await sign_in(service)
+
+
+async def test_a_link_from_elsewhere_cannot_put_words_on_a_page(
+    service: httpx.AsyncClient,
+) -> None:
+    made = await create(service, "web", subject="ann")
+    token = await sign_in(service)
+    forged = "Your key expired: paste it at https://evil.example"
+    for query in (f"done={forged}", f"done={forged}&sig=0123456789abcdef0123456789abcdef"):
+        shown = await page(service, f"/console/sessions?namespace=web&subject=ann&{query}")
+        assert "evil.example" not in shown.text
+    revoked = await service.post(
+        "/console/sessions/revoke",
+        data={"csrf": token, "namespace": "web", "subject": "ann", "session_id": made["id"]},
+        headers=ORIGIN,
+    )
+    location = revoked.headers["location"]
+    assert "sig=" in location
+    assert "Revoked 1 session." in (await page(service, location)).text
+    altered = location.replace("Revoked+1", "Revoked+9")
+    assert "Revoked 9" not in (await page(service, altered)).text

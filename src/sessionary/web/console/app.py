@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -199,11 +199,26 @@ def base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def notice(request: Request) -> str | None:
-    """What the last form did, as a page says it: the `done` its redirect carried (post,
-    redirect, get), cut short."""
+def said(target: str, notice: str, admin: Admin) -> RedirectResponse:
+    """Post, redirect, get: to `target` (a path with or without a query), carrying what the
+    form did as `done`, signed (`sig`) with the admin session's CSRF token, so that a link
+    from elsewhere cannot put its own words on a console page."""
+    sign = {"done": notice, "sig": _signature(notice, admin)}
+    return RedirectResponse(f"{target}{'&' if '?' in target else '?'}{urlencode(sign)}", 303)
+
+
+def notice(request: Request, admin: Admin) -> str | None:
+    """What the last form did, as `said` carried it; None without one or with a signature
+    this session did not make."""
     done = request.query_params.get("done")
-    return done[:200] if done else None
+    signature = request.query_params.get("sig", "")
+    if not done or not hmac.compare_digest(signature, _signature(done, admin)):
+        return None
+    return done
+
+
+def _signature(notice: str, admin: Admin) -> str:
+    return hmac.new(admin.csrf.encode(), notice.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _query(request: Request) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -22,7 +22,7 @@ from sessionary.model import Session
 from sessionary.runs.http import HEARTBEAT_S, event_stream, run_json
 from sessionary.runs.model import ConversationNotFound, RunFinished, RunNotFound
 from sessionary.runs.service import Runs
-from sessionary.web.console.app import Admin, Console, base, notice
+from sessionary.web.console.app import Admin, Console, base, notice, said
 
 #: the most conversations an owner search reads (the newest), each with its recent runs
 #: (at most 20, `Runs` keeps no more): a bounded page, whoever the owner
@@ -79,7 +79,7 @@ def routes(console: Console) -> list[BaseRoute]:
             "conversations": found,
             "total": total,
             "problem": problem,
-            "notice": notice(request),
+            "notice": notice(request, admin),
         }
         return console.render(request, "runs.html", context, admin, status=status)
 
@@ -104,7 +104,7 @@ def routes(console: Console) -> list[BaseRoute]:
             "owner": run.owner,
             "active": run.active,
             "result": None if run.result is None else _pretty(run.result),
-            "notice": notice(request),
+            "notice": notice(request, admin),
         }
         return console.render(request, "run.html", context, admin)
 
@@ -135,14 +135,12 @@ def routes(console: Console) -> list[BaseRoute]:
         try:
             cancelled = await runs.cancel(run_id)
         except RunFinished as exc:
-            said = f"The run had already ended ({exc.status}): nothing was cancelled."
+            done = f"The run had already ended ({exc.status}): nothing was cancelled."
         except (RunNotFound, InvalidSessionId):
-            query = urlencode({"done": "No such run: nothing was cancelled."})
-            return RedirectResponse(f"{base(request)}/runs?{query}", 303)
+            return said(f"{base(request)}/runs", "No such run: nothing was cancelled.", admin)
         else:
-            said = f"Cancelled the run (now {cancelled.status})."
-        query = urlencode({"done": said})
-        return RedirectResponse(f"{base(request)}/runs/{quote(run_id)}?{query}", 303)
+            done = f"Cancelled the run (now {cancelled.status})."
+        return said(f"{base(request)}/runs/{quote(run_id)}", done, admin)
 
     return [
         Route("/runs", console.guarded(page, needs="runs"), methods=["GET"]),

@@ -10,13 +10,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from sessionary.errors import InvalidCursor, InvalidSessionId, ValidationError
 from sessionary.store import Namespace
 from sessionary.web.admin import counters_json, namespaces_json, session_json
-from sessionary.web.console.app import Admin, Console, base, notice
+from sessionary.web.console.app import Admin, Console, base, notice, said
 
 #: the counters a group's table shows at a time (the admin API's default page)
 COUNTERS_PAGE = 100
@@ -79,7 +79,7 @@ def routes(console: Console) -> list[BaseRoute]:
             "problem": problem,
             "groups": groups,
             "counters_problem": counters_problem,
-            "notice": notice(request),
+            "notice": notice(request, admin),
         }
         bad = problem or counters_problem
         return console.render(request, "sessions.html", context, admin, status=400 if bad else 200)
@@ -94,23 +94,23 @@ def routes(console: Console) -> list[BaseRoute]:
         form = request.state.form
         space = visible(admin).get(form.get("namespace", ""))
         if space is None:
-            return _back(request, form, "No such namespace: nothing was revoked.")
+            return _back(request, admin, "No such namespace: nothing was revoked.")
         try:
             deleted = await space.delete(form.get("session_id", ""))
         except InvalidSessionId:
             deleted = False
-        return _back(request, form, "Revoked 1 session." if deleted else "No such live session.")
+        return _back(request, admin, "Revoked 1 session." if deleted else "No such live session.")
 
     async def revoke_all(request: Request, admin: Admin) -> Response:
         form = request.state.form
         space = visible(admin).get(form.get("namespace", ""))
         if space is None:
-            return _back(request, form, "No such namespace: nothing was revoked.")
+            return _back(request, admin, "No such namespace: nothing was revoked.")
         try:
             revoked = await space.revoke_subject(form.get("subject", ""))
         except ValidationError as exc:
-            return _back(request, form, f"Nothing was revoked: {exc}")
-        return _back(request, form, f"Revoked {revoked} session{'' if revoked == 1 else 's'}.")
+            return _back(request, admin, f"Nothing was revoked: {exc}")
+        return _back(request, admin, f"Revoked {revoked} session{'' if revoked == 1 else 's'}.")
 
     return [
         Route("/sessions", console.guarded(page), methods=["GET"]),
@@ -120,8 +120,8 @@ def routes(console: Console) -> list[BaseRoute]:
     ]
 
 
-def _back(request: Request, form: dict[str, str], notice: str) -> Response:
-    """Back to the subject's listing (post, redirect, get), saying what was done."""
+def _back(request: Request, admin: Admin, done: str) -> Response:
+    """Back to the subject's listing the form was posted from, saying what was done."""
+    form = request.state.form
     query = {"namespace": form.get("namespace", ""), "subject": form.get("subject", "")}
-    query["done"] = notice
-    return RedirectResponse(f"{base(request)}/sessions?{urlencode(query)}", 303)
+    return said(f"{base(request)}/sessions?{urlencode(query)}", done, admin)
