@@ -209,7 +209,7 @@ async def test_serve_says_where_it_stores_what_it_serves_and_where_the_docs_are(
     assert process.stderr is not None
     said: list[str] = []
     try:
-        while not said or "docs" not in said[-1]:
+        while not said or "console" not in said[-1]:
             line = await asyncio.wait_for(process.stderr.readline(), 30)
             assert line, f"serve ended saying {said}"
             said.append(line.decode().rstrip())
@@ -218,12 +218,22 @@ async def test_serve_says_where_it_stores_what_it_serves_and_where_the_docs_are(
             "sessionary: serving admin API (1 key), playground, runs, analytics, reaper on "
             f"http://127.0.0.1:{port}",
             f"sessionary: API docs at http://127.0.0.1:{port}/docs",
+            f"sessionary: console at http://127.0.0.1:{port}/console "
+            "(sign in with an admin API key)",
         ]
         async with httpx.AsyncClient() as client:  # said once it answers there
             assert (await client.get(f"http://127.0.0.1:{port}/docs")).status_code == 200
+            console = await client.get(f"http://127.0.0.1:{port}/console/sign-in")
+            assert console.status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
         await process.wait()
+
+
+def test_serve_says_how_to_open_the_console() -> None:
+    without_keys = _serving(Settings())
+    assert without_keys.endswith("/console (add an admin API key first)")
+    assert "console" not in _serving(Settings(console={"enabled": False}))
 
 
 def test_serve_never_says_the_stores_password() -> None:

@@ -192,7 +192,8 @@ def _supervise(settings: Settings, count: int, flags: dict[str, str | int | None
 
 
 def _serving(settings: Settings) -> str:
-    """What `serve` says once it serves: where it stores, what it serves, where the docs are."""
+    """What `serve` says once it serves: where it stores, what it serves, where the docs and
+    the console are."""
     from sessionary.web.server import base_url
 
     keys = len(settings.api_keys)
@@ -206,11 +207,15 @@ def _serving(settings: Settings) -> str:
         if enabled:
             features.append(name)
     url = base_url(settings)
-    return (
-        f"sessionary: storing in {_where(settings.store)}\n"
-        f"sessionary: serving {', '.join(features)} on {url}\n"
-        f"sessionary: API docs at {url}/docs"
-    )
+    lines = [
+        f"sessionary: storing in {_where(settings.store)}",
+        f"sessionary: serving {', '.join(features)} on {url}",
+        f"sessionary: API docs at {url}/docs",
+    ]
+    if settings.console.enabled:
+        signing_in = "sign in with an admin API key" if keys else "add an admin API key first"
+        lines.append(f"sessionary: console at {url}/console ({signing_in})")
+    return "\n".join(lines)
 
 
 def _where(store: str) -> str:
