@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from sessionary import ManualClock
+from sessionary import ManualClock, Store
+from sessionary.backends.memory import MemoryBackend
+from sessionary.contract import Backend
 from sessionary.errors import StoreUnavailable
 from sessionary.outage import JobStatus, OutageLog, repeat
 from sessionary.runs.service import RUNS_LEASE_LAPSED
-from sessionary.web.checks import SHOWN
+from sessionary.web.app import create_app
+from sessionary.web.checks import INDEXES_UNCHECKED, SHOWN
+from sessionary.web.settings import Settings
 from tests.servers import eventually
 from tests.test_check_features import running_run
 from tests.web.conftest import ADMIN, API_KEY, PROJECT_KEY, client_for
@@ -230,3 +234,39 @@ async def test_only_a_key_allowed_on_every_namespace_may_ask(
     assert (restricted.status_code, restricted.json()["error"]) == (403, "forbidden")
     assert '"*"' in restricted.json()["message"]
     assert (await client.request(method, path, headers=ADMIN)).status_code == 200
+
+
+class WithoutIndexCheck:
+    """A third party's backend that cannot check its indexes: the memory backend's every
+    method but `check_indexes`."""
+
+    def __init__(self) -> None:
+        self._backend = MemoryBackend()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "check_indexes":
+            raise AttributeError(name)
+        return getattr(self._backend, name)
+
+    def __repr__(self) -> str:
+        return "WithoutIndexCheck()"
+
+
+async def test_a_check_of_a_backend_that_cannot_check_says_so() -> None:
+    store = Store(cast(Backend, WithoutIndexCheck()))
+    app = create_app(
+        Settings(api_keys=[API_KEY], reaper={"enabled": False}, analytics={"enabled": False}),
+        store=store,
+    )
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        checked = await client.post("/v1/check", headers=ADMIN)
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["findings"] == [
+        {
+            "kind": INDEXES_UNCHECKED,
+            "place": "*",
+            "session_id": None,
+            "detail": "WithoutIndexCheck() cannot check its indexes (it implements no IndexCheck)",
+            "repaired": False,
+        }
+    ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from sessionary.contract import Finding
+from sessionary.contract import Finding, IndexCheck
 from sessionary.store import Store
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ DEFAULT_LIMIT = 10_000
 DEFAULT_BACKLOG_AGE = timedelta(minutes=5)
 #: the places after the namespaces, as `CheckProgress` names them
 RUNS_PLACE = "runs' leases"
+#: the finding of a store whose backend cannot check its indexes: none of them was checked
+INDEXES_UNCHECKED = "indexes_unchecked"
 ANALYTICS_PLACE = "analytics"
 
 
@@ -89,6 +91,10 @@ async def check_store(
         *features.namespaces.values(),
         store.secrets_namespace(),
     ]
+    if not isinstance(store.backend, IndexCheck):  # a third party's backend may lack it
+        reason = f"{store.backend!r} cannot check its indexes (it implements no IndexCheck)"
+        checked.findings.append(Finding(INDEXES_UNCHECKED, "*", None, reason, False))
+        namespaces = []
     for namespace in namespaces:
         name = namespace.name
         told.started(name)
