@@ -12,6 +12,7 @@ import pytest_asyncio
 
 from sessionary import ManualClock, Store
 from sessionary.counters import Charge
+from sessionary.web.console.app import short_key
 from tests.web.conftest import client_for
 from tests.web.test_console import page, sign_in
 from tests.web.test_counters_api import (
@@ -121,3 +122,9 @@ async def test_a_bad_cursor_shows_the_first_page_and_says_so(
     html = (await page(console, "/console/sessions?group=playground&after=_w", 400)).text
     assert "is gone; here is its first page" in html
     assert len(rows(html)) == len(CHARGES)
+
+
+def test_a_key_holding_an_id_is_shown_cut() -> None:
+    key = "session:" + "x" * 43
+    assert short_key(key) == "session:" + "x" * 12 + "…"
+    assert short_key("ip:203.0.113.7") == "ip:203.0.113.7"

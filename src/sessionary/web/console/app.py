@@ -109,6 +109,7 @@ class Console:
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals["duration"] = _duration
         self.templates.env.globals["short_id"] = short_id
+        self.templates.env.globals["short_key"] = short_key
         self.templates.env.globals["when"] = when
         self.templates.env.globals["ttl"] = ttl
         self._keys = {fingerprint(k.key.get_secret_value()): k for k in services.keys}
@@ -248,6 +249,12 @@ def short_id(session_id: str | None) -> str:
     if session_id is None:
         return ""
     return session_id[:12] + "…" if len(session_id) > 12 else session_id
+
+
+def short_key(key: str) -> str:
+    """A counter's key as the pages show it: each part (between colons) longer than an id
+    cut as `short_id` cuts one (the playground's `session:<id>` holds a live session's id)."""
+    return ":".join(short_id(part) if len(part) > 24 else part for part in key.split(":"))
 
 
 def when(ms: int | None) -> str:
