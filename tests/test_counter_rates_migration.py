@@ -1,11 +1,14 @@
-"""A SQLite file from before counters kept their rate opens with `window_ms` and `lim`
-added: its counters list with what is known, and a charge gives a counter its rate."""
+"""Counters from before they kept their rate: a SQLite file opens with `window_ms` and `lim`
+added, Redis hashes without `w` and `l` are read as they are; either way a counter lists with
+what is known, and a charge gives it its rate."""
 
 from __future__ import annotations
 
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
+
+from redis.asyncio import Redis
 
 from sessionary import ManualClock, connect
 from sessionary.counters import Charge, CounterUsage
@@ -43,5 +46,32 @@ async def test_counters_of_an_older_file_list_and_gain_their_rate(tmp_path: Path
         await quota.charge(Charge("s", limit=5, window=timedelta(hours=1), algorithm="sliding"))
         (sliding,) = [c for c in (await quota.list()).counters if c.key == "s"]
         assert (sliding.used, sliding.limit, sliding.window_ms) == (3, 5, HOUR_MS)
+    finally:
+        await store.close()
+
+
+async def test_counters_an_older_sessionary_wrote_on_redis_list_what_is_known(
+    redis_client: Redis, redis_url: str, redis_prefix: str
+) -> None:
+    """Counter hashes as an older sessionary wrote them (no `w`, no `l`): a fixed one lists
+    its count, a sliding one its window's end but no usage rather than a wrong one; a
+    charge gives each its rate."""
+    now = 10 * HOUR_MS
+    tag = f"{redis_prefix}{{c:q}}:"
+    await redis_client.hset(tag + "f", mapping={"v": 4, "r": now + HOUR_MS})
+    await redis_client.hset(
+        tag + "s", mapping={"v": 2, "r": now + 2 * HOUR_MS, "p": 0, "a": "sliding"}
+    )
+    store = await connect(redis_url, clock=ManualClock(now))
+    try:
+        quota = store.counters("q")
+        page = await quota.list()
+        assert sorted(page.counters, key=lambda c: c.key) == [
+            CounterUsage("f", 4, None, now + HOUR_MS, None, "fixed"),
+            CounterUsage("s", None, None, now + 2 * HOUR_MS, None, "sliding"),
+        ]
+        await quota.charge(Charge("s", limit=10, window=timedelta(hours=1), algorithm="sliding"))
+        [charged] = [c for c in (await quota.list()).counters if c.key == "s"]
+        assert (charged.limit, charged.window_ms, charged.used) == (10, HOUR_MS, 3)
     finally:
         await store.close()

@@ -39,7 +39,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from sessionary.clock import Clock
 from sessionary.contract import KEEP, Keep, OnMaxSessions
-from sessionary.counters import Charge, ChargeResult, Counters
+from sessionary.counters import Charge, ChargeResult, CounterPage, Counters
 from sessionary.logs import Cursor, Event, LogPage
 from sessionary.model import ConsumeResult, Session
 from sessionary.queues import QueueDepth, WorkItem, WorkQueue
@@ -740,6 +740,10 @@ class SyncCounters(_Facade[Counters]):
     def sweep(self, limit: int = 1000) -> int:
         """See `Counters.sweep`."""
         return self.run(lambda counters: counters.sweep(limit))
+
+    def list(self, limit: int = 100, after: str | None = None) -> CounterPage:
+        """See `Counters.list`."""
+        return self.run(lambda counters: counters.list(limit, after))
 
     def __repr__(self) -> str:
         return f"SyncCounters({self.group!r}, {self.sync_store!r})"

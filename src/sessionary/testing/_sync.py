@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 
 from sessionary.clock import ManualClock
 from sessionary.contract import Lifetime, LogLimits
-from sessionary.counters import Charge, ChargeResult
+from sessionary.counters import Charge, ChargeResult, CounterPage
 from sessionary.events import Listener
 from sessionary.logs import Cursor, Event, LogEvent, LogPage, LogReset
 from sessionary.model import ConsumeResult, EventKind, Session
@@ -226,6 +226,9 @@ class SyncBackedCounters:
 
     async def sweep(self, limit: int = 1000) -> int:
         return await asyncio.to_thread(self.blocking.sweep, limit)
+
+    async def list(self, limit: int = 100, after: str | None = None) -> CounterPage:
+        return await asyncio.to_thread(self.blocking.list, limit, after)
 
 
 class SyncBackedQueue:
