@@ -27,8 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from rich.table import Table
 
 from sessionary.web.app import create_app
 from sessionary.web.settings import Settings
+from shared import forget_redis_keys
 
 REDIS_URL = os.environ.get("REDIS_BENCH_URL", "redis://127.0.0.1:6379/9")
 KEY = "bench-console-admin-key-0123456789"
@@ -46,13 +47,21 @@ SLICES = 10
 ORIGIN = "https://bench"
 
 
-@contextmanager
-def store_url(kind: str) -> Iterator[str]:
+PREFIX = f"bench-console:{os.getpid()}:"
+
+
+@asynccontextmanager
+async def store_url(kind: str) -> AsyncIterator[str]:
+    """A store of the benchmark's own: a SQLite file in a temporary directory, or its own
+    prefix on Redis, whose keys are deleted afterwards."""
     if kind == "sqlite":
         with tempfile.TemporaryDirectory() as directory:
             yield f"sqlite:///{Path(directory) / 'console.db'}"
     else:
-        yield f"{REDIS_URL}?prefix=bench-console:{os.getpid()}:"
+        try:
+            yield f"{REDIS_URL}?prefix={PREFIX}"
+        finally:
+            await forget_redis_keys(REDIS_URL, PREFIX)
 
 
 async def rate(client: httpx.AsyncClient, path: str, count: int, headers: dict[str, str]) -> float:
@@ -66,7 +75,7 @@ async def rate(client: httpx.AsyncClient, path: str, count: int, headers: dict[s
 
 async def measure(kind: str, requests: int, directory: Path) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
-    with store_url(kind) as url:
+    async with store_url(kind) as url:
         settings = Settings(
             store=url,
             api_keys=[KEY],

@@ -477,9 +477,11 @@ class CounterConformance:
         self, store: Store, clock: ManualClock
     ) -> None:
         quota = store.counters("quiet")
-        assert await quota.list() == CounterPage((), None)
+        # (every page, to the last: a backend may answer a page with none before the end, as
+        # Redis does when its SCAN steps meet only other keys)
+        assert await _list_all(quota, 10) == []
         await quota.charge(Charge("k", limit=5, window=MINUTE))
-        assert [c.key for c in (await quota.list()).counters] == ["k"]
+        assert [c.key for c in await _list_all(quota, 10)] == ["k"]
         clock.advance(MINUTE)
         assert await _list_all(quota, 10) == []
 
