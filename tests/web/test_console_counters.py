@@ -22,7 +22,10 @@ from tests.web.test_counters_api import (
     all_pages,
     app_over,
     charge_some,
+    store_url,
 )
+
+__all__ = ["store_url"]  # the backends, Redis a server of the test's own (see there)
 
 _ROW = re.compile(
     r'<tr data-counter="([^"]+)">\s*<th scope="row"><code>[^<]*</code></th>\s*'

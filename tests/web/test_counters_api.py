@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from sessionary import ManualClock, Store
 from sessionary.counters import Charge
 from sessionary.web.app import create_app
 from sessionary.web.settings import Settings
+from tests.servers import RedisServer
 from tests.web.conftest import ADMIN, API_KEY, client_for
 
 PLAYGROUND_KEY = "playground-only-key-0123456789"
@@ -28,6 +30,20 @@ CHARGES = (
     Charge("g:1", 2, limit=4, window=HOUR, algorithm="gcra"),
     Charge("global", limit=None, window=HOUR),
 )
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each backend in turn (`store` opens it); Redis a server of the test's own: a group's
+    listing walks the keyspace (SCAN), and in the shared test database the number of other
+    tests' and benchmarks' keys would decide how many pages the counters take, which these
+    tests count. (The conformance suite lists over the shared database, every page.)"""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    private: RedisServer = request.getfixturevalue("private_redis")
+    return private.url
 
 
 def app_over(store: Store, clock: ManualClock) -> FastAPI:
