@@ -19,7 +19,6 @@ from sessionary.clock import ManualClock
 from sessionary.counters import (
     Charge,
     ChargeResult,
-    CounterPage,
     CounterReading,
     Counters,
     CounterUsage,
