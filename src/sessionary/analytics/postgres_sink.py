@@ -20,11 +20,14 @@ import asyncpg
 
 from sessionary.analytics.sink import (
     EVENT_COLUMNS,
+    EVENT_SHAPE,
     SESSION_COLUMNS,
     SESSION_FIELDS,
+    SESSION_SHAPE,
     Interval,
     SessionsPage,
     Stats,
+    create_table,
     page_args,
     page_of,
     records_of,
@@ -36,51 +39,13 @@ from sessionary.analytics.sink import (
 from sessionary.errors import StoreUnavailable
 from sessionary.sessionize import OutboxEntry
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS analytics_events (
-    project_id   TEXT    NOT NULL,
-    event_id     TEXT    NOT NULL,
-    name         TEXT    NOT NULL,
-    timestamp    BIGINT  NOT NULL,
-    received_at  BIGINT  NOT NULL,
-    session_id   TEXT,
-    device_id    TEXT,
-    profile_id   TEXT,
-    path         TEXT,
-    referrer     TEXT,
-    utm_source   TEXT,
-    utm_medium   TEXT,
-    utm_campaign TEXT,
-    utm_term     TEXT,
-    utm_content  TEXT,
-    revenue      BIGINT  NOT NULL,
-    properties   JSONB   NOT NULL,
-    late         BOOLEAN NOT NULL,
-    PRIMARY KEY (project_id, event_id)
-);
-CREATE TABLE IF NOT EXISTS analytics_sessions (
-    id                TEXT    NOT NULL PRIMARY KEY,
-    project_id        TEXT    NOT NULL,
-    device_id         TEXT    NOT NULL,
-    profile_id        TEXT,
-    started_at        BIGINT  NOT NULL,
-    ended_at          BIGINT  NOT NULL,
-    event_count       BIGINT  NOT NULL,
-    screen_view_count BIGINT  NOT NULL,
-    entry_path        TEXT,
-    exit_path         TEXT,
-    referrer          TEXT,
-    utm_source        TEXT,
-    utm_medium        TEXT,
-    utm_campaign      TEXT,
-    utm_term          TEXT,
-    utm_content       TEXT,
-    revenue           BIGINT  NOT NULL,
-    version           BIGINT  NOT NULL,
-    closed            BOOLEAN NOT NULL,
-    duration_ms       BIGINT  NOT NULL,
-    is_bounce         BOOLEAN NOT NULL
-);
+#: the PostgreSQL type of each kind of value (`sessionary.sessionize.Field.kind`); properties,
+#: the one bytes field, are a JSON object
+_TYPES = {str: "TEXT", int: "BIGINT", bool: "BOOLEAN", bytes: "JSONB"}
+_EVENTS = create_table("analytics_events", EVENT_SHAPE, _TYPES, ("project_id", "event_id"))
+_SESSIONS_TABLE = create_table("analytics_sessions", SESSION_SHAPE, _TYPES, ("id",))
+_SCHEMA = f"""{_EVENTS};
+{_SESSIONS_TABLE};
 CREATE INDEX IF NOT EXISTS analytics_sessions_by_start
     ON analytics_sessions (project_id, started_at, id);
 """

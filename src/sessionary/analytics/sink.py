@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -31,7 +31,17 @@ import orjson
 from sessionary.codec import INT64_MAX, INT64_MIN
 from sessionary.errors import InvalidCursor, ValidationError
 from sessionary.extras import require
-from sessionary.sessionize import DUPLICATE, LATE, OutboxEntry, SessionRow
+from sessionary.sessionize import (
+    DUPLICATE,
+    LATE,
+    SESSION_ROW_SHAPE,
+    Field,
+    OutboxEntry,
+    SessionRow,
+    getter,
+    names,
+    shape,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,21 +249,35 @@ async def sink_from_url(url: str) -> Sink:
 
 # -- for the SQL sinks ------------------------------------------------------------------------
 
-EVENT_COLUMNS = tuple(f.name for f in fields(EventRow))
-SESSION_FIELDS = tuple(f.name for f in fields(SessionRow))  # what `session_of` reads back
-SESSION_COLUMNS = (*SESSION_FIELDS, "duration_ms", "is_bounce")
+#: the columns of the SQL sinks' tables: an event's, a session's (its fields, then the two
+#: properties the stats aggregate, stored so the database computes them)
+EVENT_SHAPE = shape(EventRow)
+SESSION_SHAPE = (
+    *SESSION_ROW_SHAPE,
+    Field("duration_ms", int, optional=False),
+    Field("is_bounce", bool, optional=False),
+)
+EVENT_COLUMNS = names(EVENT_SHAPE)
+SESSION_FIELDS = names(SESSION_ROW_SHAPE)  # what `session_of` reads back
+SESSION_COLUMNS = names(SESSION_SHAPE)
 _FIRST, _LAST = INT64_MIN, INT64_MAX
 
+#: the values of `SESSION_COLUMNS` of a row
+session_values: Callable[[SessionRow], tuple[object, ...]] = getter(SESSION_SHAPE)
 
-def session_values(row: SessionRow) -> tuple[object, ...]:
-    """The values of `SESSION_COLUMNS`."""
-    r = row
-    return (
-        r.id, r.project_id, r.device_id, r.profile_id, r.started_at, r.ended_at, r.event_count,
-        r.screen_view_count, r.entry_path, r.exit_path, r.referrer, r.utm_source, r.utm_medium,
-        r.utm_campaign, r.utm_term, r.utm_content, r.revenue, r.version, r.closed,
-        r.duration_ms, r.is_bounce,
-    )  # fmt: skip
+
+def create_table(
+    table: str,
+    columns: Sequence[Field],
+    types: Mapping[type, str],
+    key: Sequence[str],
+    options: str = "",
+) -> str:
+    """The CREATE TABLE (if not there) of a row shape: a column per field, typed by `types`
+    (the database's type of each kind of value), NOT NULL unless it may be None."""
+    lines = [f"{f.name} {types[f.kind]}{'' if f.optional else ' NOT NULL'}" for f in columns]
+    lines.append(f"PRIMARY KEY ({', '.join(key)})")
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n    " + ",\n    ".join(lines) + f"\n){options}"
 
 
 def session_of(record: Iterable[Any]) -> SessionRow:

@@ -16,11 +16,14 @@ from typing import Any, TypeVar
 
 from sessionary.analytics.sink import (
     EVENT_COLUMNS,
+    EVENT_SHAPE,
     SESSION_COLUMNS,
     SESSION_FIELDS,
+    SESSION_SHAPE,
     Interval,
     SessionsPage,
     Stats,
+    create_table,
     page_args,
     page_of,
     records_of,
@@ -34,51 +37,17 @@ from sessionary.sessionize import OutboxEntry, SessionRow
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS analytics_events (
-    project_id   TEXT    NOT NULL,
-    event_id     TEXT    NOT NULL,
-    name         TEXT    NOT NULL,
-    timestamp    INTEGER NOT NULL,
-    received_at  INTEGER NOT NULL,
-    session_id   TEXT,
-    device_id    TEXT,
-    profile_id   TEXT,
-    path         TEXT,
-    referrer     TEXT,
-    utm_source   TEXT,
-    utm_medium   TEXT,
-    utm_campaign TEXT,
-    utm_term     TEXT,
-    utm_content  TEXT,
-    revenue      INTEGER NOT NULL,
-    properties   TEXT    NOT NULL,
-    late         INTEGER NOT NULL,
-    PRIMARY KEY (project_id, event_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS analytics_sessions (
-    id                TEXT    NOT NULL PRIMARY KEY,
-    project_id        TEXT    NOT NULL,
-    device_id         TEXT    NOT NULL,
-    profile_id        TEXT,
-    started_at        INTEGER NOT NULL,
-    ended_at          INTEGER NOT NULL,
-    event_count       INTEGER NOT NULL,
-    screen_view_count INTEGER NOT NULL,
-    entry_path        TEXT,
-    exit_path         TEXT,
-    referrer          TEXT,
-    utm_source        TEXT,
-    utm_medium        TEXT,
-    utm_campaign      TEXT,
-    utm_term          TEXT,
-    utm_content       TEXT,
-    revenue           INTEGER NOT NULL,
-    version           INTEGER NOT NULL,
-    closed            INTEGER NOT NULL,
-    duration_ms       INTEGER NOT NULL,
-    is_bounce         INTEGER NOT NULL
-) WITHOUT ROWID;
+#: the SQLite type of each kind of value (`sessionary.sessionize.Field.kind`); properties,
+#: the one bytes field, are the text of a JSON object
+_TYPES = {str: "TEXT", int: "INTEGER", bool: "INTEGER", bytes: "TEXT"}
+_EVENTS = create_table(
+    "analytics_events", EVENT_SHAPE, _TYPES, ("project_id", "event_id"), " WITHOUT ROWID"
+)
+_SESSIONS_TABLE = create_table(
+    "analytics_sessions", SESSION_SHAPE, _TYPES, ("id",), " WITHOUT ROWID"
+)
+_SCHEMA = f"""{_EVENTS};
+{_SESSIONS_TABLE};
 CREATE INDEX IF NOT EXISTS analytics_sessions_by_start
     ON analytics_sessions (project_id, started_at, id);
 """

@@ -21,14 +21,15 @@ Tables, all keyed by project:
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
 from sessionary.sessionize import (
+    OPEN_SESSION_SHAPE,
+    SESSION_ROW_SHAPE,
     DeviceState,
     Hit,
     IngestOutcome,
@@ -40,6 +41,9 @@ from sessionary.sessionize import (
     Sessionizing,
     SessionRow,
     VacuumReport,
+    getter,
+    hit_values,
+    hits_of,
 )
 
 T = TypeVar("T")
@@ -347,19 +351,20 @@ def _write(db: sqlite3.Connection, step: Sessionizing, entry: OutboxEntry) -> No
 
 
 # -- encodings ------------------------------------------------------------------------------
-# A device state is [newest, touched_at, closed_last, session], a session the list of its
-# fields in declaration order (null when none); an outbox entry is
-# [hits, placements, rows, started, ended], each hit, placement and row the list of its fields
-# in declaration order, a hit's properties as text (or [base64] when they are not UTF-8).
+# A device state is [newest, touched_at, closed_last, session], a session the values of
+# `OPEN_SESSION_SHAPE` (null when none); an outbox entry is [hits, placements, rows, started,
+# ended], each hit the values of `HIT_SHAPE` (`hit_values`), each placement [status, session
+# id, device], each row the values of `SESSION_ROW_SHAPE`. Values are by position, so what an
+# older version saved reads back as long as fields are only added at the end, with defaults
+# (`sessionary.sessionize.shape`).
+
+_session_values = getter(OPEN_SESSION_SHAPE)
+_row_values = getter(SESSION_ROW_SHAPE)
 
 
 def _encode_state(state: DeviceState) -> bytes:
     s = state.session
-    session = None if s is None else [
-        s.id, s.start, s.last, s.events, s.screen_views, s.revenue, s.version, s.profile_id,
-        s.entry_path, s.exit_path, s.referrer, s.utm_source, s.utm_medium, s.utm_campaign,
-        s.utm_term, s.utm_content,
-    ]  # fmt: skip
+    session = None if s is None else _session_values(s)
     return orjson.dumps([state.newest, state.touched_at, state.closed_last, session])
 
 
@@ -370,36 +375,10 @@ def _decode_state(data: bytes) -> DeviceState:
     )
 
 
-def _encode_properties(properties: bytes) -> str | list[str]:
-    try:
-        return properties.decode()
-    except UnicodeDecodeError:
-        return [base64.b64encode(properties).decode()]
-
-
-def _decode_properties(value: str | list[str]) -> bytes:
-    return value.encode() if isinstance(value, str) else base64.b64decode(value[0])
-
-
 def _encode_entry(entry: OutboxEntry) -> bytes:
-    hits = [
-        [
-            h.event_id, h.name, h.ts, h.received_at, h.devices, h.dedup, h.profile_id, h.path,
-            h.referrer, h.utm_source, h.utm_medium, h.utm_campaign, h.utm_term, h.utm_content,
-            h.revenue, _encode_properties(h.properties),
-        ]
-        for h in entry.hits
-    ]  # fmt: skip
-    placements = [[p.status, p.session_id, p.device] for p in entry.placements]
-    rows = [
-        [
-            r.id, r.project_id, r.device_id, r.profile_id, r.started_at, r.ended_at,
-            r.event_count, r.screen_view_count, r.entry_path, r.exit_path, r.referrer,
-            r.utm_source, r.utm_medium, r.utm_campaign, r.utm_term, r.utm_content, r.revenue,
-            r.version, r.closed,
-        ]
-        for r in entry.sessions
-    ]  # fmt: skip
+    hits = [hit_values(h) for h in entry.hits]
+    rows = [_row_values(r) for r in entry.sessions]
+    placements = [list(p) for p in entry.placements]  # orjson writes no NamedTuple
     return orjson.dumps([hits, placements, rows, entry.started, entry.ended])
 
 
@@ -408,16 +387,9 @@ def _decode_entry(entry_id: str, project: str, data: bytes) -> OutboxEntry:
     return OutboxEntry(
         entry_id,
         project,
-        [_decode_hit(h) for h in hits],
+        hits_of(hits),
         [Placement(*p) for p in placements],
         [SessionRow(*r) for r in rows],
         [(sid, ts) for sid, ts in started],
         [(sid, ts) for sid, ts in ended],
     )
-
-
-def _decode_hit(h: list[Any]) -> Hit:
-    return Hit(
-        h[0], h[1], h[2], h[3], tuple(h[4]), h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12],
-        h[13], h[14], _decode_properties(h[15]),
-    )  # fmt: skip

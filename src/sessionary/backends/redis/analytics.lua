@@ -15,10 +15,10 @@
 --
 -- A device state is an array (false stands for None):
 --   1 newest  2 touched_at  3 closed_last  4 session id (false: no open session),
---   and with an open session: 5 start  6 last  7 events  8 screen views  9 revenue
---   10 version  11 profile  12 entry path  13 exit path
---   14 attribution: false (referrer and every utm None) or {referrer, utm_source,
---      utm_medium, utm_campaign, utm_term, utm_content}
+--   and with an open session the other fields of its OpenSession (sessionize.py), 5 to 14,
+--   the 6 of attribution as one, false (referrer and every utm None) or a list of them:
+-- state session: 4 id 5 start 6 last 7 events 8 screen_views 9 revenue 10 version 11 profile_id 12 entry_path 13 exit_path 14 {referrer utm_source utm_medium utm_campaign utm_term utm_content}
+--   (tests/analytics/test_row_shape.py holds that line to OpenSession), and
 --   15 the profiles the session had before its current one (false or a list; a pointer
 --      naming the session may be left behind when it closes: those go to the `q` index)
 -- Literal indices, not named locals: Lua 5.1 allows a function 60 upvalues. (Few fields:
@@ -39,7 +39,7 @@ local pointers_dirty, pointers_dirty_list = {}, {}
 local orphans = {}       -- profiles for the `q` index
 local watermark, watermark_moved = false, false
 local rows = {}          -- flat: the rows of the sessions closed here (final), then others
-local row_numbers = {}   -- flat: their numbers, 6 a row
+local row_numbers = {}   -- flat: their numbers (`row`)
 local closed_here = {}   -- session id -> true
 local touched, touched_list = {}, {}  -- session id -> device
 local started, ended = {}, {}         -- flat: id, time - base, id, time - base, ...
@@ -121,10 +121,13 @@ local function mark(device)
   end
 end
 
--- a row, flat: its strings and `closed` onto `rows` (12 values: id, device, profile, entry
--- path, exit path, the 6 of attribution, closed), its numbers onto `row_numbers` (6: start,
--- last, events, screen views, revenue, version; they leave packed as doubles, as the
--- numbers of a batch arrive: cjson formats a number with sprintf, half a row's cost)
+-- a row (SessionRow), flat: its strings and `closed` onto `rows`, its numbers onto
+-- `row_numbers` (they leave packed as doubles, as the numbers of a batch arrive: cjson
+-- formats a number with sprintf, half a row's cost), each in the order below, which
+-- analytics.py derives from sessionize.py's SessionRow (ROW_STRINGS, ROW_NUMBERS) and
+-- tests/analytics/test_row_shape.py holds these two lines to:
+-- row strings: id device_id profile_id entry_path exit_path referrer utm_source utm_medium utm_campaign utm_term utm_content closed
+-- row numbers: started_at ended_at event_count screen_view_count revenue version
 local function row(device, s, closed)
   local k, m = #rows, #row_numbers
   rows[k + 1], rows[k + 2], rows[k + 3] = s[4], device, s[11] or NULL
@@ -282,9 +285,9 @@ local function chunked(command, key, args, per)
 end
 
 -- write back what the step changed, and its outbox entry: field e, the JSON array
--- [base (a string), statuses (one digit per hit), [session id, device per hit], rows (12
--- values each), started, ended] (times as offsets from base); field n, the rows' numbers
--- (`doubles`, 6 a row); field h, `hits`, the client's encoding of the hits (if any).
+-- [base (a string), statuses (one digit per hit), [session id, device per hit], rows (`row`'s
+-- strings), started, ended] (times as offsets from base); field n, the rows' numbers
+-- (`doubles`); field h, `hits`, the client's encoding of the hits (if any).
 -- (Entries written before field n held 18 values a row in e: analytics.py reads both.)
 local function commit(ttl, hits, statuses, placements)
   local saved, idle, gone, closed, reopened = {}, {}, {}, {}, {}
