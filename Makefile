@@ -21,6 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-postgres
+	scripts/ensure-clickhouse
 	scripts/ensure-rabbitmq
 	scripts/ensure-chromium
 	$(BIN)/pytest
@@ -34,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-postgres
+	scripts/ensure-clickhouse
 	scripts/ensure-rabbitmq
 	scripts/ensure-wrk
 	$(BIN)/python benchmarks/store_ops.py
@@ -54,6 +56,7 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-postgres
+	scripts/ensure-clickhouse
 	scripts/ensure-rabbitmq
 	$(BIN)/pytest benchmarks/test_smoke.py
 

@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from sessionary import ManualClock, Store, connect
 from sessionary.analytics.sink import Sink, sink_from_url
-from tests.servers import RedisClusterNodes, RedisServer
+from tests.servers import ClickHouseServer, RedisClusterNodes, RedisServer
 
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
 
@@ -137,3 +137,14 @@ def paused(private_redis: RedisServer) -> Iterator[Callable[[bool], None]]:
 
     yield pause
     pause(False)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+    """A clickhouse-server of the test run's own (Debian's package, see
+    scripts/ensure-clickhouse), on free ports, for the whole session; the tests that use it
+    fail, never skip, when it cannot start. Isolate a test by a database of its own."""
+    server = ClickHouseServer(Path(tmp_path_factory.mktemp("clickhouse")))
+    server.start()
+    yield server
+    server.stop()

@@ -1,4 +1,5 @@
-"""Throwaway redis-server processes for tests that stop, pause, flush or cluster a server, and
+"""Throwaway redis-server processes for tests that stop, pause, flush or cluster a server, a
+private clickhouse-server (for the tests and benchmarks of the ClickHouse sink), and
 `eventually`, the bounded wait for what such a server (or a job) gets to in its own time."""
 
 from __future__ import annotations
@@ -6,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Self
+from xml.sax.saxutils import escape
 
 import redis
 
@@ -270,6 +276,192 @@ class RedisSentinelSet:
         self.sentinels.clear()
         for server in self.servers:
             server.stop()
+
+
+class ClickHouseServer:
+    """A clickhouse-server of the caller's own (Debian's package, which starts no service of
+    its own): listening on 127.0.0.1 only, on free HTTP and native ports, with its data, logs
+    and config in `directory`, time zone UTC, and user `default` without a password. Free of
+    pytest, so a benchmark can start one too (`with ClickHouseServer(directory) as server:`).
+    """
+
+    start_timeout = 20.0  # s from exec to answering (it takes ~0.1 s)
+    stop_timeout = 5.0  # s from SIGTERM to exit before SIGKILL (it takes ~0.3-0.5 s)
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        """`extra` are server settings for its command line, each `--name=value`."""
+        self.directory = directory.resolve()
+        self.http_port = free_port()
+        self.tcp_port = free_port()
+        while self.tcp_port == self.http_port:
+            self.tcp_port = free_port()
+        self.extra = extra
+        # a macro of this instance's own: start() waits for a server that names it, not for
+        # whatever else may answer on the port
+        self.instance = os.urandom(8).hex()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.config_file = self.directory / "config.xml"
+        self.output = self.directory / "clickhouse-server.out"  # its stdout and stderr
+        self.log = self.directory / "clickhouse-server.log"  # its logger, at warning
+        self._write_config()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"clickhouse://default@127.0.0.1:{self.http_port}/default"
+
+    def _write_config(self) -> None:
+        def path(name: str) -> str:
+            return escape(f"{self.directory / name}/")
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # No interserver_http_port (nor mysql_port, which 18.16 does not know): only the two
+        # ports below are opened. The caches are allocated on demand; capped for a test box.
+        self.config_file.write_text(
+            f"""<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{escape(str(self.log))}</log>
+        <errorlog>{escape(str(self.directory / "clickhouse-server.err.log"))}</errorlog>
+        <size>10M</size>
+        <count>1</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{self.http_port}</http_port>
+    <tcp_port>{self.tcp_port}</tcp_port>
+    <path>{path("data")}</path>
+    <tmp_path>{path("tmp")}</tmp_path>
+    <user_files_path>{path("user_files")}</user_files_path>
+    <format_schema_path>{path("format_schemas")}</format_schema_path>
+    <timezone>UTC</timezone>
+    <mark_cache_size>268435456</mark_cache_size>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <mlock_executable>false</mlock_executable>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <macros>
+        <instance>{self.instance}</instance>
+    </macros>
+</yandex>
+"""
+        )
+        (self.directory / "users.xml").write_text(
+            """<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default/>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"""
+        )
+
+    def start(self) -> None:
+        """Start it and wait until it answers over HTTP (as itself); raise with the tail of its
+        logs if it exits first or does not answer within `start_timeout`."""
+        if self.process is not None:
+            raise RuntimeError("this clickhouse-server is running already")
+        binary = shutil.which("clickhouse-server") or "/usr/sbin/clickhouse-server"
+        if not Path(binary).exists():
+            raise FileNotFoundError(
+                "clickhouse-server is not installed (scripts/ensure-clickhouse installs it)"
+            )
+        command = [binary, f"--config-file={self.config_file}"]
+        if self.extra:
+            command += ["--", *self.extra]
+        with self.output.open("ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while not self._answers():
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise RuntimeError(f"clickhouse-server exited with {code}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(
+                    f"clickhouse-server did not answer within {self.start_timeout} s:\n"
+                    + self.log_tail()
+                )
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        sql = "SELECT substitution FROM system.macros WHERE macro = 'instance'"
+        url = f"{self.http_url}/?{urllib.parse.urlencode({'query': sql})}"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.read().decode().strip() == self.instance)
+        except OSError:  # refused, reset, timed out, or an HTTP error
+            return False
+
+    def query(self, sql: str) -> str:
+        """Run `sql` over HTTP; its output (TabSeparated unless `sql` says FORMAT)."""
+        request = urllib.request.Request(f"{self.http_url}/", data=sql.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return str(response.read().decode())
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of its output and of its log (where a failed start says why)."""
+        tail = []
+        for file in (self.output, self.log):
+            if file.exists():
+                text = file.read_text(errors="replace").splitlines()[-lines:]
+                tail.append(f"--- {file.name}\n" + "\n".join(text))
+        return "\n".join(tail) or "(no log)"
+
+    def stop(self) -> None:
+        """SIGTERM and wait for it to exit (SIGKILL after `stop_timeout`); it keeps its data,
+        so start() brings it back on the same ports."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 async def eventually(

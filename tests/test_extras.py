@@ -144,6 +144,20 @@ def test_a_postgres_sink_without_asyncpg_names_the_extra() -> None:
     )
 
 
+def test_a_clickhouse_sink_without_httpx_names_the_extra() -> None:
+    line = missing_line(
+        ["httpx"],
+        """
+        import asyncio
+        from sessionary.analytics.sink import sink_from_url
+        asyncio.run(sink_from_url("clickhouse://127.0.0.1:8123/analytics"))
+        """,
+    )
+    assert line == (
+        "a ClickHouse analytics sink needs the httpx package: pip install 'sessionary[clickhouse]'"
+    )
+
+
 def test_the_mcp_event_store_without_mcp_names_the_extra() -> None:
     line = missing_line(["mcp", "mcp_types"], "import sessionary.mcp")
     assert line == "sessionary.mcp needs the mcp package: pip install 'sessionary[mcp]'"

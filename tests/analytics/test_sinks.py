@@ -1,9 +1,12 @@
 """The analytics sinks: `rows_of`, then each SQL sink on a real database.
 
-Every sink test runs on SQLite (a file in the test's tmp dir) and on PostgreSQL
+Every sink test runs on SQLite (a file in the test's tmp dir), on PostgreSQL
 (`ANALYTICS_PG_TEST_URL`, default postgresql://postgres@127.0.0.1:5432/test, a URL without a
-query string). A PostgreSQL test gets a schema of its own (the sink's `schema` URL parameter),
-dropped afterwards; when the server is down the test fails, it is never skipped.
+query string) and on ClickHouse twice: a private clickhouse-server (Debian's, 18.16; the
+`clickhouse_server` fixture) over HTTP, and the current engine in-process (chdb, the same
+statements through `ChdbTransport`). A PostgreSQL test gets a schema of its own (the sink's
+`schema` URL parameter), a ClickHouse test a database of its own, dropped afterwards; when a
+server is down the test fails, it is never skipped.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
+import orjson
 import pytest
 import pytest_asyncio
 
+from sessionary.analytics.clickhouse_sink import SETTINGS, ClickHouseSink
 from sessionary.analytics.sink import (
     Bucket,
     EventRow,
@@ -33,6 +39,8 @@ from sessionary.analytics.sink import (
 )
 from sessionary.errors import InvalidCursor
 from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow
+from tests.analytics.chdb_transport import ChdbTransport
+from tests.servers import ClickHouseServer
 
 PG_URL = os.environ.get("ANALYTICS_PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -138,10 +146,64 @@ class Db:
     sql: Callable[[str], Awaitable[list[tuple[Any, ...]]]]  # a statement on its own connection
     breaks: list[str]  # statements that make every insert into analytics_sessions fail
     mends: list[str]  # and undo that
+    failure: str = "injected"  # what the failure of `breaks` says
+    # a write is one transaction (all or nothing); on ClickHouse the retry makes it whole
+    atomic: bool = True
+    final: str = ""  # after a table's name: what reads its rows as stored (FINAL on ClickHouse)
 
 
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
+#: makes every insert into analytics_sessions fail on ClickHouse: the view's SELECT runs on each
+#: inserted block, after the block is stored (so a failed write may leave its rows behind)
+CLICKHOUSE_BREAKS = [
+    "CREATE MATERIALIZED VIEW fail ENGINE = Memory AS "
+    "SELECT throwIf(version >= 0) AS injected FROM analytics_sessions"
+]
+CLICKHOUSE_FAILURE = "throwIf|non zero|non-zero"
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgres", "clickhouse", "chdb"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
+    if request.param == "clickhouse":
+        server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
+        database = f"test_{uuid.uuid4().hex[:12]}"
+        sink = await sink_from_url(server.url.rsplit("/", 1)[0] + f"/{database}")
+        client = httpx.AsyncClient(base_url=server.http_url, timeout=30)
+
+        async def ch_sql(statement: str) -> list[tuple[Any, ...]]:
+            select = statement.startswith("SELECT")
+            response = await client.post(
+                "/",
+                params={**SETTINGS, "database": database},
+                content=f"{statement} FORMAT JSONCompact" if select else statement,
+            )
+            assert response.status_code == 200, response.text
+            return [tuple(row) for row in orjson.loads(response.content)["data"]] if select else []
+
+        mends = ["DROP TABLE fail"]
+        try:
+            yield Db(sink, ch_sql, CLICKHOUSE_BREAKS, mends, CLICKHOUSE_FAILURE, False, " FINAL")
+        finally:
+            await sink.close()
+            await client.post("/", content=f"DROP DATABASE IF EXISTS {database}")
+            await client.aclose()
+        return
+    if request.param == "chdb":
+        transport = ChdbTransport(tmp_path / "chdb")
+        sink = await ClickHouseSink.on(transport)
+
+        async def chdb_sql(statement: str) -> list[tuple[Any, ...]]:
+            if not statement.startswith("SELECT"):
+                await transport.query(statement)
+                return []
+            body = await transport.query(f"{statement} FORMAT JSONCompact")
+            return [tuple(row) for row in orjson.loads(body)["data"]]
+
+        try:
+            yield Db(sink, chdb_sql, CLICKHOUSE_BREAKS, ["DROP TABLE fail"], CLICKHOUSE_FAILURE,
+                     False, " FINAL")  # fmt: skip
+        finally:
+            await sink.close()
+        return
     if request.param == "sqlite":
         path = tmp_path / "analytics.db"
         sink = await sink_from_url(f"sqlite:///{path}")
@@ -184,8 +246,8 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
 
 
 async def stored(db: Db) -> tuple[list[str], list[tuple[str, int]]]:
-    events = await db.sql("SELECT event_id FROM analytics_events ORDER BY event_id")
-    sessions = await db.sql("SELECT id, version FROM analytics_sessions ORDER BY id")
+    events = await db.sql(f"SELECT event_id FROM analytics_events{db.final} ORDER BY event_id")
+    sessions = await db.sql(f"SELECT id, version FROM analytics_sessions{db.final} ORDER BY id")
     return [e for (e,) in events], [(sid, version) for sid, version in sessions]
 
 
@@ -196,7 +258,7 @@ async def test_writing_twice_stores_each_row_once(db: Db) -> None:
     assert await stored(db) == (["a", "b", "c", "e", "s1/end", "s1/start"], [("s1", 3)])
     assert (await db.sink.sessions("p")).sessions == [S1_CLOSED]
     [(late, properties)] = await db.sql(
-        "SELECT late, properties FROM analytics_events WHERE event_id = 'c'"
+        f"SELECT late, properties FROM analytics_events{db.final} WHERE event_id = 'c'"
     )
     assert (bool(late), properties) == (True, "{}")
 
@@ -213,9 +275,14 @@ async def test_an_older_session_row_never_replaces_a_newer_one(db: Db) -> None:
 async def test_a_write_failing_half_way_stores_nothing_and_its_retry_stores_once(db: Db) -> None:
     for statement in db.breaks:
         await db.sql(statement)
-    with pytest.raises(Exception, match="injected"):  # the sessions insert, after the events
+    with pytest.raises(Exception, match=db.failure):  # the sessions insert, after the events
         await db.sink.write(sample())
-    assert await stored(db) == ([], [])
+    if db.atomic:
+        assert await stored(db) == ([], [])
+    else:  # the events' insert went through, and maybe the sessions' block
+        events, sessions = await stored(db)
+        assert events == ["a", "b", "c", "e", "s1/end", "s1/start"]
+        assert sessions in ([], [("s1", 3)])
     for statement in db.mends:
         await db.sql(statement)
     await db.sink.write(sample())

@@ -1,7 +1,7 @@
 """The analytics feature's settings (the `[analytics]` table of sessionary.toml).
 
 [analytics]
-sink = "sqlite:///sessionary-analytics.db"     # or postgresql://user@host/db
+sink = "sqlite:///sessionary-analytics.db"     # or postgresql://user@host/db, clickhouse://user@host:8123/db
 
 [analytics.projects.shop]
 key = "a-long-random-project-key"
@@ -48,7 +48,7 @@ class AnalyticsSettings(BaseModel):
     model_config = STRICT
 
     enabled: bool = True
-    #: where sessions and events go: sqlite:///path.db or postgresql://...
+    #: where sessions and events go: sqlite:///path.db, postgresql://... or clickhouse://...
     sink: str = DEFAULT_SINK
     projects: dict[str, ProjectSettings] = Field(default_factory=dict)
     #: proxies whose X-Forwarded-For is believed for /track's client IP (CIDRs)

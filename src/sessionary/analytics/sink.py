@@ -13,8 +13,9 @@ acknowledging hands the same entries over again, and retried writes must not dup
 
 `rows_of` turns entries into rows (the same for every sink; `records_of` into the tuples the
 SQL sinks insert); `sink_from_url` opens the sink a URL names: `sqlite:///path.db`
-(`sessionary.analytics.sqlite_sink`, the default) or `postgresql://...`
-(`sessionary.analytics.postgres_sink`). The helpers below `sink_from_url` are the parts of the
+(`sessionary.analytics.sqlite_sink`, the default), `postgresql://...`
+(`sessionary.analytics.postgres_sink`) or `clickhouse://...`
+(`sessionary.analytics.clickhouse_sink`). The helpers below `sink_from_url` are the parts of the
 SQL sinks that do not depend on the database.
 """
 
@@ -234,7 +235,8 @@ def _marker(
 
 
 async def sink_from_url(url: str) -> Sink:
-    """The sink `url` names: `sqlite:///path.db`, or `postgresql://...` / `postgres://...`."""
+    """The sink `url` names: `sqlite:///path.db`, `postgresql://...` / `postgres://...`, or
+    `clickhouse://...` / `clickhouses://...`."""
     if url.startswith("sqlite:///"):
         from sessionary.analytics.sqlite_sink import SqliteSink
 
@@ -244,7 +246,15 @@ async def sink_from_url(url: str) -> Sink:
         from sessionary.analytics.postgres_sink import PostgresSink
 
         return await PostgresSink.connect(url)
-    raise ValueError(f"an analytics sink URL is sqlite:///path.db or postgresql://..., not {url!r}")
+    if url.startswith(("clickhouse://", "clickhouses://")):
+        require("httpx", "clickhouse", "a ClickHouse analytics sink")
+        from sessionary.analytics.clickhouse_sink import ClickHouseSink
+
+        return await ClickHouseSink.connect(url)
+    raise ValueError(
+        "an analytics sink URL is sqlite:///path.db, postgresql://... or clickhouse://..., "
+        f"not {url!r}"
+    )
 
 
 # -- for the SQL sinks ------------------------------------------------------------------------
