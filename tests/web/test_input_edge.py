@@ -21,6 +21,7 @@ from sessionary.analytics import Sessionizer
 from sessionary.analytics.events import BadEvent, TrackEvent
 from sessionary.codec import INT64_MAX, MAX_DEPTH
 from sessionary.counters import MAX_COUNT
+from tests.servers import ClickHouseServer
 from tests.web.conftest import ADMIN, PROJECT_KEY, client_for
 
 WEB = "/v1/namespaces/web"
@@ -293,14 +294,21 @@ async def test_malformed_paging_cursors_are_a_400(client: httpx.AsyncClient) -> 
         refused(page, 400, "invalid_cursor")
 
 
-async def test_huge_numbers_never_reach_a_postgres_sink(
-    make_app: Callable[..., FastAPI], clock: ManualClock
+@pytest.mark.parametrize("kind", ["postgres", "clickhouse"])
+async def test_huge_numbers_never_reach_a_sql_sink(
+    make_app: Callable[..., FastAPI], clock: ManualClock, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """The same answers with the PostgreSQL sink (bigint columns) as with SQLite."""
+    """The same answers with the PostgreSQL sink (bigint columns) and the ClickHouse sink
+    (Int64, a month partition of the time) as with SQLite."""
     schema = f"test_{uuid.uuid4().hex[:12]}"
+    if kind == "clickhouse":
+        server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
+        url = server.url.rsplit("/", 1)[0] + f"/{schema}"
+    else:
+        url = f"{PG_URL}?schema={schema}"
     app = make_app(
         analytics={
-            "sink": f"{PG_URL}?schema={schema}",
+            "sink": url,
             "jobs": False,
             "projects": {"shop": {"key": PROJECT_KEY}},
         }
@@ -337,11 +345,14 @@ async def test_huge_numbers_never_reach_a_postgres_sink(
             )
             assert stats.json()["sessions"] == 1
     finally:
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
+        if kind == "clickhouse":
+            server.query(f"DROP DATABASE IF EXISTS {schema}")
+        else:
+            conn = await asyncpg.connect(PG_URL)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            finally:
+                await conn.close()
 
 
 # -- the key first -----------------------------------------------------------------------------
