@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import struct
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from redis.asyncio import Redis
 
+from sessionary import ManualClock, connect
+from sessionary.analytics import Sessionizer, TrackEvent
 from sessionary.analytics.sink import SESSION_SHAPE, sink_from_url
 from sessionary.backends.redis import analytics
 from sessionary.sessionize import (
@@ -18,6 +24,7 @@ from sessionary.sessionize import (
     SESSION_ROW_SHAPE,
     Field,
     Hit,
+    OutboxEntry,
     compact_hit_values,
     hit_values,
     hits_of,
@@ -100,3 +107,61 @@ def test_a_hit_saved_before_a_field_was_added_reads_with_the_field_at_its_defaul
         Hit("e1", "purchase", 5, 6, ("d1",), True, "p1"),
         hit,
     ]
+
+
+def test_the_lua_says_the_widths_of_the_rows_it_writes() -> None:
+    [widths] = re.findall(r"^local ROW_WIDTHS = '(\d+ \d+)'$", LUA.read_text(), re.MULTILINE)
+    assert widths == f"{len(analytics.ROW_STRINGS)} {len(analytics.ROW_NUMBERS)}"
+
+
+async def test_redis_outbox_rows_of_another_version_read_by_their_widths(
+    redis_url: str, redis_client: Redis
+) -> None:
+    """An outbox entry says how many strings and numbers its rows have (`w`): rows a newer
+    version wrote (a field more of each) read as this version's fields; rows an older one
+    wrote, lacking fields without a default, are an error that names them (never shifted)."""
+    clock = ManualClock(1_700_000_000_000)
+    store = await connect(redis_url, clock=clock)
+    try:
+        sessionizer = Sessionizer(store)
+        now = clock.now_ms()
+        await sessionizer.ingest(
+            "p",
+            [
+                TrackEvent.parse({"name": "screen_view", "device_id": f"d{i}", "timestamp": now})
+                for i in range(3)
+            ],
+        )
+        [written] = await sessionizer.backend.outbox("p", 10)
+        key = store.backend.analytics.keys("p")[7]  # type: ignore[attr-defined]
+        [(entry_id, fields)] = await redis_client.xrange(key)
+        assert fields[b"w"] == b"12 6"
+        strings, numbers = len(analytics.ROW_STRINGS), len(analytics.ROW_NUMBERS)
+        e = orjson.loads(fields[b"e"])
+        flat, packed = e[3], list(struct.unpack(f"<{len(fields[b'n']) // 8}d", fields[b"n"]))
+        rows = [flat[i : i + strings] for i in range(0, len(flat), strings)]
+        values = [packed[i : i + numbers] for i in range(0, len(packed), numbers)]
+        assert len(rows) == len(values) == 3
+
+        def entry(widths: bytes, rows: list[list[Any]], values: list[list[float]]) -> OutboxEntry:
+            flat_values = [v for row in values for v in row]
+            again = {
+                **fields,
+                b"e": orjson.dumps([*e[:3], [s for row in rows for s in row], *e[4:]]),
+                b"n": struct.pack(f"<{len(flat_values)}d", *flat_values),
+                b"w": widths,
+            }
+            return analytics._entry("p", [entry_id, again])
+
+        newer = entry(
+            f"{strings + 1} {numbers + 1}".encode(),
+            [[*row, "a newer field"] for row in rows],
+            [[*row, 7.0] for row in values],
+        )
+        assert newer == written
+        with pytest.raises(ValueError, match=r"without a default: .*'closed'"):
+            entry(f"{strings - 1} {numbers}".encode(), [row[:-1] for row in rows], values)
+        with pytest.raises(ValueError, match=r"without a default: .*'version'"):
+            entry(f"{strings} {numbers - 1}".encode(), rows, [row[:-1] for row in values])
+    finally:
+        await store.close()

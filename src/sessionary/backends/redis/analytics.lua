@@ -128,6 +128,9 @@ end
 -- tests/analytics/test_row_shape.py holds these two lines to:
 -- row strings: id device_id profile_id entry_path exit_path referrer utm_source utm_medium utm_campaign utm_term utm_content closed
 -- row numbers: started_at ended_at event_count screen_view_count revenue version
+-- Each entry says how many of each a row has (its `w`), so that a version that knows more
+-- fields, or fewer, reads it.
+local ROW_WIDTHS = '12 6'
 local function row(device, s, closed)
   local k, m = #rows, #row_numbers
   rows[k + 1], rows[k + 2], rows[k + 3] = s[4], device, s[11] or NULL
@@ -344,9 +347,10 @@ local function commit(ttl, hits, statuses, placements)
     end
     local rest = cjson.encode({int(base), statuses or '', placements or {}, rows, started, ended})
     if hits then
-      redis.call('XADD', KEYS[8], '*', 'h', hits, 'e', rest, 'n', doubles(row_numbers))
+      redis.call('XADD', KEYS[8], '*', 'h', hits, 'e', rest, 'n', doubles(row_numbers),
+        'w', ROW_WIDTHS)
     else
-      redis.call('XADD', KEYS[8], '*', 'e', rest, 'n', doubles(row_numbers))
+      redis.call('XADD', KEYS[8], '*', 'e', rest, 'n', doubles(row_numbers), 'w', ROW_WIDTHS)
     end
   end
   for k = 1, 8 do redis.call('PEXPIRE', KEYS[k], ttl) end

@@ -24,9 +24,10 @@ undrained outbox entries with them. `vacuum` keeps a live project's keys to what
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -86,6 +87,26 @@ _rows_of: Callable[[str, Iterable[tuple[Sequence[Any], Sequence[Any]]]], list[Se
     )
 )
 _OLD_ROW_FIELDS = 18  # values per row in an entry written before the numbers were packed
+#: the strings and numbers per row of an entry written before entries said them (`w`)
+_UNSAID_WIDTHS = (12, 6)
+_ROW_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SessionRow)}
+
+
+def _fitted(rows: Iterable[tuple[Any, ...]], names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """Rows of values of another version's `names`: those this one does not know (a newer
+    version's, at the end) left out, those it lacks (an older version's) at their defaults."""
+    width = len(names)
+    for values in rows:
+        if len(values) < width:
+            lacking = names[len(values) :]
+            defaults = [_ROW_DEFAULTS[name] for name in lacking]
+            if dataclasses.MISSING in defaults:
+                raise ValueError(
+                    f"an outbox entry's rows lack SessionRow fields without a default: {lacking}"
+                )
+            yield (*values, *defaults)
+        else:
+            yield values[:width]
 
 
 def ttl_ms(rules: Rules) -> int:
@@ -179,18 +200,17 @@ def _doubles(raw: bytes) -> list[int]:
     return [int(n) for n in numbers]
 
 
-def _rows(project: str, flat: Any, raw_numbers: bytes) -> list[SessionRow]:
+def _rows(project: str, flat: Any, raw_numbers: bytes, widths: bytes | None) -> list[SessionRow]:
     """The rows of an outbox entry: the flat list of their strings (and `closed`) the script
-    wrote as JSON (an empty Lua table comes as {}), and their numbers, packed."""
+    wrote as JSON (an empty Lua table comes as {}), and their numbers, packed; `widths`, how
+    many of each a row has ("12 6"), as the version that wrote the entry knew them."""
+    said = _UNSAID_WIDTHS if widths is None else tuple(map(int, widths.split()))
     it, numbers = iter(flat), iter(_doubles(raw_numbers))
-    return _rows_of(
-        project,
-        zip(
-            zip(*[it] * len(ROW_STRINGS), strict=True),
-            zip(*[numbers] * len(ROW_NUMBERS), strict=True),
-            strict=True,
-        ),
-    )
+    strings: Iterable[tuple[Any, ...]] = zip(*[it] * said[0], strict=True)
+    values: Iterable[tuple[Any, ...]] = zip(*[numbers] * said[1], strict=True)
+    if said != (len(ROW_STRINGS), len(ROW_NUMBERS)):
+        strings, values = _fitted(strings, ROW_STRINGS), _fitted(values, ROW_NUMBERS)
+    return _rows_of(project, zip(strings, values, strict=True))
 
 
 def _old_rows(project: str, base: int, flat: Any) -> list[SessionRow]:
@@ -232,7 +252,9 @@ def _entry(project: str, raw: Sequence[Any]) -> OutboxEntry:
         project,
         [] if hits is None else _hits(orjson.loads(hits), len(statuses)),
         [Placement(_STATUSES[c], s, d) for c, s, d in zip(statuses, it, it, strict=True)],
-        _old_rows(project, base, rows) if numbers is None else _rows(project, rows, numbers),
+        _old_rows(project, base, rows)
+        if numbers is None
+        else _rows(project, rows, numbers, fields.get(b"w")),
         _times(base, started),
         _times(base, ended),
     )
