@@ -1,8 +1,9 @@
 """The two per-event parts of analytics around `ingest`, each alone: `TrackEvent.parse` (the
 validation of every /track event) and the drainer (outbox -> sink rows).
 
-    python benchmarks/analytics_parts.py [--events 50000] [--rounds 3] [--sinks sqlite,postgres]
-                                         [--smoke]
+    python benchmarks/analytics_parts.py [--events 50000] [--rounds 3]
+                                         [--sinks sqlite,postgres,clickhouse]
+                                         [--clickhouse URL] [--smoke]
 
 Parse: three kinds of event (an app's screen view with a device id; a browser's page view, its
 URL with utm_* parameters, a referrer, properties and the client's IP and User-Agent; a
@@ -12,13 +13,19 @@ OpenAPI document publishes for them (a generic validator, which only says yes or
 
 Drain: `--events` screen views over 2,000 devices, ingested in batches of 1,000 into a memory
 store before the clock starts (so the outbox costs nothing to read: what is timed is the
-drainer and the sink), then `Sessionizer.drain()` into a fresh SQLite sink in a tmp dir and
+drainer and the sink), then `Sessionizer.drain()` into a fresh SQLite sink in a tmp dir,
 into PostgreSQL (`BENCH_PG_URL`, default postgresql://postgres@127.0.0.1:5432/test, in a
-schema of its own, dropped afterwards). The baseline is the floor of each database: the same
-event rows, prebuilt as tuples, inserted by one `executemany` of the sink's own INSERT in one
-transaction into a fresh table (sqlite3; asyncpg), and the session rows likewise. The test data
-is set aside from the garbage collector (`gc.freeze`). Each number is the median of
-interleaved rounds.
+schema of its own, dropped afterwards) and into ClickHouse (`--clickhouse` or
+`BENCH_CLICKHOUSE_URL`, clickhouse://user@host:http-port/db; without either, a clickhouse-server
+of the run's own in a tmp dir, tests/servers.py `ClickHouseServer`), in a database of its own
+(bench_<hex>, dropped afterwards). The baseline is the floor of each database: the same event
+rows, prebuilt as tuples, inserted by one `executemany` of the sink's own INSERT in one
+transaction into a fresh table (sqlite3; asyncpg), and the session rows likewise; on
+ClickHouse, the rows prebuilt as JSONEachRow bytes, POSTed as one `INSERT INTO analytics_events
+FORMAT JSONEachRow` over its HTTP interface (httpx, a warm connection) into the sink's own
+table, then the session rows likewise. The test data is set aside from the garbage collector
+(`gc.freeze`). Each number is the median of interleaved rounds. After the table, how many times
+as fast as into PostgreSQL the drain into ClickHouse is.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,7 +52,9 @@ from rich.console import Console
 from rich.table import Table
 
 import sessionary
+from analytics_stress import clickhouse_query, private_clickhouse, with_database
 from sessionary.analytics import Sessionizer, TrackEvent
+from sessionary.analytics.clickhouse_sink import HttpTransport, each_row
 from sessionary.analytics.events import EVENT_SCHEMA
 from sessionary.analytics.sink import (
     EVENT_COLUMNS,
@@ -55,6 +65,7 @@ from sessionary.analytics.sink import (
 )
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CLICKHOUSE_URL = os.environ.get("BENCH_CLICKHOUSE_URL")  # None: a server of the run's own
 DEVICES = 2000
 CLIENT = ("203.0.113.9", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0")
 EVENTS: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
@@ -199,8 +210,27 @@ async def bare_postgres(
         await conn.close()
 
 
-async def bench_drain(events: int, rounds: int, sinks: list[str]) -> dict[str, tuple[float, float]]:
-    """{sink: (drained events/s, bare insert events/s)}, medians of interleaved rounds."""
+async def bare_clickhouse(events: bytes, sessions: bytes, url: str) -> float:
+    """The same rows, prebuilt as JSONEachRow, into the sink's tables by two HTTP POSTs."""
+    sink = await sink_from_url(url)  # creates the database and the tables
+    await sink.close()
+    transport = HttpTransport(url, timeout=300)
+    try:
+        await transport.query("SELECT 1")  # the connection is open before the clock, as the sink's
+        started = time.perf_counter()
+        await transport.query("INSERT INTO analytics_events FORMAT JSONEachRow", events)
+        await transport.query("INSERT INTO analytics_sessions FORMAT JSONEachRow", sessions)
+        return time.perf_counter() - started
+    finally:
+        await transport.close()
+
+
+async def bench_drain(
+    events: int, rounds: int, sinks: list[str], clickhouse: str | None = None
+) -> dict[str, tuple[float, float]]:
+    """{sink: (drained events/s, bare insert events/s)}, medians of interleaved rounds;
+    `clickhouse` a URL of the ClickHouse server to use (each round makes a database of its
+    own there, not the URL's)."""
     sample = await filled(events)
     rows, sessions = rows_of(await sample.backend.outbox("shop", 1_000_000))
     await sample.store.close()
@@ -209,6 +239,10 @@ async def bench_drain(events: int, rounds: int, sinks: list[str]) -> dict[str, t
         for row in rows
     ]
     session_tuples = [session_values(row) for row in sessions]
+    event_body = session_body = b""
+    if "clickhouse" in sinks:
+        event_body = each_row(EVENT_COLUMNS, event_tuples)
+        session_body = each_row(SESSION_COLUMNS, session_tuples)
     found: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in sinks}
     admin = await asyncpg.connect(PG_URL) if "postgres" in sinks else None
     try:
@@ -220,6 +254,9 @@ async def bench_drain(events: int, rounds: int, sinks: list[str]) -> dict[str, t
                         schema = f"bench_{uuid.uuid4().hex[:12]}"
                         if name == "sqlite":
                             url = f"sqlite:///{Path(tmp) / f'{schema}.db'}"
+                        elif name == "clickhouse":
+                            assert clickhouse is not None, "no ClickHouse to drain into"
+                            url = with_database(clickhouse, schema)
                         else:
                             url = f"{PG_URL}?schema={schema}"
                         try:
@@ -228,12 +265,19 @@ async def bench_drain(events: int, rounds: int, sinks: list[str]) -> dict[str, t
                             elif name == "sqlite":
                                 elapsed = await bare_sqlite(event_tuples, session_tuples, url)
                                 bare.append(events / elapsed)
+                            elif name == "clickhouse":
+                                elapsed = await bare_clickhouse(event_body, session_body, url)
+                                bare.append(events / elapsed)
                             else:
                                 elapsed = await bare_postgres(event_tuples, session_tuples, url)
                                 bare.append(events / elapsed)
                         finally:
                             if admin is not None and name == "postgres":
                                 await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                            if name == "clickhouse" and clickhouse is not None:
+                                await clickhouse_query(
+                                    url, f"DROP DATABASE IF EXISTS {schema}", in_database=False
+                                )
     finally:
         if admin is not None:
             await admin.close()
@@ -244,7 +288,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="events drained per round")
     parser.add_argument("--parses", type=int, default=100_000, help="parses per kind and round")
-    parser.add_argument("--sinks", default="sqlite,postgres")
+    parser.add_argument("--sinks", default="sqlite,postgres,clickhouse")
+    parser.add_argument(
+        "--clickhouse",
+        default=CLICKHOUSE_URL,
+        help="clickhouse://user@host:http-port/db (its server; each round makes a database of "
+        "its own), default BENCH_CLICKHOUSE_URL; without: a clickhouse-server of the run's own",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--smoke", action="store_true", help="CI size, seconds: 3,000 events, 2,000 parses"
@@ -263,12 +313,20 @@ async def main() -> None:
         table.add_row(kind, f"{ours:,.0f}", f"{1e6 / ours:.2f}", f"{ours / theirs:.1f}x")
     console.print(table)
     table = Table("drain into", "events/s (median)", "µs per event", "bare insert/s", "x bare")
-    drained = await bench_drain(args.events, args.rounds, args.sinks.split(","))
+    sinks = args.sinks.split(",")
+    with ExitStack() as stack:
+        clickhouse = args.clickhouse
+        if "clickhouse" in sinks and not clickhouse:
+            clickhouse = stack.enter_context(private_clickhouse())
+        drained = await bench_drain(args.events, args.rounds, sinks, clickhouse)
     for name, (ours, bare) in drained.items():
         table.add_row(
             name, f"{ours:,.0f}", f"{1e6 / ours:.2f}", f"{bare:,.0f}", f"{ours / bare:.2f}x"
         )
     console.print(table)
+    if "clickhouse" in drained and "postgres" in drained:
+        ratio = drained["clickhouse"][0] / drained["postgres"][0]
+        console.print(f"clickhouse drains {ratio:.1f}x as fast as postgres")
 
 
 if __name__ == "__main__":

@@ -272,11 +272,14 @@ class SessionRow:
 @dataclass(frozen=True, slots=True)
 class Field:
     """A field of a row shape: its name, the type of its values (str, int, bool, bytes, or
-    tuple for a tuple of strings) and whether it may also be None."""
+    tuple for a tuple of strings), whether it may also be None, and its default
+    (`dataclasses.MISSING` for none): what a row stored before the field was added reads as.
+    Two fields are equal by the first three (the default is not part of the layout)."""
 
     name: str
     kind: type
     optional: bool
+    default: object = field(default_factory=lambda: dataclasses.MISSING, compare=False)
 
 
 _KINDS: Final = frozenset({str, int, bool, bytes, tuple})
@@ -301,7 +304,10 @@ def shape(cls: type) -> tuple[Field, ...]:
         kind = get_origin(kind) or kind
         if kind not in _KINDS or not isinstance(kind, type):
             raise TypeError(f"{cls.__name__}.{f.name}: a row holds no {hints[f.name]}")
-        found.append(Field(f.name, kind, optional))
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        found.append(Field(f.name, kind, optional, default))
     return tuple(found)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chdb import session as chdb_session
 
-from sessionary.analytics.clickhouse_sink import SETTINGS, ClickHouseError
+from sessionary.analytics.clickhouse_sink import SETTINGS, Body, ClickHouseError
 
 
 class ChdbTransport:
@@ -32,7 +32,9 @@ class ChdbTransport:
             raise ClickHouseError.of(str(exc)) from exc
         return bytes(result.bytes())
 
-    async def query(self, sql: str, data: bytes | None = None) -> bytes:
+    async def query(self, sql: str, data: Body | None = None) -> bytes:
+        if data is not None and not isinstance(data, bytes):
+            data = b"".join([piece async for piece in data])
         async with self._lock:
             return await asyncio.to_thread(self._run, sql, data)
 

@@ -18,6 +18,7 @@ from sessionary import ManualClock, connect
 from sessionary.analytics import Sessionizer, TrackEvent
 from sessionary.analytics.clickhouse_sink import (
     SETTINGS,
+    Body,
     ClickHouseError,
     ClickHouseSink,
     HttpTransport,
@@ -224,7 +225,7 @@ async def test_a_refused_user_is_unavailable_with_the_servers_words(
 class Misspelling(ChdbTransport):
     """Sends SELEC for SELECT: a statement of ours the engine refuses."""
 
-    async def query(self, sql: str, data: bytes | None = None) -> bytes:
+    async def query(self, sql: str, data: Body | None = None) -> bytes:
         return await super().query(sql.replace("SELECT", "SELEC"), data)
 
 
@@ -248,9 +249,12 @@ class Counting(ChdbTransport):
         super().__init__(directory)
         self.inserts: list[int] = []  # the rows of each INSERT
 
-    async def query(self, sql: str, data: bytes | None = None) -> bytes:
+    async def query(self, sql: str, data: Body | None = None) -> bytes:
         if data is not None:
-            self.inserts.append(data.count(b"\n") + 1)
+            assert not isinstance(data, bytes)
+            pieces = [piece async for piece in data]
+            self.inserts.append(len(orjson.loads(b"[" + b"".join(pieces) + b"]")))
+            data = b"".join(pieces)
         return await super().query(sql, data)
 
 

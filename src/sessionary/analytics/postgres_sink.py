@@ -24,20 +24,24 @@ from sessionary.analytics.sink import (
     SESSION_COLUMNS,
     SESSION_FIELDS,
     SESSION_SHAPE,
+    TABLES,
     Interval,
     SessionsPage,
     Stats,
+    add_columns,
+    column,
     create_table,
     page_args,
     page_of,
     records_of,
     session_values,
     span,
+    sql_literal,
     stats_of,
     timeline,
 )
 from sessionary.errors import StoreUnavailable
-from sessionary.sessionize import OutboxEntry
+from sessionary.sessionize import Field, OutboxEntry
 
 #: the PostgreSQL type of each kind of value (`sessionary.sessionize.Field.kind`); properties,
 #: the one bytes field, are a JSON object
@@ -49,6 +53,11 @@ _SCHEMA = f"""{_EVENTS};
 CREATE INDEX IF NOT EXISTS analytics_sessions_by_start
     ON analytics_sessions (project_id, started_at, id);
 """
+#: the columns of a table where the sink's tables are (the schema that `_SCHEMA` made them in)
+_COLUMNS_OF = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND table_name = $1"
+)
 _INSERT_EVENT = (
     f"INSERT INTO analytics_events ({', '.join(EVENT_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(EVENT_COLUMNS) + 1))}) "
@@ -100,6 +109,10 @@ _TOP_ENTRY_PATHS = _TOP_PATHS.format(path="entry_path")
 _TOP_EXIT_PATHS = _TOP_PATHS.format(path="exit_path")
 
 
+def _declare(f: Field) -> str:
+    return column(f, _TYPES)
+
+
 # SQLSTATE classes that mean we asked something wrong: bugs of ours, raised as they are (a 500
 # with its traceback). Every other failure is the server's state (connection lost or refused,
 # read-only standby, disk full, too many connections, shutting down, serialization failure,
@@ -147,6 +160,20 @@ class PostgresSink:
                 if schema is not None:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 await conn.execute(_SCHEMA)
+                # tables an older version made: the columns of the fields added since
+                additions = [
+                    statement
+                    for table, fields in TABLES
+                    for statement in add_columns(
+                        table,
+                        [name for (name,) in await conn.fetch(_COLUMNS_OF, table)],
+                        fields,
+                        _declare,
+                        sql_literal,
+                    )
+                ]
+                for statement in additions:
+                    await conn.execute(statement)
         except BaseException:
             await pool.close()
             raise

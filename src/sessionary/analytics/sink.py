@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -270,6 +270,8 @@ SESSION_SHAPE = (
 EVENT_COLUMNS = names(EVENT_SHAPE)
 SESSION_FIELDS = names(SESSION_ROW_SHAPE)  # what `session_of` reads back
 SESSION_COLUMNS = names(SESSION_SHAPE)
+#: every sink's two tables, and the shape of each
+TABLES = (("analytics_events", EVENT_SHAPE), ("analytics_sessions", SESSION_SHAPE))
 _FIRST, _LAST = INT64_MIN, INT64_MAX
 
 #: the values of `SESSION_COLUMNS` of a row
@@ -285,9 +287,75 @@ def create_table(
 ) -> str:
     """The CREATE TABLE (if not there) of a row shape: a column per field, typed by `types`
     (the database's type of each kind of value), NOT NULL unless it may be None."""
-    lines = [f"{f.name} {types[f.kind]}{'' if f.optional else ' NOT NULL'}" for f in columns]
+    lines = [column(f, types) for f in columns]
     lines.append(f"PRIMARY KEY ({', '.join(key)})")
     return f"CREATE TABLE IF NOT EXISTS {table} (\n    " + ",\n    ".join(lines) + f"\n){options}"
+
+
+def column(f: Field, types: Mapping[type, str]) -> str:
+    """A field's column, as `create_table` declares it: its name and type, NOT NULL unless it
+    may be None."""
+    return f"{f.name} {types[f.kind]}{'' if f.optional else ' NOT NULL'}"
+
+
+# -- the columns of a newer version ------------------------------------------------------------
+# A table made by an older version lacks the columns of the fields added since (at the end of
+# their dataclass, each with a default: `sessionary.sessionize.shape`). A sink, when it opens,
+# reads the columns its tables have and adds the missing ones (`add_columns`), each with the
+# field's default for the rows stored before: adding a field is one edit for a deployed sink too.
+
+
+def missing_columns(existing: Iterable[str], fields: Sequence[Field]) -> list[Field]:
+    """The fields whose column a table with the columns `existing` lacks, in shape order."""
+    have = set(existing)
+    return [f for f in fields if f.name not in have]
+
+
+def add_columns(
+    table: str,
+    existing: Iterable[str],
+    fields: Sequence[Field],
+    declare: Callable[[Field], str],
+    literal: Callable[[object], str],
+    *,
+    if_not_exists: bool = True,
+) -> list[str]:
+    """The ALTER TABLEs that add to `table` (whose columns are `existing`) the columns of
+    `fields` it lacks, in shape order: each `declare(field)` (the database's declaration) with
+    DEFAULT `literal(value)`, the value being the field's default, or NULL for an optional field
+    without one (what the rows stored before read as). A missing field with neither is a
+    ValueError, raised before any statement is made: its column is the operator's to add."""
+    missing = missing_columns(existing, fields)
+    for f in missing:
+        if f.default is MISSING and not f.optional:
+            raise ValueError(
+                f"the sink table {table} lacks column {f.name}, which has no default: add it "
+                f"by hand (ALTER TABLE {table} ADD COLUMN {declare(f)} DEFAULT <the value of the "
+                "stored rows>)"
+            )
+    verb = "ADD COLUMN IF NOT EXISTS" if if_not_exists else "ADD COLUMN"
+    return [
+        f"ALTER TABLE {table} {verb} {declare(f)} "
+        f"DEFAULT {literal(None if f.default is MISSING else f.default)}"
+        for f in missing
+    ]
+
+
+def sql_literal(value: object, flags: tuple[str, str] = ("FALSE", "TRUE")) -> str:
+    """A default value as a standard SQL literal (SQLite's, PostgreSQL's): NULL, an integer, a
+    string (its quotes doubled), bytes (the JSON text of the one bytes field, properties) as
+    that text; a bool is `flags[value]` (SQLite passes ("0", "1"), the INTEGER it stores)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return flags[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"a column's default is None, a bool, an int, a str or bytes, not {value!r}")
 
 
 def session_of(record: Iterable[Any]) -> SessionRow:

@@ -20,20 +20,24 @@ from sessionary.analytics.sink import (
     SESSION_COLUMNS,
     SESSION_FIELDS,
     SESSION_SHAPE,
+    TABLES,
     Interval,
     SessionsPage,
     Stats,
+    add_columns,
+    column,
     create_table,
     page_args,
     page_of,
     records_of,
     session_values,
     span,
+    sql_literal,
     stats_of,
     timeline,
 )
 from sessionary.errors import sqlite_unavailable
-from sessionary.sessionize import OutboxEntry, SessionRow
+from sessionary.sessionize import Field, OutboxEntry, SessionRow
 
 T = TypeVar("T")
 
@@ -100,10 +104,44 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.executescript(_SCHEMA)
+        if _additions(conn):  # tables an older version made: their new columns, under the lock
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _additions(conn):
+                    conn.execute(statement)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _declare(f: Field) -> str:
+    return column(f, _TYPES)
+
+
+def _literal(value: object) -> str:
+    return sql_literal(value, ("0", "1"))
+
+
+def _additions(conn: sqlite3.Connection) -> list[str]:
+    """The ALTER TABLEs that add the columns the tables lack (`add_columns`)."""
+    return [
+        statement
+        for table, fields in TABLES
+        for statement in add_columns(
+            table,
+            (name for _, name, *_ in conn.execute(f"PRAGMA table_info({table})")),
+            fields,
+            _declare,
+            _literal,
+            if_not_exists=False,  # SQLite has no ADD COLUMN IF NOT EXISTS: the lock instead
+        )
+    ]
 
 
 def _write(
