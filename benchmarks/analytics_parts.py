@@ -54,7 +54,7 @@ from rich.table import Table
 import sessionary
 from analytics_stress import clickhouse_query, private_clickhouse, with_database
 from sessionary.analytics import Sessionizer, TrackEvent
-from sessionary.analytics.clickhouse_sink import HttpTransport, each_row
+from sessionary.analytics.clickhouse_sink import HttpTransport, each_row, session_objects
 from sessionary.analytics.events import EVENT_SCHEMA
 from sessionary.analytics.sink import (
     EVENT_COLUMNS,
@@ -241,8 +241,8 @@ async def bench_drain(
     session_tuples = [session_values(row) for row in sessions]
     event_body = session_body = b""
     if "clickhouse" in sinks:
-        event_body = each_row(EVENT_COLUMNS, event_tuples)
-        session_body = each_row(SESSION_COLUMNS, session_tuples)
+        event_body = each_row([dict(zip(EVENT_COLUMNS, row, strict=True)) for row in event_tuples])
+        session_body = each_row(session_objects(sessions))
     found: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in sinks}
     admin = await asyncpg.connect(PG_URL) if "postgres" in sinks else None
     try:

@@ -27,7 +27,7 @@ from sessionary.analytics.clickhouse_sink import (
 )
 from sessionary.analytics.sink import SessionsPage, Sink, sink_from_url
 from sessionary.errors import StoreUnavailable
-from sessionary.sessionize import OutboxEntry
+from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow
 from tests.analytics.chdb_transport import ChdbTransport
 from tests.servers import ClickHouseServer, free_port
 
@@ -342,3 +342,26 @@ async def test_the_url(url: str, base: str, database: str) -> None:
 async def test_a_bad_url_says_what_is_wrong(url: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         await sink_from_url(url)
+
+
+async def test_a_write_of_duplicates_only_inserts_its_sessions(
+    clickhouse_server: ClickHouseServer, database: str, tmp_path: Path
+) -> None:
+    """Hits that are all duplicates make an insert with no rows (both releases take it); the
+    sessions of the entry are still written."""
+    row = SessionRow(
+        "s1", "p", "d1", None, 1000, 1000, 1, 1, "/", "/",
+        None, None, None, None, None, None, 0, 2, False,
+    )  # fmt: skip
+    duplicate = Hit("e1", "screen_view", 1000, 1000, ("d1",))
+    entry = OutboxEntry("o1", "p", [duplicate], [Placement("duplicate")], [row], [], [])
+    for sink in (
+        await sink_from_url(database_url(clickhouse_server, database)),
+        await ClickHouseSink.on(ChdbTransport(tmp_path)),
+    ):
+        try:
+            await sink.write([entry])
+            assert (await sink.sessions("p")).sessions == [row]
+            assert (await sink.stats("p", start=None, end=None)).sessions == 1
+        finally:
+            await sink.close()

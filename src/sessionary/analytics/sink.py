@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any, Literal, Protocol
@@ -39,6 +40,7 @@ from sessionary.sessionize import (
     Field,
     OutboxEntry,
     SessionRow,
+    compiled,
     getter,
     names,
     shape,
@@ -158,80 +160,116 @@ def rows_of(entries: Sequence[OutboxEntry]) -> tuple[list[EventRow], list[Sessio
 def records_of(
     entries: Sequence[OutboxEntry],
     *,
+    dicts: bool = False,
     absent: object = None,
     flags: tuple[object, object] = (False, True),
     properties: Callable[[bytes], object] = bytes.decode,
-) -> tuple[list[tuple[Any, ...]], list[SessionRow]]:
-    """The rows of `rows_of`, each event as the values of `EVENT_COLUMNS`: what the SQL sinks
-    insert, made without an `EventRow` each (the drainer's time per event). A missing text
-    (session_id, device_id, profile_id, path, referrer, utm_*) is `absent`, `late` is
-    `flags[late]` and the properties `properties(the JSON)` (text by default): SQLite binds None
-    and a bool several times slower than an int, so its sink passes 0 and (0, 1) and reads
-    NULLIF(?, 0) back."""
-    events: list[tuple[Any, ...]] = []
-    latest: dict[str, SessionRow] = {}
-    add = events.append
-    not_late, late = flags
-    no_properties = properties(b"{}")  # a session_start's or session_end's
-    for entry in entries:
-        project = entry.project
-        rows = {row.id: row for row in entry.sessions}
-        for row in entry.sessions:
-            held = latest.get(row.id)
-            if held is None or row.version > held.version:
-                latest[row.id] = row
-        for hit, (status, sid, device) in zip(entry.hits, entry.placements, strict=True):
-            if status == DUPLICATE:
-                continue
-            profile = hit.profile_id
-            if profile is None and sid is not None:
-                session = rows.get(sid)
-                if session is not None:
-                    profile = session.profile_id
-            add((
-                project, hit.event_id, hit.name, hit.ts, hit.received_at,
-                absent if sid is None else sid, absent if device is None else device,
-                absent if profile is None else profile,
-                absent if (v := hit.path) is None else v,
-                absent if (v := hit.referrer) is None else v,
-                absent if (v := hit.utm_source) is None else v,
-                absent if (v := hit.utm_medium) is None else v,
-                absent if (v := hit.utm_campaign) is None else v,
-                absent if (v := hit.utm_term) is None else v,
-                absent if (v := hit.utm_content) is None else v,
-                hit.revenue, properties(hit.properties), late if status == LATE else not_late,
-            ))  # fmt: skip
-        received = entry.hits[0].received_at if entry.hits else None
-        for sid, ts in entry.started:
-            row = rows[sid]
-            add(
-                _marker(row, "start", ts, received, row.entry_path, absent, no_properties, not_late)
-            )
-        for sid, ts in entry.ended:
-            row = rows[sid]
-            add(_marker(row, "end", ts, received, row.exit_path, absent, no_properties, not_late))
-    return events, list(latest.values())
+) -> tuple[list[Any], list[SessionRow]]:
+    """The rows of `rows_of`, each event as the values of `EVENT_COLUMNS` (a dict of them with
+    `dicts`): what the sinks insert, made without an `EventRow` each (the drainer's time per
+    event). A missing text (session_id, device_id, profile_id, path, referrer, utm_*) is
+    `absent`, `late` is `flags[late]` and the properties `properties(the JSON)` (text by
+    default): SQLite binds None and a bool several times slower than an int, so its sink passes
+    0 and (0, 1) and reads NULLIF(?, 0) back."""
+    return _records(dicts, absent, flags, properties)(entries)
 
 
-def _marker(
-    row: SessionRow,
-    what: str,
-    ts: int,
-    received: int | None,
-    path: str | None,
-    absent: object,
-    no_properties: object,
-    not_late: object,
-) -> tuple[Any, ...]:
-    texts = (
-        row.id, row.device_id, row.profile_id, path, row.referrer, row.utm_source,
-        row.utm_medium, row.utm_campaign, row.utm_term, row.utm_content,
-    )  # fmt: skip
-    return (
-        row.project_id, f"{row.id}/{what}", f"session_{what}", ts,
-        ts if received is None else received, *(absent if v is None else v for v in texts),
-        0, no_properties, not_late,
-    )  # fmt: skip
+#: Where each event column comes from: for a hit (`_FROM_HIT`, of the hit, its entry's
+#: `project`, its placement's `sid` and `device`, its `profile` and its `late` flag), and for
+#: the `session_start` / `session_end` row of a session (`_FROM_MARKER`, of its `row`, `what`
+#: (start or end), its time `ts`, when its batch was `received` (None for the reaper's) and its
+#: `path`). An event field is added to `EventRow` and here (the check below fails until it
+#: is); the sinks follow.
+_FROM_HIT = {
+    "project_id": "project", "event_id": "hit.event_id", "name": "hit.name",
+    "timestamp": "hit.ts", "received_at": "hit.received_at", "session_id": "sid",
+    "device_id": "device", "profile_id": "profile", "path": "hit.path",
+    "referrer": "hit.referrer", "utm_source": "hit.utm_source", "utm_medium": "hit.utm_medium",
+    "utm_campaign": "hit.utm_campaign", "utm_term": "hit.utm_term",
+    "utm_content": "hit.utm_content", "revenue": "hit.revenue",
+    "properties": "properties(hit.properties)", "late": "late",
+}  # fmt: skip
+_FROM_MARKER = {
+    "project_id": "row.project_id", "event_id": "row.id + '/' + what",
+    "name": "'session_' + what", "timestamp": "ts",
+    "received_at": "ts if received is None else received",
+    "session_id": "row.id", "device_id": "row.device_id", "profile_id": "row.profile_id",
+    "path": "path", "referrer": "row.referrer", "utm_source": "row.utm_source",
+    "utm_medium": "row.utm_medium", "utm_campaign": "row.utm_campaign",
+    "utm_term": "row.utm_term", "utm_content": "row.utm_content", "revenue": "0",
+    "properties": "no_properties", "late": "not_late",
+}  # fmt: skip
+EVENT_SHAPE = shape(EventRow)
+for _sources in (_FROM_HIT, _FROM_MARKER):
+    if set(_sources) != set(names(EVENT_SHAPE)):
+        raise TypeError(f"say where each EventRow field comes from: {sorted(_sources)}")
+
+
+def _event_row(params: str, sources: Mapping[str, str], dicts: bool, scope: dict[str, Any]) -> Any:
+    """The function of `params` making an event row, a tuple (or a dict) of the values
+    `sources` names, a missing text as `absent` (in `scope`; None as it is, with no test):
+    compiled, as fast as a tuple written out."""
+    values = [
+        f"(absent if (v := {sources[f.name]}) is None else v)"
+        if f.optional and scope["absent"] is not None
+        else sources[f.name]
+        for f in EVENT_SHAPE
+    ]
+    if dicts:
+        row = (
+            "{"
+            + ", ".join(f"{f.name!r}: {v}" for f, v in zip(EVENT_SHAPE, values, strict=True))
+            + "}"
+        )
+    else:
+        row = "(" + ", ".join(values) + ",)"
+    return compiled(params, row, scope)
+
+
+@functools.cache
+def _records(
+    dicts: bool, absent: object, flags: tuple[object, object], properties: Callable[[bytes], object]
+) -> Callable[[Sequence[OutboxEntry]], tuple[list[Any], list[SessionRow]]]:
+    """`records_of` for one way of making rows."""
+    not_late, is_late = flags
+    scope = {
+        "absent": absent, "properties": properties, "no_properties": properties(b"{}"),
+        "not_late": not_late,
+    }  # fmt: skip
+    hit_row = _event_row("project, hit, sid, device, profile, late", _FROM_HIT, dicts, scope)
+    marker_row = _event_row("row, what, ts, received, path", _FROM_MARKER, dicts, scope)
+
+    def records(entries: Sequence[OutboxEntry]) -> tuple[list[Any], list[SessionRow]]:
+        events: list[Any] = []
+        latest: dict[str, SessionRow] = {}
+        add = events.append
+        for entry in entries:
+            project = entry.project
+            rows = {row.id: row for row in entry.sessions}
+            for row in entry.sessions:
+                held = latest.get(row.id)
+                if held is None or row.version > held.version:
+                    latest[row.id] = row
+            for hit, (status, sid, device) in zip(entry.hits, entry.placements, strict=True):
+                if status == DUPLICATE:
+                    continue
+                profile = hit.profile_id
+                if profile is None and sid is not None:
+                    session = rows.get(sid)
+                    if session is not None:
+                        profile = session.profile_id
+                late = is_late if status == LATE else not_late
+                add(hit_row(project, hit, sid, device, profile, late))
+            received = entry.hits[0].received_at if entry.hits else None
+            for sid, ts in entry.started:
+                row = rows[sid]
+                add(marker_row(row, "start", ts, received, row.entry_path))
+            for sid, ts in entry.ended:
+                row = rows[sid]
+                add(marker_row(row, "end", ts, ts if received is None else received, row.exit_path))
+        return events, list(latest.values())
+
+    return records
 
 
 async def sink_from_url(url: str) -> Sink:
@@ -261,7 +299,6 @@ async def sink_from_url(url: str) -> Sink:
 
 #: the columns of the SQL sinks' tables: an event's, a session's (its fields, then the two
 #: properties the stats aggregate, stored so the database computes them)
-EVENT_SHAPE = shape(EventRow)
 SESSION_SHAPE = (
     *SESSION_ROW_SHAPE,
     Field("duration_ms", int, optional=False),
