@@ -37,6 +37,7 @@ statements on a current ClickHouse in-process (chdb) as well as on the server.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -56,6 +57,7 @@ from sessionary.analytics.sink import (
     SessionsPage,
     Stats,
     add_columns,
+    latest_rows,
     page_args,
     page_of,
     records_of,
@@ -315,15 +317,20 @@ class ClickHouseSink:
         )
 
     async def write(self, entries: Sequence[OutboxEntry]) -> None:
-        latest: dict[str, SessionRow] = {}  # the rows of the sessions, as `records_of` has them
+        """The events' insert and the sessions' at once (each insert has a cost of its own on
+        the server, writing a part, which the other overlaps); either failing fails the write,
+        after both are done."""
+        inserts = []
         if any(_has_events(entry) for entry in entries):  # an empty INSERT is refused
-            body = _event_pieces(entries, latest)
-            await _unavailable_on_failure(self._transport.query(_INSERT_EVENTS, body))
-        else:
-            latest.update((row.id, row) for row in records_of(entries)[1])
-        if latest:
-            body = _pieces(session_objects(latest.values()))
-            await _unavailable_on_failure(self._transport.query(_INSERT_SESSIONS, body))
+            inserts.append(self._transport.query(_INSERT_EVENTS, _event_pieces(entries)))
+        sessions = latest_rows(entries)
+        if sessions:
+            body = _pieces(session_objects(sessions))
+            inserts.append(self._transport.query(_INSERT_SESSIONS, body))
+        done = await asyncio.gather(*map(_unavailable_on_failure, inserts), return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def sessions(
         self,
@@ -406,13 +413,10 @@ def _has_events(entry: OutboxEntry) -> bool:
     )
 
 
-async def _event_pieces(
-    entries: Sequence[OutboxEntry], latest: dict[str, SessionRow]
-) -> AsyncIterator[bytes]:
+async def _event_pieces(entries: Sequence[OutboxEntry]) -> AsyncIterator[bytes]:
     """The event rows of `entries` as the body of one INSERT, made and sent about CHUNK rows
     at a time: the server parses a piece (it reads a body as it arrives) while the next is
-    made, and the event loop is never held longer than a piece takes. Fills `latest` with
-    the session rows, as `records_of` has them."""
+    made, and the event loop is never held longer than a piece takes."""
     group: list[OutboxEntry] = []
     size = 0
     sent = False
@@ -421,11 +425,7 @@ async def _event_pieces(
         size += len(entry.hits)
         if size < CHUNK and at < len(entries):
             continue
-        events, sessions = records_of(group, dicts=True)
-        for row in sessions:
-            held = latest.get(row.id)
-            if held is None or row.version > held.version:
-                latest[row.id] = row
+        events, _ = records_of(group, dicts=True)
         if events:
             if sent:
                 yield b","

@@ -241,15 +241,10 @@ def _records(
 
     def records(entries: Sequence[OutboxEntry]) -> tuple[list[Any], list[SessionRow]]:
         events: list[Any] = []
-        latest: dict[str, SessionRow] = {}
         add = events.append
         for entry in entries:
             project = entry.project
             rows = {row.id: row for row in entry.sessions}
-            for row in entry.sessions:
-                held = latest.get(row.id)
-                if held is None or row.version > held.version:
-                    latest[row.id] = row
             for hit, (status, sid, device) in zip(entry.hits, entry.placements, strict=True):
                 if status == DUPLICATE:
                     continue
@@ -266,10 +261,21 @@ def _records(
                 add(marker_row(row, "start", ts, received, row.entry_path))
             for sid, ts in entry.ended:
                 row = rows[sid]
-                add(marker_row(row, "end", ts, ts if received is None else received, row.exit_path))
-        return events, list(latest.values())
+                add(marker_row(row, "end", ts, received, row.exit_path))
+        return events, latest_rows(entries)
 
     return records
+
+
+def latest_rows(entries: Sequence[OutboxEntry]) -> list[SessionRow]:
+    """The latest row (of the greatest version) of each session of `entries`."""
+    latest: dict[str, SessionRow] = {}
+    for entry in entries:
+        for row in entry.sessions:
+            held = latest.get(row.id)
+            if held is None or row.version > held.version:
+                latest[row.id] = row
+    return list(latest.values())
 
 
 async def sink_from_url(url: str) -> Sink:
