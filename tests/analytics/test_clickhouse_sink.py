@@ -258,8 +258,19 @@ class Counting(ChdbTransport):
         return await super().query(sql, data)
 
 
-async def test_a_write_is_one_insert_per_table_however_many_entries(tmp_path: Path) -> None:
-    """What ClickHouse wants: few inserts of many rows (each insert is a part on disk)."""
+@pytest.mark.parametrize(
+    ("batches", "inserts"),
+    [
+        (20, [500, 20 * 500 + 500]),  # the sessions; the events and the starts
+        (24, [500, 12 * 500, 12 * 500 + 500]),  # the events in two halves, the starts first
+        (1, [500, 500 + 500]),
+    ],
+)
+async def test_a_write_is_few_inserts_however_many_entries(
+    tmp_path: Path, batches: int, inserts: list[int]
+) -> None:
+    """What ClickHouse wants: few inserts of many rows (each insert is a part on disk): one
+    of the sessions, one of the events, or two of them past 10,000 (parsed at once)."""
     transport = Counting(tmp_path)
     sink = await ClickHouseSink.on(transport)
     clock = ManualClock(1_700_000_000_000)
@@ -267,7 +278,7 @@ async def test_a_write_is_one_insert_per_table_however_many_entries(tmp_path: Pa
     try:
         sessionizer = Sessionizer(store, sink=sink)
         now = clock.now_ms()
-        for batch in range(20):
+        for batch in range(batches):
             await sessionizer.ingest(
                 "p",
                 [
@@ -277,8 +288,9 @@ async def test_a_write_is_one_insert_per_table_however_many_entries(tmp_path: Pa
                     for i in range(500)
                 ],
             )
-        assert await sessionizer.drain() == 20
-        assert transport.inserts == [20 * 500 + 500, 500]  # the events and starts; the sessions
+        assert await sessionizer.drain() == batches
+        assert sorted(transport.inserts) == inserts
+        assert (await sink.stats("p", start=None, end=None)).sessions == 500
     finally:
         await store.close()
         await sink.close()

@@ -21,9 +21,11 @@ Tables an older version made get the columns of the fields added since when the 
 (`sessionary.analytics.sink.add_columns`): `ALTER TABLE ... ADD COLUMN`, each at its field's
 default, which the rows stored before read as.
 
-Writes are one INSERT per table (JSONEachRow) for all the entries the drainer hands over (up to
-500 ingest batches, each up to 1,000 events): the few large inserts ClickHouse wants. The two
-inserts are not one transaction (ClickHouse has none); a write that fails between them is
+A write is few large inserts (JSONEachRow), as ClickHouse wants, for all the entries the
+drainer hands over (up to 500 ingest batches, each up to 1,000 events): one of the sessions, and
+one of the events, or two halves past 10,000 of them, which the server parses at once. They run
+at the same time, and each is sent in pieces made while the server parses the piece before.
+The inserts are not one transaction (ClickHouse has none); a write that fails part way is
 retried whole, which the engines make harmless. The stats read the latest rows in one query
 for the totals and the buckets (so the buckets add up to the totals); the top paths are two
 more queries, which may see sessions written in between.
@@ -321,8 +323,9 @@ class ClickHouseSink:
         the server, writing a part, which the other overlaps); either failing fails the write,
         after both are done."""
         inserts = []
-        if any(_has_events(entry) for entry in entries):  # an empty INSERT is refused
-            inserts.append(self._transport.query(_INSERT_EVENTS, _event_pieces(entries)))
+        for part in _halves(entries):
+            if any(_has_events(entry) for entry in part):  # an empty INSERT is refused
+                inserts.append(self._transport.query(_INSERT_EVENTS, _event_pieces(part)))
         sessions = latest_rows(entries)
         if sessions:
             body = _pieces(session_objects(sessions))
@@ -404,6 +407,20 @@ def each_row(objects: Sequence[dict[str, Any]]) -> bytes:
 
 #: rows per piece of an insert's body (about 2 MB of events)
 CHUNK = 5000
+
+
+def _halves(entries: Sequence[OutboxEntry]) -> list[Sequence[OutboxEntry]]:
+    """`entries` in two inserts when they hold more than two pieces of hits (the server parses
+    each insert on a thread of its own), else in one."""
+    total = sum(len(entry.hits) for entry in entries)
+    if total <= 2 * CHUNK:
+        return [entries]
+    seen = 0
+    for at, entry in enumerate(entries):
+        seen += len(entry.hits)
+        if seen * 2 >= total:
+            return [entries[: at + 1], entries[at + 1 :]]
+    return [entries]
 
 
 def _has_events(entry: OutboxEntry) -> bool:
