@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 import pytest_asyncio
@@ -17,7 +16,6 @@ import pytest_asyncio
 from sessionary import ManualClock, connect
 from sessionary.analytics import Sessionizer, TrackEvent
 from sessionary.analytics.clickhouse_sink import (
-    SETTINGS,
     Body,
     ClickHouseError,
     ClickHouseSink,
@@ -28,7 +26,7 @@ from sessionary.analytics.clickhouse_sink import (
 from sessionary.analytics.sink import SessionsPage, Sink, sink_from_url
 from sessionary.errors import StoreUnavailable
 from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow
-from tests.analytics.chdb_transport import ChdbTransport
+from tests.analytics.clickhouse import ChdbTransport, in_database, rows
 from tests.servers import ClickHouseServer, free_port
 
 DAY = 86_400_000
@@ -38,18 +36,15 @@ def database_url(server: ClickHouseServer, database: str) -> str:
     return server.url.rsplit("/", 1)[0] + f"/{database}"
 
 
-async def ch(server: ClickHouseServer, sql: str, database: str = "default") -> list[list[object]]:
+async def ch(
+    server: ClickHouseServer, sql: str, database: str = "default"
+) -> list[tuple[object, ...]]:
     """A statement on the server (rows of a SELECT), outside the sink."""
-    select = sql.startswith(("SELECT", "SHOW"))
-    async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as client:
-        response = await client.post(
-            "/",
-            params={**SETTINGS, "database": database},
-            content=f"{sql} FORMAT JSONCompact" if select else sql,
-        )
-    assert response.status_code == 200, response.text
-    rows: list[list[object]] = orjson.loads(response.content)["data"] if select else []
-    return rows
+    transport = in_database(server.url, database)
+    try:
+        return await rows(transport, sql)
+    finally:
+        await transport.close()
 
 
 @pytest_asyncio.fixture

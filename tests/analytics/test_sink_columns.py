@@ -14,20 +14,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import closing
 from dataclasses import MISSING, astuple, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import orjson
 import pytest
 import pytest_asyncio
 
 from sessionary.analytics import postgres_sink, sqlite_sink
 from sessionary.analytics.clickhouse_sink import (
-    SETTINGS,
     ClickHouseSink,
-    HttpTransport,
     Transport,
     _column,
     _default,
@@ -49,7 +47,7 @@ from sessionary.analytics.sink import (
     sql_literal,
 )
 from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow, names, shape
-from tests.analytics.chdb_transport import ChdbTransport
+from tests.analytics.clickhouse import ChdbTransport, in_database, rows
 from tests.servers import ClickHouseServer
 
 PG_URL = os.environ.get("ANALYTICS_PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -139,49 +137,29 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
     if request.param == "clickhouse":
         server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
         database = f"test_{uuid.uuid4().hex[:12]}"
-        client = httpx.AsyncClient(base_url=server.http_url, timeout=30)
-
-        async def ch_sql(statement: str) -> list[tuple[Any, ...]]:
-            select = statement.lstrip().startswith("SELECT")
-            response = await client.post(
-                "/",
-                params={**SETTINGS, "database": database},
-                content=f"{statement} FORMAT JSONCompact" if select else statement,
-            )
-            assert response.status_code == 200, response.text
-            return [tuple(row) for row in orjson.loads(response.content)["data"]] if select else []
+        http = in_database(server.url, database)
 
         async def open_ch() -> Sink:
             url = server.url.rsplit("/", 1)[0] + f"/{database}"
             opened.append(sink := await sink_from_url(url))
             return sink
 
-        response = await client.post("/", content=f"CREATE DATABASE {database}")
-        assert response.status_code == 200, response.text
-        http = HttpTransport(server.url.rsplit("/", 1)[0] + f"/{database}")
+        await http.query(f"CREATE DATABASE {database}", database=False)
         try:
-            yield Db(ddl(), ("0", "1"), ch_sql, open_ch, system_columns, http)
+            yield Db(ddl(), ("0", "1"), partial(rows, http), open_ch, system_columns, http)
         finally:
             for sink in opened:
                 await sink.close()
+            await http.query(f"DROP DATABASE IF EXISTS {database}", database=False)
             await http.close()
-            await client.post("/", content=f"DROP DATABASE IF EXISTS {database}")
-            await client.aclose()
         return
     transport = ChdbTransport(tmp_path / "chdb")
-
-    async def chdb_sql(statement: str) -> list[tuple[Any, ...]]:
-        if not statement.lstrip().startswith("SELECT"):
-            await transport.query(statement)
-            return []
-        body = await transport.query(f"{statement} FORMAT JSONCompact")
-        return [tuple(row) for row in orjson.loads(body)["data"]]
 
     async def open_chdb() -> Sink:
         return await ClickHouseSink.on(transport)  # each over the one session, closed once
 
     try:
-        yield Db(ddl(), ("0", "1"), chdb_sql, open_chdb, system_columns, transport)
+        yield Db(ddl(), ("0", "1"), partial(rows, transport), open_chdb, system_columns, transport)
     finally:
         await transport.close()
 

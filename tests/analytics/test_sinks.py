@@ -18,16 +18,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
-import orjson
 import pytest
 import pytest_asyncio
 
-from sessionary.analytics.clickhouse_sink import SETTINGS, ClickHouseSink
+from sessionary.analytics.clickhouse_sink import ClickHouseSink
 from sessionary.analytics.sink import (
     Bucket,
     EventRow,
@@ -39,7 +38,7 @@ from sessionary.analytics.sink import (
 )
 from sessionary.errors import InvalidCursor
 from sessionary.sessionize import Hit, OutboxEntry, Placement, SessionRow
-from tests.analytics.chdb_transport import ChdbTransport
+from tests.analytics.clickhouse import ChdbTransport, in_database, rows
 from tests.servers import ClickHouseServer
 
 PG_URL = os.environ.get("ANALYTICS_PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -158,6 +157,7 @@ CLICKHOUSE_BREAKS = [
     "CREATE MATERIALIZED VIEW fail ENGINE = Memory AS "
     "SELECT throwIf(version >= 0) AS injected FROM analytics_sessions"
 ]
+CLICKHOUSE_MENDS = ["DROP TABLE fail"]
 CLICKHOUSE_FAILURE = "throwIf|non zero|non-zero"
 
 
@@ -167,40 +167,21 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
         server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
         database = f"test_{uuid.uuid4().hex[:12]}"
         sink = await sink_from_url(server.url.rsplit("/", 1)[0] + f"/{database}")
-        client = httpx.AsyncClient(base_url=server.http_url, timeout=30)
-
-        async def ch_sql(statement: str) -> list[tuple[Any, ...]]:
-            select = statement.startswith("SELECT")
-            response = await client.post(
-                "/",
-                params={**SETTINGS, "database": database},
-                content=f"{statement} FORMAT JSONCompact" if select else statement,
-            )
-            assert response.status_code == 200, response.text
-            return [tuple(row) for row in orjson.loads(response.content)["data"]] if select else []
-
-        mends = ["DROP TABLE fail"]
+        transport = in_database(server.url, database)
         try:
-            yield Db(sink, ch_sql, CLICKHOUSE_BREAKS, mends, CLICKHOUSE_FAILURE, False, " FINAL")
+            yield Db(sink, partial(rows, transport), CLICKHOUSE_BREAKS, CLICKHOUSE_MENDS,
+                     CLICKHOUSE_FAILURE, False, " FINAL")  # fmt: skip
         finally:
             await sink.close()
-            await client.post("/", content=f"DROP DATABASE IF EXISTS {database}")
-            await client.aclose()
+            await transport.query(f"DROP DATABASE IF EXISTS {database}", database=False)
+            await transport.close()
         return
     if request.param == "chdb":
-        transport = ChdbTransport(tmp_path / "chdb")
-        sink = await ClickHouseSink.on(transport)
-
-        async def chdb_sql(statement: str) -> list[tuple[Any, ...]]:
-            if not statement.startswith("SELECT"):
-                await transport.query(statement)
-                return []
-            body = await transport.query(f"{statement} FORMAT JSONCompact")
-            return [tuple(row) for row in orjson.loads(body)["data"]]
-
+        chdb = ChdbTransport(tmp_path / "chdb")
+        sink = await ClickHouseSink.on(chdb)
         try:
-            yield Db(sink, chdb_sql, CLICKHOUSE_BREAKS, ["DROP TABLE fail"], CLICKHOUSE_FAILURE,
-                     False, " FINAL")  # fmt: skip
+            yield Db(sink, partial(rows, chdb), CLICKHOUSE_BREAKS, CLICKHOUSE_MENDS,
+                     CLICKHOUSE_FAILURE, False, " FINAL")  # fmt: skip
         finally:
             await sink.close()
         return

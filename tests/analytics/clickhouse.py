@@ -1,15 +1,24 @@
-"""The ClickHouse sink's `Transport` on chdb: the current ClickHouse engine in-process, so the
-sink's DDL and queries are proven on a current release as well as on the 18.16 server Debian
-ships (tests/analytics/test_sinks.py runs every sink test on both)."""
+"""ClickHouse for the tests: the sink's `Transport` on chdb (the current ClickHouse engine
+in-process, so the sink's DDL and queries are proven on a current release as well as on the
+18.16 server Debian ships: tests/analytics/test_sinks.py runs every sink test on both), and
+statements on either outside the sink (`rows`)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import orjson
 from chdb import session as chdb_session
 
-from sessionary.analytics.clickhouse_sink import SETTINGS, Body, ClickHouseError
+from sessionary.analytics.clickhouse_sink import (
+    SETTINGS,
+    Body,
+    ClickHouseError,
+    HttpTransport,
+    Transport,
+)
 
 
 class ChdbTransport:
@@ -40,3 +49,17 @@ class ChdbTransport:
 
     async def close(self) -> None:
         self._session.close()
+
+
+async def rows(transport: Transport, statement: str) -> list[tuple[Any, ...]]:
+    """`statement` through `transport`: the rows of a SELECT, SHOW or DESCRIBE, else []."""
+    if not statement.lstrip().startswith(("SELECT", "SHOW", "DESCRIBE")):
+        await transport.query(statement)
+        return []
+    body = await transport.query(f"{statement} FORMAT JSONCompact")
+    return [tuple(row) for row in orjson.loads(body)["data"]]
+
+
+def in_database(url: str, database: str) -> HttpTransport:
+    """A transport to the server of the sink URL `url`, in `database`."""
+    return HttpTransport(url.rsplit("/", 1)[0] + f"/{database}")
