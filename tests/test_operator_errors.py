@@ -215,6 +215,7 @@ async def test_serve_says_where_it_stores_what_it_serves_and_where_the_docs_are(
             said.append(line.decode().rstrip())
         assert said == [
             f"sessionary: storing in {tmp_path / 'sessionary.db'}",
+            f"sessionary: analytics sessions and events in {tmp_path / 'sessionary-analytics.db'}",
             "sessionary: serving admin API (1 key), playground, runs, analytics, reaper on "
             f"http://127.0.0.1:{port}",
             f"sessionary: API docs at http://127.0.0.1:{port}/docs",
@@ -237,9 +238,16 @@ def test_serve_says_how_to_open_the_console() -> None:
 
 
 def test_serve_never_says_the_stores_password() -> None:
-    said = _serving(Settings(store="redis://app:hunter2-pw@cache.internal:6379/0"))
+    said = _serving(
+        Settings(
+            store="redis://app:hunter2-pw@cache.internal:6379/0",
+            analytics={"sink": "clickhouse://app:hunter3-pw@olap.internal:8123/analytics"},
+        )
+    )
     assert "storing in redis://app:***@cache.internal:6379/0\n" in said
-    assert "hunter2" not in said
+    assert "events in clickhouse://app:***@olap.internal:8123/analytics\n" in said
+    assert "hunter" not in said
+    assert "analytics sessions" not in _serving(Settings(analytics={"enabled": False}))
 
 
 # -- the other commands -----------------------------------------------------------------------

@@ -192,8 +192,8 @@ def _supervise(settings: Settings, count: int, flags: dict[str, str | int | None
 
 
 def _serving(settings: Settings) -> str:
-    """What `serve` says once it serves: where it stores, what it serves, where the docs and
-    the console are."""
+    """What `serve` says once it serves: where it stores (and where the analytics sink is),
+    what it serves, where the docs and the console are."""
     from sessionary.web.server import base_url
 
     keys = len(settings.api_keys)
@@ -207,8 +207,12 @@ def _serving(settings: Settings) -> str:
         if enabled:
             features.append(name)
     url = base_url(settings)
-    lines = [
-        f"sessionary: storing in {_where(settings.store)}",
+    lines = [f"sessionary: storing in {_where(settings.store)}"]
+    if settings.analytics.enabled:
+        lines.append(
+            f"sessionary: analytics sessions and events in {_where(settings.analytics.sink)}"
+        )
+    lines += [
         f"sessionary: serving {', '.join(features)} on {url}",
         f"sessionary: API docs at {url}/docs",
     ]
@@ -219,7 +223,8 @@ def _serving(settings: Settings) -> str:
 
 
 def _where(store: str) -> str:
-    """The store's URL fit to print: without its password; an SQLite file's absolute path."""
+    """A store's or sink's URL fit to print: without its password; an SQLite file's absolute
+    path."""
     from sessionary.backends.sqlite import parse_url
 
     if store.startswith("sqlite:"):
