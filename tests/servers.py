@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Self
 from xml.sax.saxutils import escape
@@ -280,21 +282,34 @@ class RedisSentinelSet:
 
 class ClickHouseServer:
     """A clickhouse-server of the caller's own (Debian's package, which starts no service of
-    its own): listening on 127.0.0.1 only, on free HTTP and native ports, with its data, logs
-    and config in `directory`, time zone UTC, and user `default` without a password. Free of
-    pytest, so a benchmark can start one too (`with ClickHouseServer(directory) as server:`).
+    its own): listening on 127.0.0.1 only, on free HTTP and native ports (and HTTPS with
+    `tls`), with its data, logs and config in `directory`, time zone UTC, and user `default`
+    without a password. Free of pytest, so a benchmark can start one too (`with
+    ClickHouseServer(directory) as server:`).
     """
 
     start_timeout = 20.0  # s from exec to answering (it takes ~0.1 s)
     stop_timeout = 5.0  # s from SIGTERM to exit before SIGKILL (it takes ~0.3-0.5 s)
 
-    def __init__(self, directory: Path, *extra: str) -> None:
-        """`extra` are server settings for its command line, each `--name=value`."""
+    def __init__(self, directory: Path, *extra: str, tls: bool = False) -> None:
+        """`extra` are server settings for its command line, each `--name=value`. With `tls`
+        it serves HTTPS as well, on `https_port` (`tls_url`), with a self-signed certificate
+        for 127.0.0.1 and localhost made in `directory` (`certificate`, which a client trusts
+        by SSL_CERT_FILE)."""
         self.directory = directory.resolve()
         self.http_port = free_port()
         self.tcp_port = free_port()
         while self.tcp_port == self.http_port:
             self.tcp_port = free_port()
+        self.https_port: int | None = None
+        self.certificate: Path | None = None
+        self.private_key: Path | None = None
+        if tls:
+            self.https_port = free_port()
+            while self.https_port in (self.http_port, self.tcp_port):
+                self.https_port = free_port()
+            self.certificate = self.directory / "server.crt"
+            self.private_key = self.directory / "server.key"
         self.extra = extra
         # a macro of this instance's own: start() waits for a server that names it, not for
         # whatever else may answer on the port
@@ -304,6 +319,8 @@ class ClickHouseServer:
         self.output = self.directory / "clickhouse-server.out"  # its stdout and stderr
         self.log = self.directory / "clickhouse-server.log"  # its logger, at warning
         self._write_config()
+        if tls:
+            self._make_certificate()
 
     @property
     def http_url(self) -> str:
@@ -313,13 +330,39 @@ class ClickHouseServer:
     def url(self) -> str:
         return f"clickhouse://default@127.0.0.1:{self.http_port}/default"
 
+    @property
+    def tls_url(self) -> str:
+        """The sink URL over HTTPS (a server started with `tls`)."""
+        if self.https_port is None:
+            raise RuntimeError("this clickhouse-server was made without tls")
+        return f"clickhouses://default@127.0.0.1:{self.https_port}/default"
+
     def _write_config(self) -> None:
         def path(name: str) -> str:
             return escape(f"{self.directory / name}/")
 
+        tls = ""
+        if self.https_port is not None:
+            assert self.certificate is not None
+            assert self.private_key is not None
+            # Poco's server context: no client certificates asked for, no system CAs loaded
+            tls = f"""
+    <https_port>{self.https_port}</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>{escape(str(self.certificate))}</certificateFile>
+            <privateKeyFile>{escape(str(self.private_key))}</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>"""
         self.directory.mkdir(parents=True, exist_ok=True)
         # No interserver_http_port (nor mysql_port, which 18.16 does not know): only the two
-        # ports below are opened. The caches are allocated on demand; capped for a test box.
+        # ports below are opened (three with tls). The caches are allocated on demand; capped
+        # for a test box.
         self.config_file.write_text(
             f"""<?xml version="1.0"?>
 <yandex>
@@ -332,7 +375,7 @@ class ClickHouseServer:
     </logger>
     <listen_host>127.0.0.1</listen_host>
     <http_port>{self.http_port}</http_port>
-    <tcp_port>{self.tcp_port}</tcp_port>
+    <tcp_port>{self.tcp_port}</tcp_port>{tls}
     <path>{path("data")}</path>
     <tmp_path>{path("tmp")}</tmp_path>
     <user_files_path>{path("user_files")}</user_files_path>
@@ -382,6 +425,79 @@ class ClickHouseServer:
 </yandex>
 """
         )
+
+    def _make_certificate(self) -> None:
+        """A P-256 key and a self-signed certificate (CN=127.0.0.1, subjectAltName IP:127.0.0.1
+        and DNS:localhost, a week long), by the openssl command if there is one, else by the
+        cryptography package."""
+        assert self.certificate is not None
+        assert self.private_key is not None
+        openssl = shutil.which("openssl")
+        if openssl is not None:
+            subprocess.run(
+                [
+                    openssl,
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    str(self.private_key),
+                    "-out",
+                    str(self.certificate),
+                    "-days",
+                    "7",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                ],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+            )
+            return
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = datetime.now(UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.DNSName("localhost"),
+                    ]
+                ),
+                critical=False,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        self.private_key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.private_key.chmod(0o600)
+        self.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
     def start(self) -> None:
         """Start it and wait until it answers over HTTP (as itself); raise with the tail of its
