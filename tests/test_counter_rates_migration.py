@@ -35,19 +35,7 @@ async def test_counters_of_an_older_file_list_and_gain_their_rate(tmp_path: Path
             [("f", 4, now + HOUR_MS, "fixed", 0), ("s", 2, now + 2 * HOUR_MS, "sliding", 0)],
         )
     db.close()
-    store = await connect(f"sqlite:///{path}", clock=ManualClock(now))
-    try:
-        quota = store.counters("q")
-        page = await quota.list()
-        assert sorted(page.counters, key=lambda c: c.key) == [
-            CounterUsage("f", 4, None, now + HOUR_MS, None, "fixed"),
-            CounterUsage("s", None, None, now + 2 * HOUR_MS, None, "sliding"),
-        ]
-        await quota.charge(Charge("s", limit=5, window=timedelta(hours=1), algorithm="sliding"))
-        (sliding,) = [c for c in (await quota.list()).counters if c.key == "s"]
-        assert (sliding.used, sliding.limit, sliding.window_ms) == (3, 5, HOUR_MS)
-    finally:
-        await store.close()
+    await lists_what_is_known(f"sqlite:///{path}", now, limit=5)
 
 
 async def test_counters_an_older_sessionary_wrote_on_redis_list_what_is_known(
@@ -62,7 +50,13 @@ async def test_counters_an_older_sessionary_wrote_on_redis_list_what_is_known(
     await redis_client.hset(
         tag + "s", mapping={"v": 2, "r": now + 2 * HOUR_MS, "p": 0, "a": "sliding"}
     )
-    store = await connect(redis_url, clock=ManualClock(now))
+    await lists_what_is_known(redis_url, now, limit=10)
+
+
+async def lists_what_is_known(url: str, now: int, limit: int) -> None:
+    """The counters "f" (fixed, 4) and "s" (sliding, 2) an older sessionary wrote in group "q":
+    listed with what is known, then "s" charged once under `limit` gets its rate."""
+    store = await connect(url, clock=ManualClock(now))
     try:
         quota = store.counters("q")
         page = await quota.list()
@@ -70,8 +64,8 @@ async def test_counters_an_older_sessionary_wrote_on_redis_list_what_is_known(
             CounterUsage("f", 4, None, now + HOUR_MS, None, "fixed"),
             CounterUsage("s", None, None, now + 2 * HOUR_MS, None, "sliding"),
         ]
-        await quota.charge(Charge("s", limit=10, window=timedelta(hours=1), algorithm="sliding"))
+        await quota.charge(Charge("s", limit=limit, window=timedelta(hours=1), algorithm="sliding"))
         [charged] = [c for c in (await quota.list()).counters if c.key == "s"]
-        assert (charged.limit, charged.window_ms, charged.used) == (10, HOUR_MS, 3)
+        assert (charged.limit, charged.window_ms, charged.used) == (limit, HOUR_MS, 3)
     finally:
         await store.close()

@@ -59,10 +59,10 @@ from sessionary.analytics.sink import (
     SessionsPage,
     Stats,
     add_columns,
+    events_of,
     latest_rows,
     page_args,
     page_of,
-    records_of,
     span,
     stats_of,
     timeline,
@@ -442,7 +442,7 @@ async def _event_pieces(entries: Sequence[OutboxEntry]) -> AsyncIterator[bytes]:
         size += len(entry.hits)
         if size < CHUNK and at < len(entries):
             continue
-        events, _ = records_of(group, dicts=True)
+        events = events_of(group, dicts=True)
         if events:
             if sent:
                 yield b","

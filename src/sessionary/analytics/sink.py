@@ -12,8 +12,8 @@ acknowledging hands the same entries over again, and retried writes must not dup
 * a session row is keyed by its id and replaced only by a row with a greater `version`.
 
 `rows_of` turns entries into rows (the same for every sink; `records_of` into the tuples the
-SQL sinks insert); `sink_from_url` opens the sink a URL names: `sqlite:///path.db`
-(`sessionary.analytics.sqlite_sink`, the default), `postgresql://...`
+SQL sinks insert, or the dicts ClickHouse's JSON takes); `sink_from_url` opens the sink a URL
+names: `sqlite:///path.db` (`sessionary.analytics.sqlite_sink`, the default), `postgresql://...`
 (`sessionary.analytics.postgres_sink`) or `clickhouse://...`
 (`sessionary.analytics.clickhouse_sink`). The helpers below `sink_from_url` are the parts of the
 SQL sinks that do not depend on the database.
@@ -171,7 +171,21 @@ def records_of(
     `absent`, `late` is `flags[late]` and the properties `properties(the JSON)` (text by
     default): SQLite binds None and a bool several times slower than an int, so its sink passes
     0 and (0, 1) and reads NULLIF(?, 0) back."""
-    return _records(dicts, absent, flags, properties)(entries)
+    return events_of(entries, dicts=dicts, absent=absent, flags=flags, properties=properties), (
+        latest_rows(entries)
+    )
+
+
+def events_of(
+    entries: Sequence[OutboxEntry],
+    *,
+    dicts: bool = False,
+    absent: object = None,
+    flags: tuple[object, object] = (False, True),
+    properties: Callable[[bytes], object] = bytes.decode,
+) -> list[Any]:
+    """The event rows of `records_of` alone."""
+    return _events(dicts, absent, flags, properties)(entries)
 
 
 #: Where each event column comes from: for a hit (`_FROM_HIT`, of the hit, its entry's
@@ -227,10 +241,10 @@ def _event_row(params: str, sources: Mapping[str, str], dicts: bool, scope: dict
 
 
 @functools.cache
-def _records(
+def _events(
     dicts: bool, absent: object, flags: tuple[object, object], properties: Callable[[bytes], object]
-) -> Callable[[Sequence[OutboxEntry]], tuple[list[Any], list[SessionRow]]]:
-    """`records_of` for one way of making rows."""
+) -> Callable[[Sequence[OutboxEntry]], list[Any]]:
+    """`events_of` for one way of making rows."""
     not_late, is_late = flags
     scope = {
         "absent": absent, "properties": properties, "no_properties": properties(b"{}"),
@@ -239,9 +253,9 @@ def _records(
     hit_row = _event_row("project, hit, sid, device, profile, late", _FROM_HIT, dicts, scope)
     marker_row = _event_row("row, what, ts, received, path", _FROM_MARKER, dicts, scope)
 
-    def records(entries: Sequence[OutboxEntry]) -> tuple[list[Any], list[SessionRow]]:
-        events: list[Any] = []
-        add = events.append
+    def events(entries: Sequence[OutboxEntry]) -> list[Any]:
+        found: list[Any] = []
+        add = found.append
         for entry in entries:
             project = entry.project
             rows = {row.id: row for row in entry.sessions}
@@ -262,9 +276,9 @@ def _records(
             for sid, ts in entry.ended:
                 row = rows[sid]
                 add(marker_row(row, "end", ts, received, row.exit_path))
-        return events, latest_rows(entries)
+        return found
 
-    return records
+    return events
 
 
 def latest_rows(entries: Sequence[OutboxEntry]) -> list[SessionRow]:
